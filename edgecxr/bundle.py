@@ -1,0 +1,174 @@
+"""The bundle: the contract between export and devices.
+
+A folder (or a .zip of one) holding the model file(s) and ``manifest.json``.
+The manifest lists the SHA-256 of every other file and carries its own digest
+(SHA-256 of its canonical JSON without the ``digest`` key), so a changed,
+truncated or missing file is refused before anything runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from edgecxr.errors import BundleError
+from edgecxr.preprocess import PreprocessSpec
+from edgecxr.targets import TARGETS
+
+FORMAT = "edgecxr-bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+REQUIRED = {
+    "format": str, "version": int, "target": str, "runtime": str, "model_file": str, "sha256": str,
+    "files": dict, "input": dict, "output": dict, "preprocess": dict, "labels": list, "threshold": float,
+    "source_model": dict, "calibration": (dict, type(None)), "optimization": dict, "versions": dict,
+    "created": str, "reference": dict, "digest": str,
+}
+REFERENCE_KEYS = ("split", "probs", "labels", "metrics")
+TENSOR_KEYS = ("name", "shape", "dtype", "quantization")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def finalize(folder: Path, manifest: dict) -> dict:
+    """Hash every file in `folder`, fill files/sha256/digest, write manifest.json; returns it."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): sha256_file(p)
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": FORMAT, "version": VERSION, **manifest, "files": files}
+    if manifest["model_file"] not in files:
+        raise BundleError(f"{folder}: model file {manifest['model_file']} was not written")
+    manifest["sha256"] = files[manifest["model_file"]]
+    manifest["digest"] = manifest_digest(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+@dataclass
+class Bundle:
+    path: Path  # the folder
+    manifest: dict
+
+    @property
+    def target(self):
+        return TARGETS[self.manifest["target"]]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest["model_file"]
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        return tuple(self.manifest["labels"])
+
+    @property
+    def reference(self) -> dict:
+        return self.manifest["reference"]
+
+
+def _check_schema(name: str, manifest: dict) -> None:
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{name}: not an edgecxr bundle manifest (format {manifest.get('format')!r})")
+    if manifest.get("version") != VERSION:
+        raise BundleError(f"{name}: bundle version {manifest.get('version')!r} is not supported (this edgecxr reads version {VERSION}); re-export or upgrade edgecxr")
+    for key, kind in REQUIRED.items():
+        if key not in manifest:
+            raise BundleError(f"{name}: manifest is missing '{key}'; re-export the bundle")
+        if not isinstance(manifest[key], kind) and not (kind is float and isinstance(manifest[key], int)):
+            raise BundleError(f"{name}: manifest '{key}' has the wrong type; re-export the bundle")
+    if manifest["target"] not in TARGETS:
+        raise BundleError(f"{name}: unknown target {manifest['target']!r}; valid: {', '.join(TARGETS)}")
+    for tensor in ("input", "output"):
+        missing = [k for k in TENSOR_KEYS if k not in manifest[tensor]]
+        if missing:
+            raise BundleError(f"{name}: manifest '{tensor}' lacks {missing}; re-export the bundle")
+    missing = [k for k in REFERENCE_KEYS if k not in manifest["reference"]]
+    if missing:
+        raise BundleError(f"{name}: manifest 'reference' lacks {missing}; re-export the bundle")
+
+
+def _verify_files(folder: Path, manifest: dict) -> None:
+    for rel, digest in manifest["files"].items():
+        path = folder / rel
+        if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+            raise BundleError(f"{folder}: manifest names a file outside the bundle ({rel}); refusing it")
+        if not path.is_file():
+            raise BundleError(f"{folder}: bundle file {rel} is missing; re-export or re-copy the bundle")
+        if sha256_file(path) != digest:
+            raise BundleError(f"{folder}: {rel} does not match its SHA-256 in the manifest (changed or truncated); refusing to load it")
+    if manifest["files"].get(manifest["model_file"]) != manifest["sha256"]:
+        raise BundleError(f"{folder}: model sha256 disagrees with the file list; the manifest was edited")
+
+
+def load_bundle(path) -> Bundle:
+    """Open and fully verify a bundle folder or .zip, before anything runs."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".zip":
+        path = _extract_zip(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: no {MANIFEST}; pass a bundle folder written by `edgecxr export`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path}: not a manifest object; re-export the bundle")
+    _check_schema(str(manifest_path), manifest)
+    if manifest_digest(manifest) != manifest["digest"]:
+        raise BundleError(f"{manifest_path}: manifest digest mismatch (the manifest was edited); re-export the bundle")
+    _verify_files(path, manifest)
+    return Bundle(path, manifest)
+
+
+def _extract_zip(archive: Path) -> Path:
+    """Extract a zipped bundle to a private temporary folder, refusing escaping paths."""
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="edgecxr-bundle-"))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                dest = (target / info.filename).resolve()
+                if not dest.is_relative_to(target.resolve()) or info.filename.startswith("/"):
+                    raise BundleError(f"{archive}: archive entry {info.filename!r} escapes the bundle folder; refusing it")
+            zf.extractall(target)
+    except zipfile.BadZipFile as exc:
+        raise BundleError(f"{archive}: not a valid zip archive ({exc})") from None
+    inner = [p for p in target.iterdir()]
+    return inner[0] if len(inner) == 1 and inner[0].is_dir() else target
+
+
+def zip_bundle(folder: Path, archive: Path) -> Path:
+    """Pack a bundle folder into a .zip (written atomically)."""
+    from edgecxr.atomic import write_bytes_atomic
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(Path(folder).rglob("*")):
+            if p.is_file():
+                zf.write(p, Path(folder.name) / p.relative_to(folder))
+    write_bytes_atomic(archive, buf.getvalue())
+    return archive

@@ -1,0 +1,90 @@
+"""The `edgecxr` command. Stage modules are imported inside each command, so
+`edgecxr device ...` never imports TensorFlow."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgecxr import __version__
+from edgecxr.errors import EdgecxrError
+
+
+class Group(click.Group):
+    """Turns every EdgecxrError into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgecxrError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing half-written was kept", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="edgecxr")
+def main():
+    """Train, export and verify chest X-ray pneumonia classifiers for edge devices."""
+
+
+DATA = click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+                    help="Kermany-layout folder ROOT/{train,val,test}/{NORMAL,PNEUMONIA} or a CSV manifest.")
+CLASSES = click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True,
+                       help="The two class folder names, negative first.")
+STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+
+
+@main.command()
+@click.option("--arch", default="mobilenet_v2", show_default=True, help="Architecture (see `edgecxr models`).")
+@DATA
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
+@click.option("--epochs", default=15, show_default=True)
+@click.option("--size", type=int, help="Input size in pixels (default: the architecture's).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, help="Learning rate (Adam).")
+@click.option("--augment", default="standard", show_default=True, help="standard | no-flip | strong | none")
+@click.option("--intensity", default=0.0, show_default=True, help="Brightness/contrast/gamma jitter strength.")
+@click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
+@click.option("--class-weights/--no-class-weights", default=True, show_default=True)
+@click.option("--weights", default="none", show_default=True, help="none | imagenet | PATH to a weights file.")
+@click.option("--alpha", type=float, help="Width multiplier of MobileNet models.")
+@click.option("--lung-crop/--no-lung-crop", default=False, show_default=True, help="Fixed lung-region crop.")
+@click.option("--equalize/--no-equalize", default=False, show_default=True, help="Histogram equalization.")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Share of train/ held out, grouped by patient.")
+@click.option("--split-file", type=click.Path(exists=True), help="Reuse the split of an earlier run.")
+@click.option("--folds", default=0, help="K-fold patient-grouped cross-validation instead of one model.")
+@click.option("--patience", default=5, show_default=True, help="Early-stopping patience (epochs).")
+@click.option("--head-epochs", default=3, show_default=True, help="Frozen-base epochs when weights are pretrained.")
+@click.option("--finetune-layers", default=30, show_default=True, help="Base layers unfrozen in phase 2.")
+@click.option("--bn-momentum", default=0.9, show_default=True, help="BatchNorm momentum when training from scratch.")
+@click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU.")
+@click.option("--target-recall", type=float, help="Pick the threshold reaching this validation recall (default: Youden's J).")
+@click.option("--seed", default=0, show_default=True)
+@CLASSES
+@STRICT
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+def train(out, overwrite, classes, **options):
+    """Train a classifier; writes model, spec, split, history, curves and validation metrics."""
+    from edgecxr.data import parse_classes
+    from edgecxr.training.train import TrainConfig, train as run
+
+    cfg = TrainConfig(classes=parse_classes(classes), **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
+    run(cfg, out, overwrite=overwrite)
+    click.echo(f"run written to {out}")
+
+
+@main.command()
+def models():
+    """List the registered architectures."""
+    from edgecxr.training.models import MODELS
+
+    for name, entry in sorted(MODELS.items()):
+        click.echo(f"{name:22s} {entry.spec.size:4d}px{'  (tiny, for tests)' if entry.tiny else ''}")
+
+
+if __name__ == "__main__":
+    main()

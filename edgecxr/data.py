@@ -1,0 +1,204 @@
+"""Datasets: the Kermany folder layout, CSV manifests, patient IDs and patient-grouped splits."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr.errors import DataError, ImageError
+from edgecxr.images import is_image_file, read_image
+
+DEFAULT_CLASSES = ("NORMAL", "PNEUMONIA")
+SPLITS = ("train", "val", "test")
+_PATIENT_PATTERNS = [
+    (re.compile(r"^person(\d+)_", re.I), "P{}"),
+    (re.compile(r"^NORMAL2-IM-(\d+)-", re.I), "N2-{}"),
+    (re.compile(r"^IM-(\d+)-", re.I), "N-{}"),
+]
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path  # absolute path of the image file
+    rel: str  # path relative to the data root: the key used in splits and references
+    label: int  # index into the class list (1 = positive class)
+    patient: str
+
+
+def patient_id(filename: str) -> str:
+    """Patient ID from a Kermany file name; otherwise the file stem (one image per patient)."""
+    for pattern, fmt in _PATIENT_PATTERNS:
+        match = pattern.match(filename)
+        if match:
+            return fmt.format(match.group(1))
+    return Path(filename).stem
+
+
+def subgroup(filename: str, label: int) -> str:
+    """'normal', 'bacterial', 'viral' or 'pneumonia' (unknown kind), from a Kermany file name."""
+    name = filename.lower()
+    if label == 0:
+        return "normal"
+    if "bacteria" in name:
+        return "bacterial"
+    if "virus" in name:
+        return "viral"
+    return "pneumonia"
+
+
+def parse_classes(text: str | None) -> tuple[str, str]:
+    classes = tuple(c.strip() for c in (text or ",".join(DEFAULT_CLASSES)).split(",") if c.strip())
+    if len(classes) != 2:
+        raise DataError(f"--classes needs two folder names, negative first (e.g. NORMAL,PNEUMONIA); got {text!r}")
+    return classes
+
+
+def list_split(root, split: str = "test", classes=DEFAULT_CLASSES) -> list[Sample]:
+    """Samples of one split: ROOT/<split>/<class>/* for a folder, or the rows of a CSV manifest."""
+    root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return _list_csv(root, split, classes)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found; pass a folder laid out as ROOT/{{train,val,test}}/{{{','.join(classes)}}}/ or a CSV manifest")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DataError(f"{root}: no '{split}' folder (found: {', '.join(found) or 'nothing'}); expected ROOT/{split}/{{{','.join(classes)}}}/")
+    samples = []
+    for label, cls in enumerate(classes):
+        class_dir = split_dir / cls
+        if not class_dir.is_dir():
+            raise DataError(f"{split_dir}: no class folder '{cls}'; set --classes to the two folder names (negative first)")
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p))
+        if not files:
+            raise DataError(f"{class_dir}: class folder has no images (.jpeg/.png/.dcm)")
+        samples += [Sample(p.resolve(), p.relative_to(root).as_posix(), label, patient_id(p.name)) for p in files]
+    return samples
+
+
+def _list_csv(manifest: Path, split: str, classes) -> list[Sample]:
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise DataError(f"{manifest}: CSV manifest needs a header with columns path,label[,patient_id][,split]")
+    if "split" in rows[0]:
+        rows = [r for r in rows if r["split"] == split]
+    samples = []
+    for i, row in enumerate(rows, start=2):
+        label_text = row["label"].strip()
+        if label_text in classes:
+            label = classes.index(label_text)
+        elif label_text in ("0", "1"):
+            label = int(label_text)
+        else:
+            raise DataError(f"{manifest}:{i}: label {label_text!r} is neither 0/1 nor one of {list(classes)}")
+        path = (manifest.parent / row["path"]).resolve()
+        patient = (row.get("patient_id") or "").strip() or patient_id(path.name)
+        samples.append(Sample(path, row["path"], label, patient))
+    if not samples:
+        raise DataError(f"{manifest}: no rows for split '{split}'")
+    for label, cls in enumerate(classes):
+        if not any(s.label == label for s in samples):
+            raise DataError(f"{manifest}: split '{split}' has no '{cls}' rows")
+    return samples
+
+
+# -- patient-grouped splits ---------------------------------------------------
+def _patients_by_class(samples):
+    groups = defaultdict(list)
+    for s in samples:
+        groups[(s.label, s.patient)].append(s)
+    by_class = defaultdict(list)
+    for (label, patient), items in sorted(groups.items()):
+        by_class[label].append(items)
+    return by_class
+
+
+def grouped_kfold(samples: list[Sample], k: int, seed: int = 0) -> list[list[Sample]]:
+    """Split samples into k folds; each patient in one fold, classes spread evenly."""
+    if k < 2:
+        raise DataError(f"need at least 2 folds, got {k}")
+    rng = random.Random(seed)
+    folds = [[] for _ in range(k)]
+    for label, patients in sorted(_patients_by_class(samples).items()):
+        rng.shuffle(patients)
+        patients.sort(key=len, reverse=True)  # largest first, then fill the emptiest fold
+        counts = [0] * k
+        for items in patients:
+            target = min(range(k), key=lambda i: (counts[i], i))
+            folds[target] += items
+            counts[target] += len(items)
+    return [sorted(f, key=lambda s: s.rel) for f in folds]
+
+
+def grouped_split(samples: list[Sample], val_fraction: float = 0.1, seed: int = 0):
+    """(train, val): patient-grouped, stratified by class, seeded."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"validation fraction must be between 0 and 1, got {val_fraction}")
+    rng = random.Random(seed)
+    train, val = [], []
+    for label, patients in sorted(_patients_by_class(samples).items()):
+        rng.shuffle(patients)
+        want = val_fraction * sum(len(p) for p in patients)
+        taken = 0
+        for items in patients:
+            if taken < want:
+                val += items
+                taken += len(items)
+            else:
+                train += items
+    return sorted(train, key=lambda s: s.rel), sorted(val, key=lambda s: s.rel)
+
+
+def save_split(path: Path, train, val, **info) -> None:
+    data = {**info, "train": [s.rel for s in train], "val": [s.rel for s in val]}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def apply_split(path: Path, samples: list[Sample]):
+    """Re-create (train, val) from a split file written by save_split."""
+    data = json.loads(Path(path).read_text())
+    by_rel = {s.rel: s for s in samples}
+    missing = [r for r in data["train"] + data["val"] if r not in by_rel]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} files of the split are not in the data (first: {missing[0]}); use the data folder the model was trained on")
+    return [by_rel[r] for r in data["train"]], [by_rel[r] for r in data["val"]]
+
+
+def files_hash(samples) -> str:
+    """SHA-256 of the sorted relative paths: identifies a file list in provenance records."""
+    return hashlib.sha256("\n".join(sorted(s.rel for s in samples)).encode()).hexdigest()
+
+
+# -- loading pixels ----------------------------------------------------------
+def load_pixels(samples, spec, *, strict: bool = False, progress: str | None = None):
+    """Decode and preprocess to uint8 pixels (N, size, size).
+
+    Returns (pixels, labels, kept_samples, bad) where bad lists (sample, message)
+    for unreadable files, which are skipped unless strict.
+    """
+    from tqdm import tqdm
+
+    pixels, kept, bad = [], [], []
+    for s in tqdm(samples, desc=progress, disable=progress is None, unit="img", leave=False, file=sys.stderr):
+        try:
+            pixels.append(spec.to_pixels(read_image(s.path)))
+            kept.append(s)
+        except ImageError as exc:
+            if strict:
+                raise
+            bad.append((s, str(exc)))
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable image(s), first: {bad[0][1]}", file=sys.stderr)
+    if not kept:
+        raise DataError("no readable images left after skipping unreadable files")
+    labels = np.array([s.label for s in kept], np.int32)
+    return np.stack(pixels), labels, kept, bad

@@ -1,0 +1,93 @@
+"""Matplotlib figures (imported lazily: the device stage never needs them)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr import metrics
+
+
+def _plt():
+    from edgecxr.errors import require
+
+    mpl = require("matplotlib", "train")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def roc_png(y_true, scores, path: Path, threshold: float | None = None, title: str = "ROC") -> None:
+    plt = _plt()
+    fpr, tpr, thr = metrics.roc_curve(y_true, scores)
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {metrics.roc_auc(y_true, scores):.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    if threshold is not None:
+        m = metrics.binary_metrics(y_true, scores, threshold)
+        ax.scatter([1 - m["specificity"]], [m["recall"]], c="red", zorder=3, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="1 - specificity", ylabel="recall (sensitivity)", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def pr_png(y_true, scores, path: Path, title: str = "Precision-recall") -> None:
+    plt = _plt()
+    recall, precision = metrics.pr_curve(y_true, scores)
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.step(np.r_[0, recall], np.r_[1, precision], where="post", lw=2,
+            label=f"AP {metrics.average_precision(y_true, scores):.3f}")
+    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left")
+    _save(fig, path)
+
+
+def confusion_png(cm: dict, labels, path: Path, title: str = "Confusion matrix") -> None:
+    plt = _plt()
+    grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(grid, cmap="Blues")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=14,
+                color="white" if v > grid.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=labels, yticklabels=labels,
+           xlabel="predicted", ylabel="true", title=title)
+    _save(fig, path)
+
+
+def calibration_png(y_true, scores, path: Path, bins: int = 10) -> None:
+    plt = _plt()
+    y_true, scores = np.asarray(y_true), np.asarray(scores)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(scores, edges) - 1, 0, bins - 1)
+    mean_pred = [scores[idx == b].mean() for b in range(bins) if np.any(idx == b)]
+    frac_pos = [y_true[idx == b].mean() for b in range(bins) if np.any(idx == b)]
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.plot(mean_pred, frac_pos, marker="o", lw=2)
+    ax.set(xlabel="mean predicted probability", ylabel="fraction positive", title="Calibration", xlim=(0, 1), ylim=(0, 1))
+    _save(fig, path)
+
+
+def history_png(history: dict, path: Path) -> None:
+    """Training curves: one panel per metric, train and validation."""
+    plt = _plt()
+    names = [k for k in history if not k.startswith("val_") and k not in ("epoch", "lr", "learning_rate")]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.plot(history[name], label="train")
+        if f"val_{name}" in history:
+            ax.plot(history[f"val_{name}"], label="validation")
+        ax.set(title=name, xlabel="epoch")
+        ax.legend()
+    _save(fig, path)

@@ -1,0 +1,172 @@
+"""Model registry: every architecture edgecxr trains, each with its default input spec."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgecxr.errors import ConfigError, ModelError
+from edgecxr.preprocess import PreprocessSpec
+from edgecxr.training import import_tf
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build_base: Callable  # (keras, input_shape, weights, **options) -> base model or full model
+    spec: PreprocessSpec  # default input spec (size and scaling the architecture expects)
+    head: str = "light"  # "light", "resnet" (dense 128 head) or "none" (builder returns the full model)
+    tiny: bool = False
+    options: tuple = ()  # allowed keyword options, e.g. ("alpha",)
+
+
+MODELS: dict[str, ModelEntry] = {}
+MINUS_ONE_TO_ONE = dict(scale=1 / 127.5, offset=-1.0)
+
+
+def register(name, *, size, head="light", tiny=False, options=(), **spec):
+    def wrap(fn):
+        MODELS[name] = ModelEntry(name, fn, PreprocessSpec(size=size, **(spec or MINUS_ONE_TO_ONE)), head, tiny, tuple(options))
+        return fn
+
+    return wrap
+
+
+def _app(keras, cls_name, input_shape, weights, **kw):
+    cls = getattr(keras.applications, cls_name)
+    return cls(input_shape=input_shape, include_top=False, weights=weights, pooling="avg", **kw)
+
+
+@register("mobilenet", size=224, options=("alpha",))
+def _mobilenet(keras, input_shape, weights, alpha=1.0):
+    return _app(keras, "MobileNet", input_shape, weights, alpha=alpha)
+
+
+@register("mobilenet_v2", size=224, options=("alpha",))
+def _mobilenet_v2(keras, input_shape, weights, alpha=1.0):
+    return _app(keras, "MobileNetV2", input_shape, weights, alpha=alpha)
+
+
+@register("mobilenet_v3_small", size=224, options=("alpha",))
+def _mobilenet_v3_small(keras, input_shape, weights, alpha=1.0):
+    return _app(keras, "MobileNetV3Small", input_shape, weights, alpha=alpha, include_preprocessing=False)
+
+
+@register("mobilenet_v3_large", size=224, options=("alpha",))
+def _mobilenet_v3_large(keras, input_shape, weights, alpha=1.0):
+    return _app(keras, "MobileNetV3Large", input_shape, weights, alpha=alpha, include_preprocessing=False)
+
+
+# ResNet50's ImageNet weights expect caffe-style inputs: pixel minus the mean (~114 for gray).
+@register("resnet50", size=224, head="resnet", scale=1.0, offset=-114.8)
+def _resnet50(keras, input_shape, weights):
+    return _app(keras, "ResNet50", input_shape, weights)
+
+
+def _small_cnn(keras, input_shape, filters, dense, dropout):
+    layers = keras.layers
+    x = inputs = keras.Input(input_shape)
+    for i, f in enumerate(filters):
+        x = layers.Conv2D(f, 3, padding="same", activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(2, padding="same")(x)
+        if i >= 2 and dropout:
+            x = layers.Dropout(dropout)(x)
+    x = layers.Flatten()(x)
+    for d in dense:
+        x = layers.Dense(d, activation="relu")(x)
+        x = layers.Dropout(0.2)(x)
+    return keras.Model(inputs, layers.Dense(1, activation="sigmoid", name="prob")(x))
+
+
+# The small sequential CNN of the literature (150 px, 32/64/64/128/256 filters).
+@register("cxr_cnn", size=150, head="none", scale=1 / 255.0, offset=0.0)
+def _cxr_cnn(keras, input_shape, weights):
+    return _small_cnn(keras, input_shape, (32, 64, 64, 128, 256), (128,), 0.2)
+
+
+# Tiny models for tests: registered and built exactly like the real ones.
+@register("tiny_cnn", size=32, head="none", tiny=True, scale=1 / 255.0, offset=0.0)
+def _tiny_cnn(keras, input_shape, weights):
+    return _small_cnn(keras, input_shape, (4, 8), (8,), 0.0)
+
+
+@register("tiny_mobilenet_v2", size=48, tiny=True, options=("alpha",))
+def _tiny_mobilenet_v2(keras, input_shape, weights, alpha=0.35):
+    return _app(keras, "MobileNetV2", input_shape, weights, alpha=alpha)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def _add_head(keras, base, head: str):
+    layers = keras.layers
+    x = base.output
+    if head == "resnet":
+        x = layers.Dropout(0.5)(x)
+        x = layers.Dense(128, activation="relu")(x)
+        x = layers.Dropout(0.3)(x)
+    else:
+        x = layers.Dropout(0.2)(x)
+    out = layers.Dense(1, activation="sigmoid", name="prob", dtype="float32")(x)
+    return keras.Model(base.input, out, name=base.name)
+
+
+def _build_base(keras, entry, input_shape, weights, options):
+    try:
+        return entry.build_base(keras, input_shape, weights, **options)
+    except Exception as exc:  # a refused download surfaces as many exception types
+        if weights == "imagenet" and any(k in str(exc).lower() for k in ("fetch", "url", "http", "connection", "resolve", "network")):
+            raise ModelError(
+                "could not download ImageNet weights (no internet?); download them on another machine "
+                "and pass --weights PATH to the .h5 file, or train from scratch with --weights none"
+            ) from None
+        if weights == "imagenet":
+            raise ModelError(f"ImageNet weights are not available for {entry.name} at {input_shape}: {exc}") from None
+        raise
+
+
+def build_model(name: str, *, size: int | None = None, channels: int = 3, weights: str = "none",
+                bn_momentum: float | None = 0.9, **options):
+    """Build a registered model with a single sigmoid output.
+
+    weights: "none" (from scratch), "imagenet" (downloaded by Keras) or a path to a
+    weights file saved by Keras (full model, or base network only).
+    Returns (model, base); base is the pretrained part that fine-tuning freezes.
+    """
+    _, keras = import_tf()
+    entry = get_entry(name)
+    unknown = set(options) - set(entry.options)
+    if unknown:
+        raise ConfigError(f"{name} has no option(s) {sorted(unknown)}; valid: {list(entry.options) or 'none'}")
+    input_shape = (size or entry.spec.size, size or entry.spec.size, channels)
+    path = None if weights in ("none", "imagenet", None) else Path(weights)
+    if path is not None and not path.exists():
+        raise ModelError(f"weights file {path} not found; pass --weights none|imagenet|PATH")
+    if weights == "imagenet" and entry.head == "none":
+        raise ModelError(f"{name} has no ImageNet weights; use --weights none or a weights file")
+    base = _build_base(keras, entry, input_shape, "imagenet" if weights == "imagenet" else None, options)
+    model = base if entry.head == "none" else _add_head(keras, base, entry.head)
+    if path is not None:
+        _load_weights(model, base, path)
+    if weights == "none" and bn_momentum is not None:
+        # Keras applications use momentum 0.99/0.999: from scratch on ~150 steps per epoch the
+        # moving statistics lag far behind and validation output is constant (see DESIGN.md).
+        for layer in model.submodules if hasattr(model, "submodules") else model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
+    return model, base
+
+
+def _load_weights(model, base, path: Path):
+    errors = []
+    for target in (model, base):
+        try:
+            target.load_weights(str(path))
+            return
+        except Exception as exc:  # shape or layer-count mismatch: try the base network
+            errors.append(str(exc).splitlines()[0][:200])
+    raise ModelError(f"weights file {path} fits neither the full {model.name} model nor its base ({errors[-1]})")

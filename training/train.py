@@ -1,0 +1,233 @@
+"""`edgecxr train`: train a registered model on a Kermany-layout folder, honestly."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr import data as D
+from edgecxr import metrics
+from edgecxr.atomic import atomic_dir, check_writable
+from edgecxr.errors import ConfigError
+from edgecxr.modelinfo import ModelInfo, save_info
+from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
+from edgecxr.training import import_tf
+from edgecxr.training.augment import Augment, augment_batch, get_preset
+from edgecxr.training.models import build_model, get_entry
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "mobilenet_v2"
+    data: str = ""
+    epochs: int = 15
+    size: int | None = None  # None: the architecture's default
+    batch_size: int = 32
+    lr: float = 1e-3
+    augment: str = "standard"
+    intensity: float = 0.0
+    loss: str = "bce"  # bce | focal
+    class_weights: bool = True
+    weights: str = "none"  # none | imagenet | PATH
+    lung_crop: bool = False
+    equalize: bool = False
+    val_fraction: float = 0.1
+    split_file: str | None = None
+    folds: int = 0
+    seed: int = 0
+    patience: int = 5
+    head_epochs: int = 3
+    finetune_layers: int = 30
+    bn_momentum: float = 0.9
+    mixed_precision: bool = False
+    target_recall: float | None = None
+    classes: tuple = D.DEFAULT_CLASSES
+    alpha: float | None = None
+    strict: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def validate(self):
+        get_entry(self.arch)
+        get_preset(self.augment)
+        if self.loss not in ("bce", "focal"):
+            raise ConfigError(f"unknown loss {self.loss!r}; valid: bce, focal")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch size must be at least 1")
+
+    def spec(self) -> PreprocessSpec:
+        base = get_entry(self.arch).spec
+        return PreprocessSpec(size=self.size or base.size, channels=3, scale=base.scale, offset=base.offset,
+                              crop=LUNG_CROP if self.lung_crop else None, equalize=self.equalize)
+
+
+def get_strategy(tf):
+    """Several machines (TF_CONFIG), several GPUs, or the default (one GPU or the CPU)."""
+    import os
+
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def make_dataset(tf, pixels, labels, spec: PreprocessSpec, batch_size: int, aug: Augment | None = None,
+                 shuffle: bool = False, seed: int = 0):
+    """uint8 pixels (N, H, W) -> batches of model inputs; the same scaling as PreprocessSpec.scale_pixels."""
+    ds = tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.float32)))
+    if shuffle:
+        ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def to_input(x, y):
+        x = tf.cast(x, tf.float32)
+        if aug is not None:
+            x = augment_batch(tf, x, aug)
+        x = x * np.float32(spec.scale) + np.float32(spec.offset)
+        x = tf.repeat(x[..., None], spec.channels, axis=-1)
+        return x, y
+
+    return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_probs(tf, model, pixels, spec, batch_size=64) -> np.ndarray:
+    ds = make_dataset(tf, pixels, np.zeros(len(pixels)), spec, batch_size)
+    return model.predict(ds.map(lambda x, y: x), verbose=0).reshape(-1).astype(np.float64)
+
+
+def class_weights(labels) -> dict:
+    counts = np.bincount(labels, minlength=2)
+    return {i: float(len(labels) / (2 * max(c, 1))) for i, c in enumerate(counts)}
+
+
+def _compile(keras, model, cfg: TrainConfig, lr: float):
+    if cfg.loss == "focal":
+        loss = keras.losses.BinaryFocalCrossentropy(gamma=2.0)
+    else:
+        loss = keras.losses.BinaryCrossentropy()
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss,
+                  metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy"),
+                           keras.metrics.Recall(name="recall")])
+
+
+def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights, workdir: Path):
+    verbose = 1 if sys.stderr.isatty() else 2
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-6, verbose=1),
+    ]
+    history: dict[str, list] = {}
+
+    def run(epochs, lr):
+        _compile(keras, model, cfg, lr)
+        h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
+                      callbacks=callbacks, verbose=verbose)
+        for k, v in h.history.items():
+            history.setdefault(k, []).extend(float(x) for x in v)
+
+    if cfg.weights != "none" and base is not model:
+        base.trainable = False  # phase 1: train the new head on a frozen pretrained base
+        run(cfg.head_epochs, cfg.lr)
+        base.trainable = True
+        for layer in base.layers[: max(0, len(base.layers) - cfg.finetune_layers)]:
+            layer.trainable = False
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        run(cfg.epochs, cfg.lr / 10)  # phase 2: fine-tune the last layers
+    else:
+        run(cfg.epochs, cfg.lr)
+    return history
+
+
+def _write_history(history: dict, path: Path) -> None:
+    keys = list(history)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", *keys])
+        for i in range(len(history[keys[0]])):
+            writer.writerow([i + 1, *(history[k][i] for k in keys)])
+
+
+def _train_one(tf, keras, cfg, spec, train, val, workdir: Path):
+    """Train on `train`, pick the threshold on `val`; returns (model, val_probs, threshold, val_metrics, history)."""
+    x_train, y_train, _, _ = D.load_pixels(train, spec, strict=cfg.strict, progress="loading train")
+    x_val, y_val, _, _ = D.load_pixels(val, spec, strict=cfg.strict, progress="loading validation")
+    print(f"train: {len(y_train)} images ({int(y_train.sum())} positive), validation: {len(y_val)} "
+          f"({int(y_val.sum())} positive), {len({s.patient for s in val})} patients", file=sys.stderr)
+    aug = get_preset(cfg.augment, cfg.intensity)
+    train_ds = make_dataset(tf, x_train, y_train, spec, cfg.batch_size, aug, shuffle=True, seed=cfg.seed)
+    val_ds = make_dataset(tf, x_val, y_val, spec, cfg.batch_size)
+    options = {"alpha": cfg.alpha} if cfg.alpha is not None else {}
+    with get_strategy(tf).scope():
+        model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum, **options)
+    weights = class_weights(y_train) if cfg.class_weights else None
+    history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights, workdir)
+    probs = predict_probs(tf, model, x_val, spec)
+    threshold = metrics.choose_threshold(y_val, probs, target_recall=cfg.target_recall)
+    return model, (y_val, probs), threshold, metrics.binary_metrics(y_val, probs, threshold), history
+
+
+def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
+    """Train and write a complete run directory at `out` (or nothing, on failure)."""
+    cfg.validate()
+    check_writable(out, overwrite=overwrite)
+    tf, keras = import_tf()
+    tf.keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision and tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    spec = cfg.spec()
+    samples = D.list_split(cfg.data, "train", cfg.classes)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
+        spec.save(tmp / "preprocess.json")
+        if cfg.folds:
+            _cross_validate(tf, keras, cfg, spec, samples, tmp)
+            return out
+        if cfg.split_file:
+            train_s, val_s = D.apply_split(Path(cfg.split_file), samples)
+        else:
+            train_s, val_s = D.grouped_split(samples, cfg.val_fraction, cfg.seed)
+        D.save_split(tmp / "split.json", train_s, val_s, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                     data=str(cfg.data), grouped_by="patient")
+        start = time.time()
+        model, (y_val, p_val), threshold, val_metrics, history = _train_one(tf, keras, cfg, spec, train_s, val_s, tmp)
+        val_metrics["train_seconds"] = round(time.time() - start, 1)
+        val_metrics["epochs_run"] = len(next(iter(history.values())))
+        model.save(tmp / "model.keras")
+        method = f"target recall {cfg.target_recall} on validation" if cfg.target_recall else "Youden's J on validation"
+        save_info(tmp / "model.keras", ModelInfo(preprocess=spec, labels=cfg.classes, threshold=threshold,
+                                                threshold_method=method, arch=cfg.arch, val_metrics=val_metrics))
+        (tmp / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2) + "\n")
+        np.savez_compressed(tmp / "val_predictions.npz", y=y_val, prob=p_val, rel=[s.rel for s in val_s])
+        _write_history(history, tmp / "history.csv")
+        from edgecxr import plots
+
+        plots.history_png(history, tmp / "training_curves.png")
+        print(f"validation: accuracy {val_metrics['accuracy']:.4f} recall {val_metrics['recall']:.4f} "
+              f"specificity {val_metrics['specificity']:.4f} auc {val_metrics['roc_auc']:.4f} "
+              f"at threshold {threshold:.4f}", file=sys.stderr)
+    return out
+
+
+def _cross_validate(tf, keras, cfg, spec, samples, tmp: Path):
+    folds = D.grouped_kfold(samples, cfg.folds, cfg.seed)
+    results = []
+    for i, val_s in enumerate(folds):
+        val_rel = {s.rel for s in val_s}
+        train_s = [s for s in samples if s.rel not in val_rel]
+        print(f"fold {i + 1}/{cfg.folds}", file=sys.stderr)
+        *_, m, history = _train_one(tf, keras, cfg, spec, train_s, val_s, tmp)
+        _write_history(history, tmp / f"history_fold{i + 1}.csv")
+        results.append(m)
+    names = ("accuracy", "recall", "specificity", "f1", "roc_auc", "pr_auc")
+    summary = {n: {"mean": float(np.mean([r[n] for r in results])), "std": float(np.std([r[n] for r in results]))} for n in names}
+    (tmp / "cv.json").write_text(json.dumps({"folds": results, "summary": summary}, indent=2) + "\n")
+    for n in names:
+        print(f"{n:12s} " + " ".join(f"{r[n]:.4f}" for r in results) +
+              f"   mean {summary[n]['mean']:.4f} ± {summary[n]['std']:.4f}")
