@@ -11,8 +11,37 @@ from edgecxr import __version__
 from edgecxr.errors import EdgecxrError
 
 
+# Commands that live in a stage package, loaded only when named (no TensorFlow on start-up).
+LAZY_COMMANDS = {
+    "export": "edgecxr.export.cli:export",
+    "device": "edgecxr.devices.cli:device",
+    "benchmark": "edgecxr.export.benchmark:benchmark",
+    "explain": "edgecxr.training.explain:explain",
+    "report": "edgecxr.training.report:report",
+    "serve": "edgecxr.devices.serve:serve",
+}
+
+
 class Group(click.Group):
-    """Turns every EdgecxrError into one line on stderr and a non-zero exit."""
+    """Loads stage commands lazily; turns every EdgecxrError into one line on stderr and a non-zero exit."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._lazy(n)})
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, name) or self._lazy(name)
+
+    @staticmethod
+    def _lazy(name):
+        if name not in LAZY_COMMANDS:
+            return None
+        import importlib
+
+        module, attr = LAZY_COMMANDS[name].split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            return None  # that stage is not built or not installed
 
     def invoke(self, ctx):
         try:
