@@ -107,6 +107,27 @@ def train(out, overwrite, classes, **options):
 
 
 @main.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), help="Model (.keras); default: the shipped model.")
+@DATA
+@click.option("--split", default="test", show_default=True, help="train | val | test")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for metrics.json and plots.")
+@click.option("--threshold", type=float, help="Override the model's validation threshold.")
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
+@CLASSES
+@STRICT
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def evaluate(model_path, data, split, out, threshold, bootstrap, classes, strict, overwrite):
+    """Evaluate at the validation-chosen threshold; writes metrics.json (with 95% CIs) and ROC/PR/confusion PNGs."""
+    from edgecxr.data import parse_classes
+    from edgecxr.training.evaluate import evaluate as run, format_metrics
+
+    result = run(model_path, data, split, out, threshold=threshold, classes=parse_classes(classes), strict=strict,
+                 n_boot=bootstrap, overwrite=overwrite)
+    click.echo(format_metrics(result))
+    click.echo(f"written to {out}/metrics.json")
+
+
+@main.command()
 def models():
     """List the registered architectures."""
     from edgecxr.training.models import MODELS

@@ -1,0 +1,302 @@
+"""The device-runtime registry: one table that the classifier, the CLI and the benchmark read.
+
+Each runtime opens a bundle's model file and returns a ``Session`` with one job:
+``run(x)`` feeds one input tensor (already in the model's dtype and layout) and
+returns the raw output array. Runtimes are imported only when a session is
+opened, and TensorFlow only for the ``tf-lite`` runtime, never to probe.
+
+=============  ========  ============================================================
+name           family    notes
+=============  ========  ============================================================
+litert         tflite    ai-edge-litert, XNNPACK CPU delegate (fast int8). Preferred.
+tflite-runtime tflite    the last release is 2.14 (2023): needs numpy<2, no fast int8 path
+tf-lite        tflite    tf.lite.Interpreter, only when TensorFlow is already installed
+onnxruntime    onnx      TensorRT / CUDA execution providers when present, else CPU
+openvino       openvino  device CPU (default), GPU or NPU
+=============  ========  ============================================================
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgecxr.errors import ConfigError, MissingDependencyError, ModelError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    family: str  # which bundle family it runs: "tflite" | "onnx" | "openvino"
+    module: str  # the import that must succeed
+    extra: str  # pip extra that installs it
+    note: str
+    opener: Callable[..., "Session"]
+
+    def available(self) -> bool:
+        """True when the runtime's package is installed (found, not imported)."""
+        try:
+            return importlib.util.find_spec(self.module.split(".")[0]) is not None
+        except (ImportError, ValueError):
+            return False
+
+    def open(self, model_path: Path, *, threads: int | None = None, device: str | None = None) -> "Session":
+        return self.opener(Path(model_path), threads=threads, device=device)
+
+
+class Session:
+    """One loaded model. Not thread-safe: the Classifier serializes calls to `run`."""
+
+    runtime: str  # registry name
+    version: str  # runtime package version
+    provider: str  # delegate / execution provider / device that runs the model
+    threads: int | None
+    input_dtype: np.dtype
+    input_shape: tuple  # with the batch dimension; None for dynamic dims
+    note: str = ""
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def bare_loop(self, x: np.ndarray, runs: int) -> np.ndarray:
+        """Latency (ms) of `runs` bare invocations with the input set once: the runtime's own floor."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.runtime, "version": self.version, "provider": self.provider,
+                "threads": self.threads, "note": self.note}
+
+
+def _timed_loop(fn, runs: int) -> np.ndarray:
+    out = np.empty(runs, np.float64)
+    clock = time.perf_counter_ns
+    for i in range(runs):
+        t0 = clock()
+        fn()
+        out[i] = clock() - t0
+    return out / 1e6
+
+
+def _check_threads(threads):
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+
+
+# -- TFLite family ------------------------------------------------------------
+class TFLiteSession(Session):
+    def __init__(self, interpreter_cls, model_path: Path, *, runtime: str, version: str, provider: str,
+                 threads: int | None, note: str = ""):
+        _check_threads(threads)
+        try:
+            self.interpreter = interpreter_cls(model_path=str(model_path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{model_path}: {runtime} cannot load this model ({exc})") from None
+        inp = self.interpreter.get_input_details()
+        out = self.interpreter.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise ModelError(f"{model_path}: expected one input and one output, found {len(inp)} and {len(out)}")
+        self._in, self._out = inp[0]["index"], out[0]["index"]
+        self.input_dtype = np.dtype(inp[0]["dtype"])
+        self.input_shape = tuple(int(v) for v in inp[0]["shape"])
+        self.runtime, self.version, self.provider, self.threads, self.note = runtime, version, provider, threads, note
+
+    def run(self, x):
+        self.interpreter.set_tensor(self._in, x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out)
+
+    def bare_loop(self, x, runs):
+        self.interpreter.set_tensor(self._in, x)
+        return _timed_loop(self.interpreter.invoke, runs)
+
+
+def _open_litert(model_path, *, threads=None, device=None):
+    from ai_edge_litert import interpreter as litert
+    import ai_edge_litert
+
+    version = getattr(ai_edge_litert, "__version__", "unknown")
+    return TFLiteSession(litert.Interpreter, model_path, runtime="litert", version=version,
+                         provider="XNNPACK (CPU)", threads=threads)
+
+
+def _open_tflite_runtime(model_path, *, threads=None, device=None):
+    try:
+        from tflite_runtime import interpreter as tflite
+        import tflite_runtime
+    except (ImportError, AttributeError) as exc:  # numpy 2 breaks its compiled module
+        raise MissingDependencyError(
+            f"tflite-runtime does not import here ({exc}); it needs numpy<2: "
+            "pip install 'edgecxr[tflite]' (or use LiteRT: pip install 'edgecxr[litert]')") from None
+    note = "tflite-runtime 2.14 has no fast int8 path (about 40x slower than LiteRT here); prefer litert"
+    warnings.warn(note, stacklevel=3)
+    return TFLiteSession(tflite.Interpreter, model_path, runtime="tflite-runtime",
+                         version=getattr(tflite_runtime, "__version__", "unknown"),
+                         provider="builtin CPU kernels", threads=threads, note=note)
+
+
+def _open_tf_lite(model_path, *, threads=None, device=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf = importlib.import_module("tensorflow")
+    return TFLiteSession(tf.lite.Interpreter, model_path, runtime="tf-lite", version=tf.__version__,
+                         provider="XNNPACK (CPU)", threads=threads,
+                         note="TensorFlow's bundled interpreter; a device needs only ai-edge-litert")
+
+
+# -- ONNX Runtime -------------------------------------------------------------
+ORT_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ORT_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "gpu": "CUDAExecutionProvider",
+               "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
+
+
+class OrtSession(Session):
+    def __init__(self, model_path: Path, *, threads=None, device=None):
+        import onnxruntime as ort
+
+        _check_threads(threads)
+        available = ort.get_available_providers()
+        if device:
+            wanted = ORT_ALIASES.get(device.lower(), device)
+            if wanted not in available:
+                raise ConfigError(f"onnxruntime provider {device!r} is not available here; available: {', '.join(available)}")
+            providers = [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
+        else:
+            providers = [p for p in ORT_PREFERENCE if p in available] or available
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"{model_path}: onnxruntime cannot load this model ({exc})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ModelError(f"{model_path}: expected one input, found {len(inputs)}")
+        self._in, self._out = inputs[0].name, outputs[0].name
+        types = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+                 "tensor(float16)": np.float16}
+        self.input_dtype = np.dtype(types.get(inputs[0].type, np.float32))
+        self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape)
+        self.runtime, self.version, self.threads = "onnxruntime", ort.__version__, threads
+        self.provider = self.session.get_providers()[0]
+
+    def run(self, x):
+        return self.session.run([self._out], {self._in: x})[0]
+
+    def bare_loop(self, x, runs):
+        feed, names, run = {self._in: x}, [self._out], self.session.run
+        return _timed_loop(lambda: run(names, feed), runs)
+
+
+# -- OpenVINO -----------------------------------------------------------------
+class OpenVinoSession(Session):
+    def __init__(self, model_path: Path, *, threads=None, device=None):
+        import openvino as ov
+
+        _check_threads(threads)
+        device = (device or "CPU").upper()
+        core = ov.Core()
+        if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices} and device != "AUTO":
+            raise ConfigError(f"OpenVINO device {device!r} is not available here; available: {', '.join(core.available_devices)}")
+        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads and device == "CPU" else {}
+        try:
+            compiled = core.compile_model(core.read_model(str(model_path)), device, config)
+        except Exception as exc:
+            raise ModelError(f"{model_path}: OpenVINO cannot compile this model for {device} ({exc})") from None
+        if len(compiled.inputs) != 1:
+            raise ModelError(f"{model_path}: expected one input, found {len(compiled.inputs)}")
+        self.request = compiled.create_infer_request()
+        self._port = compiled.inputs[0]
+        self._out = compiled.outputs[0]
+        self.input_dtype = np.dtype(self._port.get_element_type().to_dtype())
+        shape = self._port.get_partial_shape()
+        self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
+        try:
+            full = core.get_property(device, "FULL_DEVICE_NAME")
+        except Exception:
+            full = device
+        self.runtime, self.version, self.threads = "openvino", ov.__version__.split("-")[0], threads
+        self.provider = f"{device} ({full})"
+
+    def run(self, x):
+        return self.request.infer({0: x})[self._out]
+
+    def bare_loop(self, x, runs):
+        import openvino as ov
+
+        self.request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x)))
+        return _timed_loop(self.request.infer, runs)
+
+
+RUNTIMES: dict[str, Runtime] = {
+    r.name: r
+    for r in [
+        Runtime("litert", "tflite", "ai_edge_litert", "litert", "Google LiteRT (ex TFLite), XNNPACK", _open_litert),
+        Runtime("tflite-runtime", "tflite", "tflite_runtime", "tflite",
+                "legacy tflite-runtime 2.14: needs numpy<2, slow int8; for old Pi OS images", _open_tflite_runtime),
+        Runtime("tf-lite", "tflite", "tensorflow", "train", "tf.lite from an installed TensorFlow", _open_tf_lite),
+        Runtime("onnxruntime", "onnx", "onnxruntime", "onnx", "TensorRT/CUDA providers when present, else CPU", OrtSession),
+        Runtime("openvino", "openvino", "openvino", "openvino", "device CPU, GPU or NPU", OpenVinoSession),
+    ]
+}
+
+
+def runtimes_for(family: str) -> list[Runtime]:
+    return [r for r in RUNTIMES.values() if r.family == family]
+
+
+def pick_runtime(family: str, name: str | None = None) -> Runtime:
+    """The runtime to use for a bundle family: `name` if given (checked), else the first installed one."""
+    candidates = runtimes_for(family)
+    if name:
+        if name not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
+        runtime = RUNTIMES[name]
+        if runtime.family != family:
+            raise ConfigError(f"runtime {name} runs {runtime.family} models, but this bundle is {family}; "
+                              f"use one of: {', '.join(r.name for r in candidates)}")
+        if not runtime.available():
+            raise MissingDependencyError(f"runtime {name} is not installed; pip install 'edgecxr[{runtime.extra}]'")
+        return runtime
+    for runtime in candidates:
+        if runtime.available():
+            return runtime
+    extras = " or ".join(f"pip install 'edgecxr[{r.extra}]'" for r in candidates if r.extra != "train")
+    raise MissingDependencyError(f"no runtime for {family} bundles is installed; {extras}")
+
+
+def open_session(model_path: Path, family: str, *, runtime: str | None = None, threads: int | None = None,
+                 device: str | None = None) -> Session:
+    """Open `model_path` with the chosen (or first installed) runtime of `family`.
+
+    Without an explicit runtime, a tflite-runtime that fails to import (numpy 2)
+    falls through to the next candidate instead of failing.
+    """
+    if runtime:
+        return pick_runtime(family, runtime).open(model_path, threads=threads, device=device)
+    errors = []
+    for candidate in runtimes_for(family):
+        if not candidate.available():
+            continue
+        try:
+            return candidate.open(model_path, threads=threads, device=device)
+        except MissingDependencyError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise MissingDependencyError("; ".join(errors))
+    pick_runtime(family)  # raises the "install one of" error
+    raise AssertionError("unreachable")
+
+
+def list_runtimes() -> list[dict]:
+    return [{"name": r.name, "family": r.family, "installed": r.available(), "extra": r.extra, "note": r.note}
+            for r in RUNTIMES.values()]

@@ -1,0 +1,295 @@
+"""Core: image reading, data layout and splits, preprocessing spec, metrics."""
+import io
+import zlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgecxr import data as D
+from edgecxr import metrics
+from edgecxr.errors import ConfigError, DataError, ImageError
+from edgecxr.images import decode_image, read_image
+from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+# -- images --------------------------------------------------------------------
+def test_kermany_jpeg_reads_as_identical_gray(kermany):
+    path = next((kermany / "test" / "NORMAL").iterdir())
+    gray = np.asarray(read_image(path))
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    assert gray.shape == (224, 224) and gray.dtype == np.uint8
+    assert np.abs(gray.astype(int) - rgb[..., 0].astype(int)).max() <= 1
+
+
+def test_modes_decode_to_gray():
+    base = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
+    sixteen = Image.fromarray(base.astype(np.uint16) * 257)
+    assert np.array_equal(np.asarray(decode_image(_png(sixteen))), np.asarray(Image.fromarray(base).point(lambda v: round(v * 255 / 252))))
+    rgba = Image.fromarray(np.dstack([base] * 3 + [np.full_like(base, 255)]), "RGBA")
+    assert np.array_equal(np.asarray(decode_image(_png(rgba))), base)
+    palette = Image.fromarray(base).convert("P")
+    palette.info["transparency"] = 0
+    assert decode_image(_png(palette, transparency=0)).mode == "L"
+    cmyk = io.BytesIO()
+    Image.fromarray(np.dstack([base] * 3)).convert("CMYK").save(cmyk, "JPEG")
+    assert decode_image(cmyk.getvalue()).size == (64, 16)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "empty"),
+    (b"hello, this is text", "not a readable image"),
+])
+def test_bad_bytes_are_one_line_errors(payload, message):
+    with pytest.raises(ImageError, match=message) as exc:
+        decode_image(payload, "x.jpeg")
+    assert "\n" not in str(exc.value)
+
+
+def test_truncated_jpeg(kermany):
+    data = next((kermany / "test" / "NORMAL").iterdir()).read_bytes()
+    with pytest.raises(ImageError, match="x.jpeg"):
+        decode_image(data[: len(data) // 3], "x.jpeg")
+
+
+def test_decompression_bomb_header_is_refused():
+    png = _png(Image.new("L", (1, 1)))
+    bomb = bytearray(png)
+    bomb[16:24] = (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big")  # IHDR width, height
+    bomb[29:33] = zlib.crc32(bytes(bomb[12:29])).to_bytes(4, "big")  # valid chunk CRC
+    with pytest.raises(ImageError, match="limit"):
+        decode_image(bytes(bomb), "bomb.png")
+
+
+def _dicom(tmp_path: Path, pixels: np.ndarray, photometric="MONOCHROME2", with_pixels=True, **extra) -> Path:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset(str(tmp_path / "x.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    if with_pixels:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    path = tmp_path / f"{photometric}{with_pixels}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_monochrome_and_rescale(tmp_path):
+    ramp = np.tile(np.arange(0, 4000, 250, dtype=np.uint16), (8, 1))
+    mono2 = np.asarray(read_image(_dicom(tmp_path, ramp, RescaleSlope=2, RescaleIntercept=-100)))
+    mono1 = np.asarray(read_image(_dicom(tmp_path, ramp, "MONOCHROME1")))
+    assert mono2[0, 0] == 0 and mono2[0, -1] == 255
+    assert np.array_equal(mono1, 255 - mono2)
+
+
+def test_dicom_window_is_applied(tmp_path):
+    ramp = np.tile(np.arange(0, 4000, 250, dtype=np.uint16), (8, 1))
+    windowed = np.asarray(read_image(_dicom(tmp_path, ramp, WindowCenter=1000, WindowWidth=500)))
+    assert windowed[0, 0] == 0 and windowed[0, -1] == 255 and (windowed[0] == 255).sum() > 8
+
+
+def test_dicom_without_pixels(tmp_path):
+    with pytest.raises(ImageError, match="no pixel data"):
+        read_image(_dicom(tmp_path, np.zeros((4, 4)), with_pixels=False))
+
+
+# -- data ------------------------------------------------------------------------
+def test_patient_ids_and_subgroups():
+    assert D.patient_id("person1000_bacteria_2931.jpeg") == D.patient_id("person1000_virus_1681.jpeg") == "P1000"
+    assert D.patient_id("IM-0115-0001.jpeg") == "N-0115"
+    assert D.patient_id("NORMAL2-IM-0115-0001.jpeg") == "N2-0115"
+    assert D.subgroup("person1_virus_6.jpeg", 1) == "viral"
+    assert D.subgroup("person1_bacteria_1.jpeg", 1) == "bacterial"
+
+
+def test_list_split_counts(kermany):
+    test = D.list_split(kermany, "test")
+    assert len(test) == 624 and sum(s.label for s in test) == 390
+    assert test[0].rel.startswith("test/NORMAL/")
+
+
+def test_layout_errors(tmp_path, kermany):
+    with pytest.raises(DataError, match="not found"):
+        D.list_split(tmp_path / "nope")
+    with pytest.raises(DataError, match="no 'test' folder"):
+        D.list_split(tmp_path)
+    (tmp_path / "test" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "test" / "PNEUMONIA").mkdir()
+    with pytest.raises(DataError, match="has no images"):
+        D.list_split(tmp_path)
+    with pytest.raises(DataError, match="no class folder 'CAT'"):
+        D.list_split(kermany, "test", ("NORMAL", "CAT"))
+
+
+def test_grouped_split_keeps_patients_apart(kermany):
+    samples = D.list_split(kermany, "train")
+    train, val = D.grouped_split(samples, 0.1, seed=3)
+    assert not {s.patient for s in train} & {s.patient for s in val}
+    assert len(train) + len(val) == len(samples)
+    for label in (0, 1):
+        share = sum(s.label == label for s in val) / sum(s.label == label for s in samples)
+        assert 0.09 < share < 0.12
+    assert D.grouped_split(samples, 0.1, seed=3) == (train, val)
+    assert D.grouped_split(samples, 0.1, seed=4)[1] != val
+
+
+def test_split_file_roundtrip(tmp_path, kermany):
+    samples = D.list_split(kermany, "train")
+    train, val = D.grouped_split(samples, 0.2, seed=0)
+    D.save_split(tmp_path / "split.json", train, val, seed=0)
+    assert D.apply_split(tmp_path / "split.json", samples) == (train, val)
+
+
+def test_kfold_groups(kermany):
+    samples = D.list_split(kermany, "train")
+    folds = D.grouped_kfold(samples, 5, seed=0)
+    assert sum(len(f) for f in folds) == len(samples)
+    patients = [{s.patient for s in f} for f in folds]
+    assert all(not (patients[i] & patients[j]) for i in range(5) for j in range(i + 1, 5))
+    assert max(len(f) for f in folds) - min(len(f) for f in folds) < 60
+
+
+def test_csv_manifest(tmp_path, sample):
+    rows = ["path,label,patient_id,split"]
+    for s in D.list_split(sample, "test"):
+        rows.append(f"{Path(sample, s.rel).as_posix()},{'PNEUMONIA' if s.label else 'NORMAL'},,test")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    got = D.list_split(tmp_path / "m.csv", "test")
+    assert len(got) == 40 and sum(s.label for s in got) == 20
+    (tmp_path / "bad.csv").write_text("file,y\na.png,1\n")
+    with pytest.raises(DataError, match="path,label"):
+        D.list_split(tmp_path / "bad.csv")
+
+
+def test_load_pixels_skips_bad_files(tmp_path, sample):
+    root = tmp_path / "d"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (root / "test" / cls).mkdir(parents=True)
+        for f in list((sample / "test" / cls).iterdir())[:3]:
+            (root / "test" / cls / f.name).write_bytes(f.read_bytes())
+    (root / "test" / "NORMAL" / "broken.jpeg").write_bytes(b"not a jpeg")
+    samples = D.list_split(root, "test")
+    pixels, labels, kept, bad = D.load_pixels(samples, PreprocessSpec(size=64))
+    assert pixels.shape == (6, 64, 64) and len(bad) == 1 and "broken.jpeg" in bad[0][1]
+    with pytest.raises(ImageError):
+        D.load_pixels(samples, PreprocessSpec(size=64), strict=True)
+
+
+# -- preprocessing ------------------------------------------------------------------
+def test_spec_json_roundtrip(tmp_path):
+    spec = PreprocessSpec(size=150, crop=LUNG_CROP, equalize=True, scale=1 / 255, offset=0.0)
+    spec.save(tmp_path / "p.json")
+    assert PreprocessSpec.load(tmp_path / "p.json") == spec
+    with pytest.raises(ConfigError, match="unknown preprocess keys"):
+        PreprocessSpec.from_dict({**spec.to_dict(), "mean": 3})
+    with pytest.raises(ConfigError):
+        PreprocessSpec(channels=2)
+
+
+def test_lung_crop_region(fullres):
+    path = next((fullres / "NORMAL").iterdir())
+    img = read_image(path)
+    spec = PreprocessSpec(size=64, crop=LUNG_CROP)
+    w, h = img.size
+    manual = img.crop((round(0.2 * w), round(0.15 * h), round(0.8 * w), round(0.9 * h))).resize((64, 64), Image.Resampling.BILINEAR)
+    assert np.array_equal(spec.to_pixels(img), np.asarray(manual))
+
+
+@pytest.mark.parametrize("spec", [
+    PreprocessSpec(),
+    PreprocessSpec(size=150, scale=1 / 255, offset=0.0, crop=LUNG_CROP),
+    PreprocessSpec(size=96, equalize=True),
+])
+def test_training_pipeline_matches_device_preprocessing(spec, kermany, fullres):
+    """What the training input pipeline feeds the model == the device's numpy/Pillow tensor."""
+    from edgecxr.training import import_tf
+    from edgecxr.training.train import make_dataset
+
+    tf, _ = import_tf()
+    samples = D.list_split(kermany, "test")[::60] + [D.Sample(p, p.name, 0, "x") for p in sorted((fullres / "NORMAL").iterdir())[:3]]
+    pixels, labels, kept, _ = D.load_pixels(samples, spec)
+    fed = np.concatenate([x.numpy() for x, _ in make_dataset(tf, pixels, labels, spec, 4)])
+    device = np.stack([spec.load_input(s.path) for s in kept])
+    assert fed.shape == device.shape == (len(kept), *spec.input_shape)
+    assert np.abs(fed - device).max() <= spec.scale * 1.0 + 1e-6  # at most one grey level
+
+
+# -- metrics -------------------------------------------------------------------------
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    scores = np.clip(y * 0.3 + rng.normal(0.4, 0.25, 300), 0, 1).round(2)  # rounded: ties
+    return y, scores
+
+
+def test_metrics_match_sklearn(scored):
+    from sklearn import metrics as sk
+
+    y, s = scored
+    m = metrics.binary_metrics(y, s, 0.55)
+    pred = s >= 0.55
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(sk.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(sk.recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(sk.recall_score(1 - y, ~pred))
+    assert m["f1"] == pytest.approx(sk.f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(sk.roc_auc_score(y, s))
+    assert m["pr_auc"] == pytest.approx(sk.average_precision_score(y, s))
+    tn, fp, fn, tp = sk.confusion_matrix(y, pred).ravel()
+    assert m["confusion"] == {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def test_roc_curve_matches_sklearn(scored):
+    from sklearn import metrics as sk
+
+    y, s = scored
+    fpr, tpr, thr = metrics.roc_curve(y, s)
+    sk_fpr, sk_tpr, _ = sk.roc_curve(y, s, drop_intermediate=False)
+    assert np.allclose(fpr, sk_fpr) and np.allclose(tpr, sk_tpr)
+
+
+def test_threshold_choice(scored):
+    y, s = scored
+    fpr, tpr, thr = metrics.roc_curve(y, s)
+    youden = metrics.choose_threshold(y, s)
+    assert youden == thr[np.argmax(tpr - fpr)]
+    t95 = metrics.choose_threshold(y, s, target_recall=0.95)
+    assert metrics.binary_metrics(y, s, t95)["recall"] >= 0.95
+    assert metrics.binary_metrics(y, s, t95 + 0.011)["recall"] < 0.95
+
+
+def test_bootstrap_ci_brackets_point(scored):
+    y, s = scored
+    m = metrics.binary_metrics(y, s, 0.5)
+    ci = metrics.bootstrap_ci(y, s, 0.5, n_boot=200)
+    for name in metrics.METRIC_NAMES:
+        assert ci[name][0] <= m[name] <= ci[name][1]
+        assert ci[name][1] - ci[name][0] < 0.25
+
+
+def test_mcnemar_exact():
+    y = np.ones(20, int)
+    a = np.ones(20, int)
+    b = a.copy()
+    b[:6] = 0  # b wrong on 6 cases a gets right
+    result = metrics.mcnemar(y, a, b)
+    assert result["a_only_right"] == 6 and result["b_only_right"] == 0
+    assert result["p_value"] == pytest.approx(2 * 0.5**6)
+    assert metrics.mcnemar(y, a, a)["p_value"] == 1.0

@@ -1,0 +1,143 @@
+"""Training stage: registry, weights, a real one-epoch run, evaluation, CLI errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgecxr.errors import ConfigError, ModelError
+
+
+def test_registry_has_the_issue_architectures():
+    from edgecxr.training.models import MODELS
+
+    wanted = {"mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "cxr_cnn"}
+    assert wanted <= set(MODELS)
+    assert MODELS["cxr_cnn"].spec.size == 150
+    assert any(m.tiny for m in MODELS.values())
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "tiny_mobilenet_v2", "cxr_cnn"])
+def test_models_build_with_one_sigmoid(name):
+    from edgecxr.training.models import build_model
+
+    model, _ = build_model(name)
+    assert model.output_shape == (None, 1)
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+
+
+def test_resnet_head():
+    from edgecxr.training.models import build_model
+
+    model, base = build_model("resnet50", size=64)
+    dense = [l for l in model.layers[len(base.layers):] if type(l).__name__ == "Dense"]
+    assert [d.units for d in dense] == [128, 1]
+
+
+def test_bn_momentum_from_scratch():
+    from edgecxr.training.models import build_model
+
+    model, _ = build_model("tiny_mobilenet_v2", bn_momentum=0.9)
+    moms = {l.momentum for l in model.layers if type(l).__name__ == "BatchNormalization"}
+    assert moms == {0.9}
+
+
+def test_unknown_arch_and_option():
+    from edgecxr.training.models import build_model
+
+    with pytest.raises(ConfigError, match="valid: .*mobilenet_v2"):
+        build_model("vgg99")
+    with pytest.raises(ConfigError, match="no option"):
+        build_model("tiny_cnn", alpha=0.5)
+
+
+def test_weights_path_route(tmp_path):
+    from edgecxr.training.models import build_model
+
+    first, _ = build_model("tiny_mobilenet_v2")
+    first.save_weights(tmp_path / "w.h5")
+    second, _ = build_model("tiny_mobilenet_v2", weights=str(tmp_path / "w.h5"))
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        assert np.array_equal(a, b)
+    with pytest.raises(ModelError, match="not found"):
+        build_model("tiny_mobilenet_v2", weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(ModelError, match="fits neither"):
+        build_model("tiny_cnn", weights=str(tmp_path / "w.h5"))
+
+
+def test_imagenet_download_refused_is_clear(monkeypatch):
+    from edgecxr.training import import_tf
+    from edgecxr.training.models import build_model
+
+    _, keras = import_tf()
+
+    def refuse(*a, **k):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", refuse)
+    import tf_keras.src.applications.mobilenet_v2 as mv2
+
+    monkeypatch.setattr(mv2.data_utils, "get_file", refuse)
+    with pytest.raises(ModelError, match="--weights PATH"):
+        build_model("mobilenet_v2", weights="imagenet")
+
+
+def test_tiny_training_run(tiny_run):
+    for name in ("model.keras", "model.json", "preprocess.json", "split.json", "config.json",
+                 "history.csv", "training_curves.png", "val_metrics.json"):
+        assert (tiny_run / name).is_file(), name
+    info = json.loads((tiny_run / "model.json").read_text())
+    val = json.loads((tiny_run / "val_metrics.json").read_text())
+    assert info["threshold"] == val["threshold"] and 0 < info["threshold"] < 1
+    assert val["roc_auc"] > 0.8  # 3 epochs of a 4k-parameter CNN already learn the task
+    rows = (tiny_run / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 and "val_loss" in rows[0]
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert len(split["val"]) > 400 and not set(split["train"]) & set(split["val"])
+
+
+def test_evaluate_writes_metrics_and_plots(tiny_model, sample, tmp_path):
+    from edgecxr.training.evaluate import evaluate
+
+    result = evaluate(tiny_model, sample, "test", tmp_path / "ev", n_boot=100)
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "threshold", "n", "confusion", "ci"):
+        assert key in saved
+    assert saved["n"] == 40 and saved["threshold"] == json.loads(tiny_model.with_suffix(".json").read_text())["threshold"]
+    assert saved["ci"]["accuracy"][0] <= saved["accuracy"] <= saved["ci"]["accuracy"][1]
+    for png in ("roc.png", "pr.png", "confusion.png"):
+        assert (tmp_path / "ev" / png).stat().st_size > 5000
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgecxr.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_bad_inputs_one_line(tmp_path, kermany):
+    cases = [
+        ("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--arch", "tiny_cnn"),
+        ("train", "--data", str(kermany), "--out", str(tmp_path / "r"), "--arch", "vgg99"),
+        ("train", "--data", str(kermany), "--out", str(tmp_path / "r"), "--arch", "tiny_cnn", "--classes", "NORMAL,CAT"),
+    ]
+    for args in cases:
+        proc = _cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_failed_run_leaves_nothing(tmp_path, sample):
+    """A run that fails mid-way (here: no readable validation images) leaves no run folder."""
+    from edgecxr.errors import DataError
+    from edgecxr.training.train import TrainConfig, train
+
+    root = tmp_path / "data"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(4):
+            (root / "train" / cls / f"IM-{i:04d}-0001.jpeg").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="no readable images"):
+        train(TrainConfig(arch="tiny_cnn", data=str(root), epochs=1), tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.tmp-*"))

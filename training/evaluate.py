@@ -1,0 +1,73 @@
+"""`edgecxr evaluate`: metrics with bootstrap intervals at the model's validation threshold."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr import data as D
+from edgecxr import metrics, plots
+from edgecxr.atomic import atomic_dir
+from edgecxr.errors import ModelError
+from edgecxr.modelinfo import ModelInfo, default_model_path, load_info
+from edgecxr.training import import_tf
+from edgecxr.training.train import predict_probs
+
+
+def load_model(path: Path, *, trust: bool = False):
+    """Load a tf_keras model without running code from the file (safe_mode)."""
+    _, keras = import_tf()
+    if not Path(path).exists():
+        raise ModelError(f"model {path} not found; pass --model PATH to a .keras, .h5 or SavedModel")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=not trust)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise ModelError(f"{path}: the model contains code (a Lambda layer); refusing to run it. "
+                             "Pass --trust-model only if you trust its author") from None
+        raise ModelError(f"{path}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot load model ({exc})") from None
+
+
+def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *, threshold: float | None = None,
+             classes=D.DEFAULT_CLASSES, strict: bool = False, batch_size: int = 32, n_boot: int = 1000,
+             overwrite: bool = False) -> dict:
+    tf, _ = import_tf()
+    model_path = Path(model_path) if model_path else default_model_path()
+    info = load_info(model_path)
+    if info is None:
+        raise ModelError(f"{model_path}: no {model_path.with_suffix('.json').name} beside it; evaluate needs an edgecxr model "
+                         "(for other models use `edgecxr export` with --input-size/--scale/--offset flags)")
+    model = load_model(model_path)
+    samples = D.list_split(data_root, split, classes)
+    pixels, labels, kept, bad = D.load_pixels(samples, info.preprocess, strict=strict, progress=f"loading {split}")
+    probs = predict_probs(tf, model, pixels, info.preprocess, batch_size)
+    thr = info.threshold if threshold is None else threshold
+    result = metrics.binary_metrics(labels, probs, thr)
+    result["ci"] = metrics.bootstrap_ci(labels, probs, thr, n_boot=n_boot)
+    result["at_0.5"] = metrics.binary_metrics(labels, probs, 0.5)
+    result.update(threshold_method=info.threshold_method if threshold is None else "given on the command line",
+                  split=split, model=str(model_path), skipped=[{"file": s.rel, "error": e} for s, e in bad])
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        np.savez_compressed(tmp / "predictions.npz", y=labels, prob=probs, rel=[s.rel for s in kept])
+        plots.roc_png(labels, probs, tmp / "roc.png", thr, title=f"ROC ({split})")
+        plots.pr_png(labels, probs, tmp / "pr.png", title=f"Precision-recall ({split})")
+        plots.confusion_png(result["confusion"], info.labels, tmp / "confusion.png")
+        plots.calibration_png(labels, probs, tmp / "calibration.png")
+    return result
+
+
+def format_metrics(m: dict) -> str:
+    lines = [f"n={m['n']}  threshold={m['threshold']:.4f} ({m.get('threshold_method', '')})"]
+    for name in metrics.METRIC_NAMES:
+        lo, hi = m["ci"][name]
+        lines.append(f"  {name:12s} {m[name]:.4f}  [{lo:.4f}, {hi:.4f}]")
+    cm = m["confusion"]
+    lines.append(f"  confusion    tp={cm['tp']} fp={cm['fp']} tn={cm['tn']} fn={cm['fn']}")
+    half = m["at_0.5"]
+    lines.append(f"  at 0.5:      accuracy {half['accuracy']:.4f} recall {half['recall']:.4f} specificity {half['specificity']:.4f}")
+    return "\n".join(lines)
