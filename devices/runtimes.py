@@ -47,8 +47,10 @@ class Runtime:
         except (ImportError, ValueError):
             return False
 
-    def open(self, model_path: Path, *, threads: int | None = None, device: str | None = None) -> "Session":
-        return self.opener(Path(model_path), threads=threads, device=device)
+    def open(self, model_path: Path, *, threads: int | None = None, device: str | None = None,
+             precision: str | None = None) -> "Session":
+        """precision: the bundle target's precision; OpenVINO keeps fp32 bundles in f32 on CPU."""
+        return self.opener(Path(model_path), threads=threads, device=device, precision=precision)
 
 
 class Session:
@@ -118,7 +120,7 @@ class TFLiteSession(Session):
         return _timed_loop(self.interpreter.invoke, runs)
 
 
-def _open_litert(model_path, *, threads=None, device=None):
+def _open_litert(model_path, *, threads=None, device=None, precision=None):
     from ai_edge_litert import interpreter as litert
     import ai_edge_litert
 
@@ -127,7 +129,7 @@ def _open_litert(model_path, *, threads=None, device=None):
                          provider="XNNPACK (CPU)", threads=threads)
 
 
-def _open_tflite_runtime(model_path, *, threads=None, device=None):
+def _open_tflite_runtime(model_path, *, threads=None, device=None, precision=None):
     try:
         from tflite_runtime import interpreter as tflite
         import tflite_runtime
@@ -142,7 +144,7 @@ def _open_tflite_runtime(model_path, *, threads=None, device=None):
                          provider="builtin CPU kernels", threads=threads, note=note)
 
 
-def _open_tf_lite(model_path, *, threads=None, device=None):
+def _open_tf_lite(model_path, *, threads=None, device=None, precision=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf = importlib.import_module("tensorflow")
     return TFLiteSession(tf.lite.Interpreter, model_path, runtime="tf-lite", version=tf.__version__,
@@ -157,7 +159,7 @@ ORT_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "
 
 
 class OrtSession(Session):
-    def __init__(self, model_path: Path, *, threads=None, device=None):
+    def __init__(self, model_path: Path, *, threads=None, device=None, precision=None):
         import onnxruntime as ort
 
         _check_threads(threads)
@@ -199,7 +201,7 @@ class OrtSession(Session):
 
 # -- OpenVINO -----------------------------------------------------------------
 class OpenVinoSession(Session):
-    def __init__(self, model_path: Path, *, threads=None, device=None):
+    def __init__(self, model_path: Path, *, threads=None, device=None, precision=None):
         import openvino as ov
 
         _check_threads(threads)
@@ -208,6 +210,9 @@ class OpenVinoSession(Session):
         if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices} and device != "AUTO":
             raise ConfigError(f"OpenVINO device {device!r} is not available here; available: {', '.join(core.available_devices)}")
         config = {"INFERENCE_NUM_THREADS": int(threads)} if threads and device == "CPU" else {}
+        if device == "CPU" and precision in ("fp32", "fp16"):
+            # CPUs with bf16/AMX would otherwise run bf16 and drift from the float reference
+            config["INFERENCE_PRECISION_HINT"] = "f32"
         try:
             compiled = core.compile_model(core.read_model(str(model_path)), device, config)
         except Exception as exc:
@@ -274,21 +279,32 @@ def pick_runtime(family: str, name: str | None = None) -> Runtime:
     raise MissingDependencyError(f"no runtime for {family} bundles is installed; {extras}")
 
 
+def default_threads() -> int:
+    """All cores up to 4 (a Pi 4/5 has 4): recorded in every result, so runs are comparable."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 def open_session(model_path: Path, family: str, *, runtime: str | None = None, threads: int | None = None,
-                 device: str | None = None) -> Session:
+                 device: str | None = None, precision: str | None = None) -> Session:
     """Open `model_path` with the chosen (or first installed) runtime of `family`.
 
+    threads defaults to default_threads().
     Without an explicit runtime, a tflite-runtime that fails to import (numpy 2)
     falls through to the next candidate instead of failing.
     """
+    threads = threads or default_threads()
     if runtime:
-        return pick_runtime(family, runtime).open(model_path, threads=threads, device=device)
+        return pick_runtime(family, runtime).open(model_path, threads=threads, device=device, precision=precision)
     errors = []
     for candidate in runtimes_for(family):
         if not candidate.available():
             continue
         try:
-            return candidate.open(model_path, threads=threads, device=device)
+            return candidate.open(model_path, threads=threads, device=device, precision=precision)
         except MissingDependencyError as exc:
             errors.append(str(exc))
     if errors:

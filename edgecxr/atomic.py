@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,9 +12,16 @@ from pathlib import Path
 from edgecxr.errors import EdgecxrError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: Path, *, overwrite: bool = False) -> None:
     """Fail early (before hours of work) when `path` cannot be created."""
     path = Path(path)
+    clean_stale(path)  # leftovers of a killed earlier run (and a half-done swap put back)
     if path.exists() and not overwrite and (path.is_file() or any(path.iterdir())):
         raise EdgecxrError(f"{path} already exists; choose another --out or pass --overwrite")
     parent = path.parent
@@ -22,13 +30,50 @@ def check_writable(path: Path, *, overwrite: bool = False) -> None:
         raise EdgecxrError(f"cannot write to {parent_exists}: permission denied; choose another --out")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_stale(final: Path) -> list[Path]:
+    """Remove the hidden `.NAME.tmp-PID-*` / `.NAME.old-PID` siblings of `final` left by a killed writer.
+
+    Only leftovers of processes that no longer run are touched. If a writer died between
+    its two renames (old result moved aside, new one not yet in place), the old result is
+    put back as `final`. Returns the paths removed or restored.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(tmp|old)-(\d+)(?:-.*)?")
+    done = []
+    for p in sorted(final.parent.iterdir()):
+        m = pattern.fullmatch(p.name)
+        if not m or _pid_alive(int(m[2])):
+            continue
+        with contextlib.suppress(OSError):
+            if m[1] == "old" and not final.exists() and not final.is_symlink():
+                os.rename(p, final)  # the swap was cut in half: the previous result comes back
+            elif p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            done.append(p)
+    return done
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, *, overwrite: bool = False):
     """Yield a temporary folder beside `final`; it replaces `final` only if the block succeeds."""
     final = Path(final)
     check_writable(final, overwrite=overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
     except BaseException:
@@ -51,12 +96,14 @@ def replace_dir(new: Path, final: Path) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

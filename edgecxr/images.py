@@ -29,6 +29,12 @@ def _is_dicom(data: bytes, name: str) -> bool:
     return data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
 
 
+def _brief(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (decoder messages can span several lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _to_uint8(values: np.ndarray) -> np.ndarray:
     """Min-max scale any numeric array to 0..255 (used for 16-bit, float and DICOM data)."""
     values = values.astype(np.float64)
@@ -68,7 +74,7 @@ def _decode_pil(data: bytes, name: str) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a readable image (JPEG, PNG or DICOM expected)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+        raise ImageError(f"{name}: corrupt or truncated image ({_brief(exc)})") from None
 
 
 def _decode_dicom(data: bytes, name: str) -> Image.Image:
@@ -80,10 +86,13 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types for garbage input
-        raise ImageError(f"{name}: not a readable DICOM file ({exc})") from None
+        raise ImageError(f"{name}: not a readable DICOM file ({_brief(exc)})") from None
     if "PixelData" not in ds:
         raise ImageError(f"{name}: DICOM file has no pixel data")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    try:
+        rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    except (TypeError, ValueError) as exc:  # e.g. a damaged file with several values in Rows
+        raise ImageError(f"{name}: DICOM Rows/Columns are malformed ({_brief(exc)})") from None
     if rows * cols > MAX_PIXELS or rows * cols == 0:
         raise ImageError(f"{name}: DICOM claims {cols}x{rows} pixels; not a usable image")
     try:
@@ -91,10 +100,17 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageError(
-            f"{name}: cannot decode DICOM pixel data (transfer syntax {syntax}: {exc}); "
+            f"{name}: cannot decode DICOM pixel data (transfer syntax {syntax}: {_brief(exc)}); "
             "install its codec (e.g. pip install pylibjpeg pylibjpeg-libjpeg) or convert the file"
         ) from None
-    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
+    try:
+        return _dicom_to_gray(pixels, ds, apply_modality_lut, apply_voi_lut)
+    except Exception as exc:  # damaged rescale/window attributes or an unexpected pixel layout
+        raise ImageError(f"{name}: cannot convert the DICOM pixels to grayscale ({_brief(exc)})") from None
+
+
+def _dicom_to_gray(pixels, ds, apply_modality_lut, apply_voi_lut) -> Image.Image:
+    if pixels.ndim == 4 or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)):
         pixels = pixels[0]  # multi-frame: first frame
     values = apply_modality_lut(pixels, ds).astype(np.float64)
     if "WindowCenter" in ds or "VOILUTSequence" in ds:

@@ -1,0 +1,18 @@
+"""Export stage: float Keras model -> verified bundles for TFLite, ONNX Runtime and OpenVINO.
+
+    from edgecxr.export import export_model
+    export_model("run/model.keras", ["all"], "data/kermany", "bundles")
+
+Heavy frameworks (TensorFlow, ONNX, OpenVINO, NNCF) are imported only when used.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from edgecxr.export.datasets import calibration_samples, to_prob  # noqa: E402
+from edgecxr.export.loading import ModelOverrides, load_source  # noqa: E402
+from edgecxr.export.pipeline import export_model  # noqa: E402
+from edgecxr.export.runners import Runner, run_bundle  # noqa: E402
+
+__all__ = ["export_model", "ModelOverrides", "load_source", "calibration_samples", "to_prob", "Runner", "run_bundle"]

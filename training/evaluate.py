@@ -21,6 +21,10 @@ def load_model(path: Path, *, trust: bool = False):
     _, keras = import_tf()
     if not Path(path).exists():
         raise ModelError(f"model {path} not found; pass --model PATH to a .keras, .h5 or SavedModel")
+    if not trust:  # safe_mode covers .keras only: .h5 and SavedModel Lambda layers would run; look at the config first
+        from edgecxr.export.loading import check_safe
+
+        check_safe(Path(path), trust=False)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=not trust)
     except ValueError as exc:

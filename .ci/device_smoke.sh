@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Device smoke test: a clean venv holding only `.[litert]` (no TensorFlow) must pass
+# `edgecxr device parity` on a small bundle and the shipped sample test images;
+# then check that the Raspberry Pi line resolves for aarch64 / glibc 2.36 / Python 3.11.
+#
+#   bash .ci/device_smoke.sh BUNDLE [DATA]
+#     BUNDLE  a tflite bundle folder (or .zip) written by `edgecxr export`
+#     DATA    Kermany-layout root holding test/ (default: the shipped sample, edgecxr/sample)
+#   env: PYTHON (default python3), SKIP_PI_CHECK=1 to skip the pip download check,
+#        SMOKE_DIR (default: a new temporary folder, removed at the end)
+# Needs network access to PyPI.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUNDLE="${1:?usage: device_smoke.sh BUNDLE [DATA]}"
+DATA="${2:-$REPO/edgecxr/sample}"
+PYTHON="${PYTHON:-python3}"
+WORK="${SMOKE_DIR:-$(mktemp -d -t edgecxr-smoke-XXXXXX)}"
+[ -n "${SMOKE_DIR:-}" ] || trap 'rm -rf "$WORK"' EXIT
+BUNDLE="$(cd "$(dirname "$BUNDLE")" && pwd)/$(basename "$BUNDLE")"
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "clean venv with .[litert] only ($WORK/venv)"
+"$PYTHON" -m venv "$WORK/venv"
+VPY="$WORK/venv/bin/python"
+"$VPY" -m pip install --quiet --upgrade pip
+# A copy of the checkout, so the build never writes into the repository.
+mkdir -p "$WORK/src"
+tar -C "$REPO" --exclude=.git --exclude='*.egg-info' --exclude=build --exclude=__pycache__ -cf - . | tar -C "$WORK/src" -xf -
+"$VPY" -m pip install --quiet "$WORK/src[litert]"
+
+say "TensorFlow must not be installed"
+if "$VPY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('tensorflow') else 1)"; then
+  echo "FAIL: tensorflow is installed in the .[litert] venv" >&2; exit 1
+fi
+"$VPY" -m pip list 2>/dev/null | grep -iE '^(tensorflow|tf-keras|keras) ' && { echo "FAIL: TensorFlow/Keras pulled in" >&2; exit 1; }
+"$WORK/venv/bin/edgecxr" device runtimes
+
+say "edgecxr device parity $BUNDLE --data $DATA"
+set +e
+"$WORK/venv/bin/edgecxr" device parity "$BUNDLE" --data "$DATA" \
+  --json "$WORK/parity.json" --junit "$WORK/parity.xml"
+rc=$?
+set -e
+if [ "$rc" -ne 0 ]; then echo "FAIL: device parity exited $rc" >&2; exit 1; fi
+"$VPY" - "$WORK/parity.json" "$WORK/parity.xml" <<'EOF'
+import json, sys, xml.etree.ElementTree as ET
+rep = json.load(open(sys.argv[1]))
+assert rep["passed"] is True, "parity did not pass"
+assert rep["runtime"]["name"] == "litert", rep["runtime"]
+suite = ET.parse(sys.argv[2]).getroot().find("testsuite")
+assert suite.get("failures") == "0" and len(suite.findall("testcase")) == 3
+print(f"parity passed on {rep['n']} images with {rep['runtime']['name']} {rep['runtime']['version']}; JSON and JUnit written")
+EOF
+"$WORK/venv/bin/edgecxr" device bench "$BUNDLE" --data "$DATA" --runs 50 --warmup 5 --json "$WORK/bench.json"
+"$VPY" -c "
+import json, sys
+r = json.load(open('$WORK/bench.json'))
+assert r['cold_start_tensorflow_imported'] is False
+" 
+
+if [ "${SKIP_PI_CHECK:-0}" = 1 ]; then say "Pi wheel check skipped (SKIP_PI_CHECK=1)"; exit 0; fi
+
+say "Raspberry Pi OS Bookworm wheels resolve (aarch64, glibc 2.36, Python 3.11)"
+PLATFORMS=()
+for n in $(seq 17 36); do PLATFORMS+=(--platform "manylinux_2_${n}_aarch64"); done
+PIP=("$VPY" -m pip download --quiet --only-binary=:all: --python-version 3.11 "${PLATFORMS[@]}")
+"$VPY" -m pip wheel --quiet --no-deps "$WORK/src" -w "$WORK/dist"
+WHEEL="$(ls "$WORK"/dist/edgecxr-*.whl)"
+for extra in litert onnx openvino tflite; do
+  rm -rf "$WORK/pi-$extra"
+  "${PIP[@]}" -d "$WORK/pi-$extra" "edgecxr[$extra] @ file://$WHEEL"
+  ls "$WORK/pi-$extra" | grep -iE '^(tensorflow|tf_keras)' && { echo "FAIL: [$extra] pulls TensorFlow on the Pi" >&2; exit 1; }
+  echo "[$extra]: $(ls "$WORK/pi-$extra" | grep -iE '^(ai_edge_litert|onnxruntime|openvino|tflite_runtime|numpy)-' | tr '\n' ' ')"
+done
+for want in "pi-litert/ai_edge_litert-" "pi-onnx/onnxruntime-" "pi-openvino/openvino-" "pi-tflite/tflite_runtime-"; do
+  ls "$WORK"/$want*.whl >/dev/null 2>&1 || { echo "FAIL: no aarch64 wheel for ${want#*/}" >&2; exit 1; }
+done
+say "device smoke test passed"

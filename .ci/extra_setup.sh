@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Extra CI setup: headless Chromium for the browser test of the HTML report (tests/test_report.py).
+# Never fails CI: without Chromium that test skips with its reason.
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    exit 0
+fi
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo -n"; fi
+if command -v apt-get >/dev/null 2>&1 \
+    && $SUDO apt-get update -qq >/dev/null 2>&1 \
+    && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null 2>&1; then
+    echo "extra_setup: installed chromium"
+else
+    echo "warning: could not install chromium with apt-get; the report browser test will be skipped" >&2
+fi
+exit 0

@@ -1,0 +1,267 @@
+"""The embeddable on-device classifier: a verified bundle + one runtime, no TensorFlow.
+
+    from edgecxr.devices import Classifier
+    clf = Classifier.load("bundles/tflite-int8")          # verifies hashes, opens LiteRT
+    result = clf.predict("chest.jpeg")                      # Prediction(probability=..., label=...)
+    results = clf.predict_batch(paths)                      # decoding overlaps inference
+
+Thread safety: one Classifier may be shared by many threads. Decoding and
+preprocessing run concurrently; the model call itself is serialized by a lock
+held by the Classifier (runtime interpreters are not re-entrant). For parallel
+inference load one Classifier per thread.
+
+Inputs accepted by ``predict``: a path (str / PathLike), raw file bytes, a PIL
+image, a uint8 image array (H, W) or (H, W, 3), or a float32 array of exactly
+the model's input shape (size, size, channels), taken as already preprocessed.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+
+from edgecxr.bundle import Bundle, load_bundle
+from edgecxr.errors import ConfigError, EdgecxrError, ImageError, ModelError
+from edgecxr.images import decode_image, read_image
+
+from edgecxr.devices.runtimes import Session, open_session
+
+KINDS = ("sigmoid", "softmax", "logits")
+
+
+@dataclass(frozen=True)
+class Timings:
+    decode_ms: float
+    preprocess_ms: float
+    infer_ms: float  # quantize + runtime call + dequantize, inside the lock
+
+    @property
+    def total_ms(self) -> float:
+        return self.decode_ms + self.preprocess_ms + self.infer_ms
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probability: float  # of the positive class (labels[1])
+    label: str  # labels[1] when probability >= threshold, else labels[0]
+    positive: bool
+    threshold: float
+    timings: Timings
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["timings"]["total_ms"] = self.timings.total_ms
+        return out
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be classified (returned by predict_batch when strict=False)."""
+
+    source: str
+    error: str
+
+
+Item = Union[str, os.PathLike, bytes, np.ndarray, "PIL.Image.Image"]  # noqa: F821
+
+
+def _quant(tensor: dict):
+    q = tensor.get("quantization")
+    if not q:
+        return None
+    return float(q["scale"]), int(q["zero_point"])
+
+
+class Classifier:
+    """A loaded bundle ready to classify images. Create with `Classifier.load`."""
+
+    def __init__(self, bundle: Bundle, session: Session):
+        self.bundle, self.session = bundle, session
+        manifest = bundle.manifest
+        self.spec = bundle.spec
+        self.threshold = bundle.threshold
+        self.labels = bundle.labels
+        out = manifest["output"]
+        self.kind = out.get("kind", "sigmoid")
+        if self.kind not in KINDS:
+            raise ModelError(f"{bundle.path}: output kind {self.kind!r} unknown; valid: {', '.join(KINDS)}")
+        self.positive_index = int(out.get("positive_index", 0))
+        self._in_q, self._out_q = _quant(manifest["input"]), _quant(out)
+        self._in_dtype = session.input_dtype
+        declared = np.dtype(manifest["input"]["dtype"])
+        if declared != self._in_dtype:
+            raise ModelError(f"{bundle.path}: manifest says input dtype {declared}, the model has {self._in_dtype}; re-export the bundle")
+        if self._in_dtype.kind in "iu" and self._in_q is None:
+            raise ModelError(f"{bundle.path}: integer input without quantization parameters in the manifest")
+        # NCHW models (some ONNX exports) get the channel axis moved in front.
+        shape = session.input_shape
+        c = self.spec.channels
+        self._nchw = len(shape) == 4 and shape[1] == c and shape[-1] != c
+        self._lock = threading.Lock()
+        self._lut = self._quantize(self.spec.scale_pixels(np.arange(256, dtype=np.uint8)[None])[0, :, 0])
+        self.device: str | None = None  # as asked at load time (OpenVINO device / ORT provider)
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def load(cls, bundle: Union[str, os.PathLike, Bundle], runtime: str | None = None, threads: int | None = None,
+             device: str | None = None) -> "Classifier":
+        """Verify `bundle` (folder or .zip) and open its model.
+
+        runtime: a name from edgecxr.devices.runtimes.RUNTIMES (default: the first installed one
+        for the bundle's family); threads: runtime CPU threads; device: OpenVINO device
+        (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).
+        """
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        target = bundle.target
+        session = open_session(bundle.model_path, target.family, runtime=runtime, threads=threads, device=device,
+                               precision=target.precision)
+        clf = cls(bundle, session)
+        clf.device = device
+        return clf
+
+    @property
+    def runtime(self) -> dict:
+        """Name, version, provider/delegate and threads of the runtime that runs the model."""
+        return self.session.describe()
+
+    # -- the three steps --------------------------------------------------------
+    def prepare(self, item: Item) -> tuple[np.ndarray, float, float]:
+        """Decode + preprocess to the model's input tensor (batch axis, layout, dtype, quantized).
+
+        Returns (model_input, decode_ms, preprocess_ms). Thread-safe; no runtime call.
+        """
+        clock = time.perf_counter
+        t0 = clock()
+        if isinstance(item, np.ndarray) and item.dtype.kind == "f":
+            if item.shape != self.spec.input_shape:
+                raise ConfigError(f"a float array is taken as a preprocessed input and must have shape "
+                                  f"{self.spec.input_shape}, got {item.shape}; pass uint8 pixels for a raw image")
+            return self.to_model_input(item), 0.0, (clock() - t0) * 1e3
+        img = self._decode(item)
+        t1 = clock()
+        x = self.from_pixels(self.spec.to_pixels(img))
+        return x, (t1 - t0) * 1e3, (clock() - t1) * 1e3
+
+    def _decode(self, item):
+        if isinstance(item, (str, os.PathLike)):
+            return read_image(item)
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return decode_image(bytes(item))
+        if isinstance(item, np.ndarray):
+            from PIL import Image
+
+            if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[-1] not in (1, 3, 4)):
+                raise ImageError(f"array of shape {item.shape} and dtype {item.dtype}: expected uint8 (H, W) or (H, W, 3)")
+            arr = item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item
+            return Image.fromarray(arr).convert("L")
+        if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
+            return item if item.mode == "L" else item.convert("L")
+        raise ConfigError(f"cannot classify a {type(item).__name__}; pass a path, bytes, a PIL image or a numpy array")
+
+    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (size, size) pixels -> model input, through a 256-entry table.
+
+        The table holds exactly spec.scale_pixels(0..255), quantized like any float input,
+        so the result equals to_model_input(spec.scale_pixels(pixels)) bit for bit.
+        """
+        x = self._lut[pixels][..., None]
+        if self.spec.channels == 3:
+            x = np.repeat(x, 3, axis=-1)
+        return self._layout(x)
+
+    def to_model_input(self, x: np.ndarray) -> np.ndarray:
+        """float32 (size, size, c) -> the model's input tensor (quantized when the model takes integers)."""
+        return self._layout(self._quantize(np.asarray(x, np.float32)))
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        if self._in_q is not None and self._in_dtype.kind in "iu":
+            scale, zero = self._in_q
+            info = np.iinfo(self._in_dtype)
+            return np.clip(np.round(x / np.float32(scale)) + zero, info.min, info.max).astype(self._in_dtype)
+        return x.astype(self._in_dtype, copy=False)
+
+    def _layout(self, x: np.ndarray) -> np.ndarray:
+        x = x[None]
+        if self._nchw:
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x)
+
+    def probability(self, raw: np.ndarray) -> float:
+        """Raw model output -> probability of the positive class."""
+        y = np.asarray(raw).reshape(-1).astype(np.float64)
+        if self._out_q is not None and np.asarray(raw).dtype.kind in "iu":
+            scale, zero = self._out_q
+            y = (y - zero) * scale
+        if self.kind == "sigmoid":
+            return float(y[self.positive_index] if y.size > 1 else y[0])
+        if self.kind == "softmax":
+            return float(y[self.positive_index])
+        if y.size == 1:  # one logit
+            return float(1.0 / (1.0 + np.exp(-y[0])))
+        e = np.exp(y - y.max())
+        return float(e[self.positive_index] / e.sum())
+
+    def infer(self, x: np.ndarray) -> tuple[float, float]:
+        """Model input from `prepare` -> (probability, infer_ms). The model call, serialized by the lock."""
+        with self._lock:
+            t0 = time.perf_counter()
+            raw = self.session.run(x)
+            p = self.probability(raw)
+            return p, (time.perf_counter() - t0) * 1e3
+
+    def decide(self, probability: float, timings: Timings, source=None) -> Prediction:
+        positive = probability >= self.threshold
+        return Prediction(probability, self.labels[1] if positive else self.labels[0], bool(positive),
+                          self.threshold, timings, source)
+
+    # -- public API -------------------------------------------------------------
+    def predict(self, item: Item) -> Prediction:
+        """Classify one image (see the module docstring for accepted inputs); raises ImageError."""
+        x, decode_ms, pre_ms = self.prepare(item)
+        p, infer_ms = self.infer(x)
+        return self.decide(p, Timings(decode_ms, pre_ms, infer_ms), _source(item))
+
+    def predict_batch(self, items: Iterable[Item], *, workers: int | None = None,
+                      strict: bool = True) -> list[Prediction | Failure]:
+        """Classify many images in order; decoding runs in `workers` threads while the model runs.
+
+        strict=True raises the first ImageError; strict=False returns a Failure in its place.
+        """
+        items = list(items)
+        workers = workers or min(4, os.cpu_count() or 1)
+
+        def prep(item):
+            try:
+                return self.prepare(item)
+            except ImageError as exc:
+                return exc
+
+        results: list[Prediction | Failure] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecxr-decode") as pool:
+            for item, prepared in zip(items, pool.map(prep, items)):
+                if isinstance(prepared, EdgecxrError):
+                    if strict:
+                        raise prepared
+                    results.append(Failure(_source(item) or "<input>", str(prepared)))
+                    continue
+                x, decode_ms, pre_ms = prepared
+                p, infer_ms = self.infer(x)
+                results.append(self.decide(p, Timings(decode_ms, pre_ms, infer_ms), _source(item)))
+        return results
+
+    def __repr__(self):
+        r = self.runtime
+        return (f"Classifier({self.bundle.manifest['target']}, runtime={r['name']} {r['version']}, "
+                f"provider={r['provider']}, threshold={self.threshold:.4f})")
+
+
+def _source(item) -> str | None:
+    return str(item) if isinstance(item, (str, os.PathLike)) else None

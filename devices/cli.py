@@ -1,0 +1,174 @@
+"""`edgecxr device ...`: classify, benchmark and re-check parity on the device (no TensorFlow)."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgecxr.errors import DataError, ImageError
+
+RUNTIME = click.option("--runtime", help="litert | tflite-runtime | tf-lite | onnxruntime | openvino "
+                                          "(default: the first installed one for the bundle; see `edgecxr device runtimes`).")
+THREADS = click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
+DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
+BUNDLE = click.argument("bundle", type=click.Path(path_type=Path))
+
+
+def _load(bundle, runtime, threads, device_name):
+    from edgecxr.devices.classifier import Classifier
+
+    return Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name)
+
+
+@click.group()
+def device():
+    """Run a bundle on this device: classify images, benchmark, re-check parity (no TensorFlow needed)."""
+
+
+@device.command()
+def runtimes():
+    """List the device runtimes and whether each is installed."""
+    from edgecxr.devices.runtimes import list_runtimes
+
+    for r in list_runtimes():
+        state = "installed" if r["installed"] else f"not installed (pip install 'edgecxr[{r['extra']}]')"
+        click.echo(f"{r['name']:15s} {r['family']:9s} {state}  - {r['note']}")
+
+
+def _expand(paths):
+    """[(path, explicit)]: files as given, folders expanded to their image files (recursively, sorted)."""
+    from edgecxr.images import is_image_file
+
+    items = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            if not found:
+                raise DataError(f"{p}: folder has no image files (.jpeg/.jpg/.png/.dcm)")
+            items += [(f, False) for f in found]
+        else:
+            items.append((p, True))
+    return items
+
+
+@device.command()
+@BUNDLE
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@RUNTIME
+@THREADS
+@DEVICE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (results, failures, runtime) instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
+def run(bundle, paths, runtime, threads, device_name, as_json, as_csv, workers, strict):
+    """Classify image files or folders (JPEG, PNG, DICOM) with BUNDLE.
+
+    A bad file named on the command line gives one error line and a non-zero exit;
+    bad files found inside a folder are listed and the others still get results.
+    """
+    from edgecxr.devices.classifier import Failure
+
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    items = _expand(paths)
+    clf = _load(bundle, runtime, threads, device_name)
+    if len(items) == 1 and items[0][1]:
+        results = [clf.predict(items[0][0])]  # a single bad file raises: one line, exit 2
+    else:
+        results = clf.predict_batch([p for p, _ in items], workers=workers, strict=strict)
+    good = [r for r in results if not isinstance(r, Failure)]
+    bad = [r for r in results if isinstance(r, Failure)]
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle), "target": clf.bundle.manifest["target"], "runtime": clf.runtime,
+                               "threshold": clf.threshold, "results": [r.to_dict() for r in good],
+                               "failures": [{"file": f.source, "error": f.error} for f in bad]}, indent=2))
+    elif as_csv:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["file", "probability", "label", "threshold", "decode_ms", "preprocess_ms", "infer_ms", "total_ms"])
+        for r in good:
+            t = r.timings
+            w.writerow([r.source, f"{r.probability:.6f}", r.label, f"{r.threshold:.6f}", f"{t.decode_ms:.3f}",
+                        f"{t.preprocess_ms:.3f}", f"{t.infer_ms:.3f}", f"{t.total_ms:.3f}"])
+    else:
+        rt = clf.runtime
+        click.echo(f"# {clf.bundle.manifest['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
+                   f"threshold {clf.threshold:.4f}")
+        width = max([len(str(r.source)) for r in good] + [4])
+        click.echo(f"{'file':{width}s}  {'prob':>6s}  {'label':10s} {'ms':>7s}")
+        for r in good:
+            click.echo(f"{r.source:{width}s}  {r.probability:6.4f}  {r.label:10s} {r.timings.total_ms:7.2f}")
+    if bad:
+        click.echo(f"{len(bad)} of {len(results)} file(s) could not be read:", err=True)
+        for f in bad:
+            click.echo(f"  {f.error}", err=True)
+        named = {str(p) for p, explicit in items if explicit}
+        if any(f.source in named for f in bad):
+            sys.exit(ImageError.exit_code)
+
+
+@device.command()
+@BUNDLE
+@click.option("--data", type=click.Path(path_type=Path), help="Kermany-layout ROOT whose real images are timed (default: the shipped sample).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option("--runs", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Also run sustained for S seconds and report drift.")
+@THREADS
+@RUNTIME
+@DEVICE
+@click.option("--cold-start/--no-cold-start", default=True, show_default=True, help="Time a fresh process to its first result.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write all numbers to this JSON file.")
+def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_name, cold_start, json_file):
+    """Latency (model call vs bare runtime), end to end, throughput, cold start, peak RSS, drift."""
+    from edgecxr.atomic import write_json_atomic
+    from edgecxr.devices.bench import format_bench, run_bench
+
+    clf = _load(bundle, runtime, threads, device_name)
+    result = run_bench(clf, data=data, split=split, warmup=warmup, runs=runs, duration=duration, cold=cold_start)
+    click.echo(format_bench(result))
+    if json_file:
+        write_json_atomic(json_file, result)
+        click.echo(f"written {json_file}")
+
+
+@device.command()
+@BUNDLE
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Kermany-layout ROOT (or CSV manifest) holding the split.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
+@click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
+@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=float)
+@click.option("--min-agreement", default=0.98, show_default=True, type=float)
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
+@click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")
+@RUNTIME
+@THREADS
+@DEVICE
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
+@click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
+def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, json_file, junit_file,
+           runtime, threads, device_name, workers, strict, show):
+    """Re-run every SPLIT image on the device and compare with the bundle's float reference.
+
+    Exit 0 when parity holds, 1 when it does not (2 for errors).
+    """
+    from edgecxr.atomic import write_json_atomic
+    from edgecxr.data import parse_classes
+    from edgecxr.devices.junit import parity_junit
+    from edgecxr.devices.parity import Tolerances, format_report, run_parity
+
+    tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement)
+    clf = _load(bundle, runtime, threads, device_name)
+    report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
+                        strict=strict)
+    click.echo(format_report(report, max_flips=show))
+    if json_file:
+        write_json_atomic(json_file, report)
+    if junit_file:
+        parity_junit(junit_file, report)
+    sys.exit(0 if report["passed"] else 1)

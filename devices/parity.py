@@ -1,0 +1,227 @@
+"""Parity: re-run the test images on the device and compare with the float reference in the bundle.
+
+Decisions are taken at the bundle's threshold (the clinical operating point
+chosen on validation), never re-tuned on the device.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr import __version__, metrics
+from edgecxr.data import DEFAULT_CLASSES, files_hash, list_split, subgroup
+from edgecxr.errors import DataError
+
+from edgecxr.devices.classifier import Classifier, Failure
+
+COMPARED = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc")
+FLIP_ORDER = {"new_false_negative": 0, "new_false_positive": 1, "fixed_false_negative": 2, "fixed_false_positive": 3}
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    max_recall_drop: float = 0.01
+    max_accuracy_drop: float = 0.01
+    min_agreement: float = 0.98
+
+
+def _metrics(y, p, threshold) -> dict:
+    m = metrics.binary_metrics(y, p, threshold)
+    return {k: m[k] for k in (*COMPARED, "n", "confusion")}
+
+
+def paired_bootstrap(y, float_pred, device_pred, *, n_boot=2000, seed=0, level=0.95) -> dict:
+    """Percentile CIs of device-minus-float recall and accuracy, resampling images (both models on the same draw)."""
+    y = np.asarray(y).astype(bool)
+    fp, dp = np.asarray(float_pred).astype(bool), np.asarray(device_pred).astype(bool)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    yy, ff, dd = y[idx], fp[idx], dp[idx]
+    pos = yy.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_recall = ((dd & yy).sum(axis=1) - (ff & yy).sum(axis=1)) / pos
+    d_acc = ((dd == yy).sum(axis=1) - (ff == yy).sum(axis=1)) / len(y)
+    d_recall = d_recall[pos > 0]
+    alpha = (1 - level) / 2
+
+    def ci(v):
+        return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] if len(v) else [float("nan")] * 2
+
+    return {"level": level, "n_boot": n_boot, "recall_delta": ci(d_recall), "accuracy_delta": ci(d_acc)}
+
+
+def _flip_kind(label, float_pos, device_pos) -> str:
+    if label == 1:
+        return "new_false_negative" if float_pos else "fixed_false_negative"
+    return "new_false_positive" if device_pos else "fixed_false_positive"
+
+
+def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances(), *, n_boot=2000) -> dict:
+    """The parity report from paired predictions (no runtime involved: testable on its own)."""
+    y = np.asarray(y).astype(int)
+    fprob, dprob = np.asarray(float_probs, np.float64), np.asarray(device_probs, np.float64)
+    fpred, dpred = fprob >= threshold, dprob >= threshold
+    f_m, d_m = _metrics(y, fprob, threshold), _metrics(y, dprob, threshold)
+    delta = {k: d_m[k] - f_m[k] for k in COMPARED}
+    agreement = float(np.mean(fpred == dpred))
+    diff = np.abs(dprob - fprob)
+    flipped = [
+        {"file": rels[i], "label": int(y[i]), "subgroup": subgroup(Path(rels[i]).name, int(y[i])),
+         "kind": _flip_kind(int(y[i]), bool(fpred[i]), bool(dpred[i])),
+         "float_prob": float(fprob[i]), "device_prob": float(dprob[i])}
+        for i in np.flatnonzero(fpred != dpred)
+    ]
+    flipped.sort(key=lambda f: (FLIP_ORDER[f["kind"]], -abs(f["device_prob"] - f["float_prob"]), f["file"]))
+    groups = np.array([subgroup(Path(r).name, int(l)) for r, l in zip(rels, y)])
+    subgroups = {}
+    for g in sorted(set(groups)):
+        m = groups == g
+        subgroups[g] = {
+            "n": int(m.sum()),
+            # one class per subgroup: accuracy is recall for pneumonia kinds, specificity for normal
+            "float_accuracy": float(np.mean(fpred[m] == y[m])),
+            "device_accuracy": float(np.mean(dpred[m] == y[m])),
+            "delta_accuracy": float(np.mean(dpred[m] == y[m]) - np.mean(fpred[m] == y[m])),
+            "agreement": float(np.mean(fpred[m] == dpred[m])),
+            "flipped": int(np.sum(fpred[m] != dpred[m])),
+            "new_false_negatives": sum(1 for f in flipped if f["subgroup"] == g and f["kind"] == "new_false_negative"),
+        }
+    recall_drop, acc_drop = f_m["recall"] - d_m["recall"], f_m["accuracy"] - d_m["accuracy"]
+    checks = [
+        _check("recall_drop", recall_drop, tolerances.max_recall_drop, recall_drop <= tolerances.max_recall_drop + 1e-12,
+               f"recall {f_m['recall']:.4f} -> {d_m['recall']:.4f} (drop {recall_drop:+.4f}, allowed {tolerances.max_recall_drop})"),
+        _check("accuracy_drop", acc_drop, tolerances.max_accuracy_drop, acc_drop <= tolerances.max_accuracy_drop + 1e-12,
+               f"accuracy {f_m['accuracy']:.4f} -> {d_m['accuracy']:.4f} (drop {acc_drop:+.4f}, allowed {tolerances.max_accuracy_drop})"),
+        _check("agreement", agreement, tolerances.min_agreement, agreement >= tolerances.min_agreement - 1e-12,
+               f"{agreement:.4f} of decisions identical (need {tolerances.min_agreement}); {len(flipped)} flipped"),
+    ]
+    return {
+        "threshold": float(threshold),
+        "n": int(len(y)),
+        "float": f_m,
+        "device": d_m,
+        "delta": delta,
+        "agreement": agreement,
+        "prob_abs_diff": {"mean": float(diff.mean()), "p99": float(np.quantile(diff, 0.99)), "max": float(diff.max())},
+        "mcnemar": metrics.mcnemar(y, fpred, dpred) | {"a": "float", "b": "device"},
+        "bootstrap": paired_bootstrap(y, fpred, dpred, n_boot=n_boot),
+        "flipped": flipped,
+        "flipped_counts": {k: sum(1 for f in flipped if f["kind"] == k) for k in FLIP_ORDER},
+        "subgroups": subgroups,
+        "tolerances": asdict(tolerances),
+        "checks": checks,
+        "passed": all(c["passed"] for c in checks),
+    }
+
+
+def _check(name, value, limit, passed, message) -> dict:
+    return {"name": name, "value": float(value), "limit": float(limit), "passed": bool(passed), "message": message}
+
+
+def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CLASSES,
+               tolerances: Tolerances = Tolerances(), workers: int | None = None, strict: bool = False,
+               n_boot: int = 2000) -> dict:
+    """Classify every image of `split` under `data` on the device and compare with the bundle's reference."""
+    ref = clf.bundle.reference
+    if ref.get("split") not in (None, split):
+        raise DataError(f"the bundle's reference predictions are for split '{ref['split']}', not '{split}'; pass --split {ref['split']}")
+    samples = list_split(data, split, classes)
+    ref_probs, ref_labels = ref["probs"], ref["labels"]
+    known = [s for s in samples if s.rel in ref_probs]
+    unknown = [s.rel for s in samples if s.rel not in ref_probs]
+    if not known:
+        raise DataError(
+            f"{data}: none of the {len(samples)} '{split}' images is in the bundle's reference "
+            f"({len(ref_probs)} images, e.g. {next(iter(ref_probs), '?')}); pass the data root the bundle was exported with")
+    wrong = [s.rel for s in known if int(ref_labels.get(s.rel, s.label)) != s.label]
+    if wrong:
+        raise DataError(f"{len(wrong)} images have a different label in the bundle's reference (first: {wrong[0]}); "
+                        "check --classes and the data root")
+    t0 = time.perf_counter()
+    results = clf.predict_batch([s.path for s in known], workers=workers, strict=strict)
+    elapsed = time.perf_counter() - t0
+    ok = [(s, r) for s, r in zip(known, results) if not isinstance(r, Failure)]
+    unreadable = [{"file": s.rel, "error": r.error} for s, r in zip(known, results) if isinstance(r, Failure)]
+    if not ok:
+        raise DataError("no readable images left to compare")
+    rels = [s.rel for s, _ in ok]
+    report = compare(rels, [s.label for s, _ in ok], [ref_probs[r] for r in rels], [r.probability for _, r in ok],
+                     clf.threshold, tolerances, n_boot=n_boot)
+    coverage = len(ok) / len(ref_probs)
+    infer = np.array([r.timings.infer_ms for _, r in ok])
+    report.update({
+        "bundle": _bundle_info(clf),
+        "runtime": clf.runtime,
+        "data": {"root": str(data), "split": split, "images": len(samples), "compared": len(ok),
+                 "not_in_reference": len(unknown), "unreadable": unreadable,
+                 "reference_images": len(ref_probs), "reference_coverage": coverage,
+                 "files_sha256": files_hash([s for s, _ in ok]),
+                 "same_files_as_reference": files_hash([s for s, _ in ok]) == ref.get("files_sha256")},
+        "timing": {"seconds": elapsed, "images_per_s": len(known) / elapsed if elapsed else 0.0,
+                   "infer_ms_mean": float(infer.mean()), "infer_ms_p50": float(np.median(infer))},
+        "host": host_info(),
+    })
+    if unknown:
+        report["data"]["not_in_reference_examples"] = unknown[:5]
+    return report
+
+
+def _bundle_info(clf: Classifier) -> dict:
+    m = clf.bundle.manifest
+    return {"path": str(clf.bundle.path), "target": m["target"], "sha256": m["sha256"], "digest": m["digest"],
+            "created": m.get("created"), "versions": m.get("versions", {})}
+
+
+def host_info() -> dict:
+    info = {"edgecxr": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "machine": platform.machine(), "numpy": np.__version__}
+    try:
+        import PIL
+
+        info["pillow"] = PIL.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    model = Path("/proc/device-tree/model")  # Raspberry Pi / Jetson board name
+    if model.is_file():
+        info["board"] = model.read_bytes().rstrip(b"\0").decode(errors="replace")
+    return info
+
+
+def format_report(r: dict, max_flips: int = 10) -> str:
+    """The human summary printed by `edgecxr device parity`."""
+    rt = r["runtime"]
+    lines = [f"parity {r['bundle']['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
+             f"{r['n']} images in {r['timing']['seconds']:.1f} s, threshold {r['threshold']:.4f}",
+             f"{'metric':12s} {'float':>8s} {'device':>8s} {'delta':>8s}"]
+    for k in COMPARED:
+        lines.append(f"{k:12s} {r['float'][k]:8.4f} {r['device'][k]:8.4f} {r['delta'][k]:+8.4f}")
+    b, mc = r["bootstrap"], r["mcnemar"]
+    lines.append(f"agreement {r['agreement']:.4f}; McNemar p={mc['p_value']:.3g} "
+                 f"(float-only right {mc['a_only_right']}, device-only right {mc['b_only_right']})")
+    lines.append(f"{int(b['level'] * 100)}% CI recall delta [{b['recall_delta'][0]:+.4f}, {b['recall_delta'][1]:+.4f}], "
+                 f"accuracy delta [{b['accuracy_delta'][0]:+.4f}, {b['accuracy_delta'][1]:+.4f}]")
+    lines.append("subgroups: " + "; ".join(
+        f"{g} n={s['n']} acc {s['float_accuracy']:.3f}->{s['device_accuracy']:.3f} flipped {s['flipped']}"
+        for g, s in r["subgroups"].items()))
+    if r["flipped"]:
+        lines.append(f"flipped cases ({len(r['flipped'])}, new false negatives first):")
+        for f in r["flipped"][:max_flips]:
+            lines.append(f"  {f['kind']:22s} {f['file']}  float {f['float_prob']:.3f} -> device {f['device_prob']:.3f}")
+        if len(r["flipped"]) > max_flips:
+            lines.append(f"  ... {len(r['flipped']) - max_flips} more in --json")
+    d = r["data"]
+    if d["unreadable"]:
+        lines.append(f"{len(d['unreadable'])} unreadable image(s) skipped, first: {d['unreadable'][0]['error']}")
+    if d["not_in_reference"]:
+        lines.append(f"{d['not_in_reference']} image(s) not in the bundle's reference were skipped")
+    if d["reference_coverage"] < 1:
+        lines.append(f"note: compared {d['compared']} of the {d['reference_images']} reference images")
+    for c in r["checks"]:
+        lines.append(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
+    lines.append("parity PASSED" if r["passed"] else "parity FAILED")
+    return "\n".join(lines)

@@ -1,0 +1,310 @@
+"""`edgecxr serve BUNDLE`: a small local HTTP service for integrators (Starlette + uvicorn, no TensorFlow).
+
+    POST /v1/classify   the image as the raw body (Content-Type image/*, application/dicom or
+                        application/octet-stream) or as multipart/form-data field ``file``
+                        -> 200 {"probability", "label", "threshold", "model_sha256", "target",
+                                "runtime": {"name", "version", "provider", ...}, "timings": {... ms}}
+    GET  /healthz       -> 200 {"status": "ok", "target", "model_sha256", "runtime", ...}
+
+Every error is JSON ``{"error": "<one line>"}``: 400 malformed request, 404/405 wrong route,
+408 upload too slow, 413 body above --max-bytes, 415 not an image content type,
+422 unreadable image (corrupt, truncated, above the pixel limit, DICOM without a codec),
+500 unexpected (logged), 503 too many open connections (uvicorn's --limit-concurrency).
+
+Binds to 127.0.0.1 by default: there is no TLS and no authentication, so put it behind a
+reverse proxy before exposing it to a network.
+
+Concurrency: decoding and preprocessing run in a pool of --workers threads; the model call
+is serialized (the runtime interpreters are not re-entrant) by the Classifier's lock and the
+service's own. A client that disconnects mid-upload only ends its own request.
+
+    from edgecxr.devices.classifier import Classifier
+    from edgecxr.devices.serve import create_app
+    app = create_app(Classifier.load("bundles/tflite-int8"), max_bytes=20 * 2**20)
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+
+from edgecxr.errors import ConfigError, EdgecxrError, require
+
+DEFAULT_MAX_BYTES = 32 * 2**20
+RAW_TYPES = ("application/dicom", "application/octet-stream")
+TYPE_HINT = ("send the image with Content-Type image/jpeg, image/png, application/dicom or application/octet-stream, "
+             "or as multipart/form-data field 'file' (curl -F file=@chest.jpeg)")
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30}
+
+
+class Reject(Exception):
+    """A request refused with an HTTP status and one line for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_size(text) -> int:
+    """'32MB', '512k', '1048576' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m[2].lower() not in _UNITS:
+        raise ConfigError(f"--max-bytes {text!r}: expected a size like 20MB, 512KB or 1048576")
+    size = int(float(m[1]) * _UNITS[m[2].lower()])
+    if size < 1:
+        raise ConfigError("--max-bytes must be at least 1 byte")
+    return size
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _safe_name(filename: str | None, default: str) -> str:
+    """A client-given file name reduced to a short, printable base name (only used in messages and DICOM detection)."""
+    if not filename:
+        return default
+    name = re.sub(r"[^\w.\-]", "_", filename.replace("\\", "/").rsplit("/", 1)[-1])[:80]
+    return name or default
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Service:
+    """State shared by the requests: the classifier, the worker pool, the lock and counters."""
+
+    def __init__(self, classifier, *, max_bytes: int, workers: int | None, read_timeout: float):
+        self.clf = classifier
+        self.max_bytes = int(max_bytes)
+        self.read_timeout = float(read_timeout)
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgecxr-serve")
+        self.lock = threading.Lock()  # the model call; the Classifier holds its own lock as well
+        self.started = time.time()
+        self.counts = {"classified": 0, "rejected": 0, "disconnected": 0, "errors": 0}
+        manifest = classifier.bundle.manifest
+        runtime = dict(classifier.runtime)
+        self.model = {"model_sha256": manifest["sha256"], "target": manifest["target"],
+                      "runtime": {k: runtime.get(k) for k in ("name", "version", "provider", "threads")}}
+
+    # -- runs in the pool --------------------------------------------------------------
+    def classify(self, data: bytes, name: str) -> dict:
+        from edgecxr.devices.classifier import Timings
+        from edgecxr.images import decode_image
+
+        clock = time.perf_counter
+        t0 = clock()
+        image = decode_image(data, name)
+        t1 = clock()
+        x, _, pre_ms = self.clf.prepare(image)
+        with self.lock:
+            p, infer_ms = self.clf.infer(x)
+        pred = self.clf.decide(p, Timings((t1 - t0) * 1e3, pre_ms, infer_ms))
+        t = pred.timings
+        return {"probability": pred.probability, "label": pred.label, "positive": pred.positive,
+                "threshold": pred.threshold, **self.model,
+                "timings": {"decode_ms": t.decode_ms, "preprocess_ms": t.preprocess_ms, "infer_ms": t.infer_ms,
+                            "total_ms": t.total_ms}}
+
+    # -- request handling ----------------------------------------------------------------
+    async def read_body(self, request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise Reject(400, f"bad Content-Length {declared!r}")
+            if int(declared) > self.max_bytes:
+                raise Reject(413, f"request body of {int(declared):,} bytes is above the {self.max_bytes:,}-byte limit "
+                                  "(--max-bytes)")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise Reject(413, f"request body is above the {self.max_bytes:,}-byte limit (--max-bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def image_from_request(self, request) -> tuple[bytes, str]:
+        ctype = request.headers.get("content-type", "")
+        main = ctype.split(";", 1)[0].strip().lower()
+        multipart = main == "multipart/form-data"
+        if not (multipart or main.startswith("image/") or main in RAW_TYPES):
+            raise Reject(415, f"content type {main or '(none)'!r} is not an image; {TYPE_HINT}")
+        try:
+            with _deadline(self.read_timeout):
+                body = await self.read_body(request)
+        except TimeoutError:
+            raise Reject(408, f"the upload took longer than {self.read_timeout:g} s; send it faster or raise --read-timeout") from None
+        if multipart:
+            return await self._from_multipart(request, body)
+        name = "upload.dcm" if main == "application/dicom" else "upload"
+        if not body:
+            raise Reject(400, f"empty request body; {TYPE_HINT}")
+        return body, name
+
+    async def _from_multipart(self, request, body: bytes) -> tuple[bytes, str]:
+        from starlette.datastructures import UploadFile
+        from starlette.exceptions import HTTPException
+        from starlette.requests import Request
+
+        sent = False
+
+        async def replay():  # the body was already read under the size cap and the deadline
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=4, max_fields=16, max_part_size=self.max_bytes)
+        except HTTPException as exc:
+            raise Reject(400, f"malformed multipart body ({exc.detail})") from None
+        except Exception as exc:  # python-multipart raises its own types on garbage
+            raise Reject(400, f"malformed multipart body ({_one_line(exc, 200)})") from None
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise Reject(422, "multipart body has no file field 'file'; send the image as -F file=@chest.jpeg")
+            data = await upload.read()
+            if not data:
+                raise Reject(400, "the uploaded file 'file' is empty")
+            part_type = (upload.content_type or "").split(";")[0].strip().lower()
+            default = "upload.dcm" if part_type == "application/dicom" else "upload"
+            return data, _safe_name(upload.filename, default)
+        finally:
+            await form.close()
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    import anyio
+
+    with anyio.fail_after(seconds):
+        yield
+
+
+def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
+               read_timeout: float = 30.0):
+    """The Starlette app serving `classifier` (an edgecxr.devices.Classifier); usable with TestClient or uvicorn."""
+    require("starlette", "serve")
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from edgecxr import __version__
+
+    service = Service(classifier, max_bytes=max_bytes, workers=workers, read_timeout=read_timeout)
+    headers = {"Cache-Control": "no-store"}
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)
+
+    async def classify(request):
+        try:
+            data, name = await service.image_from_request(request)
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(service.pool, service.classify, data, name)
+        except Reject as exc:
+            service.counts["rejected"] += 1
+            return error(exc.status, str(exc))
+        except ClientDisconnect:
+            service.counts["disconnected"] += 1
+            return error(400, "client disconnected during the upload")  # nobody reads it
+        except EdgecxrError as exc:  # ImageError and friends: the image, not the server
+            service.counts["rejected"] += 1
+            return error(422, str(exc))
+        except Exception as exc:
+            service.counts["errors"] += 1
+            print(f"edgecxr serve: unexpected error on {request.url.path}:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            return error(500, f"internal error ({type(exc).__name__}); see the server log")
+        service.counts["classified"] += 1
+        return JSONResponse(result, headers=headers)
+
+    async def healthz(request):
+        clf = service.clf
+        return JSONResponse({"status": "ok", "edgecxr": __version__, **service.model, "threshold": clf.threshold,
+                             "labels": list(clf.labels), "max_bytes": service.max_bytes, "workers": service.workers,
+                             "uptime_s": round(time.time() - service.started, 3), "counts": dict(service.counts)},
+                            headers=headers)
+
+    async def http_error(request, exc):
+        return error(exc.status_code, exc.detail or "error")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = Starlette(routes=[Route("/v1/classify", classify, methods=["POST"]),
+                            Route("/healthz", healthz, methods=["GET"])],
+                    exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.state.service = service
+    return app
+
+
+def _check_serve_deps() -> None:
+    require("starlette", "serve")
+    require("uvicorn", "serve")
+    try:
+        import python_multipart  # noqa: F401
+    except ImportError:
+        require("multipart", "serve")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback exposes an unauthenticated service.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
+@click.option("--workers", type=click.IntRange(min=1), help="Decode/preprocess threads (default: up to 4).")
+@click.option("--max-bytes", default="32MB", show_default=True, help="Largest request body (e.g. 20MB, 512KB); above it: 413.")
+@click.option("--read-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds allowed to upload one body; slower: 408.")
+@click.option("--max-connections", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Concurrent connections before new ones get 503.")
+@click.option("--runtime", help="litert | tflite-runtime | tf-lite | onnxruntime | openvino (default: the first installed one).")
+@click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_connections, runtime, device_name, log_level):
+    """Serve BUNDLE over HTTP: POST an image to /v1/classify, GET /healthz (loopback by default)."""
+    _check_serve_deps()
+    import uvicorn
+
+    from edgecxr.devices.classifier import Classifier
+
+    limit = parse_size(max_bytes)
+    clf = Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name)
+    app = create_app(clf, max_bytes=limit, workers=workers, read_timeout=read_timeout)
+    if not _is_loopback(host):
+        click.echo(f"warning: binding to {host}: the service has no authentication and no TLS; "
+                   "anyone who can reach this port can use it", err=True)
+    rt = clf.runtime
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"edgecxr serve: {clf.bundle.manifest['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
+               f"http://{shown}:{port}/v1/classify, max {limit:,} bytes", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"),
+                limit_concurrency=max_connections, timeout_keep_alive=5, server_header=False)

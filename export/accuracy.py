@@ -1,0 +1,118 @@
+"""Accuracy-aware int8: check recall and accuracy drops on the validation split, recover when they miss.
+
+Recovery: NNCF `quantize_with_accuracy_control` for OpenVINO and ONNX; for TFLite the
+layers with the largest quantization error (quantization debugger) stay float,
+then quantization-aware training when the model is a tf_keras model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecxr import metrics
+from edgecxr.errors import ModelError
+from edgecxr.export.datasets import to_prob
+
+
+@dataclass
+class Gate:
+    x: np.ndarray  # validation inputs
+    y: np.ndarray  # validation labels
+    float_probs: np.ndarray
+    threshold: float
+    kind: str
+    positive_index: int
+    max_recall_drop: float
+    max_accuracy_drop: float
+    source: str  # where the validation split came from
+
+    def __post_init__(self):
+        self.float_metrics = metrics.binary_metrics(self.y, self.float_probs, self.threshold)
+
+    def check(self, raw: np.ndarray, method: str) -> dict:
+        probs = to_prob(raw, self.kind, self.positive_index)
+        m = metrics.binary_metrics(self.y, probs, self.threshold)
+        f = self.float_metrics
+        report = {
+            "method": method, "split": "validation", "source": self.source, "n": int(len(self.y)),
+            "float": {"recall": f["recall"], "accuracy": f["accuracy"]},
+            "quantized": {"recall": m["recall"], "accuracy": m["accuracy"]},
+            "recall_drop": round(f["recall"] - m["recall"], 6),
+            "accuracy_drop": round(f["accuracy"] - m["accuracy"], 6),
+            "max_recall_drop": self.max_recall_drop, "max_accuracy_drop": self.max_accuracy_drop,
+            "decision_agreement": float(np.mean((probs >= self.threshold) == (self.float_probs >= self.threshold))),
+        }
+        report["passed"] = bool(report["recall_drop"] <= self.max_recall_drop + 1e-9
+                                and report["accuracy_drop"] <= self.max_accuracy_drop + 1e-9)
+        return report
+
+    def fail(self, target: str, report: dict):
+        raise ModelError(
+            f"{target}: int8 misses the tolerance on validation after {report['method']}: recall drop "
+            f"{report['recall_drop']:.4f} (max {self.max_recall_drop}), accuracy drop {report['accuracy_drop']:.4f} "
+            f"(max {self.max_accuracy_drop}); raise --max-recall-drop/--max-accuracy-drop or export a float target")
+
+    # -- NNCF accuracy control (OpenVINO and ONNX) --------------------------------
+    def nncf_metric(self, raw_fn):
+        """validation_fn for NNCF: min of the remaining recall/accuracy margins on the given items.
+
+        Each item carries the float probability, so the metric is self-contained on any subset:
+        the float model scores 1 + min(max drops) (the 1 keeps NNCF's relative drop finite), and a drop within max_drop means both margins >= 0.
+        """
+
+        def validate(model, items):
+            items = list(items)
+            x = np.concatenate([it[0] for it in items])
+            y = np.array([it[1] for it in items])
+            pf = np.array([it[2] for it in items])
+            probs = to_prob(raw_fn(model, x), self.kind, self.positive_index)
+            fm = metrics.binary_metrics(y, pf, self.threshold)
+            qm = metrics.binary_metrics(y, probs, self.threshold)
+            return 1.0 + float(min(self.max_recall_drop - (fm["recall"] - qm["recall"]),
+                             self.max_accuracy_drop - (fm["accuracy"] - qm["accuracy"])))
+
+        return validate
+
+    def nncf_items(self):
+        return [(self.x[i:i + 1].astype(np.float32), int(self.y[i]), float(self.float_probs[i])) for i in range(len(self.y))]
+
+
+def nncf_accuracy_control(model, gate: Gate, calib_x: np.ndarray, raw_fn, input_name: str | None = None):
+    """Quantize an ov.Model or onnx.ModelProto with NNCF, reverting layers until the gate's drops hold.
+
+    ONNX models take {input_name: array} items, OpenVINO models plain arrays.
+    """
+    import nncf
+
+    wrap = (lambda x: {input_name: x}) if input_name else (lambda x: x)  # noqa: E731
+    calib = nncf.Dataset([wrap(calib_x[i:i + 1].astype(np.float32)) for i in range(len(calib_x))])
+    val = nncf.Dataset(gate.nncf_items(), lambda item: wrap(item[0]))
+    return nncf.quantize_with_accuracy_control(
+        model, calibration_dataset=calib, validation_dataset=val, validation_fn=gate.nncf_metric(raw_fn),
+        max_drop=min(gate.max_recall_drop, gate.max_accuracy_drop), drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=len(calib_x))
+
+
+def tflite_recover(source, gate: Gate, calib_x: np.ndarray, run_fn, *, max_float_layers: int = 16):
+    """(model bytes, report) with the worst layers kept float, or (None, last report) when nothing met the gate."""
+    from edgecxr.export import tflite
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ranked = [name for name, _ in tflite.layer_errors(source, calib_x)]
+        limit = min(max_float_layers, max(1, len(ranked) - 1))  # at least one layer stays int8
+        tries = sorted({min(2 ** i, limit) for i in range(8)})
+        report = None
+        for k in tries:
+            try:
+                model = tflite.selective_int8(source, calib_x, ranked[:k])
+            except ValueError:  # nothing quantized is left for the debugger
+                break
+            report = gate.check(run_fn(model), f"tflite int8 with {k} worst layer(s) kept float (quantization debugger)")
+            report["float_layers"] = ranked[:k]
+            if report["passed"]:
+                return model, report
+    return None, report

@@ -1,0 +1,114 @@
+"""Write one target's model file into a bundle folder; int8 targets pass the validation gate or recover."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from edgecxr.errors import ConfigError
+from edgecxr.export import accuracy, onnx as onnx_x, openvino as ov_x, tflite
+from edgecxr.export.runners import Runner
+
+
+class Context:
+    """What every target of one export call shares: the source, data, gate and cached intermediates."""
+
+    def __init__(self, source, calib_x, gate, workdir: Path, qat_source=None, qat_fallback=None):
+        self.source, self.calib_x, self.gate, self.workdir = source, calib_x, gate, workdir
+        self.qat_source = qat_source  # a SourceModel of the QAT model (tflite-int8 with --qat)
+        self.qat_fallback = qat_fallback  # callable -> SourceModel of a QAT model (TFLite recovery)
+        self._onnx = None
+
+    @property
+    def onnx_fp32(self) -> Path:
+        if self._onnx is None:
+            self._onnx = onnx_x.to_onnx(self.source, self.workdir / "fp32.onnx")
+        return self._onnx
+
+
+def _gate_model(ctx, family, model) -> dict:
+    return ctx.gate.check(Runner(family, model)(ctx.gate.x), "post-training quantization")
+
+
+def build(target, ctx: Context, folder: Path) -> dict:
+    """Write target.model_file into folder; returns {"qat": bool, "accuracy_control": dict|None}."""
+    path = folder / target.model_file
+    if target.family == "tflite":
+        return _tflite(target, ctx, path)
+    if target.family == "onnx":
+        return _onnx(target, ctx, path)
+    return _openvino(target, ctx, path)
+
+
+def _tflite(target, ctx, path):
+    if target.precision != "int8":
+        path.write_bytes(tflite.convert(ctx.source, target.precision))
+        return {"qat": False, "accuracy_control": None}
+    run = lambda model: Runner("tflite", model)(ctx.gate.x)  # noqa: E731
+    source = ctx.qat_source or ctx.source
+    model = tflite.convert(source, "int8", ctx.calib_x)
+    report = ctx.gate.check(run(model), "quantization-aware training" if ctx.qat_source else "post-training quantization")
+    qat = ctx.qat_source is not None
+    if not report["passed"] and not qat:
+        first = report
+        model, report = accuracy.tflite_recover(ctx.source, ctx.gate, ctx.calib_x, run)
+        report = report or first
+        if model is None and ctx.qat_fallback is not None:
+            try:
+                source = ctx.qat_fallback()
+            except ConfigError as exc:
+                report["method"] += f"; QAT fallback impossible ({str(exc)[:120]})"
+            else:
+                model = tflite.convert(source, "int8", ctx.calib_x)
+                report = ctx.gate.check(run(model), "quantization-aware training (fallback)")
+                qat = True
+        report["initial"] = {k: first[k] for k in ("recall_drop", "accuracy_drop")}
+    if not report["passed"]:
+        ctx.gate.fail(target.name, report)
+    path.write_bytes(model)
+    return {"qat": qat, "accuracy_control": report}
+
+
+def _onnx(target, ctx, path):
+    if target.precision != "int8":
+        shutil.copyfile(ctx.onnx_fp32, path)
+        return {"qat": False, "accuracy_control": None}
+    onnx_x.quantize(ctx.onnx_fp32, path, ctx.calib_x)
+    report = _gate_model(ctx, "onnx", path)
+    if not report["passed"]:
+        import onnx
+
+        first = report
+
+        def raw(model, x):
+            return Runner("onnx", model.SerializeToString() if hasattr(model, "SerializeToString") else model)(x)
+
+        fp32 = onnx.load(str(ctx.onnx_fp32))
+        quantized = accuracy.nncf_accuracy_control(fp32, ctx.gate, ctx.calib_x, raw, fp32.graph.input[0].name)
+        onnx.save(quantized, str(path))
+        report = _gate_model(ctx, "onnx", path)
+        report["method"], report["initial"] = "nncf.quantize_with_accuracy_control", {k: first[k] for k in ("recall_drop", "accuracy_drop")}
+        if not report["passed"]:
+            ctx.gate.fail(target.name, report)
+    return {"qat": False, "accuracy_control": report}
+
+
+def _openvino(target, ctx, path):
+    model = ov_x.read_onnx(ctx.onnx_fp32)
+    if target.precision != "int8":
+        ov_x.save(model, path, fp16=target.precision == "fp16")
+        return {"qat": False, "accuracy_control": None}
+    quantized = ov_x.quantize(model, ctx.calib_x)
+    report = ctx.gate.check(Runner("openvino", quantized)(ctx.gate.x), "NNCF post-training quantization")
+    if not report["passed"]:
+        first = report
+
+        def raw(compiled, x):
+            return __import__("numpy").concatenate([compiled(x[i:i + 32])[compiled.outputs[0]] for i in range(0, len(x), 32)])
+
+        quantized = accuracy.nncf_accuracy_control(ov_x.read_onnx(ctx.onnx_fp32), ctx.gate, ctx.calib_x, raw)
+        report = ctx.gate.check(Runner("openvino", quantized)(ctx.gate.x), "nncf.quantize_with_accuracy_control")
+        report["initial"] = {k: first[k] for k in ("recall_drop", "accuracy_drop")}
+        if not report["passed"]:
+            ctx.gate.fail(target.name, report)
+    ov_x.save(quantized, path, fp16=False)
+    return {"qat": False, "accuracy_control": report}

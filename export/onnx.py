@@ -1,0 +1,45 @@
+"""ONNX: tf2onnx conversion (opset 17) and ONNX Runtime static QDQ int8, per-channel."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecxr.errors import require
+
+OPSET = 17
+
+
+def to_onnx(source, path: Path) -> Path:
+    tf = require("tensorflow", "export")
+    tf2onnx = require("tf2onnx", "export")
+    spec = [tf.TensorSpec([None, *source.spec.input_shape], tf.float32, name="input")]
+    proto, _ = tf2onnx.convert.from_function(source.fn, input_signature=spec, opset=OPSET)
+    Path(path).write_bytes(proto.SerializeToString())
+    return Path(path)
+
+
+class _Reader:
+    def __init__(self, name, x):
+        self.name, self.x, self.i = name, x, 0
+
+    def get_next(self):
+        if self.i >= len(self.x):
+            return None
+        self.i += 1
+        return {self.name: self.x[self.i - 1:self.i].astype(np.float32)}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize(fp32_path: Path, out_path: Path, calib_x: np.ndarray) -> Path:
+    require("onnxruntime", "export")
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    name = onnx.load(str(fp32_path)).graph.input[0].name
+    reader = type("Reader", (_Reader, CalibrationDataReader), {})(name, calib_x)
+    quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return Path(out_path)

@@ -1,0 +1,106 @@
+"""Pruning and quantization-aware training (tensorflow-model-optimization, tf_keras models only)."""
+from __future__ import annotations
+
+import gzip
+import sys
+
+import numpy as np
+
+from edgecxr.errors import ConfigError, require
+
+
+def _tfmot():
+    return require("tensorflow_model_optimization", "export")
+
+
+def _targets(labels: np.ndarray, info, out_dim: int):
+    """Training labels and loss matching the model's own output kind."""
+    import tf_keras as keras
+
+    y = labels.astype(np.float32)
+    if out_dim == 1:
+        return y, keras.losses.BinaryCrossentropy(from_logits=info.output == "logits")
+    y = y if info.positive_index == 1 else 1 - y
+    return y.astype(np.int32), keras.losses.SparseCategoricalCrossentropy(from_logits=info.output == "logits")
+
+
+def _dataset(tf, x, y, batch_size, seed):
+    return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def _fit(model, source, x, labels, epochs, lr, callbacks=(), seed=0, batch_size=32):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    y, loss = _targets(labels, source.info, source.out_dim)
+    counts = np.bincount(labels, minlength=2)
+    cw = {i: float(len(labels) / (2 * max(c, 1))) for i, c in enumerate(counts)}
+    weights = np.array([cw[int(v)] for v in labels], np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y, weights)).shuffle(len(x), seed=seed).batch(batch_size)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    model.fit(ds, epochs=epochs, callbacks=list(callbacks), verbose=2 if not sys.stderr.isatty() else 1)
+    return model
+
+
+def require_keras(source, what: str):
+    if source.keras_model is None:
+        raise ConfigError(f"{what} needs a tf_keras model (tensorflow-model-optimization works only with tf_keras); "
+                          f"{source.path} is a {source.flavor} model: export without {what} or re-save it with tf_keras")
+    return source.keras_model
+
+
+def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr: float = 1e-4):
+    """(stripped pruned tf_keras model, report) after magnitude pruning with polynomial decay and fine-tuning."""
+    import tensorflow as tf
+
+    tfmot = _tfmot()
+    model = require_keras(source, "--prune")
+    tf.keras.utils.set_random_seed(seed)
+    steps = int(np.ceil(len(x) / 32)) * max(1, epochs)
+    end = max(1, int(steps * 0.7))
+    schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
+                                                    end_step=end, frequency=max(1, min(100, end // 10)))
+    try:
+        pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--prune: this model cannot be pruned by tensorflow-model-optimization ({str(exc)[:200]})") from None
+    _fit(pruned, source, x, labels, max(1, epochs), lr, [tfmot.sparsity.keras.UpdatePruningStep()], seed)
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    return stripped, {"target_sparsity": sparsity, "finetune_epochs": epochs, "finetune_images": int(len(x)),
+                      "schedule": f"polynomial decay 0 -> {sparsity} over {end} steps",
+                      "layers": layer_sparsity(stripped)}
+
+
+def layer_sparsity(model) -> dict:
+    """Share of zero weights in every layer kernel (DepthwiseConv2D kernels are never pruned by tfmot)."""
+    out = {}
+    for layer in model.submodules if hasattr(model, "submodules") else model.layers:
+        kernel = getattr(layer, "kernel", None) if not hasattr(layer, "depthwise_kernel") else layer.depthwise_kernel
+        if kernel is not None and hasattr(kernel, "numpy"):
+            w = kernel.numpy()
+            out[layer.name] = {"sparsity": round(float(np.mean(w == 0)), 4), "weights": int(w.size)}
+    return out
+
+
+def qat(model, source, x, labels, epochs: int, *, pruned: bool, seed: int = 0, lr: float = 1e-5):
+    """Quantization-aware fine-tuning; with pruning, the pruning-preserving scheme keeps the zeros."""
+    import tensorflow as tf
+
+    tfmot = _tfmot()
+    tf.keras.utils.set_random_seed(seed)
+    q = tfmot.quantization.keras
+    try:
+        if pruned:
+            annotated = q.quantize_annotate_model(model)
+            qmodel = q.quantize_apply(annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+        else:
+            qmodel = q.quantize_model(model)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--qat: tensorflow-model-optimization cannot quantize this model ({str(exc)[:200]})") from None
+    return _fit(qmodel, source, x, labels, max(1, epochs), lr, seed=seed)
+
+
+def gzip_size(path) -> int:
+    with open(path, "rb") as fh:
+        return len(gzip.compress(fh.read(), 9))

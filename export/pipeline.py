@@ -1,0 +1,168 @@
+"""`export_model`: float model -> verified bundles, one per target, each written atomically."""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edgecxr import data as D
+from edgecxr import metrics
+from edgecxr.atomic import atomic_dir, check_writable
+from edgecxr.bundle import finalize, load_bundle
+from edgecxr.errors import ConfigError
+from edgecxr.targets import resolve_targets
+
+RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
+VERSION_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
+                    "onnxruntime", "openvino", "nncf", "ai-edge-litert", "numpy", "edgecxr")
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    out["tfmot"] = out.pop("tensorflow_model_optimization", None)
+    return out
+
+
+def _say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _check_options(prune, max_recall_drop, max_accuracy_drop, finetune_epochs):
+    if prune is not None and not 0 < prune < 1:
+        raise ConfigError(f"--prune must be a sparsity between 0 and 1 (e.g. 0.5), got {prune}")
+    if max_recall_drop < 0 or max_accuracy_drop < 0:
+        raise ConfigError("--max-recall-drop and --max-accuracy-drop must be >= 0")
+    if finetune_epochs < 1:
+        raise ConfigError("--finetune-epochs must be at least 1")
+
+
+def _reference(source, test, test_x, test_y):
+    from edgecxr.export.datasets import to_prob
+
+    probs = to_prob(source.predict(test_x), source.info.output, source.info.positive_index)
+    return {"split": "test", "probs": {s.rel: float(p) for s, p in zip(test, probs)},
+            "labels": {s.rel: int(y) for s, y in zip(test, test_y)},
+            "metrics": metrics.binary_metrics(test_y, probs, source.info.threshold),
+            "files_sha256": D.files_hash(test)}
+
+
+def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 300, prune: float | None = None,
+                 qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
+                 max_accuracy_drop: float = 0.01, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
+                 overrides=None, trust_model: bool = False, seed: int = 0) -> list[Path]:
+    """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified)."""
+    from edgecxr.export import datasets as X
+    from edgecxr.export.accuracy import Gate
+    from edgecxr.export.build import Context, build
+    from edgecxr.export.loading import keras_source, load_source
+    from edgecxr.export.optimize import gzip_size, prune as run_prune, qat as run_qat
+
+    start = time.time()
+    chosen = resolve_targets(list(targets) if not isinstance(targets, str) else [targets])
+    if not chosen:
+        raise ConfigError("no target given; pass --target NAME (or --target all)")
+    _check_options(prune, max_recall_drop, max_accuracy_drop, finetune_epochs)
+    out_dir = Path(out_dir)
+    for t in chosen:
+        check_writable(out_dir / t.name, overwrite=overwrite)
+    # Data first: bad folders fail in a second, before TensorFlow starts.
+    test = D.list_split(data_root, "test", classes)
+    train, val, val_source = X.train_val(data_root, classes, Path(model_path), seed=seed)
+    need_calib = any(t.calibrated for t in chosen) or qat
+    calib = X.calibration_samples(train, calib_count, seed=seed) if need_calib else []
+
+    source = load_source(model_path, overrides, trust=trust_model)
+    for note in source.notes:
+        _say(f"note: {note}")
+    spec, info = source.spec, source.info
+    if (prune or qat) and source.keras_model is None:
+        from edgecxr.export.optimize import require_keras
+
+        require_keras(source, "--prune" if prune else "--qat")
+    _say(f"model {source.path} ({source.flavor}, input {spec.input_shape}, output {info.output} x{source.out_dim}); "
+         f"test {len(test)}, validation {len(val)}, calibration {len(calib)} images")
+    test_x, test_y, test = X.load_inputs(test, spec, "loading test")
+    val_x, val_y, val = X.load_inputs(val, spec, "loading validation")
+    calib_x = X.load_inputs(calib, spec, "loading calibration")[0] if calib else None
+    fit_x = fit_y = None
+    if prune or qat:
+        fit_x, fit_y, _ = X.load_inputs(train, spec, "loading train (fine-tuning)")
+
+    def val_probs(src):
+        return X.to_prob(src.predict(val_x), info.output, info.positive_index)
+
+    prune_report = None
+    if prune:
+        before = metrics.binary_metrics(val_y, val_probs(source), info.threshold)
+        _say(f"pruning to {prune:.0%} sparsity, fine-tuning {finetune_epochs} epoch(s) on {len(fit_x)} images")
+        pruned, prune_report = run_prune(source, fit_x, fit_y, prune, finetune_epochs, seed=seed)
+        source = keras_source(pruned, source, f"pruned to {prune}")
+        after = metrics.binary_metrics(val_y, val_probs(source), info.threshold)
+        prune_report["validation"] = {k: {"before": before[k], "after": after[k]} for k in ("recall", "accuracy", "roc_auc")}
+    reference = _reference(source, test, test_x, test_y)
+    gate = Gate(val_x, val_y, val_probs(source), info.threshold, info.output, info.positive_index,
+                max_recall_drop, max_accuracy_drop, val_source)
+
+    def make_qat():
+        nonlocal fit_x, fit_y
+        if fit_x is None:
+            fit_x, fit_y, _ = X.load_inputs(train, spec, "loading train (fine-tuning)")
+        _say(f"quantization-aware fine-tuning, {finetune_epochs} epoch(s) on {len(fit_x)} images")
+        model = run_qat(source.keras_model, source, fit_x, fit_y, finetune_epochs, pruned=bool(prune), seed=seed)
+        return keras_source(model, source, "quantization-aware training")
+
+    qat_source = make_qat() if qat and any(t.family == "tflite" and t.int8 for t in chosen) else None
+    base = {"preprocess": spec.to_dict(), "labels": list(info.labels), "threshold": float(info.threshold),
+            "source_model": {"path": str(Path(model_path).resolve()), "sha256": source.sha256,
+                             "flavor": source.flavor, "threshold_method": info.threshold_method},
+            "versions": versions(), "reference": reference}
+    calibration = {"count": len(calib), "split": "train", "files_sha256": D.files_hash(calib)} if calib else None
+    written = []
+    with tempfile.TemporaryDirectory(prefix="edgecxr-export-") as work:
+        ctx = Context(source, calib_x, gate, Path(work), qat_source=qat_source,
+                      qat_fallback=make_qat if source.keras_model is not None else None)
+        for i, target in enumerate(chosen, 1):
+            t0 = time.time()
+            _say(f"[{i}/{len(chosen)}] {target.name}: {target.description}")
+            final = out_dir / target.name
+            with atomic_dir(final, overwrite=overwrite) as tmp:
+                result = build(target, ctx, tmp)
+                runner_specs = _specs(target, tmp)
+                size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
+                opt = {"prune": None, "qat": result["qat"], "accuracy_control": result["accuracy_control"],
+                       "size": {"bytes": size, "gzip_bytes": sum(gzip_size(p) for p in tmp.iterdir() if p.is_file())}}
+                if prune_report is not None:
+                    opt["prune"] = {**prune_report, "gzip_bytes": opt["size"]["gzip_bytes"]}
+                    if result["qat"]:
+                        opt["prune"]["layers_after_qat"] = "sparsity preserved by the prune-preserving QAT scheme"
+                manifest = {"target": target.name, "runtime": RUNTIMES[target.family], "model_file": target.model_file,
+                            "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
+                                                                  "positive_index": int(info.positive_index)},
+                            **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
+                            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                finalize(tmp, manifest)
+                load_bundle(tmp)
+            written.append(final)
+            acc = result["accuracy_control"]
+            extra = f", validation recall drop {acc['recall_drop']:+.4f} accuracy drop {acc['accuracy_drop']:+.4f} ({acc['method']})" if acc else ""
+            _say(f"    {final}  {size / 1024:.1f} KiB (gzip {opt['size']['gzip_bytes'] / 1024:.1f} KiB), {time.time() - t0:.1f} s{extra}")
+    _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
+    return written
+
+
+def _specs(target, folder: Path):
+    from edgecxr.export.runners import Runner
+
+    return Runner(target.family, folder / target.model_file).specs()

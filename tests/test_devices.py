@@ -1,0 +1,412 @@
+"""Device stage: the classifier, parity, bench, JUnit, integrity and bad input, on real images, without TensorFlow."""
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import zlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecxr import bundle as B
+from edgecxr.cli import main
+from edgecxr.errors import BundleError, ConfigError, ImageError
+
+TARGETS = ["tflite-fp32", "tflite-int8", "onnx-fp32", "openvino-fp32"]
+
+
+@pytest.fixture(scope="session")
+def bundles(tiny_model, kermany, tmp_path_factory) -> dict:
+    """Bundles of the tiny model written by the export stage (reference = the 624 real test images)."""
+    from edgecxr.export import export_model
+
+    out = tmp_path_factory.mktemp("bundles")
+    folders = export_model(tiny_model, TARGETS, kermany, out, calib_count=100)
+    return {p.name: p for p in folders}
+
+
+@pytest.fixture(scope="session")
+def int8_io_bundle(bundles, tiny_model, kermany, tmp_path_factory) -> Path:
+    """A full-integer TFLite bundle with int8 input and output tensors (the export stage may keep float I/O
+    when its accuracy control reverts layers), to exercise quantize / dequantize on the device."""
+    import os
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras
+
+    from edgecxr.data import list_split, load_pixels
+
+    src = bundles["tflite-int8"]
+    manifest = json.loads((src / B.MANIFEST).read_text())
+    spec = B.load_bundle(src).spec
+    train = list_split(kermany, "train")[::50]
+    x = spec.scale_pixels(load_pixels(train, spec)[0])
+    conv = tf.lite.TFLiteConverter.from_keras_model(tf_keras.models.load_model(tiny_model))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    folder = tmp_path_factory.mktemp("int8io") / "tflite-int8"
+    folder.mkdir()
+    (folder / "model.tflite").write_bytes(conv.convert())
+    it = tf.lite.Interpreter(model_path=str(folder / "model.tflite"))
+    for key, d in (("input", it.get_input_details()[0]), ("output", it.get_output_details()[0])):
+        scale, zero = d["quantization"]
+        manifest[key].update(dtype="int8", quantization={"scale": float(scale), "zero_point": int(zero)})
+    for key in ("format", "version", "files", "sha256", "digest"):
+        manifest.pop(key)
+    B.finalize(folder, manifest)
+    return folder
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_classifier_matches_reference_on_real_images(bundles, sample):
+    from edgecxr.devices import Classifier
+
+    clf = Classifier.load(bundles["tflite-fp32"])
+    ref = clf.bundle.reference["probs"]
+    paths = sorted((sample / "test").rglob("*.jpeg"))
+    assert len(paths) == 40
+    for path in paths:
+        r = clf.predict(path)
+        rel = path.relative_to(sample).as_posix()
+        assert r.probability == pytest.approx(ref[rel], abs=1e-4)
+        assert r.label == (clf.labels[1] if r.probability >= clf.threshold else clf.labels[0])
+        assert r.threshold == clf.threshold and r.timings.infer_ms > 0 and r.timings.total_ms >= r.timings.infer_ms
+    assert set(clf.runtime) >= {"name", "version", "provider", "threads"}
+    assert clf.runtime["name"] == "litert"
+
+
+def test_predict_accepts_bytes_pil_and_arrays(bundles, sample):
+    from PIL import Image
+
+    from edgecxr.devices import Classifier
+
+    clf = Classifier.load(bundles["tflite-int8"], threads=1)
+    path = sample / "test" / "PNEUMONIA" / "person45_virus_95.jpeg"
+    p = clf.predict(path).probability
+    img = Image.open(path)
+    assert clf.predict(path.read_bytes()).probability == p
+    assert clf.predict(img).probability == p
+    assert clf.predict(np.asarray(img.convert("L"))).probability == p
+    assert clf.predict(clf.spec.load_input(path)).probability == p  # a preprocessed float input
+    with pytest.raises(ConfigError):
+        clf.predict(np.zeros((3, 3), np.float32))
+
+
+def test_device_preprocessing_equals_the_spec_on_real_images(bundles, int8_io_bundle, sample):
+    """The lookup-table fast path gives exactly the tensor of the training-time spec (and its quantization)."""
+    from edgecxr.devices import Classifier
+
+    fp32 = Classifier.load(bundles["tflite-fp32"])
+    int8 = Classifier.load(int8_io_bundle)
+    assert int8.to_model_input(np.zeros(int8.spec.input_shape, np.float32)).dtype == np.int8
+    for path in sorted((sample / "test").rglob("*.jpeg"))[::5]:
+        x = fp32.spec.load_input(path)
+        np.testing.assert_array_equal(fp32.prepare(path)[0], x[None])
+        np.testing.assert_array_equal(int8.prepare(path)[0], int8.to_model_input(x))
+
+
+def test_int8_io_quantizes_and_dequantizes(int8_io_bundle, kermany):
+    """int8 in and out: the probabilities stay close to the float reference on the real test images."""
+    from edgecxr.devices import Classifier
+    from edgecxr.devices.parity import run_parity
+
+    clf = Classifier.load(int8_io_bundle)
+    assert clf.session.input_dtype == np.int8
+    rep = run_parity(clf, kermany, n_boot=100)
+    assert rep["n"] == 624
+    assert rep["prob_abs_diff"]["mean"] < 0.05
+    assert rep["device"]["roc_auc"] > rep["float"]["roc_auc"] - 0.03
+
+
+@pytest.mark.parametrize("target", ["onnx-fp32", "openvino-fp32"])
+def test_other_runtimes_match_reference(bundles, sample, target):
+    from edgecxr.devices import Classifier
+
+    clf = Classifier.load(bundles[target], threads=1)
+    assert clf.runtime["name"] == {"onnx-fp32": "onnxruntime", "openvino-fp32": "openvino"}[target]
+    ref = clf.bundle.reference["probs"]
+    for path in sorted((sample / "test").rglob("*.jpeg"))[::8]:
+        assert clf.predict(path).probability == pytest.approx(ref[path.relative_to(sample).as_posix()], abs=1e-4)
+
+
+def test_shared_classifier_is_thread_safe(bundles, sample):
+    from edgecxr.devices import Classifier
+
+    clf = Classifier.load(bundles["tflite-int8"])
+    paths = sorted((sample / "test").rglob("*.jpeg"))
+    expected = [clf.predict(p).probability for p in paths]
+    got = {}
+
+    def work(k):
+        got[k] = [clf.predict(p).probability for p in paths]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert all(v == expected for v in got.values())
+    assert [r.probability for r in clf.predict_batch(paths, workers=3)] == expected
+
+
+def test_runtime_choice_errors(bundles):
+    from edgecxr.devices import Classifier
+
+    with pytest.raises(ConfigError, match="valid"):
+        Classifier.load(bundles["tflite-int8"], runtime="nope")
+    with pytest.raises(ConfigError, match="onnx"):
+        Classifier.load(bundles["onnx-fp32"], runtime="litert")
+    r = cli("device", "runtimes")
+    assert r.exit_code == 0 and "litert" in r.output
+
+
+# -- parity ----------------------------------------------------------------------
+def test_parity_passes_writes_json_and_junit(bundles, kermany, tmp_path):
+    out, xml = tmp_path / "parity.json", tmp_path / "parity.xml"
+    r = cli("device", "parity", bundles["tflite-fp32"], "--data", kermany, "--json", out, "--junit", xml)
+    assert r.exit_code == 0, r.output
+    assert "parity PASSED" in r.output
+    rep = json.loads(out.read_text())
+    assert rep["passed"] is True and rep["n"] == 624 and rep["agreement"] == 1.0
+    for side in ("float", "device"):
+        assert set(rep[side]) >= {"accuracy", "recall", "specificity", "precision", "f1", "roc_auc", "n"}
+    assert set(rep["delta"]) == {"accuracy", "recall", "specificity", "precision", "f1", "roc_auc"}
+    assert set(rep["mcnemar"]) >= {"p_value", "a_only_right", "b_only_right"}
+    assert len(rep["bootstrap"]["recall_delta"]) == 2 and len(rep["bootstrap"]["accuracy_delta"]) == 2
+    assert rep["flipped"] == []
+    assert set(rep["subgroups"]) == {"normal", "bacterial", "viral"}
+    assert sum(s["n"] for s in rep["subgroups"].values()) == 624
+    assert rep["runtime"]["name"] == "litert" and rep["runtime"]["version"]
+    assert rep["data"]["same_files_as_reference"] is True
+    assert rep["timing"]["seconds"] < 60
+    suite = ET.parse(xml).getroot().find("testsuite")
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["recall_drop", "accuracy_drop", "agreement"]
+    assert suite.get("failures") == "0" and not any(c.find("failure") is not None for c in cases)
+
+
+def test_parity_on_the_sample_subset(bundles, sample):
+    r = cli("device", "parity", bundles["onnx-fp32"], "--data", sample)
+    assert r.exit_code == 0, r.output
+    assert "compared 40 of the 624 reference images" in r.output
+
+
+def test_parity_fails_with_exit_1_and_lists_new_false_negatives_first(bundles, kermany, tmp_path):
+    """Perturb the float reference so some device decisions flip, re-finalize: parity must fail."""
+    from edgecxr.devices import Classifier
+
+    src = bundles["tflite-fp32"]
+    clf = Classifier.load(src)
+    manifest = json.loads((src / B.MANIFEST).read_text())
+    ref, t = manifest["reference"], clf.threshold
+    device = {rel: clf.predict(kermany / rel).probability for rel in ref["probs"]}
+    pos_missed = [r for r in ref["probs"] if ref["labels"][r] == 1 and device[r] < t][:3]
+    neg_kept = [r for r in ref["probs"] if ref["labels"][r] == 0 and device[r] < t][:15]
+    if not pos_missed:  # the tiny model catches every pneumonia: make one
+        pos_missed = [r for r in ref["probs"] if ref["labels"][r] == 1][:1]
+        ref["probs"][pos_missed[0]] = 0.0
+    for rel in pos_missed + neg_kept:
+        ref["probs"][rel] = 0.999  # the float model said pneumonia, the device does not
+    bad = tmp_path / "perturbed"
+    shutil.copytree(src, bad)
+    for key in ("format", "version", "files", "sha256", "digest"):
+        manifest.pop(key)
+    B.finalize(bad, manifest)
+    out, xml = tmp_path / "p.json", tmp_path / "p.xml"
+    r = cli("device", "parity", bad, "--data", kermany, "--json", out, "--junit", xml, "--max-recall-drop", "0.001")
+    assert r.exit_code == 1, r.output
+    assert "parity FAILED" in r.output
+    rep = json.loads(out.read_text())
+    assert rep["passed"] is False
+    assert rep["flipped"][0]["kind"] == "new_false_negative"
+    kinds = [f["kind"] for f in rep["flipped"]]
+    assert kinds == sorted(kinds, key=["new_false_negative", "new_false_positive", "fixed_false_negative",
+                                      "fixed_false_positive"].index)
+    failed = [c.get("name") for c in ET.parse(xml).getroot().iter("testcase") if c.find("failure") is not None]
+    assert "recall_drop" in failed and "agreement" in failed
+
+
+def test_parity_unmeetable_tolerance_exits_1(bundles, sample):
+    r = cli("device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-agreement", "1.01")
+    assert r.exit_code == 1 and "FAIL agreement" in r.output
+
+
+def test_compare_subgroups_flips_and_statistics():
+    from edgecxr.devices.parity import compare
+
+    rels = ["test/PNEUMONIA/person1_bacteria_1.jpeg", "test/PNEUMONIA/person2_virus_2.jpeg",
+            "test/PNEUMONIA/person3_virus_3.jpeg", "test/NORMAL/IM-0001-0001.jpeg", "test/NORMAL/IM-0002-0001.jpeg"]
+    y = [1, 1, 1, 0, 0]
+    float_p = [0.9, 0.8, 0.3, 0.2, 0.7]
+    device_p = [0.9, 0.4, 0.6, 0.6, 0.7]  # viral 2 -> new FN, viral 3 -> fixed FN, normal 1 -> new FP
+    rep = compare(rels, y, float_p, device_p, 0.5, n_boot=200)
+    assert [f["kind"] for f in rep["flipped"]] == ["new_false_negative", "new_false_positive", "fixed_false_negative"]
+    assert rep["flipped"][0]["file"] == rels[1] and rep["flipped"][0]["subgroup"] == "viral"
+    assert rep["subgroups"]["viral"] == {"n": 2, "float_accuracy": 0.5, "device_accuracy": 0.5, "delta_accuracy": 0.0,
+                                         "agreement": 0.0, "flipped": 2, "new_false_negatives": 1}
+    assert rep["subgroups"]["bacterial"]["flipped"] == 0 and rep["subgroups"]["normal"]["n"] == 2
+    assert rep["agreement"] == pytest.approx(0.4)
+    assert rep["mcnemar"]["a_only_right"] == 2 and rep["mcnemar"]["b_only_right"] == 1
+    lo, hi = rep["bootstrap"]["recall_delta"]
+    assert lo <= 0 <= hi
+    assert rep["passed"] is False
+
+
+# -- bench -------------------------------------------------------------------------
+def test_bench_reports_every_number(bundles, sample, tmp_path):
+    out = tmp_path / "bench.json"
+    r = cli("device", "bench", bundles["tflite-int8"], "--data", sample, "--warmup", 3, "--runs", 40,
+            "--duration", 1, "--threads", 1, "--json", out)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    for key in ("p50", "p90", "p99", "mean", "std"):
+        assert rep["latency_ms"][key] > 0 and rep["bare_invoke_ms"][key] > 0 and rep["end_to_end_ms"][key] > 0
+    assert rep["end_to_end_ms"]["p50"] >= rep["latency_ms"]["p50"]
+    assert rep["throughput"]["model_ips"] > 0 and rep["throughput"]["end_to_end_ips"] > 0
+    assert 0 < rep["cold_start_s"] < 30 and rep["cold_start_tensorflow_imported"] is False
+    assert rep["peak_rss_mb"] > 0 and rep["threads"] == 1
+    assert rep["runtime"]["name"] == "litert" and rep["runtime"]["version"] == "2.3.0"
+    assert "overhead_pct" in rep
+    s = rep["sustained"]
+    assert s["windows"] >= 5 and "drift_pct" in s and s["first_p50_ms"] > 0
+
+
+# -- integrity -----------------------------------------------------------------------
+def _copy(src, tmp_path, name="b"):
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_model_file_is_refused_before_running(bundles, sample, tmp_path):
+    b = _copy(bundles["tflite-int8"], tmp_path)
+    data = bytearray((b / "model.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (b / "model.tflite").write_bytes(bytes(data))
+    r = cli("device", "run", b, sample / "test" / "NORMAL" / "IM-0009-0001.jpeg")
+    assert r.exit_code == 2
+    assert "SHA-256" in r.stderr and "Traceback" not in r.output
+    assert r.stdout == ""  # nothing ran
+
+
+def test_edited_or_incomplete_manifest_is_refused(bundles, tmp_path):
+    from edgecxr.devices import Classifier
+
+    b = _copy(bundles["tflite-int8"], tmp_path, "edited")
+    m = json.loads((b / B.MANIFEST).read_text())
+    m["threshold"] = 0.01
+    (b / B.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="digest"):
+        Classifier.load(b)
+    m = json.loads((bundles["tflite-int8"] / B.MANIFEST).read_text())
+    m["version"] = 99
+    c = _copy(bundles["tflite-int8"], tmp_path, "future")
+    (c / B.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="version 99"):
+        Classifier.load(c)
+    d = _copy(bundles["tflite-int8"], tmp_path, "missing")
+    (d / "model.tflite").unlink()
+    r = cli("device", "parity", d, "--data", tmp_path)
+    assert r.exit_code == 2 and "missing" in r.stderr
+
+
+# -- bad input -------------------------------------------------------------------------
+def _huge_png() -> bytes:
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture()
+def bad_files(tmp_path, sample):
+    good = sample / "test" / "NORMAL" / "IM-0009-0001.jpeg"
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(good, folder / "good.jpeg")
+    files = {
+        "truncated.jpeg": good.read_bytes()[:2000],
+        "empty.png": b"",
+        "notes.jpeg": b"this is a text file, not an image\n",
+        "huge.png": _huge_png(),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize("name,expect", [("truncated.jpeg", "truncated"), ("empty.png", "empty"),
+                                         ("notes.jpeg", "not a readable image"), ("huge.png", "pixel limit")])
+def test_bad_single_file_gives_one_line_and_nonzero_exit(bundles, bad_files, name, expect):
+    r = cli("device", "run", bundles["tflite-int8"], bad_files / name)
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_folder_run_keeps_good_files_and_lists_bad_ones(bundles, bad_files):
+    r = cli("device", "run", bundles["tflite-int8"], bad_files, "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert [Path(x["source"]).name for x in rep["results"]] == ["good.jpeg"]
+    assert len(rep["failures"]) == 4
+    assert "4 of 5 file(s) could not be read" in r.stderr
+    strict = cli("device", "run", bundles["tflite-int8"], bad_files, "--strict")
+    assert strict.exit_code != 0 and strict.stderr.startswith("error: ")
+
+
+def test_run_table_and_csv(bundles, sample):
+    folder = sample / "test" / "PNEUMONIA"
+    r = cli("device", "run", bundles["tflite-int8"], folder, "--csv")
+    assert r.exit_code == 0
+    rows = r.stdout.strip().splitlines()
+    assert rows[0].startswith("file,probability,label,threshold") and len(rows) == 1 + len(list(folder.iterdir()))
+    table = cli("device", "run", bundles["tflite-int8"], folder / "person45_virus_95.jpeg")
+    assert table.exit_code == 0 and "PNEUMONIA" in table.stdout and "litert" in table.stdout
+
+
+def test_predict_batch_collects_failures(bundles, bad_files):
+    from edgecxr.devices import Classifier, Failure
+
+    clf = Classifier.load(bundles["tflite-int8"])
+    paths = sorted(bad_files.iterdir())
+    results = clf.predict_batch(paths, strict=False)
+    assert sum(isinstance(r, Failure) for r in results) == 4
+    with pytest.raises(ImageError):
+        clf.predict_batch(paths)
+
+
+# -- no TensorFlow ---------------------------------------------------------------------
+def test_device_commands_never_import_tensorflow(bundles, sample, tmp_path):
+    code = (
+        "import sys\n"
+        "from edgecxr.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:], standalone_mode=False)\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "else:\n"
+        "    code = 0\n"
+        "print('EXIT', code, 'TF', 'tensorflow' in sys.modules, 'KERAS', 'tf_keras' in sys.modules or 'keras' in sys.modules)\n"
+    )
+    commands = [
+        ["device", "parity", bundles["tflite-int8"], "--data", sample, "--min-agreement", "0"],
+        ["device", "run", bundles["tflite-int8"], sample / "test" / "NORMAL"],
+        ["device", "parity", bundles["onnx-fp32"], "--data", sample],
+        ["device", "bench", bundles["openvino-fp32"], "--runs", "5", "--warmup", "1", "--no-cold-start"],
+    ]
+    for args in commands:
+        p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+        last = p.stdout.strip().splitlines()[-1]
+        assert last == "EXIT 0 TF False KERAS False", (args, p.stdout[-2000:], p.stderr[-2000:])

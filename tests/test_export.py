@@ -1,0 +1,291 @@
+"""Export stage: every target of a tiny trained model against Keras on real images, manifests, bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecxr.bundle import load_bundle, sha256_file
+from edgecxr.data import list_split
+from edgecxr.errors import ConfigError, DataError, EdgecxrError, ModelError
+from edgecxr.targets import TARGETS
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+pytest.importorskip("openvino")
+
+CALIB = 300
+
+
+def _sample_inputs(sample, spec):
+    samples = list_split(sample, "test")
+    return np.stack([spec.load_input(s.path) for s in samples]), samples
+
+
+def _keras_probs(model_path, x):
+    import tf_keras
+
+    model = tf_keras.models.load_model(str(model_path), compile=False)
+    return model.predict(x, verbose=0).reshape(len(x), -1)
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_model, kermany, tmp_path_factory):
+    from edgecxr.export import export_model
+
+    out = tmp_path_factory.mktemp("bundles")
+    paths = export_model(tiny_model, ["all"], kermany, out, calib_count=CALIB)
+    return {p.name: p for p in paths}
+
+
+def test_every_target_matches_keras_on_real_images(bundles, tiny_model, sample):
+    from edgecxr.export import run_bundle
+
+    assert sorted(bundles) == sorted(TARGETS)
+    b = load_bundle(bundles["tflite-fp32"])
+    x, _ = _sample_inputs(sample, b.spec)
+    ref = _keras_probs(tiny_model, x)[:, 0]
+    for name, path in bundles.items():
+        out = run_bundle(path, x)[:, 0]
+        precision = TARGETS[name].precision
+        if precision == "fp32":
+            assert np.abs(out - ref).max() < 1e-4, name
+        elif precision in ("fp16", "dynamic"):
+            assert np.abs(out - ref).max() < 2e-2, name
+        else:
+            agree = np.mean((out >= b.threshold) == (ref >= b.threshold))
+            assert agree >= 0.9, (name, agree)
+
+
+def test_manifests_hash_their_files_and_carry_the_reference(bundles, tiny_model, kermany):
+    info = json.loads(Path(tiny_model).with_suffix(".json").read_text())
+    n_test = len(list_split(kermany, "test"))
+    for name, path in bundles.items():
+        b = load_bundle(path)
+        m = b.manifest
+        assert m["target"] == name and m["model_file"] == TARGETS[name].model_file
+        assert sha256_file(b.model_path) == m["sha256"]
+        for rel, digest in m["files"].items():
+            assert sha256_file(path / rel) == digest
+        assert m["threshold"] == info["threshold"]
+        assert m["preprocess"] == info["preprocess"]
+        assert len(m["reference"]["probs"]) == n_test and set(m["reference"]["labels"]) == set(m["reference"]["probs"])
+        assert m["source_model"]["sha256"] == sha256_file(tiny_model)
+        assert m["output"]["kind"] == "sigmoid" and m["output"]["positive_index"] == 0
+        assert m["runtime"] == {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}[TARGETS[name].family]
+        if TARGETS[name].calibrated:
+            assert m["calibration"]["count"] == CALIB and m["calibration"]["split"] == "train"
+            assert m["optimization"]["accuracy_control"]["passed"]
+        else:
+            assert m["calibration"] is None
+    int8 = load_bundle(bundles["tflite-int8"]).manifest
+    assert int8["input"]["dtype"] == "int8" and int8["input"]["quantization"]["scale"] > 0
+    assert (bundles["openvino-fp32"] / "model.bin").exists()
+    # the reference is the float model's probability on every test image, identical in every bundle
+    refs = {json.dumps(load_bundle(p).reference["probs"], sort_keys=True) for p in bundles.values()}
+    assert len(refs) == 1
+
+
+def test_quantized_tflite_is_smaller(bundles):
+    size = {n: (bundles[n] / "model.tflite").stat().st_size for n in ("tflite-fp32", "tflite-dynamic", "tflite-int8")}
+    assert size["tflite-dynamic"] < 0.6 * size["tflite-fp32"]  # a tiny model carries fixed overhead; MobileNetV2 ~0.3
+    control = load_bundle(bundles["tflite-int8"]).manifest["optimization"]["accuracy_control"]
+    if control["method"] == "post-training quantization":  # else some layers were kept float to meet the gate
+        assert size["tflite-int8"] < 0.6 * size["tflite-fp32"]
+    else:
+        assert control["float_layers"] and control["initial"]["recall_drop"] is not None
+
+
+def test_calibration_is_balanced_grouped_and_from_train(kermany):
+    from edgecxr.export.datasets import calibration_samples, train_val
+
+    train, val, _ = train_val(kermany, ("NORMAL", "PNEUMONIA"), Path("/nonexistent/model.keras"))
+    picked = calibration_samples(train, 100, seed=3)
+    assert len(picked) == 100 and sum(s.label for s in picked) == 50
+    assert len({s.patient for s in picked}) == 100  # one image per patient while patients last
+    assert all(s.rel.startswith("train/") for s in picked)
+    assert not {s.rel for s in picked} & {s.rel for s in val}
+    assert picked == calibration_samples(train, 100, seed=3)
+
+
+# -- bad input -----------------------------------------------------------------
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    return CliRunner().invoke(main, ["export", *map(str, args)])
+
+
+def test_unknown_target_lists_valid_ones(tiny_model, kermany, tmp_path):
+    result = _cli("--model", tiny_model, "--target", "tflite-int4", "--data", kermany, "--out", tmp_path / "o")
+    assert result.exit_code != 0
+    assert "unknown target 'tflite-int4'" in result.output and "onnx-int8" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_and_small_calibration_folders(tiny_model, sample, tmp_path):
+    from edgecxr.export import export_model
+
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (root / split / cls).mkdir(parents=True)
+    with pytest.raises(DataError, match="no images"):
+        export_model(tiny_model, ["tflite-int8"], root, tmp_path / "o")
+    with pytest.raises(DataError, match="calibration needs 300 images"):  # the sample has 32 train images
+        export_model(tiny_model, ["tflite-int8"], sample, tmp_path / "o")
+    with pytest.raises(DataError, match="too small"):
+        export_model(tiny_model, ["tflite-int8"], sample, tmp_path / "o", calib_count=4)
+    assert not (tmp_path / "o").exists()
+
+
+def _save_tf_keras(path, build):
+    import tf_keras as keras
+
+    build(keras).save(path)
+    return path
+
+
+def test_model_with_two_inputs_is_refused(sample, tmp_path):
+    from edgecxr.export import export_model
+
+    def build(keras):
+        a, b = keras.Input((32, 32, 3)), keras.Input((32, 32, 3))
+        x = keras.layers.Concatenate()([a, b])
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model([a, b], keras.layers.Dense(1, activation="sigmoid")(x))
+
+    path = _save_tf_keras(tmp_path / "two.keras", build)
+    result = _cli("--model", path, "--target", "tflite-fp32", "--data", sample, "--out", tmp_path / "o",
+                  "--scale", 1 / 255, "--offset", 0)
+    assert result.exit_code != 0 and "2 inputs" in result.output
+    with pytest.raises(ModelError, match="2 inputs"):
+        export_model(path, ["tflite-fp32"], sample, tmp_path / "o")
+
+
+def test_wrong_output_shape_and_missing_description(sample, tmp_path):
+    from edgecxr.export import ModelOverrides, export_model
+
+    def build(keras):
+        x = inp = keras.Input((32, 32, 3))
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inp, keras.layers.Dense(5, activation="softmax")(x))
+
+    path = _save_tf_keras(tmp_path / "five.keras", build)
+    flags = ModelOverrides(scale=1 / 255, offset=0.0)
+    with pytest.raises(ModelError, match=r"neither one sigmoid unit .* nor two classes"):
+        export_model(path, ["onnx-fp32"], sample, tmp_path / "o", overrides=flags)
+
+    def build2(keras):
+        x = inp = keras.Input((32, 32, 3))
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x))
+
+    path2 = _save_tf_keras(tmp_path / "ext.keras", build2)
+    with pytest.raises(ConfigError, match="--scale and --offset"):
+        export_model(path2, ["onnx-fp32"], sample, tmp_path / "o")
+    with pytest.raises(ModelError, match="does not match the spec"):
+        export_model(path2, ["onnx-fp32"], sample, tmp_path / "o", overrides=ModelOverrides(scale=1.0, offset=0.0, input_size=64))
+
+
+def test_lambda_layer_needs_trust(sample, tmp_path):
+    from edgecxr.export import ModelOverrides, export_model
+
+    def build(keras):
+        x = inp = keras.Input((32, 32, 3))
+        x = keras.layers.Lambda(lambda t: t * 2.0)(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x))
+
+    path = _save_tf_keras(tmp_path / "lam.keras", build)
+    with pytest.raises(ModelError, match="Lambda.*--trust-model"):
+        export_model(path, ["tflite-fp32"], sample, tmp_path / "o", overrides=ModelOverrides(scale=1.0, offset=0.0))
+
+
+def test_unwritable_output_folder(tiny_model, sample, tmp_path):
+    from edgecxr.export import export_model
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(EdgecxrError, match="permission denied"):
+            export_model(tiny_model, ["tflite-fp32"], sample, locked / "out")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_interrupted_export_leaves_no_bundle(tiny_model, kermany, tmp_path, monkeypatch):
+    from edgecxr.export import build as build_mod
+    from edgecxr.export import export_model
+
+    real = build_mod.build
+
+    def half_then_interrupt(target, ctx, folder):
+        real(target, ctx, folder)  # the model file is written ...
+        raise KeyboardInterrupt  # ... and the user presses Ctrl-C before the manifest
+
+    monkeypatch.setattr(build_mod, "build", half_then_interrupt)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        export_model(tiny_model, ["tflite-fp32"], kermany, out)
+    assert not (out / "tflite-fp32").exists()
+    assert not out.exists() or not any(out.iterdir())
+
+
+# -- a model made elsewhere: Keras 3, 64 px, one channel, two-class softmax ---------------
+KERAS3_SCRIPT = r"""
+import sys, numpy as np, keras
+from edgecxr.data import list_split
+from edgecxr.preprocess import PreprocessSpec
+root, out = sys.argv[1], sys.argv[2]
+spec = PreprocessSpec(size=64, channels=1, scale=1 / 255.0, offset=0.0)
+samples = list_split(root, "train")
+rng = np.random.default_rng(0)
+pick = [samples[i] for i in rng.permutation(len(samples))[:600]]
+x = np.stack([spec.load_input(s.path) for s in pick]); y = np.array([s.label for s in pick])
+keras.utils.set_random_seed(0)
+inp = keras.Input((64, 64, 1))
+h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inp)
+h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
+h = keras.layers.GlobalAveragePooling2D()(h)
+model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(h))
+model.compile("adam", "sparse_categorical_crossentropy")
+model.fit(x, y, epochs=6, batch_size=32, verbose=0, class_weight={0: 1.5, 1: 0.5})
+model.save(out)
+"""
+
+
+def test_external_keras3_softmax_model_keeps_its_decisions(kermany, sample, tmp_path):
+    from edgecxr.export import ModelOverrides, export_model, run_bundle
+
+    path = tmp_path / "k3.keras"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # a plain Keras 3 user
+    subprocess.run([sys.executable, "-c", KERAS3_SCRIPT, str(kermany), str(path)], check=True, env=env, timeout=300)
+    assert json.loads(__import__("zipfile").ZipFile(path).read("metadata.json"))["keras_version"].startswith("3.")
+    flags = ModelOverrides(scale=1 / 255, offset=0.0, output="softmax", positive_index=1)
+    targets = ["tflite-fp32", "tflite-int8", "onnx-fp32", "openvino-fp32", "openvino-int8"]
+    paths = export_model(path, targets, kermany, tmp_path / "b", overrides=flags, calib_count=CALIB,
+                         max_recall_drop=0.05, max_accuracy_drop=0.05)
+    import keras
+
+    model = keras.saving.load_model(str(path))
+    b = load_bundle(paths[0])
+    assert b.spec.size == 64 and b.spec.channels == 1 and b.threshold == 0.5
+    assert b.manifest["output"]["kind"] == "softmax" and b.manifest["output"]["positive_index"] == 1
+    x, _ = _sample_inputs(sample, b.spec)
+    ref = model.predict(x, verbose=0)
+    assert ref.shape == (len(x), 2) and np.ptp(ref[:, 1]) > 0.05  # a model that tells images apart
+    for p in paths:
+        out = run_bundle(p, x)
+        assert out.shape == ref.shape
+        if "fp32" in p.name:
+            assert np.abs(out - ref).max() < 1e-4, p.name
+        else:
+            assert np.mean((out[:, 1] >= 0.5) == (ref[:, 1] >= 0.5)) >= 0.9, p.name

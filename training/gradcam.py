@@ -1,0 +1,106 @@
+"""Grad-CAM for float tf_keras models (Selvaraju et al. 2017).
+
+The map is ReLU(sum_k w_k A_k) on the last convolutional layer (taken after its
+batch norm and activation, e.g. MobileNetV2's ``out_relu``), w_k the mean
+gradient of the score over the feature map A_k, normalised to 0..1 and resized
+to the model input. The last convolutional layer is found automatically, also
+inside a nested base model (e.g. ``Model(inputs, head(base(inputs)))``).
+
+    model = load_model("run/model.keras")
+    heat, prob = gradcam(model, x)               # x: one preprocessed input (H, W, C)
+    rgb = overlay(spec.to_pixels(img), heat)     # colour map over the X-ray
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgecxr.devices.occlusion import overlay, resize_map  # noqa: F401  (re-exported)
+from edgecxr.errors import ModelError
+from edgecxr.training import import_tf
+
+CONV_TYPES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
+# Element-wise layers that finish a conv block: the map is taken after them (conv -> BN -> ReLU),
+# since a BatchNormalization with a negative scale would otherwise flip the sign of the evidence.
+FOLLOWERS = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU")
+
+
+def _is_model(layer) -> bool:
+    return hasattr(layer, "layers") and hasattr(layer, "inputs") and bool(layer.layers)
+
+
+def _block_end(model, index: int) -> str:
+    """The last layer of the conv block starting at model.layers[index] (conv, then BN/activation)."""
+    layers, i = model.layers, index
+    while i + 1 < len(layers) and type(layers[i + 1]).__name__ in FOLLOWERS:
+        try:
+            if layers[i + 1].input is not layers[i].output:
+                break
+        except (AttributeError, ValueError):  # a layer called more than once
+            break
+        i += 1
+    return layers[i].name
+
+
+def find_conv_layer(model) -> list[str]:
+    """Names from the outer model down to its last convolutional block (searching nested models)."""
+    for index in range(len(model.layers) - 1, -1, -1):
+        layer = model.layers[index]
+        if _is_model(layer):
+            try:
+                return [layer.name, *find_conv_layer(layer)]
+            except ModelError:
+                continue
+        if type(layer).__name__ in CONV_TYPES:
+            return [_block_end(model, index)]
+    raise ModelError(f"{model.name}: no convolutional layer found; Grad-CAM needs a CNN (use --method occlusion)")
+
+
+def _forward(tf, keras, model, x, path: list[str]):
+    """Run `model` on x, returning (activation of the layer at `path`, model output)."""
+    if len(path) == 1:
+        return keras.Model(model.inputs, [model.get_layer(path[0]).output, model.output])(x, training=False)
+    # The layer sits inside a nested model: replay the outer graph node by node.
+    inner = model.get_layer(path[0])
+    values = {id(t): v for t, v in zip(model.inputs, [x])}
+    feat = None
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            args = tf.nest.map_structure(lambda t: values.get(id(t), t), node.call_args)
+            kwargs = tf.nest.map_structure(lambda t: values.get(id(t), t), node.call_kwargs)
+            kwargs.pop("training", None)
+            if node.layer is inner:
+                feat, out = _forward(tf, keras, inner, args[0], path[1:])
+            else:
+                out = node.layer(*args, training=False, **kwargs)
+            for t, v in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(out)):
+                values[id(t)] = v
+    return feat, values[id(model.outputs[0])]
+
+
+def gradcam(model, x: np.ndarray, *, layer: list[str] | str | None = None, positive_index: int = 0,
+            threshold: float | None = 0.5) -> tuple[np.ndarray, float]:
+    """(map (H, W) in 0..1 at the input size, probability of the positive class).
+
+    With a threshold the map explains the model's decision (evidence for pneumonia
+    when p >= threshold, evidence against it otherwise); threshold=None always
+    explains the positive class.
+    """
+    tf, keras = import_tf()
+    path = find_conv_layer(model) if layer is None else ([layer] if isinstance(layer, str) else list(layer))
+    batch = tf.convert_to_tensor(np.asarray(x, np.float32)[None])
+    with tf.GradientTape() as tape:
+        feat, out = _forward(tf, keras, model, batch, path)
+        out = tf.reshape(out, [1, -1])
+        score = out[:, positive_index] if out.shape[-1] > 1 else out[:, 0]
+    prob = float(score.numpy()[0])
+    grads = tape.gradient(score, feat)
+    if grads is None:
+        raise ModelError(f"layer {'/'.join(path)} does not reach the output; pass another layer")
+    sign = -1.0 if threshold is not None and prob < threshold else 1.0
+    weights = tf.reduce_mean(grads * sign, axis=(1, 2))  # (1, channels)
+    cam = tf.nn.relu(tf.reduce_sum(feat * weights[:, None, None, :], axis=-1))[0].numpy()
+    cam = np.maximum(resize_map(cam, x.shape[:2]), 0)
+    top = cam.max()
+    return (cam / top if top > 0 else cam), prob
