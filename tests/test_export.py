@@ -248,16 +248,19 @@ root, out = sys.argv[1], sys.argv[2]
 spec = PreprocessSpec(size=64, channels=1, scale=1 / 255.0, offset=0.0)
 samples = list_split(root, "train")
 rng = np.random.default_rng(0)
-pick = [samples[i] for i in rng.permutation(len(samples))[:600]]
+pick = [samples[i] for i in rng.permutation(len(samples))[:1000]]
 x = np.stack([spec.load_input(s.path) for s in pick]); y = np.array([s.label for s in pick])
 keras.utils.set_random_seed(0)
 inp = keras.Input((64, 64, 1))
 h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inp)
-h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
-h = keras.layers.GlobalAveragePooling2D()(h)
+h = keras.layers.BatchNormalization()(h)
+h = keras.layers.MaxPooling2D(2)(h)
+h = keras.layers.Conv2D(16, 3, activation="relu")(h)
+h = keras.layers.MaxPooling2D(2)(h)
+h = keras.layers.Flatten()(h)
 model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(h))
-model.compile("adam", "sparse_categorical_crossentropy")
-model.fit(x, y, epochs=6, batch_size=32, verbose=0, class_weight={0: 1.5, 1: 0.5})
+model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
+model.fit(x, y, epochs=5, batch_size=32, verbose=0, class_weight={0: 1.5, 1: 0.5})
 model.save(out)
 """
 
