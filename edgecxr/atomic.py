@@ -12,10 +12,13 @@ from pathlib import Path
 from edgecxr.errors import EdgecxrError
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()  # read once at import: os.umask is process-wide, not thread-safe
 
 
 def check_writable(path: Path, *, overwrite: bool = False) -> None:
@@ -74,6 +77,7 @@ def atomic_dir(final: Path, *, overwrite: bool = False):
     check_writable(final, overwrite=overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private (0700); results are ordinary folders
     try:
         yield tmp
     except BaseException:
@@ -103,7 +107,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private (0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -19,6 +19,7 @@ LAZY_COMMANDS = {
     "explain": "edgecxr.training.explain:explain",
     "report": "edgecxr.training.report:report",
     "serve": "edgecxr.devices.serve:serve",
+    "demo": "edgecxr.demo:demo",
 }
 
 
@@ -86,7 +87,7 @@ STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadab
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of train/ held out, grouped by patient.")
 @click.option("--split-file", type=click.Path(exists=True), help="Reuse the split of an earlier run.")
 @click.option("--folds", default=0, help="K-fold patient-grouped cross-validation instead of one model.")
-@click.option("--patience", default=5, show_default=True, help="Early-stopping patience (epochs).")
+@click.option("--patience", default=8, show_default=True, help="Early-stopping patience (epochs).")
 @click.option("--head-epochs", default=3, show_default=True, help="Frozen-base epochs when weights are pretrained.")
 @click.option("--finetune-layers", default=30, show_default=True, help="Base layers unfrozen in phase 2.")
 @click.option("--bn-momentum", default=0.9, show_default=True, help="BatchNorm momentum when training from scratch.")
@@ -115,14 +116,15 @@ def train(out, overwrite, classes, **options):
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
 @CLASSES
 @STRICT
+@click.option("--trust-model", is_flag=True, help="Allow models that contain code (Lambda layers): trusted files only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def evaluate(model_path, data, split, out, threshold, bootstrap, classes, strict, overwrite):
+def evaluate(model_path, data, split, out, threshold, bootstrap, classes, strict, trust_model, overwrite):
     """Evaluate at the validation-chosen threshold; writes metrics.json (with 95% CIs) and ROC/PR/confusion PNGs."""
     from edgecxr.data import parse_classes
     from edgecxr.training.evaluate import evaluate as run, format_metrics
 
     result = run(model_path, data, split, out, threshold=threshold, classes=parse_classes(classes), strict=strict,
-                 n_boot=bootstrap, overwrite=overwrite)
+                 n_boot=bootstrap, overwrite=overwrite, trust_model=trust_model)
     click.echo(format_metrics(result))
     click.echo(f"written to {out}/metrics.json")
 

@@ -48,10 +48,13 @@ class Gate:
         return report
 
     def fail(self, target: str, report: dict):
+        tried = "; ".join(f"{t['method']}: recall drop {t['recall_drop']:.4f}, accuracy drop {t['accuracy_drop']:.4f}"
+                          for t in report.get("tried", [])[:-1])
         raise ModelError(
             f"{target}: int8 misses the tolerance on validation after {report['method']}: recall drop "
             f"{report['recall_drop']:.4f} (max {self.max_recall_drop}), accuracy drop {report['accuracy_drop']:.4f} "
-            f"(max {self.max_accuracy_drop}); raise --max-recall-drop/--max-accuracy-drop or export a float target")
+            f"(max {self.max_accuracy_drop}){f' (also tried {tried})' if tried else ''}; "
+            f"raise --max-recall-drop/--max-accuracy-drop or export a float target")
 
     # -- NNCF accuracy control (OpenVINO and ONNX) --------------------------------
     def nncf_metric(self, raw_fn):

@@ -44,28 +44,38 @@ def _tflite(target, ctx, path):
         path.write_bytes(tflite.convert(ctx.source, target.precision))
         return {"qat": False, "accuracy_control": None}
     run = lambda model: Runner("tflite", model)(ctx.gate.x)  # noqa: E731
-    source = ctx.qat_source or ctx.source
-    model = tflite.convert(source, "int8", ctx.calib_x)
-    report = ctx.gate.check(run(model), "quantization-aware training" if ctx.qat_source else "post-training quantization")
-    qat = ctx.qat_source is not None
-    if not report["passed"] and not qat:
-        first = report
+    tried = []
+
+    def attempt(model, method, qat=False):
+        report = ctx.gate.check(run(model), method)
+        tried.append({k: report[k] for k in ("method", "recall_drop", "accuracy_drop")})
+        return {"model": model, "report": report, "qat": qat}
+
+    def qat_attempt(source, method):
+        return attempt(tflite.convert(source, "int8", ctx.calib_x), method, qat=True)
+
+    # 1. the QAT model when --qat was asked for, 2. post-training int8, 3. worst layers kept float, 4. QAT fallback
+    best = qat_attempt(ctx.qat_source, "quantization-aware training") if ctx.qat_source else None
+    if best is None or not best["report"]["passed"]:
+        best = attempt(tflite.convert(ctx.source, "int8", ctx.calib_x), "post-training quantization")
+    if not best["report"]["passed"]:
         model, report = accuracy.tflite_recover(ctx.source, ctx.gate, ctx.calib_x, run)
-        report = report or first
-        if model is None and ctx.qat_fallback is not None:
-            try:
-                source = ctx.qat_fallback()
-            except ConfigError as exc:
-                report["method"] += f"; QAT fallback impossible ({str(exc)[:120]})"
-            else:
-                model = tflite.convert(source, "int8", ctx.calib_x)
-                report = ctx.gate.check(run(model), "quantization-aware training (fallback)")
-                qat = True
-        report["initial"] = {k: first[k] for k in ("recall_drop", "accuracy_drop")}
+        if report is not None:
+            tried.append({k: report[k] for k in ("method", "recall_drop", "accuracy_drop")})
+            if model is not None:
+                best = {"model": model, "report": report, "qat": False}
+    if not best["report"]["passed"] and ctx.qat_source is None and ctx.qat_fallback is not None:
+        try:
+            best = qat_attempt(ctx.qat_fallback(), "quantization-aware training (fallback)")
+        except ConfigError as exc:
+            best["report"]["method"] += f"; QAT fallback impossible ({str(exc)[:120]})"
+    report = best["report"]
+    if len(tried) > 1:
+        report["tried"] = tried
     if not report["passed"]:
         ctx.gate.fail(target.name, report)
-    path.write_bytes(model)
-    return {"qat": qat, "accuracy_control": report}
+    path.write_bytes(best["model"])
+    return {"qat": best["qat"], "accuracy_control": report}
 
 
 def _onnx(target, ctx, path):

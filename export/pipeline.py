@@ -14,7 +14,7 @@ from edgecxr import data as D
 from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
 from edgecxr.bundle import finalize, load_bundle
-from edgecxr.errors import ConfigError
+from edgecxr.errors import ConfigError, EdgecxrError
 from edgecxr.targets import resolve_targets
 
 RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
@@ -75,6 +75,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
         raise ConfigError("no target given; pass --target NAME (or --target all)")
     _check_options(prune, max_recall_drop, max_accuracy_drop, finetune_epochs)
     out_dir = Path(out_dir)
+    _check_out(out_dir)
     for t in chosen:
         check_writable(out_dir / t.name, overwrite=overwrite)
     # Data first: bad folders fail in a second, before TensorFlow starts.
@@ -160,6 +161,14 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
             _say(f"    {final}  {size / 1024:.1f} KiB (gzip {opt['size']['gzip_bytes'] / 1024:.1f} KiB), {time.time() - t0:.1f} s{extra}")
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
     return written
+
+
+def _check_out(out_dir: Path) -> None:
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise EdgecxrError(f"cannot write bundles under {out_dir}: {p} is a file, not a folder; choose another --out")
+            return
 
 
 def _specs(target, folder: Path):

@@ -38,14 +38,14 @@ def load_model(path: Path, *, trust: bool = False):
 
 def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *, threshold: float | None = None,
              classes=D.DEFAULT_CLASSES, strict: bool = False, batch_size: int = 32, n_boot: int = 1000,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, trust_model: bool = False) -> dict:
     tf, _ = import_tf()
     model_path = Path(model_path) if model_path else default_model_path()
     info = load_info(model_path)
     if info is None:
         raise ModelError(f"{model_path}: no {model_path.with_suffix('.json').name} beside it; evaluate needs an edgecxr model "
                          "(for other models use `edgecxr export` with --input-size/--scale/--offset flags)")
-    model = load_model(model_path)
+    model = load_model(model_path, trust=trust_model)
     samples = D.list_split(data_root, split, classes)
     pixels, labels, kept, bad = D.load_pixels(samples, info.preprocess, strict=strict, progress=f"loading {split}")
     probs = predict_probs(tf, model, pixels, info.preprocess, batch_size)

@@ -41,7 +41,7 @@ class Explanation:
 class FloatExplainer:
     """A float tf_keras model with its sidecar info; Grad-CAM or occlusion."""
 
-    def __init__(self, model_path: Path):
+    def __init__(self, model_path: Path, *, trust: bool = False):
         from edgecxr.modelinfo import load_info
         from edgecxr.training.evaluate import load_model
 
@@ -49,7 +49,7 @@ class FloatExplainer:
         if self.info is None:
             raise ModelError(f"{model_path}: no {Path(model_path).with_suffix('.json').name} beside it; "
                              "explain needs an edgecxr model (its preprocessing and threshold)")
-        self.model = load_model(model_path)
+        self.model = load_model(model_path, trust=trust)
 
     def explain(self, image, method: str = "gradcam", **kw) -> Explanation:
         from edgecxr.images import read_image
@@ -135,7 +135,8 @@ def figure(e: Explanation, side: int = 320) -> bytes:
 @click.option("--patch", type=int, help="Occlusion patch side in pixels (default: input size / 7).")
 @click.option("--stride", type=int, help="Occlusion stride in pixels (default: patch / 2).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
-def explain(image, model_path, bundle, method, patch, stride, out):
+@click.option("--trust-model", is_flag=True, help="Allow models that contain code (Lambda layers): trusted files only.")
+def explain(image, model_path, bundle, method, patch, stride, out, trust_model):
     """Show which regions of IMAGE drove the decision, as a colour map over the X-ray."""
     from edgecxr.atomic import write_bytes_atomic
 
@@ -149,6 +150,6 @@ def explain(image, model_path, bundle, method, patch, stride, out):
     else:
         from edgecxr.modelinfo import default_model_path
 
-        e = FloatExplainer(model_path or default_model_path()).explain(image, method or "gradcam", **kw)
+        e = FloatExplainer(model_path or default_model_path(), trust=trust_model).explain(image, method or "gradcam", **kw)
     write_bytes_atomic(out, figure(e))
     click.echo(f"{image}: {e.label} (p={e.prob:.3f}, threshold {e.threshold:.3f}); {e.method} map written to {out}")

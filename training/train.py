@@ -40,7 +40,7 @@ class TrainConfig:
     split_file: str | None = None
     folds: int = 0
     seed: int = 0
-    patience: int = 5
+    patience: int = 8
     head_epochs: int = 3
     finetune_layers: int = 30
     bn_momentum: float = 0.9

@@ -1,0 +1,53 @@
+"""`edgecxr demo`: the whole pipeline on the built-in default, no data download.
+
+The shipped float model is evaluated on the shipped sample of real test X-rays,
+exported to an int8 bundle (calibrated on the shipped train sample), and the
+bundle is re-checked on the device runtime against the float model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgecxr.modelinfo import default_model_path
+
+SAMPLE = Path(__file__).parent / "sample"
+
+
+def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False) -> bool:
+    from edgecxr.atomic import check_writable, write_json_atomic
+
+    check_writable(out, overwrite=overwrite)
+    model = default_model_path()
+    out.mkdir(parents=True, exist_ok=True)
+    click.secho(f"1/3 float model {model.name} on {SAMPLE}/test (40 real X-rays)", bold=True, err=True)
+    from edgecxr.training.evaluate import evaluate, format_metrics
+
+    click.echo(format_metrics(evaluate(model, SAMPLE, "test", out / "float", n_boot=300, overwrite=True)))
+
+    click.secho(f"2/3 export {target} (calibrated on {SAMPLE}/train)", bold=True, err=True)
+    from edgecxr.export import export_model
+
+    [bundle] = export_model(model, [target], SAMPLE, out / "bundles", calib_count=24, overwrite=True)
+
+    click.secho(f"3/3 device parity of {bundle} (no TensorFlow in the device runtime)", bold=True, err=True)
+    from edgecxr.devices import Classifier
+    from edgecxr.devices.parity import format_report, run_parity
+
+    report = run_parity(Classifier.load(bundle), SAMPLE, split="test")
+    write_json_atomic(out / "parity.json", report)
+    click.echo(format_report(report))
+    click.echo(f"\nwritten to {out}: float/metrics.json, bundles/{target}/, parity.json")
+    click.echo(f"next: edgecxr report {out}/float --out {out}/report.html")
+    return bool(report["passed"])
+
+
+@click.command()
+@click.option("--out", default="demo", show_default=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--target", default="tflite-int8", show_default=True, help="Export target to check on the device.")
+@click.option("--overwrite/--no-overwrite", default=True, show_default=True, help="Replace an earlier demo folder.")
+def demo(out, target, overwrite):
+    """Run the pipeline on the shipped model and sample: evaluate, export, device parity."""
+    passed = run_demo(out, target, overwrite=overwrite)
+    raise SystemExit(0 if passed else 1)

@@ -1,0 +1,146 @@
+"""`edgecxr benchmark`, small: the CI version of the parity benchmark (tiny model, 40 real test images).
+
+The gate test is what CI relies on: the command exits non-zero when an int8 target loses parity.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+pytest.importorskip("openvino")
+
+from edgecxr.targets import TARGETS  # noqa: E402
+
+TARGET_NAMES = ["tflite-fp32", "tflite-int8", "onnx-int8", "openvino-fp32"]
+LIMIT = 40
+FIELDS = ("target", "runtime", "size_mb", "size_gz_mb", "accuracy", "recall", "specificity", "roc_auc", "agreement",
+          "new_fn", "new_fp", "p50_ms", "p90_ms", "speedup", "passed", "n", "export_s", "error")
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_model, kermany, tmp_path_factory):
+    from edgecxr.export.benchmark import run_benchmark
+
+    out = tmp_path_factory.mktemp("bench")
+    result = run_benchmark(tiny_model, kermany, out, targets=TARGET_NAMES, limit=LIMIT, runs=20, warmup=3, n_boot=200)
+    return out, result
+
+
+def test_make_subset_is_balanced_symlinked_and_deterministic(kermany, tmp_path):
+    from edgecxr.data import files_hash, list_split
+    from edgecxr.export.benchmark import make_subset
+
+    a = make_subset(kermany, tmp_path / "a", test=11, train=30)
+    b = make_subset(kermany, tmp_path / "b", test=11, train=30)
+    test = list_split(a, "test")
+    assert len(test) == 11 and sum(s.label for s in test) == 6
+    assert len(list_split(a, "train")) == 30
+    assert all((a / s.rel).is_symlink() and (kermany / s.rel).is_file() for s in test)
+    assert files_hash(test) == files_hash(list_split(b, "test"))  # same files again: bundles can be reused
+
+
+def test_one_row_per_target_with_parity_and_latency(bench):
+    out, result = bench
+    rows = {r["target"]: r for r in result["rows"]}
+    assert list(rows) == TARGET_NAMES
+    for name, r in rows.items():
+        assert set(FIELDS) <= set(r), name
+        assert r["error"] is None, (name, r["error"])
+        assert r["n"] == LIMIT
+        assert r["size_mb"] > 0 and r["size_gz_mb"] > 0
+        assert r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"]
+        assert r["speedup"] > 0 and r["export_s"] > 0 and not r["reused"]
+        assert r["runtime"].split()[0] in ("litert", "onnxruntime", "openvino", "tf-lite")
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["roc_auc"] <= 1
+        if TARGETS[name].precision == "fp32":
+            assert r["agreement"] == 1.0 and r["new_fn"] == 0 and r["new_fp"] == 0 and r["passed"], name
+        else:
+            assert r["agreement"] >= 0.9, (name, r["agreement"])
+    fl = result["float"]
+    assert fl["p50_ms"] > 0 and fl["n"] == LIMIT and fl["accuracy"] == rows["tflite-fp32"]["accuracy"]
+    assert result["machine"]["cores"] >= 1 and result["versions"]["python"]
+    assert result["data_info"]["images"] == LIMIT and result["data_info"]["limit"] == LIMIT
+    assert isinstance(result["data"], str)  # `edgecxr report` reads it as a path
+
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert [r["target"] for r in saved["rows"]] == TARGET_NAMES and saved["command"]
+    md = (out / "benchmark.md").read_text()
+    assert all(f"| {name} |" in md for name in TARGET_NAMES) and "keras (float)" in md
+    assert not list(out.glob(".*tmp*")) and not list((out / "bundles").glob(".staging*"))
+
+
+def _copy(out: Path, dest: Path) -> Path:
+    shutil.copytree(out / "bundles", dest / "bundles", symlinks=True)
+    return dest
+
+
+def test_reuse_and_a_failing_target_becomes_an_error_row(bench, tiny_model, kermany, tmp_path, monkeypatch):
+    from edgecxr.export import pipeline
+    from edgecxr.export.benchmark import run_benchmark
+
+    out = _copy(bench[0], tmp_path)
+    real = pipeline.export_model
+
+    def export_model(model_path, targets, *args, **kwargs):
+        if list(targets) == ["onnx-fp32"]:
+            raise RuntimeError("converter exploded")
+        return real(model_path, targets, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "export_model", export_model)
+    result = run_benchmark(tiny_model, kermany, out, targets=["tflite-fp32", "onnx-fp32", "tflite-int8"], limit=LIMIT,
+                           runs=5, warmup=1, n_boot=50)
+    rows = {r["target"]: r for r in result["rows"]}
+    assert list(rows) == ["tflite-fp32", "tflite-int8", "onnx-fp32"]  # registry order
+    bad = rows["onnx-fp32"]
+    assert bad["error"] == "RuntimeError: converter exploded" and bad["stage"] == "export" and bad["passed"] is False
+    assert rows["tflite-fp32"]["reused"] and rows["tflite-fp32"]["error"] is None and rows["tflite-fp32"]["passed"]
+    assert rows["tflite-int8"]["reused"] and rows["tflite-int8"]["p50_ms"] > 0
+    assert "converter exploded" in (out / "benchmark.md").read_text()
+
+
+def test_ci_gate_exits_non_zero_when_int8_loses_parity(bench, tiny_model, kermany, tmp_path):
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    out = _copy(bench[0], tmp_path)
+    args = ["benchmark", "--model", str(tiny_model), "--data", str(kermany), "--out", str(out),
+            "--target", "tflite-fp32", "--target", "tflite-int8", "--limit", str(LIMIT), "--runs", "5",
+            "--warmup", "1", "--bootstrap", "50", "--min-agreement", "1.01"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1, res.output
+    assert "int8 parity failed for tflite-int8" in res.output and "tflite-fp32" not in res.output.split("int8 parity failed")[1]
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["passed"] is False and saved["parity_failures"] == ["tflite-int8"]
+    assert all(r["reused"] for r in saved["rows"])  # same model, same test files: no re-export
+    assert "edgecxr" in saved["command"] or "benchmark" in saved["command"]
+
+    res = CliRunner().invoke(main, args + ["--no-fail-on-parity"])
+    assert res.exit_code == 0, res.output
+    assert "| tflite-int8 |" in res.output  # the table goes to stdout
+
+
+def test_batch_scaling_resizes_every_runtime(bench, kermany):
+    from edgecxr.bundle import load_bundle
+    from edgecxr.export import scaling
+
+    out, result = bench
+    rows = {r["target"]: r for r in result["rows"]}
+    models = []
+    for name in ("tflite-int8", "onnx-int8", "openvino-fp32"):
+        b = load_bundle(rows[name]["bundle_path"])
+        models.append({"name": name, "kind": TARGETS[name].family, "path": str(b.model_path),
+                       "precision": TARGETS[name].precision})
+    x = scaling.test_inputs(kermany, b.spec, 16)
+    assert x.shape == (16, *b.spec.input_shape) and x.dtype == np.float32
+    entries = scaling.batch_scaling(models, x, batches=(1, 4, 16), threads=1, runs=10, warmup=1)
+    for e in entries:
+        assert [r["batch"] for r in e["batches"]] == [1, 4, 16], e
+        for r in e["batches"]:
+            assert r["supported"] and r["p50_ms"] > 0 and r["peak_rss_mb"] > 0, (e["name"], r)
+        assert e["per_image_speedup"] > 0
+    assert "| onnx-int8 |" in scaling.format_batch_scaling(entries)
