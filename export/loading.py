@@ -240,8 +240,6 @@ def check_output(path: Path, info: ModelInfo, out_shape) -> int:
 
 def load_source(path, flags: ModelOverrides | None = None, *, trust: bool = False) -> SourceModel:
     """Load and check a float model; raises ModelError/ConfigError with one clear line."""
-    from edgecxr.training import import_tf
-
     flags = flags or ModelOverrides()
     path = Path(path)
     if not path.exists():
@@ -251,7 +249,8 @@ def load_source(path, flags: ModelOverrides | None = None, *, trust: bool = Fals
     if path.is_dir() and not (path / "saved_model.pb").exists():
         raise ModelError(f"{path}: a folder without saved_model.pb is not a SavedModel")
     check_safe(path, trust)
-    tf, _ = import_tf()
+    require("tf_keras", "export")
+    tf = require("tensorflow", "export")
     sig = None
     if path.is_dir():
         model, flavor, sig = _load_savedmodel(tf, path, trust)

@@ -74,6 +74,9 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     if not chosen:
         raise ConfigError("no target given; pass --target NAME (or --target all)")
     _check_options(prune, max_recall_drop, max_accuracy_drop, finetune_epochs)
+    _check_extras(chosen, prune, qat)
+    if qat and not any(t.family == "tflite" and t.int8 for t in chosen):
+        _say("note: --qat applies to tflite-int8; the other int8 targets use post-training quantization")
     out_dir = Path(out_dir)
     _check_out(out_dir)
     for t in chosen:
@@ -161,6 +164,26 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
             _say(f"    {final}  {size / 1024:.1f} KiB (gzip {opt['size']['gzip_bytes'] / 1024:.1f} KiB), {time.time() - t0:.1f} s{extra}")
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
     return written
+
+
+NEEDS = {"tflite": ("tensorflow", "tf_keras"), "onnx": ("tensorflow", "tf_keras", "tf2onnx", "onnx", "onnxruntime"),
+         "openvino": ("tensorflow", "tf_keras", "tf2onnx", "onnx", "onnxruntime", "openvino")}
+
+
+def _check_extras(chosen, prune, qat) -> None:
+    """Fail in a second, not after minutes of work, when a package of the export extra is missing."""
+    import importlib.util
+
+    from edgecxr.errors import MissingDependencyError
+
+    wanted = {m for t in chosen for m in NEEDS[t.family]}
+    if any(t.family == "openvino" and t.int8 for t in chosen) or any(t.family == "onnx" and t.int8 for t in chosen):
+        wanted.add("nncf")
+    if prune or qat:
+        wanted.add("tensorflow_model_optimization")
+    missing = sorted(m for m in wanted if importlib.util.find_spec(m) is None)
+    if missing:
+        raise MissingDependencyError(f"{', '.join(missing)} not installed; install the export extra: pip install 'edgecxr[export]'")
 
 
 def _check_out(out_dir: Path) -> None:

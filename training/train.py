@@ -145,6 +145,13 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights, workdir: Path):
     return history
 
 
+def _save_inference_model(keras, model, path: Path) -> None:
+    """Save weights and graph without the optimizer state (which would triple the file)."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.save(path)
+
+
 def _write_history(history: dict, path: Path) -> None:
     keys = list(history)
     with path.open("w", newline="") as fh:
@@ -199,7 +206,7 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
         model, (y_val, p_val), threshold, val_metrics, history = _train_one(tf, keras, cfg, spec, train_s, val_s, tmp)
         val_metrics["train_seconds"] = round(time.time() - start, 1)
         val_metrics["epochs_run"] = len(next(iter(history.values())))
-        model.save(tmp / "model.keras")
+        _save_inference_model(keras, model, tmp / "model.keras")
         method = f"target recall {cfg.target_recall} on validation" if cfg.target_recall else "Youden's J on validation"
         save_info(tmp / "model.keras", ModelInfo(preprocess=spec, labels=cfg.classes, threshold=threshold,
                                                 threshold_method=method, arch=cfg.arch, val_metrics=val_metrics))
