@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from edgecxr import data as D
 from edgecxr import metrics

@@ -1,7 +1,6 @@
 """Run an exported model file on float inputs (for accuracy checks and tests), and read its tensor specs."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
