@@ -28,6 +28,7 @@ REQUIRED = {
 }
 REFERENCE_KEYS = ("split", "probs", "labels", "metrics")
 TENSOR_KEYS = ("name", "shape", "dtype", "quantization")
+MAX_UNZIPPED = 2 << 30  # a zip bomb guard: no edge model bundle is near 2 GB
 
 
 def sha256_file(path: Path) -> str:
@@ -143,19 +144,28 @@ def load_bundle(path) -> Bundle:
 
 
 def _extract_zip(archive: Path) -> Path:
-    """Extract a zipped bundle to a private temporary folder, refusing escaping paths."""
+    """Extract a zipped bundle to a private temporary folder (removed at exit), refusing escaping paths."""
+    import atexit
+    import shutil
     import tempfile
 
     target = Path(tempfile.mkdtemp(prefix="edgecxr-bundle-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 dest = (target / info.filename).resolve()
                 if not dest.is_relative_to(target.resolve()) or info.filename.startswith("/"):
                     raise BundleError(f"{archive}: archive entry {info.filename!r} escapes the bundle folder; refusing it")
+            if sum(info.file_size for info in zf.infolist()) > MAX_UNZIPPED:
+                raise BundleError(f"{archive}: unpacks to more than {MAX_UNZIPPED >> 20} MB; refusing it")
             zf.extractall(target)
     except zipfile.BadZipFile as exc:
+        shutil.rmtree(target, ignore_errors=True)
         raise BundleError(f"{archive}: not a valid zip archive ({exc})") from None
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     inner = [p for p in target.iterdir()]
     return inner[0] if len(inner) == 1 and inner[0].is_dir() else target
 

@@ -46,26 +46,27 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def roc_curve(y_true, scores):
-    """(fpr, tpr, thresholds) at every distinct score, highest threshold first."""
+def _counts_by_threshold(y_true, scores):
+    """(true positives, false positives, thresholds) at every distinct score, highest first."""
     y_true, scores = np.asarray(y_true).astype(bool), np.asarray(scores, np.float64)
     order = np.argsort(-scores, kind="mergesort")
     s, y = scores[order], y_true[order]
     last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps, fps = np.cumsum(y)[last], np.cumsum(~y)[last]
-    tpr = np.r_[0.0, tps / max(y.sum(), 1)]
-    fpr = np.r_[0.0, fps / max((~y).sum(), 1)]
-    return fpr, tpr, np.r_[np.inf, s[last]]
+    return np.cumsum(y)[last], np.cumsum(~y)[last], s[last]
+
+
+def roc_curve(y_true, scores):
+    """(fpr, tpr, thresholds) at every distinct score, highest threshold first."""
+    tps, fps, thresholds = _counts_by_threshold(y_true, scores)
+    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
+    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
+    return fpr, tpr, np.r_[np.inf, thresholds]
 
 
 def pr_curve(y_true, scores):
     """(recall, precision) at every distinct score, highest threshold first."""
-    y_true, scores = np.asarray(y_true).astype(bool), np.asarray(scores, np.float64)
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], y_true[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps, fps = np.cumsum(y)[last], np.cumsum(~y)[last]
-    return tps / max(y.sum(), 1), tps / (tps + fps)
+    tps, fps, _ = _counts_by_threshold(y_true, scores)
+    return tps / max(tps[-1], 1), tps / (tps + fps)
 
 
 def average_precision(y_true, scores) -> float:
