@@ -141,3 +141,16 @@ def test_failed_run_leaves_nothing(tmp_path, sample):
     with pytest.raises(DataError, match="no readable images"):
         train(TrainConfig(arch="tiny_cnn", data=str(root), epochs=1), tmp_path / "run")
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.tmp-*"))
+
+
+def test_kfold_cross_validation(tmp_path, sample):
+    """--folds K trains one model per patient-grouped fold and reports each fold, the mean and the spread."""
+    from edgecxr.training.train import TrainConfig, train
+
+    train(TrainConfig(arch="tiny_cnn", data=str(sample), epochs=1, folds=2, batch_size=8, augment="none"), tmp_path / "cv")
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert len(cv["folds"]) == 2 and sum(f["n"] for f in cv["folds"]) == 32
+    acc = [f["accuracy"] for f in cv["folds"]]
+    assert cv["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(acc))
+    assert cv["summary"]["accuracy"]["std"] == pytest.approx(np.std(acc))
+    assert (tmp_path / "cv" / "history_fold2.csv").is_file() and not (tmp_path / "cv" / "model.keras").exists()
