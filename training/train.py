@@ -115,7 +115,7 @@ def _compile(keras, model, cfg: TrainConfig, lr: float):
                            keras.metrics.Recall(name="recall")])
 
 
-def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights, workdir: Path):
+def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights):
     verbose = 1 if sys.stderr.isatty() else 2
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
@@ -161,7 +161,7 @@ def _write_history(history: dict, path: Path) -> None:
             writer.writerow([i + 1, *(history[k][i] for k in keys)])
 
 
-def _train_one(tf, keras, cfg, spec, train, val, workdir: Path):
+def _train_one(tf, keras, cfg, spec, train, val):
     """Train on `train`, pick the threshold on `val`; returns (model, val_probs, threshold, val_metrics, history)."""
     x_train, y_train, _, _ = D.load_pixels(train, spec, strict=cfg.strict, progress="loading train")
     x_val, y_val, _, _ = D.load_pixels(val, spec, strict=cfg.strict, progress="loading validation")
@@ -174,7 +174,7 @@ def _train_one(tf, keras, cfg, spec, train, val, workdir: Path):
     with get_strategy(tf).scope():
         model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum, **options)
     weights = class_weights(y_train) if cfg.class_weights else None
-    history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights, workdir)
+    history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights)
     probs = predict_probs(tf, model, x_val, spec)
     threshold = metrics.choose_threshold(y_val, probs, target_recall=cfg.target_recall)
     return model, (y_val, probs), threshold, metrics.binary_metrics(y_val, probs, threshold), history
@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
         D.save_split(tmp / "split.json", train_s, val_s, seed=cfg.seed, val_fraction=cfg.val_fraction,
                      data=str(cfg.data), grouped_by="patient")
         start = time.time()
-        model, (y_val, p_val), threshold, val_metrics, history = _train_one(tf, keras, cfg, spec, train_s, val_s, tmp)
+        model, (y_val, p_val), threshold, val_metrics, history = _train_one(tf, keras, cfg, spec, train_s, val_s)
         val_metrics["train_seconds"] = round(time.time() - start, 1)
         val_metrics["epochs_run"] = len(next(iter(history.values())))
         _save_inference_model(keras, model, tmp / "model.keras")
@@ -229,7 +229,7 @@ def _cross_validate(tf, keras, cfg, spec, samples, tmp: Path):
         val_rel = {s.rel for s in val_s}
         train_s = [s for s in samples if s.rel not in val_rel]
         print(f"fold {i + 1}/{cfg.folds}", file=sys.stderr)
-        *_, m, history = _train_one(tf, keras, cfg, spec, train_s, val_s, tmp)
+        *_, m, history = _train_one(tf, keras, cfg, spec, train_s, val_s)
         _write_history(history, tmp / f"history_fold{i + 1}.csv")
         results.append(m)
     names = ("accuracy", "recall", "specificity", "f1", "roc_auc", "pr_auc")
