@@ -506,7 +506,18 @@ def format_markdown(result: dict) -> str:
 
 # -- command line ------------------------------------------------------------------------
 def _command_line() -> str:
-    return "edgecxr " + shlex.join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name == "edgecxr" else shlex.join(sys.argv)
+    """The command as typed, or, when invoked from Python (tests, CliRunner), rebuilt from the parsed options."""
+    if sys.argv and Path(sys.argv[0]).name == "edgecxr":
+        return "edgecxr " + shlex.join(sys.argv[1:])
+    words = ["edgecxr", "benchmark"]
+    for name, value in click.get_current_context().params.items():
+        flag = "--" + name.replace("_", "-")
+        for v in value if isinstance(value, (tuple, list)) else [value]:
+            if v is True:
+                words.append(flag)
+            elif v not in (None, False):
+                words += [flag, str(v)]
+    return shlex.join(words)
 
 
 @click.command()
