@@ -92,6 +92,8 @@ STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadab
 @click.option("--finetune-layers", default=30, show_default=True, help="Base layers unfrozen in phase 2.")
 @click.option("--bn-momentum", default=0.9, show_default=True, help="BatchNorm momentum when training from scratch.")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU.")
+@click.option("--swa", default=0, show_default=True,
+              help="Average the weights of the last N epochs, then re-estimate BatchNorm statistics on plain training images.")
 @click.option("--target-recall", type=float, help="Pick the threshold reaching this validation recall (default: Youden's J).")
 @click.option("--seed", default=0, show_default=True)
 @CLASSES

@@ -112,8 +112,16 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
         _say(f"pruning to {prune:.0%} sparsity, fine-tuning {finetune_epochs} epoch(s) on {len(fit_x)} images")
         pruned, prune_report = run_prune(source, fit_x, fit_y, prune, finetune_epochs, seed=seed)
         source = keras_source(pruned, source, f"pruned to {prune}")
-        after = metrics.binary_metrics(val_y, val_probs(source), info.threshold)
-        prune_report["validation"] = {k: {"before": before[k], "after": after[k]} for k in ("recall", "accuracy", "roc_auc")}
+        probs = val_probs(source)
+        drifted = metrics.binary_metrics(val_y, probs, info.threshold)
+        source = _rechoose_threshold(source, val_y, probs, f"pruning to {prune}")
+        info = source.info
+        after = metrics.binary_metrics(val_y, probs, info.threshold)
+        prune_report["threshold"] = {"before": before["threshold"], "after": info.threshold, "method": info.threshold_method}
+        prune_report["validation"] = {k: {"before": before[k], "at_old_threshold": drifted[k], "after": after[k]}
+                                      for k in ("recall", "specificity", "accuracy", "roc_auc")}
+        _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
+             f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
     reference = _reference(source, test, test_x, test_y)
     gate = Gate(val_x, val_y, val_probs(source), info.threshold, info.output, info.positive_index,
                 max_recall_drop, max_accuracy_drop, val_source)
@@ -163,6 +171,18 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
             _say(f"    {final}  {size / 1024:.1f} KiB (gzip {opt['size']['gzip_bytes'] / 1024:.1f} KiB), {time.time() - t0:.1f} s{extra}")
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
     return written
+
+
+def _rechoose_threshold(source, val_y, val_probs, change: str):
+    """A changed model (pruned) has its own operating point: choose it on validation by the same rule."""
+    from dataclasses import replace
+
+    method = source.info.threshold_method
+    target = float(method.split()[2]) if method.startswith("target recall ") else None
+    threshold = metrics.choose_threshold(val_y, val_probs, target_recall=target)
+    rule = f"target recall {target} on validation" if target is not None else "Youden's J on validation"
+    info = replace(source.info, threshold=threshold, threshold_method=f"{rule}, re-chosen after {change}")
+    return replace(source, info=info)
 
 
 NEEDS = {"tflite": ("tensorflow", "tf_keras"), "onnx": ("tensorflow", "tf_keras", "tf2onnx", "onnx", "onnxruntime"),

@@ -294,3 +294,23 @@ def test_external_keras3_softmax_model_keeps_its_decisions(kermany, sample, tmp_
             assert np.abs(out - ref).max() < 1e-4, p.name
         else:
             assert np.mean((out[:, 1] >= 0.5) == (ref[:, 1] >= 0.5)) >= 0.9, p.name
+
+
+def test_prune_reaches_sparsity_and_rechooses_the_threshold(tiny_model, kermany, tmp_path):
+    """--prune: every prunable kernel at the target sparsity, and the pruned model's own validation threshold."""
+    from edgecxr import metrics
+    from edgecxr.devices import Classifier
+    from edgecxr.export import export_model
+    from edgecxr.export.datasets import train_val
+
+    (bundle,) = export_model(tiny_model, ["tflite-fp32"], kermany, tmp_path / "b", prune=0.5, finetune_epochs=1)
+    m = load_bundle(bundle).manifest
+    pruned = m["optimization"]["prune"]
+    kernels = {k: v for k, v in pruned["layers"].items() if "conv" in k or "dense" in k}
+    assert kernels and all(abs(v["sparsity"] - 0.5) < 0.02 for v in kernels.values()), kernels
+    assert m["threshold"] == pruned["threshold"]["after"] != pruned["threshold"]["before"]
+    assert "re-chosen after pruning" in pruned["threshold"]["method"]
+    assert m["reference"]["metrics"]["threshold"] == m["threshold"]
+    _, val, _ = train_val(kermany, ("NORMAL", "PNEUMONIA"), Path(tiny_model))
+    probs = np.array([p.probability for p in Classifier.load(bundle).predict_batch([s.path for s in val])])
+    assert metrics.choose_threshold([s.label for s in val], probs) == pytest.approx(m["threshold"], abs=1e-3)

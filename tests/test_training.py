@@ -154,3 +154,47 @@ def test_kfold_cross_validation(tmp_path, sample):
     assert cv["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(acc))
     assert cv["summary"]["accuracy"]["std"] == pytest.approx(np.std(acc))
     assert (tmp_path / "cv" / "history_fold2.csv").is_file() and not (tmp_path / "cv" / "model.keras").exists()
+
+
+def test_weight_averaging_loads_the_mean_of_the_last_epochs():
+    from edgecxr.training import import_tf
+    from edgecxr.training.train import _weight_averager
+
+    _, keras = import_tf()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    averager = _weight_averager(keras, epochs=4, last=2)
+    averager.set_model(model)
+    for epoch, value in enumerate([10.0, 20.0, 1.0, 3.0]):
+        model.set_weights([np.full((2, 1), value), np.full((1,), value)])
+        averager.on_epoch_end(epoch)
+    averager.on_train_end()
+    np.testing.assert_allclose(model.get_weights()[0], 2.0)  # mean of the last two epochs only
+
+
+def test_recalibrate_bn_measures_plain_inputs(sample):
+    """After recalibration a BatchNorm layer right after the input holds the mean and variance of the scaled pixels."""
+    from edgecxr import data as D
+    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.training import import_tf
+    from edgecxr.training.train import recalibrate_bn
+
+    tf, keras = import_tf()
+    spec = PreprocessSpec(size=32, channels=1, scale=1 / 255, offset=0.0)
+    pixels, _, _, _ = D.load_pixels(D.list_split(sample, "train"), spec)
+    model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.BatchNormalization(momentum=0.99)])
+    assert recalibrate_bn(tf, keras, model, pixels, spec, batch_size=7) == 1
+    scaled = pixels.astype(np.float64) / 255
+    bn = model.layers[0]
+    assert float(bn.moving_mean.numpy()[0]) == pytest.approx(scaled.mean(), rel=1e-4)
+    assert float(bn.moving_variance.numpy()[0]) == pytest.approx(scaled.var(), rel=0.05)
+    assert bn.momentum == 0.99
+
+
+def test_train_with_weight_averaging(tmp_path, sample):
+    from edgecxr.training.train import TrainConfig, train
+
+    with pytest.raises(ConfigError, match="--swa 3"):
+        TrainConfig(arch="tiny_cnn", data=str(sample), epochs=2, swa=3).validate()
+    out = train(TrainConfig(arch="tiny_cnn", data=str(sample), epochs=2, swa=2, batch_size=8, augment="none"), tmp_path / "r")
+    assert json.loads((out / "config.json").read_text())["swa"] == 2
+    assert 0.0 <= json.loads((out / "val_metrics.json").read_text())["roc_auc"] <= 1.0

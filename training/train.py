@@ -48,6 +48,7 @@ class TrainConfig:
     target_recall: float | None = None
     classes: tuple = D.DEFAULT_CLASSES
     alpha: float | None = None
+    swa: int = 0  # average the weights of the last N epochs, then re-estimate BatchNorm statistics
     strict: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -58,6 +59,8 @@ class TrainConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; valid: bce, focal")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be at least 1")
+        if not 0 <= self.swa <= self.epochs:
+            raise ConfigError(f"--swa {self.swa} must be between 0 and --epochs ({self.epochs})")
 
     def spec(self) -> PreprocessSpec:
         base = get_entry(self.arch).spec
@@ -100,6 +103,26 @@ def predict_probs(tf, model, pixels, spec, batch_size=64) -> np.ndarray:
     return model.predict(ds.map(lambda x, y: x), verbose=0).reshape(-1).astype(np.float64)
 
 
+def recalibrate_bn(tf, keras, model, pixels, spec: PreprocessSpec, batch_size: int = 64) -> int:
+    """Precise BatchNorm: set the moving statistics to their average over un-augmented training images.
+
+    Trained with zoom/shift augmentation, the moving averages describe augmented images, but the
+    model is only ever run on plain ones. Returns the number of BatchNorm layers updated.
+    """
+    layers = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    saved = [layer.momentum for layer in layers]
+    seen = 0
+    for x, _ in make_dataset(tf, pixels, np.zeros(len(pixels)), spec, batch_size):
+        n = int(x.shape[0])
+        for layer in layers:
+            layer.momentum = seen / (seen + n)  # running mean over every image seen so far
+        model(x, training=True)
+        seen += n
+    for layer, momentum in zip(layers, saved):
+        layer.momentum = momentum
+    return len(layers)
+
+
 def class_weights(labels) -> dict:
     counts = np.bincount(labels, minlength=2)
     return {i: float(len(labels) / (2 * max(c, 1))) for i, c in enumerate(counts)}
@@ -115,18 +138,42 @@ def _compile(keras, model, cfg: TrainConfig, lr: float):
                            keras.metrics.Recall(name="recall")])
 
 
+def _weight_averager(keras, epochs: int, last: int):
+    """Callback: average the weights after each of the last `last` epochs and load the average at the end
+    (stochastic weight averaging); keeps the best-epoch weights if training stops before the window."""
+
+    class Averager(keras.callbacks.Callback):
+        count, total = 0, None
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch < epochs - last:
+                return
+            weights = self.model.get_weights()
+            self.total = weights if self.total is None else [t + w for t, w in zip(self.total, weights)]
+            self.count += 1
+
+        def on_train_end(self, logs=None):
+            if self.count:
+                self.model.set_weights([t / self.count for t in self.total])
+            print(f"weight averaging: {self.count} epochs averaged", file=sys.stderr)
+
+    return Averager()
+
+
 def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights):
     verbose = 1 if sys.stderr.isatty() else 2
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-6, verbose=1),
     ]
+    # the averager runs after EarlyStopping has restored its best weights, in the last phase only
+    last_phase = [_weight_averager(keras, cfg.epochs, cfg.swa)] if cfg.swa else []
     history: dict[str, list] = {}
 
-    def run(epochs, lr):
+    def run(epochs, lr, extra=()):
         _compile(keras, model, cfg, lr)
         h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
-                      callbacks=callbacks, verbose=verbose)
+                      callbacks=callbacks + list(extra), verbose=verbose)
         for k, v in h.history.items():
             history.setdefault(k, []).extend(float(x) for x in v)
 
@@ -139,9 +186,9 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights):
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
-        run(cfg.epochs, cfg.lr / 10)  # phase 2: fine-tune the last layers
+        run(cfg.epochs, cfg.lr / 10, last_phase)  # phase 2: fine-tune the last layers
     else:
-        run(cfg.epochs, cfg.lr)
+        run(cfg.epochs, cfg.lr, last_phase)
     return history
 
 
@@ -175,6 +222,8 @@ def _train_one(tf, keras, cfg, spec, train, val):
         model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum, **options)
     weights = class_weights(y_train) if cfg.class_weights else None
     history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights)
+    if cfg.swa:
+        recalibrate_bn(tf, keras, model, x_train, spec)
     probs = predict_probs(tf, model, x_val, spec)
     threshold = metrics.choose_threshold(y_val, probs, target_recall=cfg.target_recall)
     return model, (y_val, probs), threshold, metrics.binary_metrics(y_val, probs, threshold), history
