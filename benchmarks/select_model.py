@@ -29,6 +29,8 @@ def _command(config: dict) -> str:
         flags.append(f"--loss {config['loss']}")
     if config.get("size"):
         flags.append(f"--size {config['size']}")
+    if config.get("swa"):
+        flags.append(f"--swa {config['swa']}")
     return "edgecxr train " + " ".join(flags) + f" --seed {config['seed']} --out RUN"
 
 
