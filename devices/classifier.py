@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -233,10 +234,12 @@ class Classifier:
                       strict: bool = True) -> list[Prediction | Failure]:
         """Classify many images in order; decoding runs in `workers` threads while the model runs.
 
+        At most 2 * workers inputs are decoded ahead of the model (a bounded window), so a large
+        folder never piles decoded images up in memory while the serialized model call catches up.
         strict=True raises the first ImageError; strict=False returns a Failure in its place.
         """
-        items = list(items)
         workers = workers or min(4, os.cpu_count() or 1)
+        window = 2 * workers
 
         def prep(item):
             try:
@@ -245,16 +248,30 @@ class Classifier:
                 return exc
 
         results: list[Prediction | Failure] = []
+        pending = deque()  # (item, future) in input order, at most `window` long
+        source = iter(items)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecxr-decode") as pool:
-            for item, prepared in zip(items, pool.map(prep, items)):
-                if isinstance(prepared, EdgecxrError):
-                    if strict:
-                        raise prepared
-                    results.append(Failure(_source(item) or "<input>", str(prepared)))
-                    continue
-                x, decode_ms, pre_ms = prepared
-                p, infer_ms = self.infer(x)
-                results.append(self.decide(p, Timings(decode_ms, pre_ms, infer_ms), _source(item)))
+            try:
+                while True:
+                    for item in source:  # top the window up
+                        pending.append((item, pool.submit(prep, item)))
+                        if len(pending) >= window:
+                            break
+                    if not pending:
+                        break
+                    item, future = pending.popleft()
+                    prepared = future.result()
+                    if isinstance(prepared, EdgecxrError):
+                        if strict:
+                            raise prepared
+                        results.append(Failure(_source(item) or "<input>", str(prepared)))
+                        continue
+                    x, decode_ms, pre_ms = prepared
+                    p, infer_ms = self.infer(x)
+                    results.append(self.decide(p, Timings(decode_ms, pre_ms, infer_ms), _source(item)))
+            finally:
+                for _, future in pending:  # on an error: do not decode the rest of the window
+                    future.cancel()
         return results
 
     def __repr__(self):

@@ -3,18 +3,40 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from edgecxr.errors import DataError, ImageError
+from edgecxr.errors import ConfigError, DataError, ImageError
 
 RUNTIME = click.option("--runtime", help="litert | tflite-runtime | tf-lite | onnxruntime | openvino "
                                           "(default: the first installed one for the bundle; see `edgecxr device runtimes`).")
 THREADS = click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
 DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
 BUNDLE = click.argument("bundle", type=click.Path(path_type=Path))
+
+
+def _check_outputs(**outputs) -> None:
+    """Refuse output files that cannot be written before the long work starts.
+
+    outputs: option name -> path or None. Cheap checks only: the target is not a folder and its
+    nearest existing parent is a writable folder (the atomic writers create missing parents).
+    """
+    given = {opt: Path(p) for opt, p in outputs.items() if p is not None}
+    for opt, path in given.items():
+        flag = "--" + opt.replace("_", "-")
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path}: is a folder; pass a file path")
+        parent = next((d for d in (path.parent, *path.parent.parents) if d.exists()), Path("."))
+        if not parent.is_dir():
+            raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; fix the path")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path}: cannot write to {parent} (permission denied); choose another path")
+    paths = [p.resolve() for p in given.values()]
+    if len(set(paths)) < len(paths):
+        raise ConfigError(f"{' and '.join('--' + o for o in given)} name the same file; pass different paths")
 
 
 def _load(bundle, runtime, threads, device_name):
@@ -127,6 +149,7 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
     from edgecxr.atomic import write_json_atomic
     from edgecxr.devices.bench import format_bench, run_bench
 
+    _check_outputs(json=json_file)
     clf = _load(bundle, runtime, threads, device_name)
     result = run_bench(clf, data=data, split=split, warmup=warmup, runs=runs, duration=duration, cold=cold_start)
     click.echo(format_bench(result))
@@ -143,6 +166,8 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
 @click.option("--max-accuracy-drop", default=0.01, show_default=True, type=float)
 @click.option("--min-agreement", default=0.98, show_default=True, type=float)
+@click.option("--min-coverage", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of the bundle's reference images that must be compared (lower it for a deliberate subset).")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
 @click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")
 @RUNTIME
@@ -151,18 +176,20 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
-def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, json_file, junit_file,
-           runtime, threads, device_name, workers, strict, show):
+def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
+           junit_file, runtime, threads, device_name, workers, strict, show):
     """Re-run every SPLIT image on the device and compare with the bundle's float reference.
 
-    Exit 0 when parity holds, 1 when it does not (2 for errors).
+    Exit 0 when parity holds, 1 when it does not (2 for errors). Comparing fewer than
+    --min-coverage of the reference images (a subset, unreadable files) is a failure.
     """
     from edgecxr.atomic import write_json_atomic
     from edgecxr.data import parse_classes
     from edgecxr.devices.junit import parity_junit
     from edgecxr.devices.parity import Tolerances, format_report, run_parity
 
-    tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement)
+    _check_outputs(json=json_file, junit=junit_file)
+    tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     clf = _load(bundle, runtime, threads, device_name)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
                         strict=strict)

@@ -28,6 +28,7 @@ class Tolerances:
     max_recall_drop: float = 0.01
     max_accuracy_drop: float = 0.01
     min_agreement: float = 0.98
+    min_coverage: float = 1.0  # share of the bundle's reference images that must be compared
 
 
 def _metrics(y, p, threshold) -> dict:
@@ -61,8 +62,13 @@ def _flip_kind(label, float_pos, device_pos) -> str:
     return "new_false_positive" if device_pos else "fixed_false_positive"
 
 
-def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances(), *, n_boot=2000) -> dict:
-    """The parity report from paired predictions (no runtime involved: testable on its own)."""
+def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances(), *, n_boot=2000,
+            reference_images: int | None = None) -> dict:
+    """The parity report from paired predictions (no runtime involved: testable on its own).
+
+    reference_images: how many images the bundle's reference holds; when given, a `coverage`
+    check requires len(rels) / reference_images >= tolerances.min_coverage.
+    """
     y = np.asarray(y).astype(int)
     fprob, dprob = np.asarray(float_probs, np.float64), np.asarray(device_probs, np.float64)
     fpred, dpred = fprob >= threshold, dprob >= threshold
@@ -100,6 +106,8 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
         _check("agreement", agreement, tolerances.min_agreement, agreement >= tolerances.min_agreement - 1e-12,
                f"{agreement:.4f} of decisions identical (need {tolerances.min_agreement}); {len(flipped)} flipped"),
     ]
+    if reference_images is not None:
+        checks.append(_coverage_check(len(y), reference_images, tolerances.min_coverage))
     return {
         "threshold": float(threshold),
         "n": int(len(y)),
@@ -121,6 +129,19 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
 
 def _check(name, value, limit, passed, message) -> dict:
     return {"name": name, "value": float(value), "limit": float(limit), "passed": bool(passed), "message": message}
+
+
+def _coverage_check(compared: int, reference: int, min_coverage: float) -> dict:
+    """A subset of the reference (wrong data root, missing or unreadable files) must not pass silently."""
+    coverage = compared / reference if reference else 0.0
+    passed = coverage >= min_coverage - 1e-12
+    message = f"compared {compared} of {reference} reference images ({100 * coverage:.1f} %)"
+    if passed:
+        message += f", need {min_coverage}"
+    else:
+        message += (f", below --min-coverage {min_coverage}: pass the full data root the bundle was exported with "
+                    "(and fix unreadable files), or lower --min-coverage for a deliberate subset")
+    return _check("coverage", coverage, min_coverage, passed, message)
 
 
 def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CLASSES,
@@ -151,7 +172,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
         raise DataError("no readable images left to compare")
     rels = [s.rel for s, _ in ok]
     report = compare(rels, [s.label for s, _ in ok], [ref_probs[r] for r in rels], [r.probability for _, r in ok],
-                     clf.threshold, tolerances, n_boot=n_boot)
+                     clf.threshold, tolerances, n_boot=n_boot, reference_images=len(ref_probs))
     coverage = len(ok) / len(ref_probs)
     infer = np.array([r.timings.infer_ms for _, r in ok])
     report.update({

@@ -2,6 +2,9 @@
 `edgecxr device ...` never imports TensorFlow."""
 from __future__ import annotations
 
+import errno
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -24,7 +27,7 @@ LAZY_COMMANDS = {
 
 
 class Group(click.Group):
-    """Loads stage commands lazily; turns every EdgecxrError into one line on stderr and a non-zero exit."""
+    """Loads stage commands lazily; turns every EdgecxrError and OSError into one line on stderr and exit 2."""
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._lazy(n)})
@@ -50,9 +53,41 @@ class Group(click.Group):
         except EdgecxrError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # an unwritable output, a folder given as a file...: one line, never a traceback
+            click.echo(f"error: {os_error_message(exc)}", err=True)
+            sys.exit(EdgecxrError.exit_code)  # 2, never 1: parity uses 1 for "failed"
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was kept", err=True)
             sys.exit(130)
+
+
+# errno -> (what was attempted, what to do)
+_OS_HINTS = {
+    errno.EISDIR: ("write/read", "it is a folder; pass a file path"),
+    errno.ENOTDIR: ("write/read", "a part of the path is a file, not a folder; fix the path"),
+    errno.ENOENT: ("read", "check the path"),
+    errno.EACCES: ("write/read", "check its permissions or choose another path"),
+    errno.EPERM: ("write/read", "check its permissions or choose another path"),
+    errno.EROFS: ("write", "the file system is read-only; choose another path"),
+    errno.ENOSPC: ("write", "the disk is full; free some space or choose another path"),
+    errno.EDQUOT: ("write", "the disk quota is exceeded; free some space or choose another path"),
+    errno.ENAMETOOLONG: ("write/read", "the name is too long; choose a shorter path"),
+    errno.EADDRINUSE: ("use", "another program holds that port; choose another --port"),
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """`cannot write/read FILE: REASON; WHAT TO DO` for an OSError (the user's file, not an atomic writer's temporary)."""
+    name = exc.filename2 if exc.filename2 is not None else exc.filename  # a rename names its destination second
+    verb, hint = _OS_HINTS.get(exc.errno, ("write/read", "check the path and try again"))
+    reason = exc.strerror or str(exc)
+    if name is None:
+        return f"{reason}; {hint}"
+    name = Path(os.fsdecode(name)) if isinstance(name, (str, bytes, os.PathLike)) else Path(str(name))
+    temp = re.fullmatch(r"\.(.+)\.tmp-\d+-.*", name.name)  # edgecxr.atomic's temporary beside the real file
+    if temp:
+        name = name.with_name(temp[1])
+    return f"cannot {verb} {name}: {reason}; {hint}"
 
 
 @click.group(cls=Group)

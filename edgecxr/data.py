@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 import re
@@ -84,15 +85,46 @@ def list_split(root, split: str = "test", classes=DEFAULT_CLASSES) -> list[Sampl
     return samples
 
 
+_warned_no_split: set[tuple[str, str]] = set()  # (manifest, split) already warned about, to warn once
+
+
+def _read_csv(manifest: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line number, row), ...]) of a UTF-8 CSV file (a BOM, as Excel writes it, is fine)."""
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{manifest}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 (Excel: 'CSV UTF-8')") from None
+    except OSError as exc:
+        raise DataError(f"{manifest}: cannot read the CSV manifest ({exc.strerror or exc})") from None
+    if "\0" in text:
+        raise DataError(f"{manifest}: contains NUL bytes (UTF-16 text?); save it as UTF-8 (Excel: 'CSV UTF-8')")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        header = reader.fieldnames or []
+        for row in reader:
+            if None in row.values():
+                raise DataError(f"{manifest}:{reader.line_num}: row has {sum(v is not None for v in row.values())} "
+                                f"field(s) but the header has {len(header)}; fill in or remove the row")
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise DataError(f"{manifest}:{reader.line_num}: not a readable CSV row ({exc}); fix the row") from None
+    return header, rows
+
+
 def _list_csv(manifest: Path, split: str, classes) -> list[Sample]:
-    with manifest.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise DataError(f"{manifest}: CSV manifest needs a header with columns path,label[,patient_id][,split]")
-    if "split" in rows[0]:
-        rows = [r for r in rows if r["split"] == split]
+    header, rows = _read_csv(manifest)
+    if not {"path", "label"} <= set(header):
+        found = ",".join(header) or "nothing"
+        raise DataError(f"{manifest}: CSV manifest needs a header with columns path,label[,patient_id][,split] (found: {found})")
+    if "split" in header:
+        rows = [(i, r) for i, r in rows if r["split"] == split]
+    elif rows and (str(manifest), split) not in _warned_no_split:
+        _warned_no_split.add((str(manifest), split))
+        print(f"warning: {manifest} has no split column: all {len(rows)} rows are used as the '{split}' split "
+              "(add a split column with train/val/test to keep test images apart)", file=sys.stderr)
     samples = []
-    for i, row in enumerate(rows, start=2):
+    for i, row in rows:
         label_text = row["label"].strip()
         if label_text in classes:
             label = classes.index(label_text)
@@ -113,12 +145,20 @@ def _list_csv(manifest: Path, split: str, classes) -> list[Sample]:
 
 # -- patient-grouped splits ---------------------------------------------------
 def _patients_by_class(samples):
+    """{label: [one patient's samples, ...]}, patients sorted by ID.
+
+    A patient's samples always stay together, even when they have both labels; such a patient is
+    stratified by the majority label (a tie counts as positive). Patients with one label (all of
+    Kermany) group exactly as they did when grouping was by (label, patient), so seeded splits
+    of such data are unchanged.
+    """
     groups = defaultdict(list)
     for s in samples:
-        groups[(s.label, s.patient)].append(s)
+        groups[s.patient].append(s)
     by_class = defaultdict(list)
-    for (label, patient), items in sorted(groups.items()):
-        by_class[label].append(items)
+    for patient, items in sorted(groups.items()):
+        positives = sum(s.label == 1 for s in items)
+        by_class[int(2 * positives >= len(items))].append(items)
     return by_class
 
 
@@ -165,7 +205,16 @@ def save_split(path: Path, train, val, **info) -> None:
 
 def apply_split(path: Path, samples: list[Sample]):
     """Re-create (train, val) from a split file written by save_split."""
-    data = json.loads(Path(path).read_text())
+    fix = "pass a split.json written by edgecxr train"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the split file ({exc.strerror or exc}); {fix}") from None
+    except ValueError as exc:  # bad JSON or not UTF-8
+        raise DataError(f"{path}: not a JSON split file ({exc}); {fix}") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list) and all(isinstance(r, str) for r in data[k]) for k in ("train", "val")):
+        raise DataError(f"{path}: not a split file (needs 'train' and 'val' lists of file paths); {fix}")
     by_rel = {s.rel: s for s in samples}
     missing = [r for r in data["train"] + data["val"] if r not in by_rel]
     if missing:

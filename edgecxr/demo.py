@@ -18,6 +18,11 @@ SAMPLE = Path(__file__).parent / "sample"
 def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False) -> bool:
     from edgecxr.atomic import check_writable, write_json_atomic
 
+    from edgecxr.errors import ConfigError
+    from edgecxr.targets import TARGETS
+
+    if target not in TARGETS:
+        raise ConfigError(f"the demo checks one target; --target {target!r} is not one of {', '.join(TARGETS)}")
     check_writable(out, overwrite=overwrite)
     model = default_model_path()
     out.mkdir(parents=True, exist_ok=True)

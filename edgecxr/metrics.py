@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from edgecxr.errors import ConfigError
+
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
 
@@ -120,6 +122,8 @@ def choose_threshold(y_true, scores, *, target_recall: float | None = None) -> f
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
     if target_recall is not None:
+        if not 0 < target_recall <= 1:
+            raise ConfigError(f"target recall {target_recall} must be between 0 and 1, e.g. 0.95")
         ok = np.flatnonzero(tpr >= target_recall)
         return float(thresholds[ok[0]])
     return float(thresholds[int(np.argmax(tpr - fpr))])

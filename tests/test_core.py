@@ -177,6 +177,102 @@ def test_csv_manifest(tmp_path, sample):
         D.list_split(tmp_path / "bad.csv")
 
 
+def _one_line_error(call, match: str) -> str:
+    with pytest.raises(DataError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_mixed_label_patients_stay_on_one_side(tmp_path):
+    """A patient with NORMAL and PNEUMONIA images is never in both train and validation, nor in two folds."""
+    rows = ["path,label,patient_id"]
+    for p in range(60):
+        if p % 4 == 0:
+            labels = [p // 4 % 2] * 2  # a single-label patient
+        else:
+            labels = [0, 1] + [p % 2] * (p % 3)  # mixed: a tie, or a majority of either class
+        rows += [f"img/p{p}_{i}.png,{label},pat{p}" for i, label in enumerate(labels)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    samples = D.list_split(tmp_path / "m.csv", "train")
+    labels_of = {}
+    for s in samples:
+        labels_of.setdefault(s.patient, set()).add(s.label)
+    assert sum(len(v) == 2 for v in labels_of.values()) >= 30  # the case under test is really there
+    for seed in range(5):
+        for fraction in (0.1, 0.3, 0.5):
+            train, val = D.grouped_split(samples, fraction, seed)
+            assert len(train) + len(val) == len(samples) and val
+            assert not {s.patient for s in train} & {s.patient for s in val}, (seed, fraction)
+        for k in (2, 3, 5):
+            folds = D.grouped_kfold(samples, k, seed)
+            assert sorted(s.rel for f in folds for s in f) == sorted(s.rel for s in samples)
+            owners = {}
+            for i, fold in enumerate(folds):
+                for s in fold:
+                    assert owners.setdefault(s.patient, i) == i, (seed, k, s.patient)
+    # stratified by the patient's majority label (ties positive): both classes still reach validation
+    train, val = D.grouped_split(samples, 0.3, 0)
+    assert {s.label for s in val} == {0, 1}
+
+
+def test_csv_short_row_is_one_line_error(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,1,test\n\nb.png\nc.png,0,test\n")
+    msg = _one_line_error(lambda: D.list_split(tmp_path / "m.csv", "test"), r"m\.csv:4: row has 1 field\(s\) but the header has 3")
+    assert "fill in or remove" in msg
+
+
+@pytest.mark.parametrize("encoding, name", [("utf-16", "bé.png"), ("utf-16-le", "b.png"), ("latin-1", "bé.png")])
+def test_csv_not_utf8_is_one_line_error(tmp_path, encoding, name):
+    (tmp_path / "m.csv").write_text(f"path,label,split\n{name},1,test\nc.png,0,test\n", encoding=encoding)
+    _one_line_error(lambda: D.list_split(tmp_path / "m.csv", "test"), r"m\.csv: .*save it as UTF-8")
+
+
+def test_csv_with_bom_reads(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,PNEUMONIA,test\nb.png,NORMAL,test\n", encoding="utf-8-sig")
+    got = D.list_split(tmp_path / "m.csv", "test")
+    assert [(s.rel, s.label) for s in got] == [("a.png", 1), ("b.png", 0)]
+
+
+def test_csv_without_split_column_warns_once(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"p{i}.png,{i % 2}\n" for i in range(20)))
+    assert len(D.list_split(tmp_path / "m.csv", "test")) == 20
+    assert len(D.list_split(tmp_path / "m.csv", "test")) == 20
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no split column: all 20 rows are used as the 'test' split" in err[0]
+    assert err[0].startswith("warning: ") and "m.csv" in err[0]
+    # training from a split-less CSV still works: validation is carved out of the 'train' rows
+    train, val = D.grouped_split(D.list_split(tmp_path / "m.csv", "train"), 0.2, 0)
+    assert len(train) + len(val) == 20 and val
+    assert "as the 'train' split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "not a JSON split file"),
+    ('{"seed": 0}', "needs 'train' and 'val' lists"),
+    ('["train/a.png"]', "needs 'train' and 'val' lists"),
+    ('{"train": "x", "val": []}', "needs 'train' and 'val' lists"),
+    (None, "cannot read the split file"),
+])
+def test_bad_split_file_is_one_line_error(tmp_path, text, match):
+    path = tmp_path / "split.json"
+    if text is not None:
+        path.write_text(text)
+    msg = _one_line_error(lambda: D.apply_split(path, []), match)
+    assert str(path) in msg and "pass a split.json written by edgecxr train" in msg
+
+
+def test_export_falls_back_from_a_bad_split_file(tmp_path, capsys):
+    from edgecxr.export.datasets import train_val
+
+    (tmp_path / "m.csv").write_text("path,label,patient_id\n" + "".join(f"p{i}.png,{i % 2},{i}\n" for i in range(40)))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "split.json").write_text('{"seed": 0}')
+    train, val, source = train_val(tmp_path / "m.csv", D.DEFAULT_CLASSES, tmp_path / "run" / "model.keras")
+    assert len(train) + len(val) == 40 and "patient-grouped" in source
+    assert "does not fit" in capsys.readouterr().err
+
+
 def test_load_pixels_skips_bad_files(tmp_path, sample):
     root = tmp_path / "d"
     for cls in ("NORMAL", "PNEUMONIA"):

@@ -190,14 +190,100 @@ def test_parity_passes_writes_json_and_junit(bundles, kermany, tmp_path):
     assert rep["timing"]["seconds"] < 60
     suite = ET.parse(xml).getroot().find("testsuite")
     cases = suite.findall("testcase")
-    assert [c.get("name") for c in cases] == ["recall_drop", "accuracy_drop", "agreement"]
+    assert [c.get("name") for c in cases] == ["recall_drop", "accuracy_drop", "agreement", "coverage"]
     assert suite.get("failures") == "0" and not any(c.find("failure") is not None for c in cases)
 
 
 def test_parity_on_the_sample_subset(bundles, sample):
-    r = cli("device", "parity", bundles["onnx-fp32"], "--data", sample)
+    r = cli("device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-coverage", "0.06")
     assert r.exit_code == 0, r.output
     assert "compared 40 of the 624 reference images" in r.output
+    assert "PASS coverage: compared 40 of 624 reference images (6.4 %)" in r.output
+
+
+def test_parity_on_part_of_the_reference_fails_on_coverage(bundles, kermany, tmp_path):
+    """Two readable reference images (and one unreadable, skipped) of 624: a failure unless --min-coverage allows it."""
+    data = tmp_path / "part"
+    normal = sorted((kermany / "test" / "NORMAL").iterdir())[:1]
+    pneumonia = sorted((kermany / "test" / "PNEUMONIA").iterdir())[:2]
+    for src in normal + pneumonia:
+        (data / "test" / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, data / "test" / src.parent.name / src.name)
+    broken = data / "test" / "PNEUMONIA" / pneumonia[1].name
+    broken.write_bytes(broken.read_bytes()[:200])  # a reference image that cannot be read
+    out, xml = tmp_path / "p.json", tmp_path / "p.xml"
+    r = cli("device", "parity", bundles["tflite-fp32"], "--data", data, "--json", out, "--junit", xml)
+    assert r.exit_code == 1, r.output
+    assert ("FAIL coverage: compared 2 of 624 reference images (0.3 %), below --min-coverage 1.0: "
+            "pass the full data root the bundle was exported with") in r.output
+    assert "parity FAILED" in r.output and "1 unreadable image(s) skipped" in r.output
+    rep = json.loads(out.read_text())
+    assert rep["passed"] is False and rep["data"]["reference_coverage"] == pytest.approx(2 / 624)
+    assert [c["name"] for c in rep["checks"] if not c["passed"]] == ["coverage"]
+    assert rep["tolerances"]["min_coverage"] == 1.0
+    failed = [c.get("name") for c in ET.parse(xml).getroot().iter("testcase") if c.find("failure") is not None]
+    assert failed == ["coverage"]
+
+    r = cli("device", "parity", bundles["tflite-fp32"], "--data", data, "--min-coverage", "0.003")
+    assert r.exit_code == 0, r.output
+    assert "PASS coverage" in r.output and "parity PASSED" in r.output
+    bad = cli("device", "parity", bundles["tflite-fp32"], "--data", data, "--min-coverage", "1.5")
+    assert bad.exit_code == 2
+
+
+def test_compare_checks_coverage_only_when_the_reference_size_is_given():
+    from edgecxr.devices.parity import Tolerances, compare
+
+    rels = ["test/NORMAL/IM-0001-0001.jpeg", "test/PNEUMONIA/person1_bacteria_1.jpeg"]
+    args = (rels, [0, 1], [0.1, 0.9], [0.1, 0.9], 0.5)
+    assert [c["name"] for c in compare(*args, n_boot=50)["checks"]] == ["recall_drop", "accuracy_drop", "agreement"]
+    rep = compare(*args, n_boot=50, reference_images=4)
+    assert rep["passed"] is False and rep["checks"][-1]["name"] == "coverage" and rep["checks"][-1]["value"] == 0.5
+    assert "compared 2 of 4 reference images (50.0 %), below --min-coverage 1.0" in rep["checks"][-1]["message"]
+    assert compare(*args, Tolerances(min_coverage=0.5), n_boot=50, reference_images=4)["passed"] is True
+    assert compare(*args, n_boot=50, reference_images=2)["passed"] is True
+
+
+def test_unwritable_outputs_are_refused_before_the_run(bundles, sample, tmp_path):
+    args = ["device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-coverage", "0"]
+    r = cli(*args, "--json", tmp_path)  # an existing folder
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert r.stderr.strip().splitlines() == [f"error: --json {tmp_path}: is a folder; pass a file path"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = cli(*args, "--junit", afile / "parity.xml")
+    assert r.exit_code == 2 and r.stdout == "" and "is a file, not a folder" in r.stderr
+    r = cli(*args, "--json", tmp_path / "same", "--junit", tmp_path / "same")
+    assert r.exit_code == 2 and "the same file" in r.stderr
+    r = cli("device", "bench", bundles["onnx-fp32"], "--runs", 1, "--warmup", 0, "--no-cold-start", "--json", tmp_path)
+    assert r.exit_code == 2 and r.stdout == "" and "is a folder" in r.stderr
+
+
+def test_os_error_while_writing_is_one_line_and_exit_2(bundles, sample, tmp_path, monkeypatch):
+    """A crash (here: disk full while writing the JUnit file) must not look like a parity failure (exit 1)."""
+    import errno
+
+    from edgecxr.devices import junit
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path.parent / f".{path.name}.tmp-1-abc"))
+
+    monkeypatch.setattr(junit, "write_bytes_atomic", full)
+    xml = tmp_path / "parity.xml"
+    r = cli("device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-coverage", "0", "--junit", xml)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: cannot write {xml}: No space left on device; the disk is full; free some space or choose another path"]
+    assert "Traceback" not in r.output
+
+
+def test_os_error_message_names_the_users_file(tmp_path):
+    from edgecxr.cli import os_error_message
+
+    exc = IsADirectoryError(21, "Is a directory", str(tmp_path / ".r.json.tmp-9-x"), None, str(tmp_path / "r.json"))
+    assert os_error_message(exc) == f"cannot write/read {tmp_path / 'r.json'}: Is a directory; it is a folder; pass a file path"
+    assert os_error_message(PermissionError(13, "Permission denied", "/x/out.json")).startswith(
+        "cannot write/read /x/out.json: Permission denied; check its permissions")
 
 
 def test_parity_fails_with_exit_1_and_lists_new_false_negatives_first(bundles, kermany, tmp_path):
@@ -236,8 +322,8 @@ def test_parity_fails_with_exit_1_and_lists_new_false_negatives_first(bundles, k
 
 
 def test_parity_unmeetable_tolerance_exits_1(bundles, sample):
-    r = cli("device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-agreement", "1.01")
-    assert r.exit_code == 1 and "FAIL agreement" in r.output
+    r = cli("device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-agreement", "1.01", "--min-coverage", "0")
+    assert r.exit_code == 1 and "FAIL agreement" in r.output and "PASS coverage" in r.output
 
 
 def test_compare_subgroups_flips_and_statistics():
@@ -387,6 +473,38 @@ def test_predict_batch_collects_failures(bundles, bad_files):
         clf.predict_batch(paths)
 
 
+def test_predict_batch_decodes_at_most_a_window_ahead(bundles, sample):
+    """A slow model must not let decoded inputs pile up: at most 2 * workers are decoded ahead of it."""
+    import time
+
+    from edgecxr.devices import Classifier
+
+    clf = Classifier.load(bundles["tflite-int8"], threads=1)
+    paths = sorted((sample / "test").rglob("*.jpeg")) * 3
+    expected = [clf.predict(p).probability for p in paths[:40]] * 3
+    prepare, infer = clf.prepare, clf.infer
+    lock = threading.Lock()
+    count = {"started": 0, "inferred": 0, "ahead": 0}
+
+    def counted_prepare(item):
+        with lock:
+            count["started"] += 1
+            count["ahead"] = max(count["ahead"], count["started"] - count["inferred"])
+        return prepare(item)
+
+    def slow_infer(x):
+        time.sleep(0.003)  # the model is the bottleneck
+        with lock:
+            count["inferred"] += 1
+        return infer(x)
+
+    clf.prepare, clf.infer = counted_prepare, slow_infer
+    results = clf.predict_batch(iter(paths), workers=2)
+    assert [r.probability for r in results] == expected
+    assert [r.source for r in results] == [str(p) for p in paths]
+    assert count["started"] == len(paths) and 1 <= count["ahead"] <= 4
+
+
 # -- no TensorFlow ---------------------------------------------------------------------
 def test_device_commands_never_import_tensorflow(bundles, sample, tmp_path):
     code = (
@@ -401,9 +519,9 @@ def test_device_commands_never_import_tensorflow(bundles, sample, tmp_path):
         "print('EXIT', code, 'TF', 'tensorflow' in sys.modules, 'KERAS', 'tf_keras' in sys.modules or 'keras' in sys.modules)\n"
     )
     commands = [
-        ["device", "parity", bundles["tflite-int8"], "--data", sample, "--min-agreement", "0"],
+        ["device", "parity", bundles["tflite-int8"], "--data", sample, "--min-agreement", "0", "--min-coverage", "0"],
         ["device", "run", bundles["tflite-int8"], sample / "test" / "NORMAL"],
-        ["device", "parity", bundles["onnx-fp32"], "--data", sample],
+        ["device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-coverage", "0"],
         ["device", "bench", bundles["openvino-fp32"], "--runs", "5", "--warmup", "1", "--no-cold-start"],
     ]
     for args in commands:

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgecxr.errors import ConfigError, ModelError
+from edgecxr.errors import ConfigError, EdgecxrError, ModelError
 
 
 def test_registry_has_the_issue_architectures():
@@ -108,6 +108,8 @@ def test_evaluate_writes_metrics_and_plots(tiny_model, sample, tmp_path):
     assert saved["ci"]["accuracy"][0] <= saved["accuracy"] <= saved["ci"]["accuracy"][1]
     for png in ("roc.png", "pr.png", "confusion.png"):
         assert (tmp_path / "ev" / png).stat().st_size > 5000
+    with pytest.raises(EdgecxrError, match="--overwrite"):  # refused before the model runs
+        evaluate(tiny_model, sample, "test", tmp_path / "ev", n_boot=100)
 
 
 def _cli(*args):
@@ -119,6 +121,8 @@ def test_cli_bad_inputs_one_line(tmp_path, kermany):
         ("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), "--arch", "tiny_cnn"),
         ("train", "--data", str(kermany), "--out", str(tmp_path / "r"), "--arch", "vgg99"),
         ("train", "--data", str(kermany), "--out", str(tmp_path / "r"), "--arch", "tiny_cnn", "--classes", "NORMAL,CAT"),
+        ("train", "--data", str(kermany), "--out", str(tmp_path / "r"), "--arch", "tiny_cnn", "--target-recall", "95"),
+        ("demo", "--out", str(tmp_path / "r"), "--target", "all"),
     ]
     for args in cases:
         proc = _cli(*args)
@@ -169,6 +173,24 @@ def test_weight_averaging_loads_the_mean_of_the_last_epochs():
         averager.on_epoch_end(epoch)
     averager.on_train_end()
     np.testing.assert_allclose(model.get_weights()[0], 2.0)  # mean of the last two epochs only
+
+    stopped = _weight_averager(keras, epochs=4, last=2)
+    stopped.set_model(model)
+    stopped.on_epoch_end(2)
+    model.set_weights([np.full((2, 1), 7.0), np.full((1,), 7.0)])  # EarlyStopping restored its best epoch
+    model.stop_training = True
+    stopped.on_train_end()
+    np.testing.assert_allclose(model.get_weights()[0], 7.0)
+
+
+def test_target_recall_out_of_range():
+    from edgecxr import metrics
+    from edgecxr.training.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="--target-recall 95"):
+        TrainConfig(arch="tiny_cnn", data="x", target_recall=95).validate()
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        metrics.choose_threshold([0, 1], [0.2, 0.8], target_recall=1.5)
 
 
 def test_recalibrate_bn_measures_plain_inputs(sample):

@@ -59,6 +59,8 @@ class TrainConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; valid: bce, focal")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be at least 1")
+        if self.target_recall is not None and not 0 < self.target_recall <= 1:
+            raise ConfigError(f"--target-recall {self.target_recall} must be a recall between 0 and 1, e.g. 0.95")
         if not 0 <= self.swa <= self.epochs:
             raise ConfigError(f"--swa {self.swa} must be between 0 and --epochs ({self.epochs})")
 
@@ -109,7 +111,8 @@ def recalibrate_bn(tf, keras, model, pixels, spec: PreprocessSpec, batch_size: i
     Trained with zoom/shift augmentation, the moving averages describe augmented images, but the
     model is only ever run on plain ones. Returns the number of BatchNorm layers updated.
     """
-    layers = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    # frozen layers (a pretrained base) run in inference mode and keep their statistics
+    layers = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization) and m.trainable]
     saved = [layer.momentum for layer in layers]
     seen = 0
     for x, _ in make_dataset(tf, pixels, np.zeros(len(pixels)), spec, batch_size):
@@ -153,9 +156,11 @@ def _weight_averager(keras, epochs: int, last: int):
             self.count += 1
 
         def on_train_end(self, logs=None):
-            if self.count:
+            if self.model.stop_training:  # early stopping restored its best epoch: keep it, not a partial window
+                print("weight averaging skipped: training stopped early, the best epoch is kept", file=sys.stderr)
+            elif self.count:
                 self.model.set_weights([t / self.count for t in self.total])
-            print(f"weight averaging: {self.count} epochs averaged", file=sys.stderr)
+                print(f"weight averaging: the last {self.count} epochs averaged", file=sys.stderr)
 
     return Averager()
 
