@@ -9,3 +9,6 @@ common=(--arch mobilenet_v2 --data "$DATA" --augment standard --seed 0)
 edgecxr train "${common[@]}" --out "$RUNS/a_mnv2_224_int02" --epochs 15 --patience 5 --intensity 0.2
 edgecxr train "${common[@]}" --out "$RUNS/b_mnv2_224_int02_eq" --epochs 15 --patience 15 --intensity 0.2 --equalize
 edgecxr train "${common[@]}" --out "$RUNS/c_mnv2_224_crop_eq_int03" --epochs 20 --patience 20 --intensity 0.3 --equalize --lung-crop
+edgecxr train "${common[@]}" --out "$RUNS/d_mnv2_224_int02_eq_swa5" --epochs 20 --patience 20 --intensity 0.2 --equalize --swa 5
+edgecxr train --arch mobilenet_v2 --data "$DATA" --seed 0 --out "$RUNS/e_mnv2_224_noflip_int02_eq_swa5" --augment no-flip \
+  --epochs 15 --patience 15 --intensity 0.2 --equalize --swa 5
