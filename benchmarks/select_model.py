@@ -38,6 +38,13 @@ def _row(name, m) -> str:
     return f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in NAMES) + " |"
 
 
+def _weights_line(cfg: dict) -> str:
+    if cfg.get("swa"):
+        return (f"- weights: the average of the last {cfg['swa']} of {cfg['epochs']} epochs (`--swa`), BatchNorm statistics "
+                "re-estimated on the plain training images; decision threshold (Youden's J) chosen on that validation split")
+    return "- epoch (early stopping on validation loss) and decision threshold (Youden's J) chosen on that validation split"
+
+
 def model_card(result: dict) -> str:
     chosen = next(r for r in result["rows"] if r["chosen"])
     cfg, test, val = chosen["config"], chosen["test"], chosen["val"]
@@ -52,12 +59,12 @@ def model_card(result: dict) -> str:
         "Classification*, Mendeley Data v2, 2018, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0); Kermany et al., Cell 2018.",
         "", "- training: `train/` minus a patient-grouped, class-stratified 10 % validation split "
         f"(seed {cfg['seed']}, saved as `edgecxr/default/split.json`; no patient on both sides)",
-        "- epoch (early stopping on validation loss) and decision threshold (Youden's J) chosen on that validation split",
+        _weights_line(cfg),
         "- the model among the attempts below chosen by **validation ROC-AUC only**; the test split was evaluated "
         "after the choice was fixed", "- test: the standard 624-image `test/` split (234 normal, 390 pneumonia)", "",
         "## Reproduce", "", "```bash", _command(cfg),
         "edgecxr evaluate --model RUN/model.keras --data ../shared/data/kermany-cxr-224 --split test --out eval", "```", "",
-        f"Configuration: {json.dumps({k: cfg[k] for k in ('arch', 'epochs', 'batch_size', 'lr', 'augment', 'intensity', 'loss', 'class_weights', 'lung_crop', 'equalize', 'bn_momentum', 'patience', 'seed')})}",
+        f"Configuration: {json.dumps({k: cfg.get(k) for k in ('arch', 'epochs', 'batch_size', 'lr', 'augment', 'intensity', 'loss', 'class_weights', 'lung_crop', 'equalize', 'bn_momentum', 'patience', 'swa', 'seed')})}",
         "", f"## Test metrics (624 images, threshold {test['threshold']:.4f} from validation)", "",
         "| metric | value | 95 % bootstrap CI |", "|---|---:|---|",
         *[f"| {k} | {test[k]:.4f} | [{ci[k][0]:.4f}, {ci[k][1]:.4f}] |" for k in NAMES],
