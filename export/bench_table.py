@@ -58,9 +58,10 @@ def format_markdown(result: dict) -> str:
         "new FN / new FP: decisions the device got newly wrong. size: the model file(s) of the bundle.",
     ]
     if any("+prune" in r["target"] for r in result["rows"]):
-        lines += ["", "+prune rows: parity (agreement, new FN/FP) is against the pruned float model, the reference "
-                  "stored in their bundle; compare their accuracy/recall/specificity with the float row for the cost "
-                  "of pruning itself. +qat rows are compared with the original float model."]
+        lines += ["", "+prune rows: decisions at the pruned model's own threshold (re-chosen on validation after "
+                  "pruning), parity (agreement, new FN/FP) against the pruned float model, the reference stored in "
+                  "their bundle; compare their accuracy/recall/specificity with the float row for the cost of pruning "
+                  "itself. +qat rows are compared with the original float model."]
     failed = [r for r in result["rows"] if not r["error"] and not r["passed"]]
     if failed:
         lines += ["", "Parity failures:"]
