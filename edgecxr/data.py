@@ -203,8 +203,12 @@ def save_split(path: Path, train, val, **info) -> None:
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
 
-def apply_split(path: Path, samples: list[Sample]):
-    """Re-create (train, val) from a split file written by save_split."""
+def apply_split(path: Path, samples: list[Sample], *, subset: bool = False):
+    """Re-create (train, val) from a split file written by save_split.
+
+    subset=True accepts data holding only part of the split (every image of it in the split):
+    each image keeps its side, so nothing of the model's training data moves to validation.
+    """
     fix = "pass a split.json written by edgecxr train"
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -216,6 +220,8 @@ def apply_split(path: Path, samples: list[Sample]):
             isinstance(data.get(k), list) and all(isinstance(r, str) for r in data[k]) for k in ("train", "val")):
         raise DataError(f"{path}: not a split file (needs 'train' and 'val' lists of file paths); {fix}")
     by_rel = {s.rel: s for s in samples}
+    if subset and by_rel and set(by_rel) <= set(data["train"]) | set(data["val"]):
+        return [by_rel[r] for r in data["train"] if r in by_rel], [by_rel[r] for r in data["val"] if r in by_rel]
     missing = [r for r in data["train"] + data["val"] if r not in by_rel]
     if missing:
         raise DataError(f"{path}: {len(missing)} files of the split are not in the data (first: {missing[0]}); use the data folder the model was trained on")

@@ -20,7 +20,9 @@ def train_val(data_root, classes, model_path: Path, *, seed: int = 0):
     split_file = Path(model_path).parent / "split.json"
     if split_file.is_file():
         try:
-            train, val = D.apply_split(split_file, samples)
+            train, val = D.apply_split(split_file, samples, subset=True)
+            if not val:
+                raise DataError("none of its validation images is in the data")
             return train, val, f"{split_file} (the model's own validation split)"
         except (DataError, KeyError, ValueError) as exc:
             print(f"warning: {split_file} does not fit {data_root} ({exc}); using a new patient-grouped split",

@@ -389,3 +389,20 @@ def test_mcnemar_exact():
     assert result["a_only_right"] == 6 and result["b_only_right"] == 0
     assert result["p_value"] == pytest.approx(2 * 0.5**6)
     assert metrics.mcnemar(y, a, a)["p_value"] == 1.0
+
+
+def test_split_file_applies_to_a_subset_of_its_images(tmp_path, kermany):
+    """The shipped sample is a subset of the training data: every image keeps its side of the model's split."""
+    from edgecxr import data as D
+
+    samples = D.list_split(kermany, "train")
+    train, val = D.grouped_split(samples, 0.1, 0)
+    D.save_split(tmp_path / "split.json", train, val, seed=0, val_fraction=0.1, data=str(kermany), grouped_by="patient")
+    part = train[:10] + val[:3]
+    sub_train, sub_val = D.apply_split(tmp_path / "split.json", part, subset=True)
+    assert [s.rel for s in sub_train] == [s.rel for s in train[:10]] and [s.rel for s in sub_val] == [s.rel for s in val[:3]]
+    with pytest.raises(DataError, match="not in the data"):
+        D.apply_split(tmp_path / "split.json", part)  # without subset=True the whole split must be there
+    stranger = D.Sample(part[0].path, "train/NORMAL/not-in-split.jpeg", 0, "x")
+    with pytest.raises(DataError, match="not in the data"):
+        D.apply_split(tmp_path / "split.json", part + [stranger], subset=True)
