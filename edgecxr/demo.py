@@ -17,7 +17,6 @@ SAMPLE = Path(__file__).parent / "sample"
 
 def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False) -> bool:
     from edgecxr.atomic import check_writable, write_json_atomic
-
     from edgecxr.errors import ConfigError
     from edgecxr.targets import TARGETS
 

@@ -116,6 +116,16 @@ def bootstrap_ci(y_true, scores, threshold: float, *, n_boot: int = 1000, seed: 
     }
 
 
+def threshold_rule(target_recall: float | None) -> str:
+    """How a threshold is chosen on validation, as recorded with a model (read back by rule_target_recall)."""
+    return f"target recall {target_recall} on validation" if target_recall else "Youden's J on validation"
+
+
+def rule_target_recall(method: str) -> float | None:
+    """The target recall of a recorded threshold rule, None for Youden's J (or a rule given by hand)."""
+    return float(method.split()[2]) if method.startswith("target recall ") else None
+
+
 def choose_threshold(y_true, scores, *, target_recall: float | None = None) -> float:
     """Threshold from validation data: Youden's J, or the highest one reaching target_recall."""
     fpr, tpr, thresholds = roc_curve(y_true, scores)

@@ -177,11 +177,10 @@ def _rechoose_threshold(source, val_y, val_probs, change: str):
     """A changed model (pruned) has its own operating point: choose it on validation by the same rule."""
     from dataclasses import replace
 
-    method = source.info.threshold_method
-    target = float(method.split()[2]) if method.startswith("target recall ") else None
+    target = metrics.rule_target_recall(source.info.threshold_method)
     threshold = metrics.choose_threshold(val_y, val_probs, target_recall=target)
-    rule = f"target recall {target} on validation" if target is not None else "Youden's J on validation"
-    info = replace(source.info, threshold=threshold, threshold_method=f"{rule}, re-chosen after {change}")
+    info = replace(source.info, threshold=threshold,
+                   threshold_method=f"{metrics.threshold_rule(target)}, re-chosen after {change}")
     return replace(source, info=info)
 
 

@@ -406,3 +406,9 @@ def test_split_file_applies_to_a_subset_of_its_images(tmp_path, kermany):
     stranger = D.Sample(part[0].path, "train/NORMAL/not-in-split.jpeg", 0, "x")
     with pytest.raises(DataError, match="not in the data"):
         D.apply_split(tmp_path / "split.json", part + [stranger], subset=True)
+
+
+def test_threshold_rule_round_trip():
+    assert metrics.rule_target_recall(metrics.threshold_rule(0.95)) == 0.95
+    assert metrics.rule_target_recall(metrics.threshold_rule(None)) is None
+    assert metrics.rule_target_recall("given on the command line") is None

@@ -261,7 +261,7 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
         val_metrics["train_seconds"] = round(time.time() - start, 1)
         val_metrics["epochs_run"] = len(next(iter(history.values())))
         _save_inference_model(keras, model, tmp / "model.keras")
-        method = f"target recall {cfg.target_recall} on validation" if cfg.target_recall else "Youden's J on validation"
+        method = metrics.threshold_rule(cfg.target_recall)
         save_info(tmp / "model.keras", ModelInfo(preprocess=spec, labels=cfg.classes, threshold=threshold,
                                                 threshold_method=method, arch=cfg.arch, val_metrics=val_metrics))
         (tmp / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2) + "\n")
