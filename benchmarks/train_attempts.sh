@@ -12,5 +12,8 @@ edgecxr train "${common[@]}" --out "$RUNS/c_mnv2_224_crop_eq_int03" --epochs 20 
 edgecxr train "${common[@]}" --out "$RUNS/d_mnv2_224_int02_eq_swa5" --epochs 20 --patience 20 --intensity 0.2 --equalize --swa 5
 edgecxr train --arch mobilenet_v2 --data "$DATA" --seed 0 --out "$RUNS/e_mnv2_224_noflip_int02_eq_swa5" --augment no-flip \
   --epochs 15 --patience 15 --intensity 0.2 --equalize --swa 5
-# f: started at the end of the second session; add it to select_model.py when it has finished
 edgecxr train "${common[@]}" --out "$RUNS/f_mnv2_224_int02_eq_e30_swa10" --epochs 30 --patience 30 --intensity 0.2 --equalize --swa 10
+edgecxr train --arch mobilenet_v2 --data "$DATA" --augment standard --seed 1 --out "$RUNS/g_mnv2_224_int02_eq_swa5_seed1" \
+  --epochs 20 --patience 20 --intensity 0.2 --equalize --swa 5
+edgecxr train --arch mobilenet_v3_large --data "$DATA" --augment standard --seed 0 --out "$RUNS/h_mnv3l_224_int02_eq_swa5" \
+  --epochs 15 --patience 15 --intensity 0.2 --equalize --swa 5

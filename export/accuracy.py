@@ -1,4 +1,6 @@
-"""Accuracy-aware int8: check recall and accuracy drops on the validation split, recover when they miss.
+"""Accuracy-aware int8: check recall and accuracy drops and decision agreement on the validation split,
+recover when they miss. The criteria are the ones `edgecxr device parity` applies on the device, so a
+bundle that would fail parity on validation is caught here.
 
 Recovery: NNCF `quantize_with_accuracy_control` for OpenVINO and ONNX; for TFLite the
 layers with the largest quantization error (quantization debugger) stay float,
@@ -15,6 +17,10 @@ from edgecxr.errors import ModelError
 from edgecxr.export.datasets import to_prob
 
 
+def _agreement(probs, float_probs, threshold) -> float:
+    return float(np.mean((probs >= threshold) == (float_probs >= threshold)))
+
+
 @dataclass
 class Gate:
     x: np.ndarray  # validation inputs
@@ -26,6 +32,7 @@ class Gate:
     max_recall_drop: float
     max_accuracy_drop: float
     source: str  # where the validation split came from
+    min_agreement: float = 0.98
 
     def __post_init__(self):
         self.float_metrics = metrics.binary_metrics(self.y, self.float_probs, self.threshold)
@@ -41,20 +48,22 @@ class Gate:
             "recall_drop": round(f["recall"] - m["recall"], 6),
             "accuracy_drop": round(f["accuracy"] - m["accuracy"], 6),
             "max_recall_drop": self.max_recall_drop, "max_accuracy_drop": self.max_accuracy_drop,
-            "decision_agreement": float(np.mean((probs >= self.threshold) == (self.float_probs >= self.threshold))),
+            "decision_agreement": _agreement(probs, self.float_probs, self.threshold), "min_agreement": self.min_agreement,
         }
         report["passed"] = bool(report["recall_drop"] <= self.max_recall_drop + 1e-9
-                                and report["accuracy_drop"] <= self.max_accuracy_drop + 1e-9)
+                                and report["accuracy_drop"] <= self.max_accuracy_drop + 1e-9
+                                and report["decision_agreement"] >= self.min_agreement - 1e-9)
         return report
 
     def fail(self, target: str, report: dict):
-        tried = "; ".join(f"{t['method']}: recall drop {t['recall_drop']:.4f}, accuracy drop {t['accuracy_drop']:.4f}"
-                          for t in report.get("tried", [])[:-1])
+        tried = "; ".join(f"{t['method']}: recall drop {t['recall_drop']:.4f}, accuracy drop {t['accuracy_drop']:.4f}, "
+                          f"agreement {t['decision_agreement']:.4f}" for t in report.get("tried", [])[:-1])
         raise ModelError(
             f"{target}: int8 misses the tolerance on validation after {report['method']}: recall drop "
             f"{report['recall_drop']:.4f} (max {self.max_recall_drop}), accuracy drop {report['accuracy_drop']:.4f} "
-            f"(max {self.max_accuracy_drop}){f' (also tried {tried})' if tried else ''}; "
-            f"raise --max-recall-drop/--max-accuracy-drop or export a float target")
+            f"(max {self.max_accuracy_drop}), agreement {report['decision_agreement']:.4f} (min {self.min_agreement})"
+            f"{f' (also tried {tried})' if tried else ''}; "
+            f"loosen --max-recall-drop/--max-accuracy-drop/--min-agreement or export a float target")
 
     # -- NNCF accuracy control (OpenVINO and ONNX) --------------------------------
     def nncf_metric(self, raw_fn):
@@ -73,7 +82,8 @@ class Gate:
             fm = metrics.binary_metrics(y, pf, self.threshold)
             qm = metrics.binary_metrics(y, probs, self.threshold)
             return 1.0 + float(min(self.max_recall_drop - (fm["recall"] - qm["recall"]),
-                             self.max_accuracy_drop - (fm["accuracy"] - qm["accuracy"])))
+                                   self.max_accuracy_drop - (fm["accuracy"] - qm["accuracy"]),
+                                   _agreement(probs, pf, self.threshold) - self.min_agreement))
 
         return validate
 

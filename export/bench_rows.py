@@ -187,7 +187,8 @@ def _export_times(bundles: Path) -> dict:
 
 
 def export_row(plan: RowPlan, model_path, data_root, bundles: Path, *, reuse: bool, model_sha: str, test_sha: str,
-               classes, calib_count: int, finetune_epochs: int, max_recall_drop: float, max_accuracy_drop: float):
+               classes, calib_count: int, finetune_epochs: int, max_recall_drop: float, max_accuracy_drop: float,
+               min_agreement: float):
     """(bundle folder, export seconds or None, reused) for one row; raises on failure."""
     from edgecxr.export import pipeline
 
@@ -206,7 +207,7 @@ def export_row(plan: RowPlan, model_path, data_root, bundles: Path, *, reuse: bo
         written = pipeline.export_model(model_path, [plan.target.name], data_root, staging, calib_count=calib_count,
                                         prune=plan.prune, qat=plan.qat, finetune_epochs=finetune_epochs,
                                         max_recall_drop=max_recall_drop, max_accuracy_drop=max_accuracy_drop,
-                                        classes=classes, overwrite=True)
+                                        min_agreement=min_agreement, classes=classes, overwrite=True)
         seconds = time.perf_counter() - t0
         replace_dir(written[0], final)
     finally:

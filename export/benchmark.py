@@ -91,7 +91,8 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
                     bundle, row["export_s"], row["reused"] = export_row(
                         plan, model_path, root, bundles, reuse=reuse, model_sha=model_sha, test_sha=test_sha,
                         classes=classes, calib_count=calib_count, finetune_epochs=finetune_epochs,
-                        max_recall_drop=tolerances.max_recall_drop, max_accuracy_drop=tolerances.max_accuracy_drop)
+                        max_recall_drop=tolerances.max_recall_drop, max_accuracy_drop=tolerances.max_accuracy_drop,
+                        min_agreement=tolerances.min_agreement)
                 if row["reused"]:
                     _say(f"    reusing {bundle}")
                 measure_row(row, bundle, root, classes=classes, tolerances=tolerances, runs=runs, warmup=warmup,

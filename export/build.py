@@ -48,7 +48,7 @@ def _tflite(target, ctx, path):
 
     def attempt(model, method, qat=False):
         report = ctx.gate.check(run(model), method)
-        tried.append({k: report[k] for k in ("method", "recall_drop", "accuracy_drop")})
+        tried.append({k: report[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")})
         return {"model": model, "report": report, "qat": qat}
 
     def qat_attempt(source, method):
@@ -61,14 +61,14 @@ def _tflite(target, ctx, path):
     if not best["report"]["passed"]:
         model, report = accuracy.tflite_recover(ctx.source, ctx.gate, ctx.calib_x, run)
         if report is not None:
-            tried.append({k: report[k] for k in ("method", "recall_drop", "accuracy_drop")})
+            tried.append({k: report[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")})
             if model is not None:
                 best = {"model": model, "report": report, "qat": False}
     if not best["report"]["passed"] and ctx.qat_source is None and ctx.qat_fallback is not None:
         try:
             best = qat_attempt(ctx.qat_fallback(), "quantization-aware training (fallback)")
         except ConfigError as exc:
-            best["report"]["method"] += f"; QAT fallback impossible ({str(exc)[:120]})"
+            best["report"]["method"] += f"; QAT fallback impossible ({str(exc)[:300]})"
     report = best["report"]
     if len(tried) > 1:
         report["tried"] = tried

@@ -22,6 +22,8 @@ from edgecxr.targets import TARGETS
 @click.option("--finetune-epochs", default=2, show_default=True, help="Fine-tuning epochs for --prune / --qat.")
 @click.option("--max-recall-drop", default=0.01, show_default=True, help="Largest int8 recall drop on validation.")
 @click.option("--max-accuracy-drop", default=0.01, show_default=True, help="Largest int8 accuracy drop on validation.")
+@click.option("--min-agreement", default=0.98, show_default=True,
+              help="Smallest share of int8 decisions identical to the float model's on validation.")
 @click.option("--input-size", type=int, help="External model: input size in pixels.")
 @click.option("--scale", type=float, help="External model: input = pixel * scale + offset.")
 @click.option("--offset", type=float, help="External model: input = pixel * scale + offset.")

@@ -117,8 +117,9 @@ def qat(model, source, x, labels, epochs: int, *, pruned: bool, seed: int = 0, l
             qmodel = q.quantize_apply(annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
         else:
             qmodel = q.quantize_model(model)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--qat: tensorflow-model-optimization cannot quantize this model ({str(exc)[:200]})") from None
+    except (ValueError, RuntimeError, TypeError, AttributeError) as exc:  # AttributeError: TFOpLambda ops (hard-swish)
+        raise ConfigError(f"--qat: tensorflow-model-optimization cannot quantize this model "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     return _fit(qmodel, source, x, labels, max(1, epochs), lr, seed=seed, distill=distill)
 
 

@@ -38,11 +38,13 @@ def _say(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def _check_options(prune, max_recall_drop, max_accuracy_drop, finetune_epochs):
+def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs):
     if prune is not None and not 0 < prune < 1:
         raise ConfigError(f"--prune must be a sparsity between 0 and 1 (e.g. 0.5), got {prune}")
     if max_recall_drop < 0 or max_accuracy_drop < 0:
         raise ConfigError("--max-recall-drop and --max-accuracy-drop must be >= 0")
+    if not 0 <= min_agreement <= 1:
+        raise ConfigError(f"--min-agreement must be between 0 and 1 (e.g. 0.98), got {min_agreement}")
     if finetune_epochs < 1:
         raise ConfigError("--finetune-epochs must be at least 1")
 
@@ -59,7 +61,7 @@ def _reference(source, test, test_x, test_y):
 
 def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 300, prune: float | None = None,
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
-                 max_accuracy_drop: float = 0.01, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
+                 max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
                  overrides=None, trust_model: bool = False, seed: int = 0) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified)."""
     from edgecxr.export import datasets as X
@@ -72,7 +74,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     chosen = resolve_targets(list(targets) if not isinstance(targets, str) else [targets])
     if not chosen:
         raise ConfigError("no target given; pass --target NAME (or --target all)")
-    _check_options(prune, max_recall_drop, max_accuracy_drop, finetune_epochs)
+    _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs)
     _check_extras(chosen, prune, qat)
     if qat and not any(t.family == "tflite" and t.int8 for t in chosen):
         _say("note: --qat applies to tflite-int8; the other int8 targets use post-training quantization")
@@ -124,7 +126,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
              f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
     reference = _reference(source, test, test_x, test_y)
     gate = Gate(val_x, val_y, val_probs(source), info.threshold, info.output, info.positive_index,
-                max_recall_drop, max_accuracy_drop, val_source)
+                max_recall_drop, max_accuracy_drop, val_source, min_agreement)
 
     def make_qat():
         nonlocal fit_x, fit_y

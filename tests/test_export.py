@@ -314,3 +314,39 @@ def test_prune_reaches_sparsity_and_rechooses_the_threshold(tiny_model, kermany,
     _, val, _ = train_val(kermany, ("NORMAL", "PNEUMONIA"), Path(tiny_model))
     probs = np.array([p.probability for p in Classifier.load(bundle).predict_batch([s.path for s in val])])
     assert metrics.choose_threshold([s.label for s in val], probs) == pytest.approx(m["threshold"], abs=1e-3)
+
+
+def test_gate_refuses_int8_that_flips_decisions_even_when_recall_and_accuracy_hold():
+    """Twelve of 100 decisions flip, as many each way: recall and accuracy are unchanged, agreement is 0.88."""
+    from edgecxr.export.accuracy import Gate
+
+    y = np.array([1] * 50 + [0] * 50)
+    float_probs = np.where(y == 1, 0.9, 0.1)
+    float_probs[[0, 1, 2, 50, 51, 52]] = [0.4, 0.4, 0.4, 0.6, 0.6, 0.6]  # 3 FN and 3 FP for the float model
+    quant = float_probs.copy()
+    quant[[0, 1, 2, 50, 51, 52]] = [0.6, 0.6, 0.6, 0.4, 0.4, 0.4]  # int8 gets those right ...
+    quant[[3, 4, 5, 53, 54, 55]] = [0.4, 0.4, 0.4, 0.6, 0.6, 0.6]  # ... and as many others wrong
+    gate = Gate(None, y, float_probs, 0.5, "sigmoid", 0, 0.01, 0.01, "test")
+    report = gate.check(quant[:, None], "post-training quantization")
+    assert report["recall_drop"] == 0 and report["accuracy_drop"] == 0
+    assert report["decision_agreement"] == pytest.approx(0.88)
+    assert not report["passed"]
+    with pytest.raises(ModelError, match="agreement 0.8800 \\(min 0.98\\)"):
+        gate.fail("tflite-int8", report)
+    assert Gate(None, y, float_probs, 0.5, "sigmoid", 0, 0.01, 0.01, "test", min_agreement=0.85).check(
+        quant[:, None], "ptq")["passed"]
+
+
+def test_qat_of_a_hard_swish_model_is_a_clear_error():
+    """MobileNetV3's hard-swish is a TFOpLambda that tfmot cannot clone: a ConfigError, not a traceback."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tf_keras as keras
+
+    from edgecxr.export.optimize import qat
+
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(2, 3)(inp)
+    x = x * keras.layers.ReLU(6.0)(x + 3.0) / 6.0
+    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(x)))
+    with pytest.raises(ConfigError, match="cannot quantize this model"):
+        qat(model, None, np.zeros((2, 8, 8, 1), np.float32), np.array([0, 1]), 1, pruned=False)
