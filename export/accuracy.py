@@ -67,10 +67,11 @@ class Gate:
 
     # -- NNCF accuracy control (OpenVINO and ONNX) --------------------------------
     def nncf_metric(self, raw_fn):
-        """validation_fn for NNCF: min of the remaining recall/accuracy margins on the given items.
+        """validation_fn for NNCF: min of the remaining recall/accuracy/agreement margins on the given items.
 
-        Each item carries the float probability, so the metric is self-contained on any subset:
-        the float model scores 1 + min(max drops) (the 1 keeps NNCF's relative drop finite), and a drop within max_drop means both margins >= 0.
+        Each item carries the float probability, so the metric is self-contained on any subset: the float
+        model scores 1 + nncf_max_drop (the 1 keeps NNCF's relative drop finite), and a drop within
+        nncf_max_drop means every margin >= 0.
         """
 
         def validate(model, items):
@@ -86,6 +87,9 @@ class Gate:
                                    _agreement(probs, pf, self.threshold) - self.min_agreement))
 
         return validate
+
+    def nncf_max_drop(self) -> float:
+        return min(self.max_recall_drop, self.max_accuracy_drop, 1.0 - self.min_agreement)
 
     def nncf_items(self):
         return [(self.x[i:i + 1].astype(np.float32), int(self.y[i]), float(self.float_probs[i])) for i in range(len(self.y))]
@@ -103,7 +107,7 @@ def nncf_accuracy_control(model, gate: Gate, calib_x: np.ndarray, raw_fn, input_
     val = nncf.Dataset(gate.nncf_items(), lambda item: wrap(item[0]))
     return nncf.quantize_with_accuracy_control(
         model, calibration_dataset=calib, validation_dataset=val, validation_fn=gate.nncf_metric(raw_fn),
-        max_drop=min(gate.max_recall_drop, gate.max_accuracy_drop), drop_type=nncf.DropType.ABSOLUTE,
+        max_drop=gate.nncf_max_drop(), drop_type=nncf.DropType.ABSOLUTE,
         subset_size=len(calib_x))
 
 

@@ -350,3 +350,20 @@ def test_qat_of_a_hard_swish_model_is_a_clear_error():
     model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(x)))
     with pytest.raises(ConfigError, match="cannot quantize this model"):
         qat(model, None, np.zeros((2, 8, 8, 1), np.float32), np.array([0, 1]), 1, pruned=False)
+
+
+def test_nncf_metric_counts_agreement():
+    """NNCF accepts a model when its score is within nncf_max_drop of the float model's: exactly when all margins hold."""
+    from edgecxr.export.accuracy import Gate
+
+    y = np.array([1] * 50 + [0] * 50)
+    float_probs = np.where(y == 1, 0.9, 0.1)
+    flipped = float_probs.copy()
+    flipped[[0, 50]] = [0.1, 0.9]  # one new FN, one new FP: agreement 0.98, recall drop 0.02
+    gate = Gate(np.arange(100, dtype=np.float32)[:, None], y, float_probs, 0.5, "sigmoid", 0, 0.05, 0.05, "test",
+                min_agreement=0.99)
+    validate = gate.nncf_metric(lambda probs, x: probs[x[:, 0].astype(int)][:, None])
+    items = gate.nncf_items()
+    assert gate.nncf_max_drop() == pytest.approx(0.01)
+    assert validate(float_probs, items) == pytest.approx(1.0 + gate.nncf_max_drop())
+    assert validate(flipped, items) == pytest.approx(1.0 + 0.98 - 0.99)  # below 1: the agreement margin is short
