@@ -170,6 +170,10 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
             written.append(final)
             acc = result["accuracy_control"]
             extra = f", validation recall drop {acc['recall_drop']:+.4f} accuracy drop {acc['accuracy_drop']:+.4f} ({acc['method']})" if acc else ""
+            missed = [t for t in (acc or {}).get("tried", []) if t["method"] != acc["method"]]
+            if missed:  # e.g. --qat asked for, but the QAT model missed the gate and post-training int8 met it
+                extra += "; missed the gate first: " + ", ".join(
+                    f"{t['method']} (recall drop {t['recall_drop']:+.4f}, agreement {t['decision_agreement']:.4f})" for t in missed)
             _say(f"    {final}  {size / 1024:.1f} KiB (gzip {opt['size']['gzip_bytes'] / 1024:.1f} KiB), {time.time() - t0:.1f} s{extra}")
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
     return written
