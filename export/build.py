@@ -39,6 +39,10 @@ def build(target, ctx: Context, folder: Path) -> dict:
     return _openvino(target, ctx, path)
 
 
+def _tried_entry(report: dict) -> dict:
+    return {k: report[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")}
+
+
 def _tflite(target, ctx, path):
     if target.precision != "int8":
         path.write_bytes(tflite.convert(ctx.source, target.precision))
@@ -48,7 +52,7 @@ def _tflite(target, ctx, path):
 
     def attempt(model, method, qat=False):
         report = ctx.gate.check(run(model), method)
-        tried.append({k: report[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")})
+        tried.append(_tried_entry(report))
         return {"model": model, "report": report, "qat": qat}
 
     def qat_attempt(source, method):
@@ -61,7 +65,7 @@ def _tflite(target, ctx, path):
     if not best["report"]["passed"]:
         model, report = accuracy.tflite_recover(ctx.source, ctx.gate, ctx.calib_x, run)
         if report is not None:
-            tried.append({k: report[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")})
+            tried.append(_tried_entry(report))
             if model is not None:
                 best = {"model": model, "report": report, "qat": False}
     if not best["report"]["passed"] and ctx.qat_source is None and ctx.qat_fallback is not None:
