@@ -114,6 +114,8 @@ STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadab
 @click.option("--augment", default="standard", show_default=True, help="standard | no-flip | strong | none")
 @click.option("--intensity", default=0.0, show_default=True, help="Brightness/contrast/gamma jitter strength.")
 @click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
+@click.option("--mixup", default=0.0, show_default=True, help="mixup Beta parameter (e.g. 0.2); 0 = off.")
+@click.option("--label-smoothing", default=0.0, show_default=True, help="Label smoothing of the loss (e.g. 0.1).")
 @click.option("--class-weights/--no-class-weights", default=True, show_default=True)
 @click.option("--weights", default="none", show_default=True, help="none | imagenet | PATH to a weights file.")
 @click.option("--alpha", type=float, help="Width multiplier of MobileNet models.")

@@ -337,6 +337,26 @@ def test_gate_refuses_int8_that_flips_decisions_even_when_recall_and_accuracy_ho
         quant[:, None], "ptq")["passed"]
 
 
+
+def test_gate_error_names_every_other_attempt_once():
+    from edgecxr.export.accuracy import Gate
+
+    y = np.array([1] * 50 + [0] * 50)
+    gate = Gate(None, y, np.where(y == 1, 0.9, 0.1), 0.5, "sigmoid", 0, 0.01, 0.01, "test")
+    bad = np.where(y == 1, 0.9, 0.1)
+    bad[:10] = 0.2
+    ptq = gate.check(bad[:, None], "post-training quantization")
+    bad[:5] = 0.9
+    kept = gate.check(bad[:, None], "worst layers kept float")
+    entry = lambda r: {k: r[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")}  # noqa: E731
+    ptq["tried"] = [entry(ptq), entry(kept)]  # the recovery was tried last but the first attempt is reported
+    with pytest.raises(ModelError) as err:
+        gate.fail("tflite-int8", ptq)
+    message = str(err.value)
+    assert "after post-training quantization" in message
+    assert "also tried worst layers kept float: recall drop 0.1000" in message
+    assert message.count("post-training quantization") == 1
+
 def test_qat_of_a_hard_swish_model_is_a_clear_error():
     """MobileNetV3's hard-swish is a TFOpLambda that tfmot cannot clone: a ConfigError, not a traceback."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -49,6 +49,8 @@ class TrainConfig:
     classes: tuple = D.DEFAULT_CLASSES
     alpha: float | None = None
     swa: int = 0  # average the weights of the last N epochs, then re-estimate BatchNorm statistics
+    mixup: float = 0.0  # Beta(a, a) mixing of image pairs and their labels; 0 = off
+    label_smoothing: float = 0.0
     strict: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -61,6 +63,10 @@ class TrainConfig:
             raise ConfigError("epochs and batch size must be at least 1")
         if self.target_recall is not None and not 0 < self.target_recall <= 1:
             raise ConfigError(f"--target-recall {self.target_recall} must be a recall between 0 and 1, e.g. 0.95")
+        if self.mixup < 0:
+            raise ConfigError(f"--mixup {self.mixup} must be 0 (off) or a positive Beta parameter, e.g. 0.2")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 0.5), e.g. 0.1")
         if not 0 <= self.swa <= self.epochs:
             raise ConfigError(f"--swa {self.swa} must be between 0 and --epochs ({self.epochs})")
 
@@ -82,8 +88,9 @@ def get_strategy(tf):
 
 
 def make_dataset(tf, pixels, labels, spec: PreprocessSpec, batch_size: int, aug: Augment | None = None,
-                 shuffle: bool = False, seed: int = 0):
-    """uint8 pixels (N, H, W) -> batches of model inputs; the same scaling as PreprocessSpec.scale_pixels."""
+                 shuffle: bool = False, seed: int = 0, mixup: float = 0.0, weights: dict | None = None):
+    """uint8 pixels (N, H, W) -> batches of model inputs; the same scaling as PreprocessSpec.scale_pixels.
+    With `mixup`, batches carry mixed labels and per-image class weights: (x, y, w)."""
     ds = tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.float32)))
     if shuffle:
         ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
@@ -95,9 +102,23 @@ def make_dataset(tf, pixels, labels, spec: PreprocessSpec, batch_size: int, aug:
             x = augment_batch(tf, x, aug)
         x = x * np.float32(spec.scale) + np.float32(spec.offset)
         x = tf.repeat(x[..., None], spec.channels, axis=-1)
+        if mixup:
+            return _mix(tf, x, y, mixup, weights or {0: 1.0, 1: 1.0})
         return x, y
 
     return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _mix(tf, x, y, alpha: float, weights: dict):
+    """mixup (Zhang et al. 2018): blend each image with a shuffled partner, labels alike; the class weight
+    of a blended image is blended the same way (Keras class_weight only indexes hard labels)."""
+    n = tf.shape(x)[0]
+    a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+    lam = a / (a + b)  # Beta(alpha, alpha)
+    partner = tf.random.shuffle(tf.range(n))
+    x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * tf.gather(x, partner)
+    y = lam * y + (1 - lam) * tf.gather(y, partner)
+    return x, y, y * np.float32(weights[1]) + (1 - y) * np.float32(weights[0])
 
 
 def predict_probs(tf, model, pixels, spec, batch_size=64) -> np.ndarray:
@@ -133,9 +154,9 @@ def class_weights(labels) -> dict:
 
 def _compile(keras, model, cfg: TrainConfig, lr: float):
     if cfg.loss == "focal":
-        loss = keras.losses.BinaryFocalCrossentropy(gamma=2.0)
+        loss = keras.losses.BinaryFocalCrossentropy(gamma=2.0, label_smoothing=cfg.label_smoothing)
     else:
-        loss = keras.losses.BinaryCrossentropy()
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss,
                   metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy"),
                            keras.metrics.Recall(name="recall")])
@@ -177,7 +198,7 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights):
 
     def run(epochs, lr, extra=()):
         _compile(keras, model, cfg, lr)
-        h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights,
+        h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=None if cfg.mixup else weights,
                       callbacks=callbacks + list(extra), verbose=verbose)
         for k, v in h.history.items():
             history.setdefault(k, []).extend(float(x) for x in v)
@@ -220,12 +241,13 @@ def _train_one(tf, keras, cfg, spec, train, val):
     print(f"train: {len(y_train)} images ({int(y_train.sum())} positive), validation: {len(y_val)} "
           f"({int(y_val.sum())} positive), {len({s.patient for s in val})} patients", file=sys.stderr)
     aug = get_preset(cfg.augment, cfg.intensity)
-    train_ds = make_dataset(tf, x_train, y_train, spec, cfg.batch_size, aug, shuffle=True, seed=cfg.seed)
+    weights = class_weights(y_train) if cfg.class_weights else None
+    train_ds = make_dataset(tf, x_train, y_train, spec, cfg.batch_size, aug, shuffle=True, seed=cfg.seed,
+                            mixup=cfg.mixup, weights=weights)  # with mixup the dataset carries the weights
     val_ds = make_dataset(tf, x_val, y_val, spec, cfg.batch_size)
     options = {"alpha": cfg.alpha} if cfg.alpha is not None else {}
     with get_strategy(tf).scope():
         model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum, **options)
-    weights = class_weights(y_train) if cfg.class_weights else None
     history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights)
     if cfg.swa:
         recalibrate_bn(tf, keras, model, x_train, spec)
