@@ -35,8 +35,9 @@ def _command(config: dict) -> str:
         flags.append(f"--loss {config['loss']}")
     if config.get("size"):
         flags.append(f"--size {config['size']}")
-    if config.get("swa"):
-        flags.append(f"--swa {config['swa']}")
+    for key in ("swa", "mixup", "label_smoothing"):
+        if config.get(key):
+            flags.append(f"--{key.replace('_', '-')} {config[key]}")
     return "edgecxr train " + " ".join(flags) + f" --seed {config['seed']} --out RUN"
 
 

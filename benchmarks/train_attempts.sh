@@ -17,3 +17,8 @@ edgecxr train --arch mobilenet_v2 --data "$DATA" --augment standard --seed 1 --o
   --epochs 20 --patience 20 --intensity 0.2 --equalize --swa 5
 edgecxr train --arch mobilenet_v3_large --data "$DATA" --augment standard --seed 0 --out "$RUNS/h_mnv3l_224_int02_eq_swa5" \
   --epochs 15 --patience 15 --intensity 0.2 --equalize --swa 5
+# session 4: the loss and label options the issue names, on d's recipe
+d_recipe=(--arch mobilenet_v2 --data "$DATA" --augment standard --seed 0 --epochs 20 --patience 20 --intensity 0.2 --equalize --swa 5)
+edgecxr train "${d_recipe[@]}" --out "$RUNS/i_mnv2_224_int02_eq_swa5_focal" --loss focal
+edgecxr train "${d_recipe[@]}" --out "$RUNS/j_mnv2_224_int02_eq_swa5_mixup02" --mixup 0.2
+edgecxr train "${d_recipe[@]}" --out "$RUNS/k_mnv2_224_int02_eq_swa5_ls01" --label-smoothing 0.1
