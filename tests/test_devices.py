@@ -326,6 +326,31 @@ def test_parity_unmeetable_tolerance_exits_1(bundles, sample):
     assert r.exit_code == 1 and "FAIL agreement" in r.output and "PASS coverage" in r.output
 
 
+def test_small_sets_allow_one_flipped_decision_but_never_a_new_false_negative():
+    from edgecxr.devices.parity import Tolerances, compare
+
+    rels = [f"test/NORMAL/IM-{i:04d}-0001.jpeg" for i in range(20)] + \
+           [f"test/PNEUMONIA/person{i}_bacteria_{i}.jpeg" for i in range(20)]
+    y = [0] * 20 + [1] * 20
+    float_p = [0.1] * 20 + [0.9] * 20
+    new_fp = list(float_p)
+    new_fp[0] = 0.6
+    rep = compare(rels, y, float_p, new_fp, 0.5, n_boot=50)
+    assert rep["passed"] is True and rep["agreement"] == pytest.approx(0.975)
+    assert "allowed 0.025 = one decision of 40" in rep["checks"][1]["message"]
+    two_fp = list(new_fp)
+    two_fp[1] = 0.6
+    assert compare(rels, y, float_p, two_fp, 0.5, n_boot=50)["passed"] is False
+    new_fn = list(float_p)
+    new_fn[20] = 0.4
+    rep = compare(rels, y, float_p, new_fn, 0.5, n_boot=50)
+    assert rep["passed"] is False and not rep["checks"][0]["passed"]  # recall keeps its limit
+    strict = Tolerances(max_accuracy_drop=0.0, min_agreement=1.0)  # an explicit "no flips" is kept
+    assert compare(rels, y, float_p, new_fp, 0.5, strict, n_boot=50)["passed"] is False
+    big = compare(rels * 4, y * 4, float_p * 4, new_fp * 4, 0.5, n_boot=50)  # 160 images: 4 flips = 2.5 % fails
+    assert big["passed"] is False and "one decision" not in big["checks"][1]["message"]
+
+
 def test_compare_subgroups_flips_and_statistics():
     from edgecxr.devices.parity import compare
 
