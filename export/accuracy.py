@@ -21,6 +21,13 @@ def _agreement(probs, float_probs, threshold) -> float:
     return float(np.mean((probs >= threshold) == (float_probs >= threshold)))
 
 
+def other_attempts(report: dict) -> list[dict]:
+    """The `tried` entries other than the attempt `report` describes (its method may carry a suffix)."""
+    keys = ("recall_drop", "accuracy_drop", "decision_agreement")
+    return [t for t in report.get("tried", [])
+            if not (report["method"].startswith(t["method"]) and all(t[k] == report[k] for k in keys))]
+
+
 @dataclass
 class Gate:
     x: np.ndarray  # validation inputs
@@ -56,11 +63,8 @@ class Gate:
         return report
 
     def fail(self, target: str, report: dict):
-        keys = ("recall_drop", "accuracy_drop", "decision_agreement")
-        others = [t for t in report.get("tried", [])  # the failing attempt is spelled out below already
-                  if not (report["method"].startswith(t["method"]) and all(t[k] == report[k] for k in keys))]
         tried = "; ".join(f"{t['method']}: recall drop {t['recall_drop']:.4f}, accuracy drop {t['accuracy_drop']:.4f}, "
-                          f"agreement {t['decision_agreement']:.4f}" for t in others)
+                          f"agreement {t['decision_agreement']:.4f}" for t in other_attempts(report))
         raise ModelError(
             f"{target}: int8 misses the tolerance on validation after {report['method']}: recall drop "
             f"{report['recall_drop']:.4f} (max {self.max_recall_drop}), accuracy drop {report['accuracy_drop']:.4f} "

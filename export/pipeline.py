@@ -65,7 +65,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                  overrides=None, trust_model: bool = False, seed: int = 0) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified)."""
     from edgecxr.export import datasets as X
-    from edgecxr.export.accuracy import Gate
+    from edgecxr.export.accuracy import Gate, other_attempts
     from edgecxr.export.build import Context, build
     from edgecxr.export.loading import keras_source, load_source
     from edgecxr.export.optimize import gzip_size, prune as run_prune, qat as run_qat
@@ -170,7 +170,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
             written.append(final)
             acc = result["accuracy_control"]
             extra = f", validation recall drop {acc['recall_drop']:+.4f} accuracy drop {acc['accuracy_drop']:+.4f} ({acc['method']})" if acc else ""
-            missed = [t for t in (acc or {}).get("tried", []) if t["method"] != acc["method"]]
+            missed = other_attempts(acc) if acc else []
             if missed:  # e.g. --qat asked for, but the QAT model missed the gate and post-training int8 met it
                 extra += "; missed the gate first: " + ", ".join(
                     f"{t['method']} (recall drop {t['recall_drop']:+.4f}, agreement {t['decision_agreement']:.4f})" for t in missed)
