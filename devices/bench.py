@@ -196,6 +196,9 @@ def format_bench(r: dict) -> str:
         s = r["sustained"]
         lines.append(f"sustained    {s['seconds']:.0f} s, {s['calls']} calls: p50 {s['first_p50_ms']:.3f} -> {s['last_p50_ms']:.3f} ms "
                      f"({s['drift_pct']:+.1f}%){'  DRIFT: throttling?' if s['drifted'] else ''}")
+    cpu = r.get("host", {}).get("cpu")
+    if cpu:
+        lines.append(f"cpu          {cpu['model'] or cpu['machine']}, int8 path: {cpu['int8_path']}")
     if rt.get("note"):
         lines.append(f"note: {rt['note']}")
     return "\n".join(lines)

@@ -199,3 +199,33 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     if junit_file:
         parity_junit(junit_file, report)
     sys.exit(0 if report["passed"] else 1)
+
+
+@device.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Kermany-layout ROOT the bundles were exported with (default: the shipped sample).")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed calls per bundle that keeps parity.")
+@click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
+@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=float)
+@click.option("--min-agreement", default=0.98, show_default=True, type=float)
+@THREADS
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every row to this JSON file.")
+def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreement, threads, json_file):
+    """Rank BUNDLES (folders of bundles, or bundles) on this device: parity first, then latency.
+
+    Names the fastest bundle that keeps parity here; exit 1 when none does. Bundles whose runtime
+    is not installed are listed as skipped.
+    """
+    from edgecxr.atomic import write_json_atomic
+    from edgecxr.devices.bench import SAMPLE
+    from edgecxr.devices.choose import find_bundles, format_choice, rank
+    from edgecxr.devices.parity import Tolerances
+
+    _check_outputs(json=json_file)
+    found = find_bundles(bundles)
+    result = rank(found, data or SAMPLE, tolerances=Tolerances(max_recall_drop, max_accuracy_drop, min_agreement),
+                  runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True))
+    click.echo(format_choice(result))
+    if json_file:
+        write_json_atomic(json_file, result)
+    sys.exit(0 if result["choice"] else 1)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecxr import __version__, metrics
+from edgecxr.cpu import cpu_info, path_note
 from edgecxr.data import DEFAULT_CLASSES, files_hash, list_split, subgroup
 from edgecxr.errors import DataError
 
@@ -98,12 +99,7 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
             "new_false_negatives": sum(1 for f in flipped if f["subgroup"] == g and f["kind"] == "new_false_negative"),
         }
     recall_drop, acc_drop = f_m["recall"] - d_m["recall"], f_m["accuracy"] - d_m["accuracy"]
-    # On a small set one flipped decision is more than the 1-2 % limits: a limit finer than one decision
-    # (but not a demand for none) then allows one; a new false negative still fails the recall check.
-    one = 1 / len(y)
-    max_acc, min_agree = tolerances.max_accuracy_drop, tolerances.min_agreement
-    max_acc = one if 0 < max_acc < one else max_acc
-    min_agree = 1 - one if 1 - one < min_agree < 1 else min_agree
+    max_acc, min_agree = small_set_limits(len(y), tolerances.max_accuracy_drop, tolerances.min_agreement)
     small = f" = one decision of {len(y)}"
     checks = [
         _check("recall_drop", recall_drop, tolerances.max_recall_drop, recall_drop <= tolerances.max_recall_drop + 1e-12,
@@ -134,6 +130,15 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
         "checks": checks,
         "passed": all(c["passed"] for c in checks),
     }
+
+
+def small_set_limits(n: int, max_accuracy_drop: float, min_agreement: float) -> tuple[float, float]:
+    """On a small set one flipped decision is more than the 1-2 % limits: a limit finer than one decision
+    (but not a demand for none) then allows one; a new false negative still fails the recall check."""
+    one = 1 / max(n, 1)
+    max_acc = one if 0 < max_accuracy_drop < one else max_accuracy_drop
+    min_agree = 1 - one if 1 - one < min_agreement < 1 else min_agreement
+    return max_acc, min_agree
 
 
 def _check(name, value, limit, passed, message) -> dict:
@@ -196,6 +201,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
                    "infer_ms_mean": float(infer.mean()), "infer_ms_p50": float(np.median(infer))},
         "host": host_info(),
     })
+    report["cpu_path_note"] = path_note((clf.bundle.manifest.get("verified_on") or {}).get("cpu"), report["host"]["cpu"])
     if unknown:
         report["data"]["not_in_reference_examples"] = unknown[:5]
     return report
@@ -209,7 +215,7 @@ def _bundle_info(clf: Classifier) -> dict:
 
 def host_info() -> dict:
     info = {"edgecxr": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine(), "numpy": np.__version__}
+            "machine": platform.machine(), "numpy": np.__version__, "cpu": cpu_info()}
     try:
         import PIL
 
@@ -253,5 +259,8 @@ def format_report(r: dict, max_flips: int = 10) -> str:
         lines.append(f"note: compared {d['compared']} of the {d['reference_images']} reference images")
     for c in r["checks"]:
         lines.append(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
+    cpu = r.get("host", {}).get("cpu")
+    if cpu:
+        lines.append(r.get("cpu_path_note") or f"CPU path: {cpu['int8_path']} (the bundle does not record where it was verified)")
     lines.append("parity PASSED" if r["passed"] else "parity FAILED")
     return "\n".join(lines)

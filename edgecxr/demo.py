@@ -25,7 +25,7 @@ def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False)
     check_writable(out, overwrite=overwrite)
     model = default_model_path()
     out.mkdir(parents=True, exist_ok=True)
-    click.secho(f"1/3 float model {model.name} on {SAMPLE}/test (40 real X-rays)", bold=True, err=True)
+    click.secho(f"1/3 float model {model.name} on {SAMPLE}/test (100 real X-rays)", bold=True, err=True)
     from edgecxr.training.evaluate import evaluate, format_metrics
 
     click.echo(format_metrics(evaluate(model, SAMPLE, "test", out / "float", n_boot=300, overwrite=True)))
@@ -33,7 +33,7 @@ def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False)
     click.secho(f"2/3 export {target} (calibrated on {SAMPLE}/train)", bold=True, err=True)
     from edgecxr.export import export_model
 
-    [bundle] = export_model(model, [target], SAMPLE, out / "bundles", calib_count=24, overwrite=True)
+    [bundle] = export_model(model, [target], SAMPLE, out / "bundles", calib_count=96, overwrite=True)
 
     click.secho(f"3/3 device parity of {bundle} (no TensorFlow in the device runtime)", bold=True, err=True)
     from edgecxr.devices import Classifier

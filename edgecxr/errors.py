@@ -19,6 +19,15 @@ class ModelError(EdgecxrError):
     """A model that cannot be loaded or has the wrong inputs/outputs."""
 
 
+class ExportIncomplete(ModelError):
+    """Some export targets were refused (their gate failed); the others were written."""
+
+    def __init__(self, written, refused: dict):
+        self.written, self.refused = list(written), dict(refused)
+        super().__init__(f"{len(refused)} of {len(self.written) + len(refused)} target(s) refused "
+                         f"({', '.join(refused)}); {len(self.written)} written; see the summary above")
+
+
 class BundleError(EdgecxrError):
     """A bundle that is incomplete, tampered with or of an unknown version."""
 

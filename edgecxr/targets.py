@@ -28,10 +28,10 @@ TARGETS: dict[str, Target] = {
         Target("tflite-dynamic", "tflite", "dynamic", "model.tflite", False, "TFLite, int8 weights, float activations"),
         Target("tflite-int8", "tflite", "int8", "model.tflite", True, "TFLite, full integer (int8 in and out)"),
         Target("onnx-fp32", "onnx", "fp32", "model.onnx", False, "ONNX, float32"),
-        Target("onnx-int8", "onnx", "int8", "model.onnx", True, "ONNX Runtime static QDQ int8, per-channel"),
+        Target("onnx-int8", "onnx", "int8", "model.onnx", True, "ONNX Runtime static QDQ int8, per-channel, 7-bit weights (same on every CPU)"),
         Target("openvino-fp32", "openvino", "fp32", "model.xml", False, "OpenVINO IR, float32"),
         Target("openvino-fp16", "openvino", "fp16", "model.xml", False, "OpenVINO IR, float16 weights"),
-        Target("openvino-int8", "openvino", "int8", "model.xml", True, "OpenVINO IR, NNCF post-training int8"),
+        Target("openvino-int8", "openvino", "int8", "model.xml", True, "OpenVINO IR, NNCF post-training int8, overflow fix (same on every CPU)"),
     ]
 }
 

@@ -98,8 +98,12 @@ def machine_info() -> dict:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
+    from edgecxr.cpu import cpu_info
+
+    features = cpu_info()
     info = {"cpu": cpu, "cores": cores, "machine": platform.machine(), "os": platform.platform(),
-            "python": sys.version.split()[0], "hostname": platform.node()}
+            "python": sys.version.split()[0], "hostname": platform.node(),
+            "cpu_features": features["features"], "int8_path": features["int8_path"]}
     board = Path("/proc/device-tree/model")
     if board.is_file():
         info["board"] = board.read_bytes().rstrip(b"\0").decode(errors="replace")

@@ -48,7 +48,9 @@ def format_markdown(result: dict) -> str:
         f"- data: `{d['root']}`, {d['images']} test images" + (f" (--limit {d['limit']} subset)" if d["limit"] else "")
         + f", files sha256 {d['files_sha256'][:12]}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}"
-        + (f", {m['board']}" if m.get("board") else ""),
+        + (f", {m['board']}" if m.get("board") else "")
+        + (f"; int8 path {m['int8_path']} (latency and speed-ups hold for this CPU only: "
+           "`edgecxr device choose` ranks the targets on yours)" if m.get("int8_path") else ""),
         f"- threads {o['threads']}, {o['runs']} timed runs per target; created {result.get('created', '')}",
         f"- command: `{result['command']}`", "",
         format_table(result), "",

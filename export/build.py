@@ -70,7 +70,7 @@ def _tflite(target, ctx, path):
                 best = {"model": model, "report": report, "qat": False}
     if not best["report"]["passed"] and ctx.qat_source is None and ctx.qat_fallback is not None:
         try:
-            best = qat_attempt(ctx.qat_fallback(), "quantization-aware training (fallback)")
+            best = qat_attempt(ctx.qat_fallback("post-training int8 missed the gate"), "quantization-aware training (fallback)")
         except ConfigError as exc:
             best["report"]["method"] += f"; QAT fallback impossible ({str(exc)[:300]})"
     report = best["report"]

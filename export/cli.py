@@ -19,6 +19,8 @@ from edgecxr.targets import TARGETS
 @click.option("--calib-count", default=300, show_default=True, help="Calibration images from the train split.")
 @click.option("--prune", type=float, help="Target sparsity (e.g. 0.5): magnitude pruning + fine-tuning.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning for tflite-int8.")
+@click.option("--qat-fallback/--no-qat-fallback", default=True, show_default=True,
+              help="When post-training tflite-int8 misses the gate, try quantization-aware fine-tuning (minutes).")
 @click.option("--finetune-epochs", default=2, show_default=True, help="Fine-tuning epochs for --prune / --qat.")
 @click.option("--max-recall-drop", default=0.01, show_default=True, help="Largest int8 recall drop on validation.")
 @click.option("--max-accuracy-drop", default=0.01, show_default=True, help="Largest int8 accuracy drop on validation.")
@@ -45,7 +47,14 @@ def export(model, targets, data, out, classes, input_size, scale, offset, channe
     overrides = ModelOverrides(input_size=input_size, scale=scale, offset=offset,
                                channels=int(channels) if channels else None, output=output_kind,
                                positive_index=positive_index, threshold=threshold)
-    written = export_model(model or default_model_path(), targets, data, out, classes=parse_classes(classes),
-                           overrides=overrides, trust_model=trust_model, **options)
+    from edgecxr.errors import ExportIncomplete
+
+    try:
+        written = export_model(model or default_model_path(), targets, data, out, classes=parse_classes(classes),
+                               overrides=overrides, trust_model=trust_model, **options)
+    except ExportIncomplete as exc:
+        for path in exc.written:
+            click.echo(str(path))
+        raise
     for path in written:
         click.echo(str(path))

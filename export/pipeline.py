@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from edgecxr import data as D
 from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
+from edgecxr.cpu import cpu_info
 from edgecxr.bundle import finalize, load_bundle
-from edgecxr.errors import ConfigError, EdgecxrError
+from edgecxr.errors import ConfigError, EdgecxrError, ExportIncomplete, ModelError
 from edgecxr.targets import resolve_targets
 
 RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
@@ -62,13 +64,14 @@ def _reference(source, test, test_x, test_y):
 def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 300, prune: float | None = None,
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
                  max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
-                 overrides=None, trust_model: bool = False, seed: int = 0) -> list[Path]:
+                 overrides=None, trust_model: bool = False, seed: int = 0,
+                 qat_fallback: bool = True) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified)."""
     from edgecxr.export import datasets as X
-    from edgecxr.export.accuracy import Gate, other_attempts
-    from edgecxr.export.build import Context, build
+    from edgecxr.export.accuracy import Gate
+    from edgecxr.export.build import Context
     from edgecxr.export.loading import keras_source, load_source
-    from edgecxr.export.optimize import gzip_size, prune as run_prune, qat as run_qat
+    from edgecxr.export.optimize import prune as run_prune, qat as run_qat
 
     start = time.time()
     chosen = resolve_targets(list(targets) if not isinstance(targets, str) else [targets])
@@ -125,14 +128,22 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
         _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
              f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
     reference = _reference(source, test, test_x, test_y)
+    t_val = time.time()
     gate = Gate(val_x, val_y, val_probs(source), info.threshold, info.output, info.positive_index,
-                max_recall_drop, max_accuracy_drop, val_source, min_agreement)
+                max_recall_drop, max_accuracy_drop, val_source, min_agreement,
+                reference_float_probs=np.array([reference["probs"][s.rel] for s in test]))
+    if gate.too_small:
+        _say(f"warning: {gate.too_small}")
+    predict_s_per_image = (time.time() - t_val) / max(1, len(val_x))
 
-    def make_qat():
+    def make_qat(reason="--qat"):
         nonlocal fit_x, fit_y
+        # a training step costs about three forward passes; the estimate is rough on purpose
+        minutes = 3 * predict_s_per_image * len(train) * finetune_epochs / 60
+        _say(f"quantization-aware fine-tuning ({reason}): {finetune_epochs} epoch(s) on {len(train)} images, "
+             f"about {max(1, round(minutes))} min here" + ("; --no-qat-fallback skips it" if reason != "--qat" else ""))
         if fit_x is None:
             fit_x, fit_y, _ = X.load_inputs(train, spec, "loading train (fine-tuning)")
-        _say(f"quantization-aware fine-tuning, {finetune_epochs} epoch(s) on {len(fit_x)} images")
         model = run_qat(source.keras_model, source, fit_x, fit_y, finetune_epochs, pruned=bool(prune), seed=seed)
         return keras_source(model, source, "quantization-aware training")
 
@@ -140,43 +151,96 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     base = {"preprocess": spec.to_dict(), "labels": list(info.labels), "threshold": float(info.threshold),
             "source_model": {"path": str(Path(model_path).resolve()), "sha256": source.sha256,
                              "flavor": source.flavor, "threshold_method": info.threshold_method},
-            "versions": versions(), "reference": reference}
+            "versions": versions(), "reference": reference, "verified_on": {"cpu": cpu_info(), "versions": versions()}}
     calibration = {"count": len(calib), "split": "train", "files_sha256": D.files_hash(calib)} if calib else None
-    written = []
+    written, refused = [], {}
     with tempfile.TemporaryDirectory(prefix="edgecxr-export-") as work:
         ctx = Context(source, calib_x, gate, Path(work), qat_source=qat_source,
-                      qat_fallback=make_qat if source.keras_model is not None else None)
+                      qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None)
+        ctx.test = (test, test_x, test_y)
         for i, target in enumerate(chosen, 1):
-            t0 = time.time()
             _say(f"[{i}/{len(chosen)}] {target.name}: {target.description}")
-            final = out_dir / target.name
-            with atomic_dir(final, overwrite=overwrite) as tmp:
-                result = build(target, ctx, tmp)
-                runner_specs = _specs(target, tmp)
-                size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
-                opt = {"prune": None, "qat": result["qat"], "accuracy_control": result["accuracy_control"],
-                       "size": {"bytes": size, "gzip_bytes": sum(gzip_size(p) for p in tmp.iterdir() if p.is_file())}}
-                if prune_report is not None:
-                    opt["prune"] = {**prune_report, "gzip_bytes": opt["size"]["gzip_bytes"]}
-                    if result["qat"]:
-                        opt["prune"]["layers_after_qat"] = "sparsity preserved by the prune-preserving QAT scheme"
-                manifest = {"target": target.name, "runtime": RUNTIMES[target.family], "model_file": target.model_file,
-                            "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
-                                                                  "positive_index": int(info.positive_index)},
-                            **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
-                            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-                finalize(tmp, manifest)
-                load_bundle(tmp)
-            written.append(final)
-            acc = result["accuracy_control"]
-            extra = f", validation recall drop {acc['recall_drop']:+.4f} accuracy drop {acc['accuracy_drop']:+.4f} ({acc['method']})" if acc else ""
-            missed = other_attempts(acc) if acc else []
-            if missed:  # e.g. --qat asked for, but the QAT model missed the gate and post-training int8 met it
-                extra += "; missed the gate first: " + ", ".join(
-                    f"{t['method']} (recall drop {t['recall_drop']:+.4f}, agreement {t['decision_agreement']:.4f})" for t in missed)
-            _say(f"    {final}  {size / 1024:.1f} KiB (gzip {opt['size']['gzip_bytes'] / 1024:.1f} KiB), {time.time() - t0:.1f} s{extra}")
+            try:
+                written.append(_write_target(target, ctx, out_dir / target.name, overwrite, base, calibration,
+                                             prune_report, info))
+            except (ModelError, ConfigError) as exc:  # a refused target: the next one is still tried
+                if len(chosen) == 1:
+                    raise
+                refused[target.name] = str(exc)
+                _say(f"    refused: {exc}")
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
+    if refused:
+        _say(summary_table(written, refused))
+        raise ExportIncomplete(written, refused)
     return written
+
+
+def summary_table(written, refused: dict) -> str:
+    lines = ["summary:"] + [f"  {p.name:16s} written  {p}" for p in written]
+    lines += [f"  {name:16s} REFUSED  {reason[:400]}" for name, reason in refused.items()]
+    return "\n".join(lines)
+
+
+def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_report, info) -> Path:
+    from edgecxr.export.accuracy import other_attempts
+    from edgecxr.export.build import build
+    from edgecxr.export.optimize import gzip_size
+
+    t0 = time.time()
+    with atomic_dir(final, overwrite=overwrite) as tmp:
+        result = build(target, ctx, tmp)
+        export_parity = _export_parity(target, ctx, tmp, info)
+        runner_specs = _specs(target, tmp)
+        size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
+        opt = {"prune": None, "qat": result["qat"], "accuracy_control": result["accuracy_control"],
+               "export_parity": export_parity,
+               "size": {"bytes": size, "gzip_bytes": sum(gzip_size(p) for p in tmp.iterdir() if p.is_file())}}
+        if prune_report is not None:
+            opt["prune"] = {**prune_report, "gzip_bytes": opt["size"]["gzip_bytes"]}
+            if result["qat"]:
+                opt["prune"]["layers_after_qat"] = "sparsity preserved by the prune-preserving QAT scheme"
+        manifest = {"target": target.name, "runtime": RUNTIMES[target.family], "model_file": target.model_file,
+                    "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
+                                                          "positive_index": int(info.positive_index)},
+                    **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        finalize(tmp, manifest)
+        load_bundle(tmp)
+    acc = result["accuracy_control"]
+    extra = f", validation recall drop {acc['recall_drop']:+.4f} accuracy drop {acc['accuracy_drop']:+.4f} ({acc['method']})" if acc else ""
+    missed = other_attempts(acc) if acc else []
+    if missed:  # e.g. --qat asked for, but the QAT model missed the gate and post-training int8 met it
+        extra += "; missed the gate first: " + ", ".join(
+            f"{t['method']} (recall drop {t['recall_drop']:+.4f}, agreement {t['decision_agreement']:.4f})" for t in missed)
+    _say(f"    {final}  {size / 1024:.1f} KiB (gzip {opt['size']['gzip_bytes'] / 1024:.1f} KiB), {time.time() - t0:.1f} s{extra}")
+    return final
+
+
+def _export_parity(target, ctx, folder: Path, info) -> dict:
+    """Device parity's own check, run at export on the test images the bundle's reference holds.
+
+    The validation gate chooses; this only verifies, so a bundle that `edgecxr device parity` would fail
+    on this CPU is never written. A failure here refuses the target (no further attempt is tuned on test).
+    """
+    from edgecxr.devices.parity import Tolerances, compare
+    from edgecxr.export.datasets import to_prob
+    from edgecxr.export.runners import Runner
+
+    test, test_x, test_y = ctx.test
+    gate = ctx.gate
+    probs = to_prob(Runner(target.family, folder / target.model_file)(test_x), info.output, info.positive_index)
+    tol = Tolerances(gate.max_recall_drop, gate.max_accuracy_drop, gate.min_agreement)
+    rels = [s.rel for s in test]
+    report = compare(rels, test_y, gate.reference_float_probs, probs, info.threshold, tol, n_boot=200)
+    summary = {"split": "test", "n": report["n"], "agreement": report["agreement"], "passed": report["passed"],
+               "flipped_counts": report["flipped_counts"], "prob_abs_diff": report["prob_abs_diff"],
+               "checks": [{k: c[k] for k in ("name", "value", "limit", "passed")} for c in report["checks"]]}
+    if not report["passed"]:
+        failed = "; ".join(c["message"] for c in report["checks"] if not c["passed"])
+        raise ModelError(f"{target.name}: met the validation gate but fails device parity on the {report['n']} test "
+                         f"reference images on this machine ({failed}); not written: it would fail "
+                         "`edgecxr device parity`. Try more --calib-count images or another target")
+    return summary
 
 
 def _rechoose_threshold(source, val_y, val_probs, change: str):

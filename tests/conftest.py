@@ -31,6 +31,13 @@ def sample() -> Path:
     return SAMPLE
 
 
+# The tiny test model (32 px, 4-8 channels, 3 epochs) has many test images near its threshold and int8 noise
+# of a few percent: its int8 agreement is 0.98-0.995 depending on the target. Tests that export it to int8
+# check mechanics, not its quantization quality, so they use limits it meets with a clear margin on every CPU
+# (the int8 kernels are CPU-independent; see export/onnx.py, export/openvino.py).
+TINY_INT8_LIMITS = {"max_recall_drop": 0.03, "max_accuracy_drop": 0.03, "min_agreement": 0.95}
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, kermany) -> Path:
     """A tiny CNN trained for 3 epochs on the real training split (about 15 s on 2 cores).

@@ -171,7 +171,7 @@ def test_csv_manifest(tmp_path, sample):
         rows.append(f"{Path(sample, s.rel).as_posix()},{'PNEUMONIA' if s.label else 'NORMAL'},,test")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     got = D.list_split(tmp_path / "m.csv", "test")
-    assert len(got) == 40 and sum(s.label for s in got) == 20
+    assert len(got) == 100 and sum(s.label for s in got) == 50
     (tmp_path / "bad.csv").write_text("file,y\na.png,1\n")
     with pytest.raises(DataError, match="path,label"):
         D.list_split(tmp_path / "bad.csv")

@@ -12,6 +12,7 @@ from edgecxr.bundle import load_bundle, sha256_file
 from edgecxr.data import list_split
 from edgecxr.errors import ConfigError, DataError, EdgecxrError, ModelError
 from edgecxr.targets import TARGETS
+from conftest import TINY_INT8_LIMITS
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
@@ -37,7 +38,7 @@ def bundles(tiny_model, kermany, tmp_path_factory):
     from edgecxr.export import export_model
 
     out = tmp_path_factory.mktemp("bundles")
-    paths = export_model(tiny_model, ["all"], kermany, out, calib_count=CALIB)
+    paths = export_model(tiny_model, ["all"], kermany, out, calib_count=CALIB, **TINY_INT8_LIMITS)
     return {p.name: p for p in paths}
 
 

@@ -104,7 +104,7 @@ def test_evaluate_writes_metrics_and_plots(tiny_model, sample, tmp_path):
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "threshold", "n", "confusion", "ci"):
         assert key in saved
-    assert saved["n"] == 40 and saved["threshold"] == json.loads(tiny_model.with_suffix(".json").read_text())["threshold"]
+    assert saved["n"] == 100 and saved["threshold"] == json.loads(tiny_model.with_suffix(".json").read_text())["threshold"]
     assert saved["ci"]["accuracy"][0] <= saved["accuracy"] <= saved["ci"]["accuracy"][1]
     for png in ("roc.png", "pr.png", "confusion.png"):
         assert (tmp_path / "ev" / png).stat().st_size > 5000
@@ -153,7 +153,7 @@ def test_kfold_cross_validation(tmp_path, sample):
 
     train(TrainConfig(arch="tiny_cnn", data=str(sample), epochs=1, folds=2, batch_size=8, augment="none"), tmp_path / "cv")
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
-    assert len(cv["folds"]) == 2 and sum(f["n"] for f in cv["folds"]) == 32
+    assert len(cv["folds"]) == 2 and sum(f["n"] for f in cv["folds"]) == 128
     acc = [f["accuracy"] for f in cv["folds"]]
     assert cv["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(acc))
     assert cv["summary"]["accuracy"]["std"] == pytest.approx(np.std(acc))

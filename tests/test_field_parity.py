@@ -1,0 +1,157 @@
+"""Field parity: the CPU a result came from, int8 that decides the same on every CPU, an export gate that
+device parity keeps, `--target all` that finishes, and choosing the target on the device.
+
+Nothing here asserts an outcome that holds only on some instruction sets: CPU features are compared
+with the kernel's own list of the same CPU, and int8 arithmetic is checked for the property that makes
+it CPU-independent (no 16-bit pair sum can saturate), not for a probability measured on one machine.
+"""
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecxr.cpu import X86_BITS, cpu_info, int8_path, path_note
+from edgecxr.errors import ExportIncomplete, ModelError
+
+
+def test_cpu_features_agree_with_the_kernels_list():
+    info = cpu_info()
+    assert info["machine"] == platform.machine() and info["int8_path"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if info["source"] != "cpuid" or not cpuinfo.is_file():
+        pytest.skip(f"features read from {info['source']}")
+    flags = {w for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for w in line.split(":", 1)[1].split()}
+    # the kernel names these flags as we do; an emulator would show the host's here and its own CPUID to us
+    assert set(info["features"]) == {n for n in X86_BITS if n in flags}
+
+
+def test_int8_path_names_the_kernel_family():
+    assert int8_path("x86_64", ["avx2", "fma"]) == "x86 AVX2 without VNNI"
+    assert int8_path("x86_64", ["avx2", "avx512bw", "avx512_vnni"]) == "x86 AVX-512 VNNI"
+    assert int8_path("x86_64", ["avx2", "avx_vnni"]) == "x86 AVX-VNNI"
+    assert int8_path("aarch64", ["asimd"]) == "ARM NEON without dot product"
+    assert int8_path("aarch64", ["asimd", "asimddp", "i8mm"]) == "ARM i8mm"
+
+
+def test_parity_says_when_the_cpu_path_differs():
+    here = {"int8_path": "x86 AVX2 without VNNI"}
+    assert "not known in advance" in path_note({"int8_path": "x86 AVX-512 VNNI"}, here)
+    assert "the same as the exporting machine" in path_note(dict(here), here)
+    assert path_note(None, here) is None
+
+
+def test_predicted_agreement_counts_images_near_the_threshold():
+    from edgecxr.export.accuracy import predicted_agreement
+
+    rng = np.random.default_rng(0)
+    val_f = rng.uniform(0.05, 0.95, 500)
+    z = np.log(val_f / (1 - val_f)) + rng.normal(0, 0.1, 500)  # int8 noise of 0.1 in logit
+    val_q = 1 / (1 + np.exp(-z))
+    far = np.r_[np.full(50, 0.02), np.full(50, 0.98)]
+    assert predicted_agreement(val_q, val_f, far, 0.5)["lower"] == 1.0
+    at = predicted_agreement(val_q, val_f, np.full(100, 0.5), 0.5)  # on the threshold: about half move below it
+    assert 0.35 < at["expected"] < 0.65 and at["lower"] < at["expected"]
+    near = predicted_agreement(val_q, val_f, np.r_[np.full(90, 0.02), np.full(10, 0.49)], 0.5)
+    assert 0.90 < near["expected"] < 0.99 and 0 < near["expected_flips"] < 10  # 10 images within 0.04 logit
+
+
+def test_gate_refuses_int8_whose_noise_would_flip_the_test_images():
+    from edgecxr.export.accuracy import Gate
+
+    y = np.r_[np.zeros(300), np.ones(300)].astype(int)
+    rng = np.random.default_rng(1)
+    val_f = np.where(y == 1, rng.uniform(0.7, 0.99, 600), rng.uniform(0.01, 0.3, 600))
+    val_q = np.clip(val_f + rng.normal(0, 0.02, 600), 0, 1)  # no validation image is near 0.5: agreement 1.0
+    crowded = np.r_[np.full(40, 0.49), np.full(40, 0.51), rng.uniform(0.01, 0.99, 520)]  # test images on the threshold
+    gate = Gate(np.zeros((600, 1)), y, val_f, 0.5, "sigmoid", 0, 0.01, 0.01, "synthetic", 0.98,
+                reference_float_probs=crowded)
+    report = gate.check(val_q, "post-training quantization")
+    assert report["decision_agreement"] == 1.0
+    assert report["predicted_reference_agreement"] < 0.98 and not report["passed"]
+    with pytest.raises(ModelError, match="predicted test agreement"):
+        gate.fail("tflite-int8", report)
+
+
+def test_small_validation_split_is_said_in_the_report():
+    from edgecxr.export.accuracy import Gate
+
+    gate = Gate(np.zeros((4, 1)), np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]), 0.5, "sigmoid", 0,
+                0.01, 0.01, "tiny", 0.98)
+    report = gate.check(np.array([[0.1], [0.2], [0.8], [0.9]]), "ptq")
+    assert report["passed"] and "only 4 images" in report["small_validation"]
+
+
+def test_onnx_int8_weights_cannot_saturate_16_bit_pair_sums(tiny_model, sample, tmp_path):
+    """u8 activations x s8 weights: on x86 without VNNI two products are added in int16 with saturation.
+    7-bit weights keep 2 * 255 * 64 = 32640 below 32767, on every CPU: check the file, not one CPU's output."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgecxr.export import export_model
+
+    # the file's weights are checked here, not the tiny model's agreement: no limit can refuse it
+    [folder] = export_model(tiny_model, ["onnx-int8"], sample, tmp_path, calib_count=24, min_agreement=0.0,
+                            max_recall_drop=1.0, max_accuracy_drop=1.0)
+    model = onnx.load(str(folder / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weights = [inits[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+               and inits[n.input[0]].ndim == 4]
+    assert weights, "no int8 conv weights found"
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["verified_on"]["cpu"]["int8_path"] == cpu_info()["int8_path"]
+    assert manifest["optimization"]["export_parity"]["passed"] is True
+
+
+def test_target_all_goes_on_past_a_refused_target(tiny_model, sample, tmp_path, monkeypatch):
+    from edgecxr.export import build as build_mod
+    from edgecxr.export import export_model
+
+    real = build_mod.build
+
+    def refuse_tflite(target, ctx, folder):
+        if target.name == "tflite-fp32":
+            raise ModelError("tflite-fp32: refused on purpose")
+        return real(target, ctx, folder)
+
+    monkeypatch.setattr(build_mod, "build", refuse_tflite)
+    with pytest.raises(ExportIncomplete) as caught:
+        export_model(tiny_model, ["tflite-fp32", "onnx-fp32"], sample, tmp_path, calib_count=24)
+    assert [p.name for p in caught.value.written] == ["onnx-fp32"]
+    assert list(caught.value.refused) == ["tflite-fp32"] and "on purpose" in caught.value.refused["tflite-fp32"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx-fp32"]  # nothing half-written
+
+
+def test_export_refuses_a_bundle_that_would_fail_device_parity(tiny_model, sample, tmp_path, monkeypatch):
+    """At export, device parity's own check runs on the reference test images: a model file whose answers
+    differ from the float model's is refused there, not written for the device to fail."""
+    from edgecxr.export import export_model
+    from edgecxr.export.runners import Runner
+
+    real = Runner.__call__
+    monkeypatch.setattr(Runner, "__call__", lambda self, x, batch_size=32: 1.0 - real(self, x, batch_size))
+    with pytest.raises(ModelError, match="would fail `edgecxr device parity`"):
+        export_model(tiny_model, ["tflite-fp32"], sample, tmp_path, calib_count=24)
+    assert not (tmp_path / "tflite-fp32").exists()
+
+
+def test_choose_ranks_passing_bundles_by_latency(tiny_model, sample, tmp_path):
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+    from edgecxr.export import export_model
+
+    export_model(tiny_model, ["tflite-fp32", "onnx-fp32"], sample, tmp_path / "b", calib_count=24)
+    (tmp_path / "b" / "not-a-bundle").mkdir()
+    r = CliRunner().invoke(main, ["device", "choose", str(tmp_path / "b"), "--data", str(sample), "--runs", "5",
+                                  "--json", str(tmp_path / "choice.json")])
+    assert r.exit_code == 0, r.output
+    assert "ship " in r.output and "keep parity on this CPU" in r.output
+    lines = [l for l in r.output.splitlines() if l.strip().startswith(("1 ", "2 "))]
+    assert len(lines) == 2
+    choice = json.loads((tmp_path / "choice.json").read_text())
+    assert choice["choice"]["p50_ms"] == min(row["p50_ms"] for row in choice["rows"])
+    assert choice["host"]["cpu"]["int8_path"] == cpu_info()["int8_path"]
