@@ -124,6 +124,8 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
         "mcnemar": metrics.mcnemar(y, fpred, dpred) | {"a": "float", "b": "device"},
         "bootstrap": paired_bootstrap(y, fpred, dpred, n_boot=n_boot),
         "flipped": flipped,
+        "cases": [{"file": r, "label": int(l), "float_prob": float(a), "device_prob": float(b)}
+                  for r, l, a, b in zip(rels, y, fprob, dprob)],  # every image: compare two devices' runs
         "flipped_counts": {k: sum(1 for f in flipped if f["kind"] == k) for k in FLIP_ORDER},
         "subgroups": subgroups,
         "tolerances": asdict(tolerances),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import click
+
 from edgecxr.errors import ConfigError
 from edgecxr.export import accuracy, onnx as onnx_x, openvino as ov_x, tflite
 from edgecxr.export.runners import Runner
@@ -39,6 +41,10 @@ def build(target, ctx: Context, folder: Path) -> dict:
     return _openvino(target, ctx, path)
 
 
+def _announce(target, step: str) -> None:
+    click.echo(f"    {target.name}: post-training int8 missed the gate; {step}", err=True)
+
+
 def _tried_entry(report: dict) -> dict:
     return {k: report[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")}
 
@@ -63,6 +69,7 @@ def _tflite(target, ctx, path):
     if best is None or not best["report"]["passed"]:
         best = attempt(tflite.convert(ctx.source, "int8", ctx.calib_x), "post-training quantization")
     if not best["report"]["passed"]:
+        _announce(target, "keeping the layers with the largest int8 error in float (up to 16 tries, seconds each)")
         model, report = accuracy.tflite_recover(ctx.source, ctx.gate, ctx.calib_x, run)
         if report is not None:
             tried.append(_tried_entry(report))
@@ -92,6 +99,7 @@ def _onnx(target, ctx, path):
         import onnx
 
         first = report
+        _announce(target, "NNCF accuracy control (reverts layers to float until the gate holds; a minute or more)")
 
         def raw(model, x):
             return Runner("onnx", model.SerializeToString() if hasattr(model, "SerializeToString") else model)(x)
@@ -115,6 +123,7 @@ def _openvino(target, ctx, path):
     report = ctx.gate.check(Runner("openvino", quantized)(ctx.gate.x), "NNCF post-training quantization")
     if not report["passed"]:
         first = report
+        _announce(target, "NNCF accuracy control (reverts layers to float until the gate holds; a minute or more)")
 
         def raw(compiled, x):
             return __import__("numpy").concatenate([compiled(x[i:i + 32])[compiled.outputs[0]] for i in range(0, len(x), 32)])
