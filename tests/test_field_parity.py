@@ -23,8 +23,11 @@ def test_cpu_features_agree_with_the_kernels_list():
     if info["source"] != "cpuid" or not cpuinfo.is_file():
         pytest.skip(f"features read from {info['source']}")
     flags = {w for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for w in line.split(":", 1)[1].split()}
-    # the kernel names these flags as we do; an emulator would show the host's here and its own CPUID to us
-    assert set(info["features"]) == {n for n in X86_BITS if n in flags}
+    # The kernel names these flags as we do (an emulator would show the host's here and its own CPUID to us).
+    # Basic ones match exactly; newer ones (amx, avx_vnni) an older kernel may not list though the CPU has them.
+    ours, listed = set(info["features"]), {n for n in X86_BITS if n in flags}
+    basic = {"sse4_2", "avx", "fma", "avx2"}
+    assert ours & basic == listed & basic and listed <= ours
 
 
 def test_int8_path_names_the_kernel_family():
