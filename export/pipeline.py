@@ -208,6 +208,8 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         load_bundle(tmp)
     acc = result["accuracy_control"]
     extra = f", validation recall drop {acc['recall_drop']:+.4f} accuracy drop {acc['accuracy_drop']:+.4f} ({acc['method']})" if acc else ""
+    if acc and acc.get("small_validation"):
+        extra += f" [validation of {acc['n']} images cannot measure the limits; export parity on the test images decided]"
     missed = other_attempts(acc) if acc else []
     if missed:  # e.g. --qat asked for, but the QAT model missed the gate and post-training int8 met it
         extra += "; missed the gate first: " + ", ".join(
