@@ -9,7 +9,7 @@
 #              model from DATA into a temporary folder)
 #     DATA     Kermany root the bundles come from (default: ../shared/data/kermany-cxr-224)
 #   env: QEMU_CPU (default EPYC-Rome), OUT (folder for the JSON results, default: a temporary one)
-# Needs qemu-user-static (installed with apt-get when missing and possible; skipped with a warning otherwise).
+# Needs qemu-user-static (installed with apt-get when missing; fails without it unless CPU_PATHS_OPTIONAL=1).
 # Emulation is about 100x slower than native (about 2 minutes per bundle): only the sample's images are used.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +25,10 @@ if ! command -v qemu-x86_64-static >/dev/null 2>&1; then
      && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null 2>&1; then
     echo "cpu_paths: installed qemu-user-static"
   else
-    echo "warning: qemu-user-static not available; the AVX2-only CPU check is skipped" >&2; exit 0
+    if [ "${CPU_PATHS_OPTIONAL:-0}" = 1 ]; then
+      echo "warning: qemu-user-static not available; the AVX2-only CPU check is skipped (CPU_PATHS_OPTIONAL=1)" >&2; exit 0
+    fi
+    echo "FAIL: qemu-user-static could not be installed; set CPU_PATHS_OPTIONAL=1 to skip this check" >&2; exit 1
   fi
 fi
 
@@ -38,6 +41,7 @@ if [ -z "$BUNDLES" ]; then
 fi
 
 SAMPLE="$REPO/edgecxr/sample"
+compgen -G "$BUNDLES/*/manifest.json" >/dev/null || { echo "FAIL: no bundle to check in $BUNDLES" >&2; exit 1; }
 status=0
 for b in "$BUNDLES"/*/; do
   b="${b%/}"; t="$(basename "$b")"

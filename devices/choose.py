@@ -23,7 +23,10 @@ def find_bundles(paths) -> list[Path]:
             raise DataError(f"{p}: not a bundle folder, a bundle .zip or a folder of bundles")
     if not found:
         raise DataError(f"no bundles (folders holding manifest.json) in {', '.join(map(str, paths))}")
-    return found
+    unique = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)  # the same bundle named twice is ranked once
+    return list(unique.values())
 
 
 def _model_mb(bundle) -> float:
@@ -54,9 +57,13 @@ def rank(bundles, data, *, tolerances, runs: int = 100, warmup: int = 10, thread
             if report["passed"]:
                 bench = run_bench(clf, data=data, warmup=warmup, runs=runs, cold=False)
                 row["p50_ms"], row["p90_ms"] = bench["latency_ms"]["p50"], bench["latency_ms"]["p90"]
-        except (BundleError, EdgecxrError) as exc:  # a runtime not installed here, a tampered bundle: skip, say why
-            row.update(parity=None, error=str(exc))
+        except DataError:
+            raise  # the data is the same for every bundle: one error, not a row each
+        except (BundleError, EdgecxrError, ImportError, OSError) as exc:  # no runtime here, a tampered bundle: skip it
+            row.update(parity=None, error=str(exc) if isinstance(exc, EdgecxrError) else f"{type(exc).__name__}: {exc}")
         rows.append(row)
+    if all(r.get("parity") is None for r in rows):
+        raise EdgecxrError("no bundle could be checked here: " + "; ".join(f"{r['target']}: {r['error'][:120]}" for r in rows))
     passing = sorted((r for r in rows if r.get("parity") and "p50_ms" in r), key=lambda r: r["p50_ms"])
     for i, r in enumerate(passing, 1):
         r["rank"] = i
@@ -75,13 +82,17 @@ def format_choice(result: dict) -> str:
             continue
         timed = f"{r['p50_ms']:7.2f} {r['p90_ms']:7.2f}" if "p50_ms" in r else f"{'-':>7s} {'-':>7s}"
         lines.append(f"{r.get('rank', '-')!s:>4s}  {r['target']:22s} {r['runtime']:22s} {r['size_mb']:6.2f} "
-                     f"{'pass' if r['parity'] else 'FAIL':>6s} {r['agreement']:6.3f} {r['new_fn']:6d} {timed}")
+                     f"{'pass' if r['parity'] else 'FAIL':>6s} {r['agreement']:6.3f} {r['new_fn']:6d} {timed}"
+                     + (f"  failed: {', '.join(r['failed'])}" if r.get("failed") else ""))
     c = result["choice"]
     if c is None:
         lines.append("no bundle keeps parity on this device: ship none of them here")
     else:
-        fp32 = [r for r in result["rows"] if r.get("p50_ms") and r["target"].endswith("fp32")]
+        fp32 = [r for r in result["rows"] if r.get("p50_ms") and r["target"].endswith("fp32") and r is not c]
         faster = f", {min(fp32, key=lambda r: r['p50_ms'])['p50_ms'] / c['p50_ms']:.1f}x the fastest fp32 bundle" if fp32 else ""
-        lines.append(f"ship {c['target']} here: the fastest of {sum(1 for r in result['rows'] if r.get('parity'))} "
-                     f"bundles that keep parity on this CPU (p50 {c['p50_ms']:.2f} ms{faster})")
+        passing = sum(1 for r in result["rows"] if r.get("parity"))
+        same_name = sum(1 for r in result["rows"] if r["target"] == c["target"]) > 1
+        where = f" ({c['bundle']})" if same_name else ""
+        lines.append(f"ship {c['target']}{where} here: the fastest of "
+                     f"{passing} bundle{'s' if passing != 1 else ''} that keep parity on this CPU (p50 {c['p50_ms']:.2f} ms{faster})")
     return "\n".join(lines)

@@ -208,9 +208,11 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
 @click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
 @click.option("--max-accuracy-drop", default=0.01, show_default=True, type=float)
 @click.option("--min-agreement", default=0.98, show_default=True, type=float)
+@click.option("--min-coverage", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of each bundle's reference images that must be compared (lower it for a subset such as the sample).")
 @THREADS
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every row to this JSON file.")
-def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreement, threads, json_file):
+def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, threads, json_file):
     """Rank BUNDLES (folders of bundles, or bundles) on this device: parity first, then latency.
 
     Names the fastest bundle that keeps parity here; exit 1 when none does. Bundles whose runtime
@@ -223,7 +225,7 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
 
     _check_outputs(json=json_file)
     found = find_bundles(bundles)
-    result = rank(found, data or SAMPLE, tolerances=Tolerances(max_recall_drop, max_accuracy_drop, min_agreement),
+    result = rank(found, data or SAMPLE, tolerances=Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage),
                   runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True))
     click.echo(format_choice(result))
     if json_file:

@@ -91,10 +91,11 @@ def int8_path(machine: str, features) -> str:
 def cpu_info() -> dict:
     """{"machine", "model", "features", "int8_path", "source"} of the CPU this process runs on."""
     machine = platform.machine()
+    native64 = ctypes.sizeof(ctypes.c_void_p) == 8  # a 32-bit process on a 64-bit kernel: wrong stub, wrong HWCAP bits
     try:
-        if machine in ("x86_64", "amd64", "AMD64"):
+        if machine in ("x86_64", "amd64", "AMD64") and native64:
             features, model, source = _x86()
-        elif machine in ("aarch64", "arm64") and platform.system() == "Linux":
+        elif machine in ("aarch64", "arm64") and platform.system() == "Linux" and native64:
             features, model, source = _arm()
         else:
             features, model, source = _proc_cpuinfo()
@@ -111,6 +112,6 @@ def path_note(exported: dict | None, here: dict) -> str | None:
     if not exported or not exported.get("int8_path"):
         return None
     if exported["int8_path"] == here["int8_path"]:
-        return f"CPU path: {here['int8_path']}, the same as the exporting machine's (verified there)"
+        return f"CPU path: {here['int8_path']}, the same as on the machine that exported the bundle"
     return (f"CPU path: {here['int8_path']} here, {exported['int8_path']} where the bundle was exported: "
-            "int8 kernels differ, so this result was not known in advance")
+            "the runtime's kernels differ, so this result was not known in advance")

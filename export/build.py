@@ -69,7 +69,7 @@ def _tflite(target, ctx, path):
     if best is None or not best["report"]["passed"]:
         best = attempt(tflite.convert(ctx.source, "int8", ctx.calib_x), "post-training quantization")
     if not best["report"]["passed"]:
-        _announce(target, "keeping the layers with the largest int8 error in float (up to 16 tries, seconds each)")
+        _announce(target, "keeping the layers with the largest int8 error in float (up to 5 tries, seconds each)")
         model, report = accuracy.tflite_recover(ctx.source, ctx.gate, ctx.calib_x, run)
         if report is not None:
             tried.append(_tried_entry(report))

@@ -40,7 +40,10 @@ def _say(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs):
+def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides=None):
+    threshold = getattr(overrides, "threshold", None)
+    if threshold is not None and not 0 < threshold < 1:
+        raise ConfigError(f"--threshold must be a probability strictly between 0 and 1, got {threshold}")
     if prune is not None and not 0 < prune < 1:
         raise ConfigError(f"--prune must be a sparsity between 0 and 1 (e.g. 0.5), got {prune}")
     if max_recall_drop < 0 or max_accuracy_drop < 0:
@@ -77,7 +80,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     chosen = resolve_targets(list(targets) if not isinstance(targets, str) else [targets])
     if not chosen:
         raise ConfigError("no target given; pass --target NAME (or --target all)")
-    _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs)
+    _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides)
     _check_extras(chosen, prune, qat)
     if qat and not any(t.family == "tflite" and t.int8 for t in chosen):
         _say("note: --qat applies to tflite-int8; the other int8 targets use post-training quantization")
@@ -163,11 +166,15 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
             try:
                 written.append(_write_target(target, ctx, out_dir / target.name, overwrite, base, calibration,
                                              prune_report, info))
-            except (ModelError, ConfigError) as exc:  # a refused target: the next one is still tried
+            except Exception as exc:  # a refused or failed target: the next one is still tried
                 if len(chosen) == 1:
                     raise
-                refused[target.name] = str(exc)
-                _say(f"    refused: {exc}")
+                reason = str(exc) if isinstance(exc, EdgecxrError) else f"{type(exc).__name__}: {exc}"
+                old = out_dir / target.name / "manifest.json"
+                if old.is_file():  # --overwrite did not replace it: say so, a stale bundle must not pass for new
+                    reason += f" (the earlier bundle at {old.parent} was kept as it was)"
+                refused[target.name] = reason
+                _say(f"    refused: {reason}")
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
     if refused:
         _say(summary_table(written, refused))

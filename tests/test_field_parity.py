@@ -41,7 +41,7 @@ def test_int8_path_names_the_kernel_family():
 def test_parity_says_when_the_cpu_path_differs():
     here = {"int8_path": "x86 AVX2 without VNNI"}
     assert "not known in advance" in path_note({"int8_path": "x86 AVX-512 VNNI"}, here)
-    assert "the same as the exporting machine" in path_note(dict(here), here)
+    assert "the same as on the machine that exported" in path_note(dict(here), here)
     assert path_note(None, here) is None
 
 
@@ -158,3 +158,44 @@ def test_choose_ranks_passing_bundles_by_latency(tiny_model, sample, tmp_path):
     choice = json.loads((tmp_path / "choice.json").read_text())
     assert choice["choice"]["p50_ms"] == min(row["p50_ms"] for row in choice["rows"])
     assert choice["host"]["cpu"]["int8_path"] == cpu_info()["int8_path"]
+
+
+def test_saturated_validation_predicts_nothing_instead_of_refusing():
+    """A confident model: nearly every validation image at 0 or 1, where int8 clips at the output grid.
+    Their logit differences are clipping, not noise; with too few others the prediction is skipped."""
+    from edgecxr.export.accuracy import Gate, predicted_agreement
+
+    y = np.r_[np.zeros(100), np.ones(100)].astype(int)
+    val_f = np.where(y == 1, 1 - 1e-7, 1e-7)
+    val_q = np.where(y == 1, 255 / 256, 1 / 256)
+    assert predicted_agreement(val_q, val_f, np.full(100, 0.3), 0.5) is None
+    gate = Gate(np.zeros((200, 1)), y, val_f, 0.5, "sigmoid", 0, 0.01, 0.01, "synthetic", 0.98,
+                reference_float_probs=np.full(100, 0.3))
+    report = gate.check(val_q, "ptq")
+    assert report["passed"] and "predicted_reference_agreement" not in report
+
+
+def test_an_exact_agreement_limit_is_measurable_on_any_split():
+    from edgecxr.export.accuracy import Gate
+
+    gate = Gate(np.zeros((523, 1)), np.zeros(523, int), np.full(523, 0.1), 0.5, "sigmoid", 0, 0.01, 0.01, "v", 1.0)
+    assert gate.too_small is None
+
+
+def test_threshold_outside_zero_one_is_refused(tiny_model, sample, tmp_path):
+    from edgecxr.errors import ConfigError
+    from edgecxr.export import ModelOverrides, export_model
+
+    for bad in (0.0, 1.0, 1.5, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="--threshold"):
+            export_model(tiny_model, ["tflite-fp32"], sample, tmp_path / "o", overrides=ModelOverrides(threshold=bad))
+    assert not (tmp_path / "o").exists()
+
+
+def test_choose_ranks_a_bundle_named_twice_once(tmp_path):
+    from edgecxr.devices.choose import find_bundles
+
+    b = tmp_path / "bundles" / "tflite-int8"
+    b.mkdir(parents=True)
+    (b / "manifest.json").write_text("{}")
+    assert find_bundles([tmp_path / "bundles", b, tmp_path / "bundles" / ".." / "bundles" / "tflite-int8"]) == [tmp_path / "bundles" / "tflite-int8"]
