@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecxr import metrics
+from edgecxr.devices.parity import small_set_limits
 from edgecxr.errors import ModelError
 from edgecxr.export.datasets import to_prob
 
@@ -89,8 +90,6 @@ class Gate:
             "max_recall_drop": self.max_recall_drop, "max_accuracy_drop": self.max_accuracy_drop,
             "decision_agreement": _agreement(probs, self.float_probs, self.threshold), "min_agreement": self.min_agreement,
         }
-        from edgecxr.devices.parity import small_set_limits
-
         max_acc, min_agree = small_set_limits(len(self.y), self.max_accuracy_drop, self.min_agreement)
         passed = (report["recall_drop"] <= self.max_recall_drop + 1e-9
                   and report["accuracy_drop"] <= max_acc + 1e-9

@@ -14,8 +14,9 @@ from edgecxr.export.runners import Runner
 class Context:
     """What every target of one export call shares: the source, data, gate and cached intermediates."""
 
-    def __init__(self, source, calib_x, gate, workdir: Path, qat_source=None, qat_fallback=None):
+    def __init__(self, source, calib_x, gate, workdir: Path, qat_source=None, qat_fallback=None, test=None):
         self.source, self.calib_x, self.gate, self.workdir = source, calib_x, gate, workdir
+        self.test = test  # (samples, inputs, labels) of the reference test split, for export parity
         self.qat_source = qat_source  # a SourceModel of the QAT model (tflite-int8 with --qat)
         self.qat_fallback = qat_fallback  # callable -> SourceModel of a QAT model (TFLite recovery)
         self._onnx = None

@@ -151,16 +151,17 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
         return keras_source(model, source, "quantization-aware training")
 
     qat_source = make_qat() if qat and any(t.family == "tflite" and t.int8 for t in chosen) else None
+    tool_versions = versions()
     base = {"preprocess": spec.to_dict(), "labels": list(info.labels), "threshold": float(info.threshold),
             "source_model": {"path": str(Path(model_path).resolve()), "sha256": source.sha256,
                              "flavor": source.flavor, "threshold_method": info.threshold_method},
-            "versions": versions(), "reference": reference, "verified_on": {"cpu": cpu_info(), "versions": versions()}}
+            "versions": tool_versions, "reference": reference, "verified_on": {"cpu": cpu_info(), "versions": tool_versions}}
     calibration = {"count": len(calib), "split": "train", "files_sha256": D.files_hash(calib)} if calib else None
     written, refused = [], {}
     with tempfile.TemporaryDirectory(prefix="edgecxr-export-") as work:
         ctx = Context(source, calib_x, gate, Path(work), qat_source=qat_source,
-                      qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None)
-        ctx.test = (test, test_x, test_y)
+                      qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None,
+                      test=(test, test_x, test_y))
         for i, target in enumerate(chosen, 1):
             _say(f"[{i}/{len(chosen)}] {target.name}: {target.description}")
             try:
