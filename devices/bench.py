@@ -22,6 +22,7 @@ from edgecxr.data import list_split
 from edgecxr.errors import DataError, EdgecxrError
 
 from edgecxr.devices.classifier import Classifier
+from edgecxr.devices.runtimes import runtime_notes
 
 SAMPLE = Path(__file__).resolve().parents[1] / "edgecxr" / "sample"
 if not SAMPLE.is_dir():  # installed (non-editable): the sample ships inside the edgecxr package
@@ -183,6 +184,7 @@ def format_bench(r: dict) -> str:
     rt, lat, bare = r["runtime"], r["latency_ms"], r["bare_invoke_ms"]
     lines = [f"bench {r['bundle']['target']} on {rt['name']} {rt['version']} ({rt['provider']}), threads {r['threads']}, "
              f"{r['images']['count']} real images",
+             *runtime_notes(rt),
              f"model call   p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  mean {lat['mean']:.3f} ± {lat['std']:.3f} ms",
              f"bare invoke  p50 {bare['p50']:.3f}  p90 {bare['p90']:.3f}  p99 {bare['p99']:.3f} ms  (runner overhead {r['overhead_pct']:+.1f}% at p50)",
              f"end to end   p50 {r['end_to_end_ms']['p50']:.3f}  p90 {r['end_to_end_ms']['p90']:.3f} ms  (read + decode + preprocess + call)",

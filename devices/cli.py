@@ -93,6 +93,7 @@ def run(bundle, paths, runtime, threads, device_name, as_json, as_csv, workers, 
     bad files found inside a folder are listed and the others still get results.
     """
     from edgecxr.devices.classifier import Failure
+    from edgecxr.devices.runtimes import runtime_notes
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
@@ -119,6 +120,8 @@ def run(bundle, paths, runtime, threads, device_name, as_json, as_csv, workers, 
         rt = clf.runtime
         click.echo(f"# {clf.bundle.manifest['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
                    f"threshold {clf.threshold:.4f}")
+        for line in runtime_notes(rt):
+            click.echo(line, err=True)
         width = max([len(str(r.source)) for r in good] + [4])
         click.echo(f"{'file':{width}s}  {'prob':>6s}  {'label':10s} {'ms':>7s}")
         for r in good:

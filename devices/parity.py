@@ -19,6 +19,7 @@ from edgecxr.data import DEFAULT_CLASSES, files_hash, list_split, subgroup
 from edgecxr.errors import DataError
 
 from edgecxr.devices.classifier import Classifier, Failure
+from edgecxr.devices.runtimes import runtime_notes
 
 COMPARED = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc")
 FLIP_ORDER = {"new_false_negative": 0, "new_false_positive": 1, "fixed_false_negative": 2, "fixed_false_positive": 3}
@@ -235,6 +236,7 @@ def format_report(r: dict, max_flips: int = 10) -> str:
     rt = r["runtime"]
     lines = [f"parity {r['bundle']['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
              f"{r['n']} images in {r['timing']['seconds']:.1f} s, threshold {r['threshold']:.4f}",
+             *runtime_notes(rt),
              f"{'metric':12s} {'float':>8s} {'device':>8s} {'delta':>8s}"]
     for k in COMPARED:
         lines.append(f"{k:12s} {r['float'][k]:8.4f} {r['device'][k]:8.4f} {r['delta'][k]:+8.4f}")

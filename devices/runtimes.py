@@ -76,6 +76,11 @@ class Session:
                 "threads": self.threads, "note": self.note}
 
 
+def runtime_notes(runtime: dict) -> list[str]:
+    """The one-line note a report prints under its runtime line (e.g. a delegate that was not applied)."""
+    return [f"note: {runtime['note']}"] if runtime.get("note") else []
+
+
 def _timed_loop(fn, runs: int) -> np.ndarray:
     out = np.empty(runs, np.float64)
     clock = time.perf_counter_ns
@@ -108,7 +113,10 @@ class TFLiteSession(Session):
         self._in, self._out = inp[0]["index"], out[0]["index"]
         self.input_dtype = np.dtype(inp[0]["dtype"])
         self.input_shape = tuple(int(v) for v in inp[0]["shape"])
-        self.runtime, self.version, self.provider, self.threads, self.note = runtime, version, provider, threads, note
+        self.runtime, self.version, self.threads, self.note = runtime, version, threads, note
+        self.provider, missing = _tflite_delegation(self.interpreter, provider)
+        if missing:
+            self.note = "; ".join(filter(None, [missing, note]))
 
     def run(self, x):
         self.interpreter.set_tensor(self._in, x)
@@ -118,6 +126,21 @@ class TFLiteSession(Session):
     def bare_loop(self, x, runs):
         self.interpreter.set_tensor(self._in, x)
         return _timed_loop(self.interpreter.invoke, runs)
+
+
+def _tflite_delegation(interpreter, expected: str) -> tuple[str, str]:
+    """The delegate that really took the graph, read from the interpreter's nodes (a DELEGATE node per
+    partition), and a one-line note when the expected one did not (e.g. a CPU LiteRT cannot identify)."""
+    try:
+        partitions = sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+    except Exception:  # a private API: an interpreter without it reports what was asked for
+        return expected, ""
+    if partitions:
+        return f"XNNPACK (CPU){f', {partitions} partitions' if partitions > 1 else ''}", ""
+    if "XNNPACK" not in expected:
+        return expected, ""
+    return "builtin CPU kernels", ("XNNPACK was not applied: the model runs on the interpreter's builtin kernels "
+                                   "(slower, and int8 results may differ from XNNPACK's)")
 
 
 def _open_litert(model_path, *, threads=None, device=None, precision=None):
@@ -190,6 +213,8 @@ class OrtSession(Session):
         self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape)
         self.runtime, self.version, self.threads = "onnxruntime", ort.__version__, threads
         self.provider = self.session.get_providers()[0]
+        if self.provider != providers[0]:  # ORT falls back to CPU when a GPU provider's libraries fail to load
+            self.note = f"{providers[0]} was not applied (libraries missing?); running on {self.provider}"
 
     def run(self, x):
         return self.session.run([self._out], {self._in: x})[0]
@@ -200,6 +225,21 @@ class OrtSession(Session):
 
 
 # -- OpenVINO -----------------------------------------------------------------
+def _openvino_provider(core, compiled, device: str) -> str:
+    """The device(s) and float precision the compiled model really uses, e.g. 'CPU (Intel Xeon ...), f32'."""
+    def prop(get, name, default):
+        try:
+            return get(name)
+        except Exception:  # a plugin without the property
+            return default
+    ran = prop(compiled.get_property, "EXECUTION_DEVICES", [device])
+    ran = ", ".join(ran) if isinstance(ran, (list, tuple)) else str(ran)
+    full = prop(lambda n: core.get_property(ran.split(",")[0].split(".")[0], n), "FULL_DEVICE_NAME", ran)
+    precision = prop(compiled.get_property, "INFERENCE_PRECISION_HINT", "")
+    precision = precision.to_string() if hasattr(precision, "to_string") else str(precision)
+    return f"{ran} ({full})" + (f", {precision}" if precision else "")
+
+
 class OpenVinoSession(Session):
     def __init__(self, model_path: Path, *, threads=None, device=None, precision=None):
         import openvino as ov
@@ -226,12 +266,8 @@ class OpenVinoSession(Session):
         self.input_dtype = np.dtype(self._port.get_element_type().to_dtype())
         shape = self._port.get_partial_shape()
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
-        try:
-            full = core.get_property(device, "FULL_DEVICE_NAME")
-        except Exception:
-            full = device
         self.runtime, self.version, self.threads = "openvino", ov.__version__.split("-")[0], threads
-        self.provider = f"{device} ({full})"
+        self.provider = _openvino_provider(core, compiled, device)
 
     def run(self, x):
         return self.request.infer({0: x})[self._out]

@@ -104,7 +104,7 @@ class Service:
         manifest = classifier.bundle.manifest
         runtime = dict(classifier.runtime)
         self.model = {"model_sha256": manifest["sha256"], "target": manifest["target"],
-                      "runtime": {k: runtime.get(k) for k in ("name", "version", "provider", "threads")}}
+                      "runtime": {k: runtime.get(k) for k in ("name", "version", "provider", "threads", "note")}}
 
     # -- runs in the pool --------------------------------------------------------------
     def classify(self, data: bytes, name: str) -> dict:

@@ -86,6 +86,27 @@ def test_classifier_matches_reference_on_real_images(bundles, sample):
     assert clf.runtime["name"] == "litert"
 
 
+def test_provider_is_the_delegate_that_really_ran(bundles):
+    """The report names XNNPACK only when the interpreter really holds an XNNPACK partition; without it
+    (LiteRT on a CPU it cannot identify, as under qemu) it says so in one line instead."""
+    import functools
+
+    from ai_edge_litert import interpreter as litert
+
+    from edgecxr.devices.runtimes import TFLiteSession, runtime_notes
+
+    model = bundles["tflite-int8"] / "model.tflite"
+    with_xnnpack = TFLiteSession(litert.Interpreter, model, runtime="litert", version="x",
+                                 provider="XNNPACK (CPU)", threads=1)
+    assert with_xnnpack.provider == "XNNPACK (CPU)" and runtime_notes(with_xnnpack.describe()) == []
+    builtin_only = functools.partial(
+        litert.Interpreter, experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    without = TFLiteSession(builtin_only, model, runtime="litert", version="x", provider="XNNPACK (CPU)", threads=1)
+    assert without.provider == "builtin CPU kernels"
+    [note] = runtime_notes(without.describe())
+    assert note.startswith("note: XNNPACK was not applied")
+
+
 def test_predict_accepts_bytes_pil_and_arrays(bundles, sample):
     from PIL import Image
 
