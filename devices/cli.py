@@ -18,15 +18,18 @@ DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU
 BUNDLE = click.argument("bundle", type=click.Path(path_type=Path))
 
 
-def _check_outputs(**outputs) -> None:
+def _check_outputs(inputs=(), **outputs) -> None:
     """Refuse output files that cannot be written before the long work starts.
 
-    outputs: option name -> path or None. Cheap checks only: the target is not a folder and its
-    nearest existing parent is a writable folder (the atomic writers create missing parents).
+    outputs: option name -> path or None. Cheap checks only: the target overlaps no input, is not a
+    folder and its nearest existing parent is a writable folder (the atomic writers create missing parents).
     """
+    from edgecxr.atomic import refuse_overlap
+
     given = {opt: Path(p) for opt, p in outputs.items() if p is not None}
     for opt, path in given.items():
         flag = "--" + opt.replace("_", "-")
+        refuse_overlap(path, inputs, flag)
         if path.is_dir():
             raise ConfigError(f"{flag} {path}: is a folder; pass a file path")
         parent = next((d for d in (path.parent, *path.parent.parents) if d.exists()), Path("."))
@@ -149,7 +152,7 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
     from edgecxr.atomic import write_json_atomic
     from edgecxr.devices.bench import format_bench, run_bench
 
-    _check_outputs(json=json_file)
+    _check_outputs((bundle, data), json=json_file)
     clf = _load(bundle, runtime, threads, device_name)
     result = run_bench(clf, data=data, split=split, warmup=warmup, runs=runs, duration=duration, cold=cold_start)
     click.echo(format_bench(result))
@@ -188,7 +191,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     from edgecxr.devices.junit import parity_junit
     from edgecxr.devices.parity import Tolerances, format_report, run_parity
 
-    _check_outputs(json=json_file, junit=junit_file)
+    _check_outputs((bundle, data), json=json_file, junit=junit_file)
     tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     clf = _load(bundle, runtime, threads, device_name)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
@@ -223,7 +226,7 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     from edgecxr.devices.choose import find_bundles, format_choice, rank
     from edgecxr.devices.parity import Tolerances
 
-    _check_outputs(json=json_file)
+    _check_outputs((*bundles, data), json=json_file)
     found = find_bundles(bundles)
     result = rank(found, data or SAMPLE, tolerances=Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage),
                   runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True))

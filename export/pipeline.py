@@ -87,7 +87,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     out_dir = Path(out_dir)
     _check_out(out_dir)
     for t in chosen:
-        check_writable(out_dir / t.name, overwrite=overwrite)
+        check_writable(out_dir / t.name, overwrite=overwrite, inputs=(model_path, data_root))
     # Data first: bad folders fail in a second, before TensorFlow starts.
     test = D.list_split(data_root, "test", classes)
     train, val, val_source = X.train_val(data_root, classes, Path(model_path), seed=seed)

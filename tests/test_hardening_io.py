@@ -1,0 +1,103 @@
+"""Issue 12, input/output hardening: no input deleted by --overwrite, atomic exchange, the service under
+idle connections, authentication and Host checks, signed bundles. Serve tests are loopback-only and bounded."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgecxr import atomic
+from edgecxr.atomic import atomic_dir, check_writable
+from edgecxr.cli import main
+from edgecxr.errors import EdgecxrError
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = getattr(atomic, "MARKER", ".edgecxr-output")
+
+
+def _cli(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    return r, r.stderr.strip().splitlines()
+
+
+def _tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def data(tmp_path, sample) -> Path:
+    d = tmp_path / "data"
+    shutil.copytree(sample, d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory, tiny_model, kermany) -> Path:
+    from test_reliability import exported_bundle
+
+    return exported_bundle(tmp_path_factory, tiny_model, kermany)
+
+
+# -- 1. outputs never overlap inputs; --overwrite replaces only what edgecxr wrote --------------------------
+def test_output_overlapping_an_input_is_refused(tmp_path, data):
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    for out in (data, data / "test", data / "new", link, tmp_path):  # equal, inside, inside, via a symlink, contains
+        with pytest.raises(EdgecxrError, match="the input"):
+            check_writable(out, overwrite=True, inputs=(data,))
+
+
+def test_evaluate_refuses_out_equal_to_or_inside_the_data_or_the_model_folder(tmp_path, data):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"not a model")
+    (run / MARKER).write_text("")  # even an edgecxr output is refused when it holds an input
+    before = _tree(data)
+    for out in (data, data / "test", run):
+        r, lines = _cli("evaluate", "--model", run / "model.keras", "--data", data, "--out", out, "--overwrite")
+        assert r.exit_code == 2 and len(lines) == 1 and "the input" in lines[0], r.output
+    assert _tree(data) == before and (run / "model.keras").read_bytes() == b"not a model"
+
+
+def test_overwrite_replaces_only_what_edgecxr_wrote(tmp_path):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("mine")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    for final in (plain, mine):
+        with pytest.raises(EdgecxrError, match="not an edgecxr output"):
+            with atomic_dir(final, overwrite=True) as tmp:
+                (tmp / "metrics.json").write_text("{}")
+    assert plain.read_text() == "mine" and (mine / "thesis.tex").read_text() == "years of work"
+    ours = tmp_path / "ours"
+    for n in range(2):  # written, then replaced: the marker says it is ours
+        with atomic_dir(ours, overwrite=True) as tmp:
+            (tmp / "metrics.json").write_text(str(n))
+    assert (ours / "metrics.json").read_text() == "1" and (ours / MARKER).is_file()
+
+
+def test_bundle_folder_is_an_edgecxr_output(tmp_path, bundle_dir):
+    old = tmp_path / "old-bundle"
+    shutil.copytree(bundle_dir, old)
+    (old / MARKER).unlink(missing_ok=True)  # bundles written before the marker: their manifest identifies them
+    check_writable(old, overwrite=True)
+
+
+def test_device_json_inside_the_bundle_is_refused(tmp_path, bundle_dir, sample):
+    b = tmp_path / "b"
+    shutil.copytree(bundle_dir, b)
+    before = _tree(b)
+    for args in (["parity", b, "--data", sample, "--json", b / "manifest.json"],
+                 ["parity", b, "--data", sample, "--junit", sample / "parity.xml"],
+                 ["bench", b, "--json", b, "--runs", "1"]):
+        r, lines = _cli("device", *args)
+        assert r.exit_code == 2 and len(lines) == 1 and "the input" in lines[0], r.output
+    assert _tree(b) == before
