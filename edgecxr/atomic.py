@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -123,15 +126,44 @@ def atomic_dir(final: Path, *, overwrite: bool = False):
     replace_dir(tmp, final)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the OS has no such call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 (musl before 1.2.3, ...)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # old kernel or a file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def replace_dir(new: Path, final: Path) -> None:
-    """Rename `new` to `final`; an existing `final` is swapped out, then deleted."""
-    old = None
-    if final.exists():
+    """Rename `new` to `final`; an existing `final` is exchanged with it atomically where the OS can, then deleted.
+
+    Elsewhere it is renamed aside first; a writer killed between the two renames leaves it as
+    `.FINAL.old-PID`, which `clean_stale` (run by every later writer) puts back.
+    """
+    if final.exists() or final.is_symlink():
+        if _exchange(new, final):  # `final` holds the new result, `new` the previous one: at no moment is it missing
+            _remove(new)
+            return
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         os.rename(final, old)
-    os.rename(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        os.rename(new, final)
+        _remove(old)
+    else:
+        os.rename(new, final)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

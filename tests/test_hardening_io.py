@@ -101,3 +101,88 @@ def test_device_json_inside_the_bundle_is_refused(tmp_path, bundle_dir, sample):
         r, lines = _cli("device", *args)
         assert r.exit_code == 2 and len(lines) == 1 and "the input" in lines[0], r.output
     assert _tree(b) == before
+
+
+# -- 2. the replace never leaves the final path empty; SIGTERM cleans up ------------------------------------
+class Killed(BaseException):
+    pass
+
+
+def test_replace_is_one_atomic_exchange(tmp_path, monkeypatch):
+    """A writer killed right after any rename still leaves a complete result at the final path."""
+    final = tmp_path / "out"
+    with atomic_dir(final) as tmp:
+        (tmp / "r.json").write_text("old")
+    real_rename = os.rename
+
+    def rename_then_die_if_gone(src, dst):
+        real_rename(src, dst)
+        if not final.exists():
+            raise Killed(f"killed after rename({src}, {dst}): {final} is missing")
+
+    monkeypatch.setattr(atomic.os, "rename", rename_then_die_if_gone)
+    with atomic_dir(final, overwrite=True) as tmp:
+        (tmp / "r.json").write_text("new")
+    assert (final / "r.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the previous copy was removed
+
+
+def test_replace_falls_back_to_two_renames_without_exchange(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False, raising=False)
+    final = tmp_path / "out"
+    for text in ("old", "new"):
+        with atomic_dir(final, overwrite=True) as tmp:
+            (tmp / "r.json").write_text(text)
+    assert (final / "r.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: Path, *args, env=None, timeout: float = 90.0):
+    """`edgecxr serve BUNDLE` on a free loopback port; returns (process, port)."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgecxr.cli", "serve", str(bundle), "--port", str(port), *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code in (200, 401):
+                return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def stop(proc) -> str:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out.decode()
+
+
+def test_sigterm_removes_the_extracted_zip_bundle(tmp_path, bundle_dir):
+    pytest.importorskip("uvicorn")
+    from edgecxr.bundle import zip_bundle
+
+    archive = zip_bundle(bundle_dir, tmp_path / "b.zip")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc, _ = start_server(archive, env={"TMPDIR": str(scratch)})
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("edgecxr-bundle-")]  # extracted while serving
+    proc.send_signal(signal.SIGTERM)
+    out = stop(proc)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in out, out[-2000:]
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("edgecxr-bundle-")]
