@@ -186,3 +186,103 @@ def test_sigterm_removes_the_extracted_zip_bundle(tmp_path, bundle_dir):
     out = stop(proc)
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in out, out[-2000:]
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("edgecxr-bundle-")]
+
+
+# -- 3. the service: idle connections, authentication, Host check ----------------------------------------
+TOKEN = "t0k3n-" + "x" * 26
+
+
+def _recv_all(s: socket.socket, until: float) -> bytes:
+    reply = b""
+    while time.monotonic() < until:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def test_idle_and_half_sent_connections_neither_block_requests_nor_stay_open(bundle_dir, sample):
+    pytest.importorskip("uvicorn")
+    image = sorted((sample / "test" / "NORMAL").iterdir())[0].read_bytes()
+    proc, port = start_server(bundle_dir, "--header-timeout", "2", "--max-connections", "64",
+                              env={"EDGECXR_SERVE_TOKEN": TOKEN})
+    idle = []
+    try:
+        for i in range(64 + 8):  # the default limit in idle connections, and some with half-sent headers
+            s = socket.create_connection(("127.0.0.1", port), timeout=0.2)
+            if i >= 64:
+                s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+            idle.append(s)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        import httpx
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "image/jpeg"}
+            for _ in range(3):
+                r = c.post("/v1/classify", content=image, headers=auth)
+                assert r.status_code == 200 and 0 <= r.json()["probability"] <= 1, r.text
+            assert time.monotonic() - t0 < 10  # answered while the idle connections are still open
+            assert c.post("/v1/classify", content=image, headers={"Content-Type": "image/jpeg"}).status_code == 401
+            r = c.post("/v1/classify", content=image, headers={**auth, "Host": "attacker.example"})
+            assert r.status_code == 421 and "--allowed-host" in r.json()["error"]
+            assert c.get("/healthz").json() == {"status": "ok"}
+            assert c.get("/healthz", headers=auth).json()["counts"]["classified"] == 3
+        until = time.monotonic() + 6  # --header-timeout 2: every idle connection is closed by the server
+        assert all(_recv_all(s, until) == b"" for s in idle)
+        assert time.monotonic() < until
+    finally:
+        for s in idle:
+            s.close()
+        out = stop(proc)
+    assert "Traceback" not in out, out[-2000:]
+
+
+@pytest.fixture(scope="session")
+def guarded_app(bundle_dir):
+    pytest.importorskip("starlette")
+    from edgecxr.devices.classifier import Classifier
+    from edgecxr.devices.serve import allowed_hosts, create_app
+
+    return create_app(Classifier.load(bundle_dir), token=TOKEN, hosts=allowed_hosts("127.0.0.1"))
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_token_and_host_checks(guarded_app, sample):
+    from starlette.testclient import TestClient
+
+    image = sorted((sample / "test" / "NORMAL").iterdir())[0].read_bytes()
+    jpeg = {"Content-Type": "image/jpeg"}
+    with TestClient(guarded_app, base_url="http://localhost:8080") as c:
+        for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}):
+            r = c.post("/v1/classify", content=image, headers={**jpeg, **auth})
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer" and "token" in r.json()["error"]
+        ok = {**jpeg, "Authorization": f"Bearer {TOKEN}"}
+        assert c.post("/v1/classify", content=image, headers=ok).status_code == 200
+        for host in ("[::1]:8080", "127.0.0.1", "LOCALHOST."):
+            assert c.post("/v1/classify", content=image, headers={**ok, "Host": host}).status_code == 200, host
+        for host in ("evil.example", "localhost.evil.example:8080", "127.0.0.2", ""):
+            assert c.get("/healthz", headers={"Host": host}).status_code == 421, host
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/healthz", headers=ok).json()["model_sha256"]
+
+
+def test_token_sources(tmp_path, monkeypatch):
+    from edgecxr.devices.serve import TOKEN_ENV, read_token
+    from edgecxr.errors import ConfigError
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert read_token(None) is None
+    (tmp_path / "t").write_text(TOKEN + "\n")
+    assert read_token(tmp_path / "t") == TOKEN
+    monkeypatch.setenv(TOKEN_ENV, "short")
+    with pytest.raises(ConfigError, match="at least 16"):
+        read_token(None)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_token(tmp_path / "missing")
