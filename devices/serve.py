@@ -406,12 +406,14 @@ def _check_serve_deps() -> None:
               help=f"Require 'Authorization: Bearer TOKEN' (TOKEN read from this file; or set ${TOKEN_ENV}).")
 @click.option("--allowed-host", "hosts", multiple=True, metavar="NAME",
               help="Repeatable: a Host name clients use (default: localhost names and --host); '*' allows any.")
+@click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Public key (edgecxr keygen's .pub): refuse a bundle not signed by it (default: $EDGECXR_TRUSTED_KEY).")
 @click.option("--runtime", help="litert | tflite-runtime | tf-lite | onnxruntime | openvino (default: the first installed one).")
 @click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_connections, header_timeout, token_file,
-          hosts, runtime, device_name, log_level):
+          hosts, trusted_key, runtime, device_name, log_level):
     """Serve BUNDLE over HTTP: POST an image to /v1/classify, GET /healthz (loopback by default)."""
     _check_serve_deps()
     import uvicorn
@@ -420,7 +422,7 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
 
     limit = parse_size(max_bytes)
     token = read_token(token_file)
-    clf = Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name)
+    clf = Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name, trusted_key=trusted_key)
     app = create_app(clf, max_bytes=limit, workers=workers, read_timeout=read_timeout, token=token,
                      hosts=allowed_hosts(host, hosts), max_requests=max_connections)
     if not _is_loopback(host):

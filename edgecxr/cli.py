@@ -187,6 +187,17 @@ def evaluate(model_path, data, split, out, threshold, bootstrap, classes, strict
 
 
 @main.command()
+@click.argument("key", type=click.Path(dir_okay=False, path_type=Path))
+def keygen(key):
+    """Create an Ed25519 key pair for signing bundles: KEY (private, mode 0600) and KEY.pub (for devices)."""
+    from edgecxr.signing import keygen as make
+
+    private, public = make(key)
+    click.echo(f"private key {private} (keep it secret; edgecxr export --signing-key {private})")
+    click.echo(f"public key  {public} (give it to devices; edgecxr device run --trusted-key {public} ...)")
+
+
+@main.command()
 def models():
     """List the registered architectures."""
     from edgecxr.training.models import MODELS

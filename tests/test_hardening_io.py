@@ -286,3 +286,86 @@ def test_token_sources(tmp_path, monkeypatch):
         read_token(None)
     with pytest.raises(ConfigError, match="cannot read"):
         read_token(tmp_path / "missing")
+
+
+# -- 4. signed bundles ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keys")
+    r, _ = _cli("keygen", root / "release")
+    assert r.exit_code == 0, r.output
+    r, _ = _cli("keygen", root / "other")
+    assert r.exit_code == 0, r.output
+    return root
+
+
+@pytest.fixture(scope="session")
+def signed_bundle(tmp_path_factory, tiny_model, kermany, keys) -> Path:
+    """The tiny model exported with --signing-key (tflite-fp32: no calibration)."""
+    out = tmp_path_factory.mktemp("signed")
+    r, _ = _cli("export", "--model", tiny_model, "--target", "tflite-fp32", "--data", kermany, "--out", out,
+                "--signing-key", keys / "release")
+    assert r.exit_code == 0, r.output
+    return out / "tflite-fp32"
+
+
+def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(keys):
+    assert (keys / "release").stat().st_mode & 0o777 == 0o600 and (keys / "release.pub").is_file()
+    assert b"PRIVATE" not in (keys / "release.pub").read_bytes()
+    r, lines = _cli("keygen", keys / "release")
+    assert r.exit_code == 2 and len(lines) == 1 and "already exists" in lines[0]
+
+
+def _forge(folder: Path) -> None:
+    """What a forger does: change the decision threshold and recompute every digest."""
+    from edgecxr import bundle as B
+
+    manifest = json.loads((folder / B.MANIFEST).read_text())
+    manifest["threshold"] = 0.99  # every image would be normal
+    manifest["digest"] = B.manifest_digest(manifest)
+    (folder / B.MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def test_signed_bundle_verifies_and_a_forged_one_is_refused(signed_bundle, bundle_dir, keys, tmp_path, sample, monkeypatch):
+    from edgecxr.bundle import load_bundle
+    from edgecxr.devices.classifier import Classifier
+    from edgecxr.errors import BundleError
+    from edgecxr.signing import TRUSTED_KEY_ENV
+
+    monkeypatch.delenv(TRUSTED_KEY_ENV, raising=False)
+    release, other = keys / "release.pub", keys / "other.pub"
+    assert Classifier.load(signed_bundle, trusted_key=release).bundle.threshold < 0.99
+    forged = tmp_path / "forged"
+    shutil.copytree(signed_bundle, forged)
+    _forge(forged)
+    load_bundle(forged)  # the digest alone cannot tell: it was recomputed
+    cases = {forged: "does not verify", signed_bundle: "does not verify", bundle_dir: "not signed"}
+    for folder, why in cases.items():
+        key = other if folder == signed_bundle else release
+        with pytest.raises(BundleError, match=why):
+            Classifier.load(folder, trusted_key=key)
+    image = sorted((sample / "test" / "NORMAL").iterdir())[0]
+    for folder, why in cases.items():
+        key = other if folder == signed_bundle else release
+        r, lines = _cli("device", "run", folder, image, "--trusted-key", key)
+        assert r.exit_code == 2 and len(lines) == 1 and why in lines[0], r.output
+    monkeypatch.setenv(TRUSTED_KEY_ENV, str(release))  # the same from the environment (a device's config)
+    with pytest.raises(BundleError, match="does not verify"):
+        Classifier.load(forged)
+    r, lines = _cli("device", "run", signed_bundle, image, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["results"], r.output
+
+
+def test_device_stage_needs_cryptography_only_to_verify(signed_bundle, keys):
+    code = ("import sys; sys.modules['cryptography'] = None\n"
+            "from edgecxr.devices.classifier import Classifier\n"
+            f"Classifier.load({str(signed_bundle)!r})\n"
+            "print('loaded without cryptography')\n"
+            "from edgecxr.errors import MissingDependencyError\n"
+            "try:\n"
+            f"    Classifier.load({str(signed_bundle)!r}, trusted_key={str(keys / 'release.pub')!r})\n"
+            "except MissingDependencyError as exc:\n"
+            "    print(exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "EDGECXR_TRUSTED_KEY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert "loaded without cryptography" in out.stdout and "edgecxr[signing]" in out.stdout, out.stderr[-2000:]
