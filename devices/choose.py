@@ -35,7 +35,8 @@ def _model_mb(bundle) -> float:
     return sum(p.stat().st_size for p in bundle.model_path.parent.glob(stem.name + ".*")) / 2**20
 
 
-def rank(bundles, data, *, tolerances, runs: int = 100, warmup: int = 10, threads=None, progress=None) -> dict:
+def rank(bundles, data, *, tolerances, runs: int = 100, warmup: int = 10, threads=None, progress=None,
+         trusted_key=None) -> dict:
     """{"rows": [...], "choice": row | None, "host": ...}: every bundle's parity here, passing ones timed."""
     from edgecxr.devices.bench import run_bench
     from edgecxr.devices.classifier import Classifier
@@ -47,7 +48,7 @@ def rank(bundles, data, *, tolerances, runs: int = 100, warmup: int = 10, thread
         if progress:
             progress(f"{path.name}: parity and latency")
         try:
-            clf = Classifier.load(path, threads=threads)
+            clf = Classifier.load(path, threads=threads, trusted_key=trusted_key)
             row.update(target=clf.bundle.manifest["target"], runtime=f"{clf.runtime['name']} {clf.runtime['version']}",
                        provider=clf.runtime["provider"], size_mb=_model_mb(clf.bundle))
             report = run_parity(clf, data, tolerances=tolerances, n_boot=200)

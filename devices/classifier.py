@@ -112,15 +112,18 @@ class Classifier:
     # -- construction ---------------------------------------------------------
     @classmethod
     def load(cls, bundle: Union[str, os.PathLike, Bundle], runtime: str | None = None, threads: int | None = None,
-             device: str | None = None) -> "Classifier":
+             device: str | None = None, trusted_key=None) -> "Classifier":
         """Verify `bundle` (folder or .zip) and open its model.
 
         runtime: a name from edgecxr.devices.runtimes.RUNTIMES (default: the first installed one
         for the bundle's family); threads: runtime CPU threads; device: OpenVINO device
-        (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).
+        (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt); trusted_key: a public key
+        file (default: $EDGECXR_TRUSTED_KEY): the bundle must be signed by it.
         """
+        from edgecxr.signing import trusted_key_path
+
         if not isinstance(bundle, Bundle):
-            bundle = load_bundle(bundle)
+            bundle = load_bundle(bundle, trusted_key=trusted_key_path(trusted_key))
         target = bundle.target
         session = open_session(bundle.model_path, target.family, runtime=runtime, threads=threads, device=device,
                                precision=target.precision)

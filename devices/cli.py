@@ -16,17 +16,22 @@ RUNTIME = click.option("--runtime", help="litert | tflite-runtime | tf-lite | on
 THREADS = click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
 DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
 BUNDLE = click.argument("bundle", type=click.Path(path_type=Path))
+TRUSTED = click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
+                       help="Public key (edgecxr keygen's .pub): refuse bundles not signed by it (default: $EDGECXR_TRUSTED_KEY).")
 
 
-def _check_outputs(**outputs) -> None:
+def _check_outputs(inputs=(), **outputs) -> None:
     """Refuse output files that cannot be written before the long work starts.
 
-    outputs: option name -> path or None. Cheap checks only: the target is not a folder and its
-    nearest existing parent is a writable folder (the atomic writers create missing parents).
+    outputs: option name -> path or None. Cheap checks only: the target overlaps no input, is not a
+    folder and its nearest existing parent is a writable folder (the atomic writers create missing parents).
     """
+    from edgecxr.atomic import refuse_overlap
+
     given = {opt: Path(p) for opt, p in outputs.items() if p is not None}
     for opt, path in given.items():
         flag = "--" + opt.replace("_", "-")
+        refuse_overlap(path, inputs, flag)
         if path.is_dir():
             raise ConfigError(f"{flag} {path}: is a folder; pass a file path")
         parent = next((d for d in (path.parent, *path.parent.parents) if d.exists()), Path("."))
@@ -39,10 +44,10 @@ def _check_outputs(**outputs) -> None:
         raise ConfigError(f"{' and '.join('--' + o for o in given)} name the same file; pass different paths")
 
 
-def _load(bundle, runtime, threads, device_name):
+def _load(bundle, runtime, threads, device_name, trusted_key):
     from edgecxr.devices.classifier import Classifier
 
-    return Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name)
+    return Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name, trusted_key=trusted_key)
 
 
 @click.group()
@@ -82,11 +87,12 @@ def _expand(paths):
 @RUNTIME
 @THREADS
 @DEVICE
+@TRUSTED
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (results, failures, runtime) instead of a table.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
-def run(bundle, paths, runtime, threads, device_name, as_json, as_csv, workers, strict):
+def run(bundle, paths, runtime, threads, device_name, trusted_key, as_json, as_csv, workers, strict):
     """Classify image files or folders (JPEG, PNG, DICOM) with BUNDLE.
 
     A bad file named on the command line gives one error line and a non-zero exit;
@@ -98,7 +104,7 @@ def run(bundle, paths, runtime, threads, device_name, as_json, as_csv, workers, 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     items = _expand(paths)
-    clf = _load(bundle, runtime, threads, device_name)
+    clf = _load(bundle, runtime, threads, device_name, trusted_key)
     if len(items) == 1 and items[0][1]:
         results = [clf.predict(items[0][0])]  # a single bad file raises: one line, exit 2
     else:
@@ -145,15 +151,16 @@ def run(bundle, paths, runtime, threads, device_name, as_json, as_csv, workers, 
 @THREADS
 @RUNTIME
 @DEVICE
+@TRUSTED
 @click.option("--cold-start/--no-cold-start", default=True, show_default=True, help="Time a fresh process to its first result.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write all numbers to this JSON file.")
-def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_name, cold_start, json_file):
+def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_name, trusted_key, cold_start, json_file):
     """Latency (model call vs bare runtime), end to end, throughput, cold start, peak RSS, drift."""
     from edgecxr.atomic import write_json_atomic
     from edgecxr.devices.bench import format_bench, run_bench
 
-    _check_outputs(json=json_file)
-    clf = _load(bundle, runtime, threads, device_name)
+    _check_outputs((bundle, data), json=json_file)
+    clf = _load(bundle, runtime, threads, device_name, trusted_key)
     result = run_bench(clf, data=data, split=split, warmup=warmup, runs=runs, duration=duration, cold=cold_start)
     click.echo(format_bench(result))
     if json_file:
@@ -176,11 +183,12 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @RUNTIME
 @THREADS
 @DEVICE
+@TRUSTED
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
-           junit_file, runtime, threads, device_name, workers, strict, show):
+           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show):
     """Re-run every SPLIT image on the device and compare with the bundle's float reference.
 
     Exit 0 when parity holds, 1 when it does not (2 for errors). Comparing fewer than
@@ -191,9 +199,9 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     from edgecxr.devices.junit import parity_junit
     from edgecxr.devices.parity import Tolerances, format_report, run_parity
 
-    _check_outputs(json=json_file, junit=junit_file)
+    _check_outputs((bundle, data), json=json_file, junit=junit_file)
     tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
-    clf = _load(bundle, runtime, threads, device_name)
+    clf = _load(bundle, runtime, threads, device_name, trusted_key)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
                         strict=strict)
     click.echo(format_report(report, max_flips=show))
@@ -214,8 +222,10 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
 @click.option("--min-coverage", default=1.0, show_default=True, type=click.FloatRange(0, 1),
               help="Share of each bundle's reference images that must be compared (lower it for a subset such as the sample).")
 @THREADS
+@TRUSTED
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every row to this JSON file.")
-def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, threads, json_file):
+def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, threads, trusted_key,
+           json_file):
     """Rank BUNDLES (folders of bundles, or bundles) on this device: parity first, then latency.
 
     Names the fastest bundle that keeps parity here; exit 1 when none does. Bundles whose runtime
@@ -226,10 +236,10 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     from edgecxr.devices.choose import find_bundles, format_choice, rank
     from edgecxr.devices.parity import Tolerances
 
-    _check_outputs(json=json_file)
+    _check_outputs((*bundles, data), json=json_file)
     found = find_bundles(bundles)
     result = rank(found, data or SAMPLE, tolerances=Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage),
-                  runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True))
+                  runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True), trusted_key=trusted_key)
     click.echo(format_choice(result))
     if json_file:
         write_json_atomic(json_file, result)

@@ -6,13 +6,17 @@
                                 "runtime": {"name", "version", "provider", ...}, "timings": {... ms}}
     GET  /healthz       -> 200 {"status": "ok", "target", "model_sha256", "runtime", ...}
 
-Every error is JSON ``{"error": "<one line>"}``: 400 malformed request, 404/405 wrong route,
-408 upload too slow, 413 body above --max-bytes, 415 not an image content type,
-422 unreadable image (corrupt, truncated, above the pixel limit, DICOM without a codec),
-500 unexpected (logged), 503 too many open connections (uvicorn's --limit-concurrency).
+Every error is JSON ``{"error": "<one line>"}``: 400 malformed request, 401 missing or wrong token,
+404/405 wrong route, 408 upload too slow, 413 body above --max-bytes, 415 not an image content type,
+421 Host header not allowed, 422 unreadable image (corrupt, truncated, above the pixel limit, DICOM
+without a codec), 500 unexpected (logged), 503 more than --max-connections requests in progress.
 
-Binds to 127.0.0.1 by default: there is no TLS and no authentication, so put it behind a
-reverse proxy before exposing it to a network.
+Binds to 127.0.0.1 by default. Optional bearer-token authentication (--token-file or
+EDGECXR_SERVE_TOKEN; /healthz then says only "ok" to callers without the token); the Host header is
+checked against --allowed-host (default: localhost names and the bind address) so a web page cannot
+reach it through DNS rebinding. No TLS: put it behind a TLS reverse proxy before exposing it (README).
+A connection that has not sent complete request headers within --header-timeout is closed, so idle
+or slow clients never hold the request limit.
 
 Concurrency: decoding and preprocessing run in a pool of --workers threads; the model call
 is serialized (the runtime interpreters are not re-entrant) by the Classifier's lock and the
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import os
 import re
@@ -41,6 +46,9 @@ import click
 from edgecxr.errors import ConfigError, EdgecxrError, require
 
 DEFAULT_MAX_BYTES = 32 * 2**20
+TOKEN_ENV = "EDGECXR_SERVE_TOKEN"
+MIN_TOKEN = 16
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 RAW_TYPES = ("application/dicom", "application/octet-stream")
 TYPE_HINT = ("send the image with Content-Type image/jpeg, image/png, application/dicom or application/octet-stream, "
              "or as multipart/form-data field 'file' (curl -F file=@chest.jpeg)")
@@ -87,6 +95,107 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The bearer token from --token-file, else from $EDGECXR_SERVE_TOKEN; None when neither is given."""
+    if token_file is not None:
+        try:
+            token, where = Path(token_file).read_text().strip(), f"--token-file {token_file}"
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--token-file {token_file}: cannot read it ({exc}); pass a text file holding the token") from None
+    elif os.environ.get(TOKEN_ENV):
+        token, where = os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
+    else:
+        return None
+    if len(token) < MIN_TOKEN or any(c.isspace() for c in token):
+        raise ConfigError(f"{where}: the token must be at least {MIN_TOKEN} characters without spaces; make one with "
+                          "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
+
+
+def host_name(header: str) -> str:
+    """'example.org:8080' -> 'example.org', '[::1]:8080' -> '::1' (lower case, no trailing dot)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return (header.rsplit(":", 1)[0] if header.count(":") == 1 else header).rstrip(".")
+
+
+def allowed_hosts(bind: str, extra=()) -> frozenset | None:
+    """The Host names accepted: localhost names, the bind address and `extra` (None when '*' allows any)."""
+    if "*" in extra:
+        return None
+    return frozenset(host_name(h) for h in (*LOCAL_HOSTS, bind, *extra))
+
+
+class Guard:
+    """ASGI middleware in front of the app: Host check, bearer token, a bound on requests in progress."""
+
+    def __init__(self, app, *, hosts=None, token: str | None = None, max_requests: int | None = None):
+        self.app, self.hosts, self.max_requests, self.active = app, hosts, max_requests, 0
+        self.token = token.encode() if token else None
+
+    def authorized(self, headers) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if self.hosts is not None and host_name(host) not in self.hosts:
+            status, message, extra = 421, (f"Host {host!r} is not served here; use one of {', '.join(sorted(self.hosts))} "
+                                           "or start the service with --allowed-host NAME"), {}
+        elif not self.authorized(headers) and scope["path"] != "/healthz":
+            status, message, extra = 401, "missing or wrong token; send the header 'Authorization: Bearer TOKEN'", \
+                {"WWW-Authenticate": "Bearer"}
+        elif self.max_requests is not None and self.active >= self.max_requests:
+            status, message, extra = 503, f"more than {self.max_requests} requests in progress (--max-connections); retry shortly", \
+                {"Retry-After": "1"}
+        else:
+            self.active += 1
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.active -= 1
+        await _json_error(status, message, extra)(scope, receive, send)
+
+
+def _json_error(status: int, message: str, headers=None):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": _one_line(message)}, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection that has not sent complete request headers within `seconds`
+    (after connecting, or after its previous response): idle and half-sent connections cannot pile up."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeout(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm()
+
+        def _arm(self):
+            self.loop.call_later(seconds, self._expire, self.cycle)
+
+        def _expire(self, cycle):
+            waiting = self.cycle is cycle and (cycle is None or cycle.response_complete)  # no request began since
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeout
 
 
 class Service:
@@ -203,8 +312,12 @@ def _deadline(seconds: float):
 
 
 def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
-               read_timeout: float = 30.0):
-    """The Starlette app serving `classifier` (an edgecxr.devices.Classifier); usable with TestClient or uvicorn."""
+               read_timeout: float = 30.0, token: str | None = None, hosts=None, max_requests: int | None = None):
+    """The app serving `classifier` (an edgecxr.devices.Classifier); usable with TestClient or uvicorn.
+
+    token: bearer token required on /v1/classify (None: no authentication); hosts: accepted Host
+    names (None: any, see `allowed_hosts`); max_requests: requests in progress before 503.
+    """
     require("starlette", "serve")
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -216,9 +329,7 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
 
     service = Service(classifier, max_bytes=max_bytes, workers=workers, read_timeout=read_timeout)
     headers = {"Cache-Control": "no-store"}
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)
+    error = _json_error
 
     async def classify(request):
         try:
@@ -243,6 +354,8 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
         return JSONResponse(result, headers=headers)
 
     async def healthz(request):
+        if not guard.authorized(request.headers):
+            return JSONResponse({"status": "ok"}, headers=headers)  # nothing about the model to strangers
         clf = service.clf
         return JSONResponse({"status": "ok", "edgecxr": __version__, **service.model, "threshold": clf.threshold,
                              "labels": list(clf.labels), "max_bytes": service.max_bytes, "workers": service.workers,
@@ -261,7 +374,9 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
                             Route("/healthz", healthz, methods=["GET"])],
                     exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.service = service
-    return app
+    guard = Guard(app, hosts=hosts, token=token, max_requests=max_requests)
+    guard.state = app.state
+    return guard
 
 
 def _check_serve_deps() -> None:
@@ -276,7 +391,7 @@ def _check_serve_deps() -> None:
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind. Anything but loopback exposes an unauthenticated service.")
+              help="Address to bind. Anything but loopback exposes the service: add --token-file and a TLS proxy.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
 @click.option("--workers", type=click.IntRange(min=1), help="Decode/preprocess threads (default: up to 4).")
@@ -284,12 +399,21 @@ def _check_serve_deps() -> None:
 @click.option("--read-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds allowed to upload one body; slower: 408.")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Concurrent connections before new ones get 503.")
+              help="Requests in progress before new ones get 503 (idle connections do not count).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a connection may take to send complete request headers; slower ones are closed.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Require 'Authorization: Bearer TOKEN' (TOKEN read from this file; or set ${TOKEN_ENV}).")
+@click.option("--allowed-host", "hosts", multiple=True, metavar="NAME",
+              help="Repeatable: a Host name clients use (default: localhost names and --host); '*' allows any.")
+@click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Public key (edgecxr keygen's .pub): refuse a bundle not signed by it (default: $EDGECXR_TRUSTED_KEY).")
 @click.option("--runtime", help="litert | tflite-runtime | tf-lite | onnxruntime | openvino (default: the first installed one).")
 @click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_connections, runtime, device_name, log_level):
+def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_connections, header_timeout, token_file,
+          hosts, trusted_key, runtime, device_name, log_level):
     """Serve BUNDLE over HTTP: POST an image to /v1/classify, GET /healthz (loopback by default)."""
     _check_serve_deps()
     import uvicorn
@@ -297,14 +421,19 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
     from edgecxr.devices.classifier import Classifier
 
     limit = parse_size(max_bytes)
-    clf = Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name)
-    app = create_app(clf, max_bytes=limit, workers=workers, read_timeout=read_timeout)
+    token = read_token(token_file)
+    clf = Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name, trusted_key=trusted_key)
+    app = create_app(clf, max_bytes=limit, workers=workers, read_timeout=read_timeout, token=token,
+                     hosts=allowed_hosts(host, hosts), max_requests=max_connections)
     if not _is_loopback(host):
-        click.echo(f"warning: binding to {host}: the service has no authentication and no TLS; "
-                   "anyone who can reach this port can use it", err=True)
+        click.echo(f"warning: binding to {host}: the service has no TLS" +
+                   ("" if token else " and no authentication (--token-file)") +
+                   "; put it behind a TLS reverse proxy (see the README)" +
+                   ("" if hosts else "; clients must send Host " + host + " or localhost: add --allowed-host NAME for others"),
+                   err=True)
     rt = clf.runtime
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"edgecxr serve: {clf.bundle.manifest['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
                f"http://{shown}:{port}/v1/classify, max {limit:,} bytes", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"),
-                limit_concurrency=max_connections, timeout_keep_alive=5, server_header=False)
+                http=header_timeout_protocol(header_timeout), timeout_keep_alive=5, server_header=False)

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from edgecxr.errors import EdgecxrError
+from edgecxr.errors import ConfigError, EdgecxrError
+
+MARKER = ".edgecxr-output"  # in every folder edgecxr builds: --overwrite replaces only folders holding it (or a bundle)
 
 
 def _read_umask() -> int:
@@ -21,16 +26,50 @@ def _read_umask() -> int:
 UMASK = _read_umask()  # read once at import: os.umask is process-wide, not thread-safe
 
 
-def check_writable(path: Path, *, overwrite: bool = False) -> None:
-    """Fail early (before hours of work) when `path` cannot be created."""
+def refuse_overlap(path, inputs=(), flag: str = "--out") -> None:
+    """Refuse an output that equals, contains or sits inside one of `inputs` (symlinks resolved)."""
+    out = Path(path).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given).resolve()
+        what = ("is" if out == src else "contains" if src.is_relative_to(out)
+                else "is inside" if out.is_relative_to(src) else None)
+        if what:
+            raise ConfigError(f"{flag} {path} {what} the input {given}; choose an output outside the inputs")
+
+
+def is_edgecxr_output(path: Path) -> bool:
+    """A folder edgecxr wrote: it holds the marker, or it is a bundle (its manifest says so)."""
     path = Path(path)
+    if (path / MARKER).is_file():
+        return True
+    try:
+        return json.loads((path / "manifest.json").read_text()).get("format") == "edgecxr-bundle"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_writable(path: Path, *, overwrite: bool = False, inputs=(), flag: str = "--out") -> None:
+    """Fail early (before hours of work) when the output folder `path` cannot or must not be created.
+
+    Refused: a path that overlaps an input, an existing non-empty one without --overwrite, and with
+    --overwrite anything edgecxr did not write (a plain file, a folder without the marker).
+    """
+    path = Path(path)
+    refuse_overlap(path, inputs, flag)
     clean_stale(path)  # leftovers of a killed earlier run (and a half-done swap put back)
-    if path.exists() and not overwrite and (path.is_file() or any(path.iterdir())):
-        raise EdgecxrError(f"{path} already exists; choose another --out or pass --overwrite")
+    exists = path.exists() or path.is_symlink()
+    if exists and not (path.is_dir() and not any(path.iterdir())):
+        if not path.is_dir() or not is_edgecxr_output(path):
+            raise EdgecxrError(f"{flag} {path} exists and is not an edgecxr output (no {MARKER} marker or bundle "
+                               f"manifest); --overwrite replaces only what edgecxr wrote: choose another {flag}")
+        if not overwrite:
+            raise EdgecxrError(f"{path} already exists; choose another {flag} or pass --overwrite")
     parent = path.parent
     parent_exists = parent if parent.exists() else next((p for p in parent.parents if p.exists()), Path("."))
     if not os.access(parent_exists, os.W_OK):
-        raise EdgecxrError(f"cannot write to {parent_exists}: permission denied; choose another --out")
+        raise EdgecxrError(f"cannot write to {parent_exists}: permission denied; choose another {flag}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,21 +119,51 @@ def atomic_dir(final: Path, *, overwrite: bool = False):
     os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private (0700); results are ordinary folders
     try:
         yield tmp
+        (tmp / MARKER).write_text("written by edgecxr: --overwrite may replace this folder\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, final)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the OS has no such call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 (musl before 1.2.3, ...)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # old kernel or a file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def replace_dir(new: Path, final: Path) -> None:
-    """Rename `new` to `final`; an existing `final` is swapped out, then deleted."""
-    old = None
-    if final.exists():
+    """Rename `new` to `final`; an existing `final` is exchanged with it atomically where the OS can, then deleted.
+
+    Elsewhere it is renamed aside first; a writer killed between the two renames leaves it as
+    `.FINAL.old-PID`, which `clean_stale` (run by every later writer) puts back.
+    """
+    if final.exists() or final.is_symlink():
+        if _exchange(new, final):  # `final` holds the new result, `new` the previous one: at no moment is it missing
+            _remove(new)
+            return
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         os.rename(final, old)
-    os.rename(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        os.rename(new, final)
+        _remove(old)
+    else:
+        os.rename(new, final)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

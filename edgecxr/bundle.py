@@ -3,7 +3,8 @@
 A folder (or a .zip of one) holding the model file(s) and ``manifest.json``.
 The manifest lists the SHA-256 of every other file and carries its own digest
 (SHA-256 of its canonical JSON without the ``digest`` key), so a changed,
-truncated or missing file is refused before anything runs.
+truncated or missing file is refused before anything runs. That stops accidents,
+not a forger who recomputes the hashes: signed bundles (edgecxr.signing) do.
 """
 from __future__ import annotations
 
@@ -122,8 +123,12 @@ def _verify_files(folder: Path, manifest: dict) -> None:
         raise BundleError(f"{folder}: model sha256 disagrees with the file list; the manifest was edited")
 
 
-def load_bundle(path) -> Bundle:
-    """Open and fully verify a bundle folder or .zip, before anything runs."""
+def load_bundle(path, trusted_key=None) -> Bundle:
+    """Open and fully verify a bundle folder or .zip, before anything runs.
+
+    trusted_key: a public key file (edgecxr keygen's .pub); when given, the bundle must carry a
+    signature by that key (see edgecxr.signing). The digest alone does not stop a forger.
+    """
     path = Path(path)
     if path.is_file() and path.suffix == ".zip":
         path = _extract_zip(path)
@@ -140,6 +145,10 @@ def load_bundle(path) -> Bundle:
     if manifest_digest(manifest) != manifest["digest"]:
         raise BundleError(f"{manifest_path}: manifest digest mismatch (the manifest was edited); re-export the bundle")
     _verify_files(path, manifest)
+    if trusted_key:
+        from edgecxr.signing import verify_bundle
+
+        verify_bundle(path, manifest, trusted_key)
     return Bundle(path, manifest)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -48,6 +50,7 @@ class Group(click.Group):
             return None  # that stage is not built or not installed
 
     def invoke(self, ctx):
+        previous = _exit_on_sigterm()
         try:
             return super().invoke(ctx)
         except EdgecxrError as exc:
@@ -59,6 +62,21 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was kept", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():
+    """SIGTERM (systemd, docker stop, kill) exits through the normal path: temporary folders and extracted
+    bundles are removed as on Ctrl-C. Returns the previous handler (None when not installed)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def stop(signum, frame):
+        sys.exit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 # errno -> (what was attempted, what to do)
@@ -166,6 +184,17 @@ def evaluate(model_path, data, split, out, threshold, bootstrap, classes, strict
                  n_boot=bootstrap, overwrite=overwrite, trust_model=trust_model)
     click.echo(format_metrics(result))
     click.echo(f"written to {out}/metrics.json")
+
+
+@main.command()
+@click.argument("key", type=click.Path(dir_okay=False, path_type=Path))
+def keygen(key):
+    """Create an Ed25519 key pair for signing bundles: KEY (private, mode 0600) and KEY.pub (for devices)."""
+    from edgecxr.signing import keygen as make
+
+    private, public = make(key)
+    click.echo(f"private key {private} (keep it secret; edgecxr export --signing-key {private})")
+    click.echo(f"public key  {public} (give it to devices; edgecxr device run --trusted-key {public} ...)")
 
 
 @main.command()

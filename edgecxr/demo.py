@@ -16,15 +16,16 @@ SAMPLE = Path(__file__).parent / "sample"
 
 
 def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False) -> bool:
-    from edgecxr.atomic import check_writable, write_json_atomic
+    from edgecxr.atomic import MARKER, check_writable, write_json_atomic
     from edgecxr.errors import ConfigError
     from edgecxr.targets import TARGETS
 
     if target not in TARGETS:
         raise ConfigError(f"the demo checks one target; --target {target!r} is not one of {', '.join(TARGETS)}")
-    check_writable(out, overwrite=overwrite)
     model = default_model_path()
+    check_writable(out, overwrite=overwrite, inputs=(SAMPLE, model))
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by edgecxr: --overwrite may replace this folder\n")
     click.secho(f"1/3 float model {model.name} on {SAMPLE}/test (100 real X-rays)", bold=True, err=True)
     from edgecxr.training.evaluate import evaluate, format_metrics
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from edgecxr import data as D
-from edgecxr.atomic import write_json_atomic, write_text_atomic
+from edgecxr.atomic import refuse_overlap, write_json_atomic, write_text_atomic
 from edgecxr.errors import ConfigError
 from edgecxr.export.bench_rows import (_model_hash, _say, empty_row, export_row, machine_info, make_subset,
                                        measure_float, measure_row, plan_rows)
@@ -59,6 +59,7 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
     data_root = Path(data_root)
     D.list_split(data_root, "test", classes)  # bad data fails now, not after the first export
     out_dir = Path(out_dir)
+    refuse_overlap(out_dir, (model_path, data_root))
     bundles = out_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
     if command is None:

@@ -34,6 +34,8 @@ from edgecxr.targets import TARGETS
 @click.option("--positive-index", type=int, help="External model: which output is pneumonia.")
 @click.option("--threshold", type=float, help="Decision threshold (default: the model's, 0.5 for external models).")
 @click.option("--trust-model", is_flag=True, help="Allow Lambda layers and unsafe deserialization (trusted files only).")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ed25519 private key (edgecxr keygen): sign every bundle; devices check it with --trusted-key.")
 @click.option("--seed", default=0, show_default=True)
 @CLASSES
 @click.option("--overwrite", is_flag=True, help="Replace existing bundles.")

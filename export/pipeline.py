@@ -68,8 +68,11 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
                  max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
                  overrides=None, trust_model: bool = False, seed: int = 0,
-                 qat_fallback: bool = True) -> list[Path]:
-    """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified)."""
+                 qat_fallback: bool = True, signing_key=None) -> list[Path]:
+    """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified).
+
+    signing_key: an Ed25519 private key file (edgecxr keygen): each bundle gets signature.json.
+    """
     from edgecxr.export import datasets as X
     from edgecxr.export.accuracy import Gate
     from edgecxr.export.build import Context
@@ -82,12 +85,16 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
         raise ConfigError("no target given; pass --target NAME (or --target all)")
     _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides)
     _check_extras(chosen, prune, qat)
+    if signing_key:
+        from edgecxr.signing import load_signing_key
+
+        signing_key = load_signing_key(signing_key)  # a bad key fails now, not after the export
     if qat and not any(t.family == "tflite" and t.int8 for t in chosen):
         _say("note: --qat applies to tflite-int8; the other int8 targets use post-training quantization")
     out_dir = Path(out_dir)
     _check_out(out_dir)
     for t in chosen:
-        check_writable(out_dir / t.name, overwrite=overwrite)
+        check_writable(out_dir / t.name, overwrite=overwrite, inputs=(model_path, data_root))
     # Data first: bad folders fail in a second, before TensorFlow starts.
     test = D.list_split(data_root, "test", classes)
     train, val, val_source = X.train_val(data_root, classes, Path(model_path), seed=seed)
@@ -166,7 +173,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
             _say(f"[{i}/{len(chosen)}] {target.name}: {target.description}")
             try:
                 written.append(_write_target(target, ctx, out_dir / target.name, overwrite, base, calibration,
-                                             prune_report, info))
+                                             prune_report, info, signing_key))
             except Exception as exc:  # a refused or failed target: the next one is still tried
                 if len(chosen) == 1:
                     raise
@@ -189,7 +196,7 @@ def summary_table(written, refused: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_report, info) -> Path:
+def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_report, info, signing_key=None) -> Path:
     from edgecxr.export.accuracy import other_attempts
     from edgecxr.export.build import build
     from edgecxr.export.optimize import gzip_size
@@ -212,7 +219,11 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
                                                           "positive_index": int(info.positive_index)},
                     **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-        finalize(tmp, manifest)
+        manifest = finalize(tmp, manifest)
+        if signing_key is not None:
+            from edgecxr.signing import sign_bundle
+
+            sign_bundle(tmp, signing_key, manifest)
         load_bundle(tmp)
     acc = result["accuracy_control"]
     extra = f", validation recall drop {acc['recall_drop']:+.4f} accuracy drop {acc['accuracy_drop']:+.4f} ({acc['method']})" if acc else ""

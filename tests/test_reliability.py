@@ -543,6 +543,7 @@ def test_stale_leftovers_of_dead_writers_are_cleaned_and_a_half_swap_is_undone(t
     (tmp_path / f".out.tmp-{pid}-abc" / "half.bin").write_bytes(b"half")
     (tmp_path / f".out.old-{pid}").mkdir()  # killed between the two renames: only the old result is left
     (tmp_path / f".out.old-{pid}" / "result.json").write_text("{}")
+    (tmp_path / f".out.old-{pid}" / ".edgecxr-output").write_text("")  # an edgecxr result: --overwrite may replace it
     (tmp_path / f".out.tmp-{os.getpid()}-live").mkdir()  # a running writer's folder is left alone
     (tmp_path / ".other.tmp-1-x").mkdir()  # not ours
     clean_stale(final)
@@ -552,7 +553,7 @@ def test_stale_leftovers_of_dead_writers_are_cleaned_and_a_half_swap_is_undone(t
     with atomic_dir(final, overwrite=True) as tmp:
         assert tmp.name.startswith(f".out.tmp-{os.getpid()}-")
         (tmp / "new.json").write_text("1")
-    assert sorted(p.name for p in final.iterdir()) == ["new.json"]
+    assert sorted(p.name for p in final.iterdir()) == [".edgecxr-output", "new.json"]
     (tmp_path / f".r.json.tmp-{pid}-x").write_text("half")
     write_json_atomic(tmp_path / "r.json", {"a": 1})
     assert not (tmp_path / f".r.json.tmp-{pid}-x").exists() and json.loads((tmp_path / "r.json").read_text()) == {"a": 1}

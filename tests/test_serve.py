@@ -296,7 +296,7 @@ def test_real_server_on_loopback(serve_bundle, clf, images):
             t.join(120)
         assert errors == [] and len(results) == 32
         with socket.create_connection((host, port), timeout=10) as s:  # a stalled upload gets 408, not a stuck worker
-            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                       b"Content-Length: 5000\r\n\r\n\xff\xd8")
             t0 = time.monotonic()
             reply = b""

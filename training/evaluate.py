@@ -39,9 +39,9 @@ def load_model(path: Path, *, trust: bool = False):
 def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *, threshold: float | None = None,
              classes=D.DEFAULT_CLASSES, strict: bool = False, batch_size: int = 32, n_boot: int = 1000,
              overwrite: bool = False, trust_model: bool = False) -> dict:
-    check_writable(Path(out), overwrite=overwrite)  # before minutes of work, not after
-    tf, _ = import_tf()
     model_path = Path(model_path) if model_path else default_model_path()
+    check_writable(Path(out), overwrite=overwrite, inputs=(model_path, data_root))  # before minutes of work, not after
+    tf, _ = import_tf()
     info = load_info(model_path)
     if info is None:
         raise ModelError(f"{model_path}: no {model_path.with_suffix('.json').name} beside it; evaluate needs an edgecxr model "

@@ -138,8 +138,9 @@ def figure(e: Explanation, side: int = 320) -> bytes:
 @click.option("--trust-model", is_flag=True, help="Allow models that contain code (Lambda layers): trusted files only.")
 def explain(image, model_path, bundle, method, patch, stride, out, trust_model):
     """Show which regions of IMAGE drove the decision, as a colour map over the X-ray."""
-    from edgecxr.atomic import write_bytes_atomic
+    from edgecxr.atomic import refuse_overlap, write_bytes_atomic
 
+    refuse_overlap(out, (image, model_path, bundle))
     if model_path and bundle:
         raise ConfigError("pass either --model or --bundle, not both")
     if bundle and method == "gradcam":

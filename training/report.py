@@ -144,9 +144,10 @@ def collect(folders, model: Path | None = None) -> Found:
 
 def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gallery: int = 6,
                  maps: bool = True, title: str = "Pneumonia classifier report") -> Path:
-    from edgecxr.atomic import write_text_atomic
+    from edgecxr.atomic import refuse_overlap, write_text_atomic
 
     found = collect(folders, model)
+    refuse_overlap(out, (*folders, model, bundle, data))
     roots = [Path(data)] if data else []
     roots += found.data_roots
     if bundle is not None and not any((r.get("bundle") or {}).get("path") == str(bundle) for r in found.parity):

@@ -259,7 +259,8 @@ def _train_one(tf, keras, cfg, spec, train, val):
 def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
     """Train and write a complete run directory at `out` (or nothing, on failure)."""
     cfg.validate()
-    check_writable(out, overwrite=overwrite)
+    weights = cfg.weights if cfg.weights not in ("none", "imagenet") else None
+    check_writable(out, overwrite=overwrite, inputs=(cfg.data, cfg.split_file, weights))
     tf, keras = import_tf()
     tf.keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision and tf.config.list_physical_devices("GPU"):
