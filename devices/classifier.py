@@ -29,7 +29,7 @@ import numpy as np
 
 from edgecxr.bundle import Bundle, load_bundle
 from edgecxr.errors import ConfigError, EdgecxrError, ImageError, ModelError
-from edgecxr.images import decode_image, read_image
+from edgecxr.images import decode_image, read_image, to_gray
 
 from edgecxr.devices.runtimes import Session, open_session
 
@@ -164,7 +164,7 @@ class Classifier:
             arr = item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item
             return Image.fromarray(arr).convert("L")
         if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-            return item if item.mode == "L" else item.convert("L")
+            return to_gray(item)
         raise ConfigError(f"cannot classify a {type(item).__name__}; pass a path, bytes, a PIL image or a numpy array")
 
     def from_pixels(self, pixels: np.ndarray) -> np.ndarray:

@@ -44,7 +44,13 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
-def _pil_to_gray(img: Image.Image) -> Image.Image:
+def to_gray(img: Image.Image) -> Image.Image:
+    """Any PIL image -> upright 8-bit grayscale: the EXIF orientation applied (a phone photo of a film),
+    16-bit/float min-max scaled, transparency composited on black. Every input passes here."""
+    from PIL import ImageOps
+
+    if img.getexif().get(0x0112, 1) != 1:  # Orientation; exif_transpose copies the image even without one
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return Image.fromarray(_to_uint8(np.asarray(img)), mode="L")
     if img.mode == "L":
@@ -66,7 +72,7 @@ def _decode_pil(data: bytes, name: str) -> Image.Image:
                 "resize it before classifying"
             )
         img.load()
-        return _pil_to_gray(img)
+        return to_gray(img)
     except ImageError:
         raise
     except Image.DecompressionBombError:
