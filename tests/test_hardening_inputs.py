@@ -61,3 +61,113 @@ def test_exif_orientation_keeps_the_probability(clf, tmp_path):
         opened = Image.open(io.BytesIO(data))  # a PIL image as an application holds it: tag still set
         for item in (file, data, opened):
             assert clf.predict(item).probability == pytest.approx(expected, abs=1e-6), (path.name, type(item))
+
+
+# -- 2. decompression bombs ----------------------------------------------------------------------
+MB = 1 << 20
+
+
+def _peak(fn, *args):
+    """(result or ImageError, peak bytes Python and numpy allocated while fn ran)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn(*args)
+    except ImageError as exc:
+        result = exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return result, peak
+
+
+def _ramp16(rows: int, cols: int) -> np.ndarray:
+    return ((np.arange(rows)[:, None] * 7 + np.arange(cols)[None, :] * 13) % 4096).astype(np.uint16)
+
+
+def _dcm(pixels: np.ndarray, **extra) -> bytes:
+    from test_reliability import _dicom
+
+    return _dicom(pixels, **extra)
+
+
+def _deflated_dicom(pixel_bytes: int) -> bytes:
+    """A deflated DICOM whose header claims 16x16 pixels but whose pixel data element holds `pixel_bytes`
+    zeros: about 1000:1, written in 1 MB steps so the test itself stays small."""
+    import struct
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    head = _dcm(np.zeros((16, 16), np.uint16), syntax=DeflatedExplicitVRLittleEndian, with_pixels=False)
+    meta_end = 132 + 12 + struct.unpack("<I", head[140:144])[0]  # (0002,0000) group length
+    body = zlib.decompress(head[meta_end:], -zlib.MAX_WBITS)
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [z.compress(body + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes))]
+    zeros = bytes(MB)
+    for _ in range(pixel_bytes // MB):
+        parts.append(z.compress(zeros))
+    return head[:meta_end] + b"".join(parts) + z.flush()
+
+
+def test_dicom_header_claiming_many_frames_is_refused_before_the_pixels():
+    data = _dcm(np.zeros((1024, 1024), np.uint16), pixel_bytes=b"\0" * 64, NumberOfFrames=5000)
+    err, peak = _peak(decode_image, data, "frames.dcm")
+    assert isinstance(err, ImageError) and "5000 frame" in str(err) and "limit" in str(err), err
+    assert peak < 4 * MB
+
+
+def test_only_the_first_frame_is_decoded():
+    frames = np.stack([_ramp16(96, 80), 4095 - _ramp16(96, 80), np.zeros((96, 80), np.uint16)])
+    multi = decode_image(_dcm(frames[0], pixel_bytes=frames.tobytes(), NumberOfFrames=3), "multi.dcm")
+    assert np.array_equal(np.asarray(multi), np.asarray(decode_image(_dcm(frames[0]), "one.dcm")))
+
+
+def test_deflated_dicom_bomb_is_refused_without_inflating_it():
+    data = _deflated_dicom(300 * MB)
+    assert len(data) < 1 * MB
+    err, peak = _peak(decode_image, data, "deflated.dcm")
+    assert isinstance(err, ImageError) and "inflates" in str(err), err
+    assert peak < 16 * MB, f"{peak / MB:.0f} MB"
+
+
+def test_small_deflated_dicom_still_decodes():
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ramp = _ramp16(96, 80)
+    deflated = decode_image(_dcm(ramp, syntax=DeflatedExplicitVRLittleEndian), "small.dcm")
+    assert np.array_equal(np.asarray(deflated), np.asarray(decode_image(_dcm(ramp), "plain.dcm")))
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["png16", "dicom-rescaled-windowed"])
+def test_peak_memory_of_16_bit_conversion(kind):
+    """float32 in place: a few bytes per pixel, not the 26 of float64 copies (a 124 KB PNG took 763 MB)."""
+    pixels = _ramp16(2000, 2000)
+    data = _png16(pixels) if kind == "png16" else _dcm(pixels, RescaleSlope=2, RescaleIntercept=-100,
+                                                       WindowCenter=3000, WindowWidth=4000)
+    img, peak = _peak(decode_image, data, kind)
+    assert isinstance(img, Image.Image) and img.size == (2000, 2000)
+    assert peak < 12 * pixels.size, f"{peak / pixels.size:.1f} bytes per pixel"
+
+
+@pytest.mark.parametrize("window", [dict(WindowCenter=1000, WindowWidth=500), dict(WindowCenter=3000, WindowWidth=9000),
+                                    dict(WindowCenter=[800, 2000], WindowWidth=[300, 900]),
+                                    dict(WindowCenter=1000, WindowWidth=500, VOILUTFunction="LINEAR_EXACT"),
+                                    dict(WindowCenter=1000, WindowWidth=500, VOILUTFunction="SIGMOID"),
+                                    dict(RescaleSlope=0.5, RescaleIntercept=-1024, WindowCenter=0, WindowWidth=800)])
+def test_float32_windowing_matches_pydicom(window):
+    from pydicom import dcmread
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    data = _dcm(_ramp16(96, 80), **window)
+    ds = dcmread(io.BytesIO(data))
+    ref = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    ref = np.round((ref - ref.min()) * 255.0 / (ref.max() - ref.min()))
+    assert np.abs(np.asarray(decode_image(data, "w.dcm")).astype(int) - ref).max() <= 1
