@@ -115,13 +115,13 @@ class Service:
         t0 = clock()
         image = decode_image(data, name)
         t1 = clock()
-        x, _, pre_ms = self.clf.prepare(image)
+        x, _, pre_ms, warning = self.clf.prepare(image, name)
         with self.lock:
             p, infer_ms = self.clf.infer(x)
-        pred = self.clf.decide(p, Timings((t1 - t0) * 1e3, pre_ms, infer_ms))
+        pred = self.clf.decide(p, Timings((t1 - t0) * 1e3, pre_ms, infer_ms), warning=warning)
         t = pred.timings
         return {"probability": pred.probability, "label": pred.label, "positive": pred.positive,
-                "threshold": pred.threshold, **self.model,
+                "threshold": pred.threshold, "warning": pred.warning, **self.model,
                 "timings": {"decode_ms": t.decode_ms, "preprocess_ms": t.preprocess_ms, "infer_ms": t.infer_ms,
                             "total_ms": t.total_ms}}
 

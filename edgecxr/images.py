@@ -35,12 +35,14 @@ def _brief(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+def _to_uint8(values: np.ndarray, name: str) -> np.ndarray:
     """Min-max scale a float32 array to 0..255, in place (used for 16-bit, float and DICOM data).
 
     float32 and no temporaries: 4 bytes per pixel, where float64 copies took 26 (a 124 KB PNG took 763 MB).
     """
-    low, high = float(values.min()), float(values.max())
+    low, high = float(values.min()), float(values.max())  # NaN or inf when any pixel is
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ImageError(f"{name}: pixel values include NaN or infinite numbers; not a usable image")
     if high <= low:
         return np.zeros(values.shape, np.uint8)
     values -= np.float32(low)
@@ -49,7 +51,7 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return values.astype(np.uint8)
 
 
-def to_gray(img: Image.Image) -> Image.Image:
+def to_gray(img: Image.Image, name: str = "<image>") -> Image.Image:
     """Any PIL image -> upright 8-bit grayscale: the EXIF orientation applied (a phone photo of a film),
     16-bit/float min-max scaled, transparency composited on black. Every input passes here."""
     from PIL import ImageOps
@@ -57,7 +59,7 @@ def to_gray(img: Image.Image) -> Image.Image:
     if img.getexif().get(0x0112, 1) != 1:  # Orientation; exif_transpose copies the image even without one
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return Image.fromarray(_to_uint8(np.array(img, dtype=np.float32)), mode="L")
+        return Image.fromarray(_to_uint8(np.array(img, dtype=np.float32), name), mode="L")
     if img.mode == "L":
         return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -77,7 +79,7 @@ def _decode_pil(data: bytes, name: str) -> Image.Image:
                 "resize it before classifying"
             )
         img.load()
-        return to_gray(img)
+        return to_gray(img, name)
     except ImageError:
         raise
     except Image.DecompressionBombError:
@@ -153,12 +155,14 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
             "install its codec (e.g. pip install pylibjpeg pylibjpeg-libjpeg) or convert the file"
         ) from None
     try:
-        return _dicom_to_gray(pixels, ds)
+        return _dicom_to_gray(pixels, ds, name)
+    except ImageError:
+        raise
     except Exception as exc:  # damaged rescale/window attributes or an unexpected pixel layout
         raise ImageError(f"{name}: cannot convert the DICOM pixels to grayscale ({_brief(exc)})") from None
 
 
-def _dicom_to_gray(pixels: np.ndarray, ds) -> Image.Image:
+def _dicom_to_gray(pixels: np.ndarray, ds, name: str) -> Image.Image:
     """One frame -> gray, in float32 in place: modality rescale, VOI window, min-max scale."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -176,10 +180,13 @@ def _dicom_to_gray(pixels: np.ndarray, ds) -> Image.Image:
         values = _linear_window(values, ds, function)
     if values.ndim == 3:
         values = values[..., :3].mean(axis=-1, dtype=np.float32)
-    gray = _to_uint8(values)
+    gray = _to_uint8(values, name)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 255 - gray
-    return Image.fromarray(gray, mode="L")
+    img = Image.fromarray(gray, mode="L")
+    attribute = lambda key: str(ds.get(key, "") or "").strip().upper()  # noqa: E731
+    img.info.update(dicom_modality=attribute("Modality"), dicom_view_position=attribute("ViewPosition"))
+    return img  # info: for edgecxr.domain.check_domain
 
 
 def _linear_window(values: np.ndarray, ds, function: str) -> np.ndarray:

@@ -171,3 +171,132 @@ def test_float32_windowing_matches_pydicom(window):
     ref = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
     ref = np.round((ref - ref.min()) * 255.0 / (ref.max() - ref.min()))
     assert np.abs(np.asarray(decode_image(data, "w.dcm")).astype(int) - ref).max() <= 1
+
+
+# -- 3. intended use: refuse what the model was not validated for -------------------------------------
+def _save(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _float_tiff(bad: float) -> bytes:
+    pixels = _ramp16(128, 128).astype(np.float32)
+    pixels[5, 7] = bad
+    return _save(Image.fromarray(pixels, mode="F"), "TIFF")
+
+
+def _transparent() -> bytes:
+    rgba = np.zeros((256, 256, 4), np.uint8)
+    rgba[..., :3] = np.asarray(read_image(NORMAL[0]).resize((256, 256)))[..., None]  # an X-ray, alpha 0
+    return _save(Image.fromarray(rgba, mode="RGBA"))
+
+
+XRAY = _ramp16(128, 128)
+REFUSED = {  # input -> words the one-line reason must hold
+    "blank.png": (lambda: _save(Image.new("L", (512, 512), 0)), "constant"),
+    "gray.png": (lambda: _save(Image.new("L", (512, 512), 128)), "constant"),
+    "transparent.png": (_transparent, "constant"),
+    "one-pixel.png": (lambda: _save(Image.new("L", (1, 1), 7)), "64 px"),
+    "strip.png": (lambda: _save(read_image(NORMAL[0]).resize((400, 40))), "64 px"),
+    "nan.tiff": (lambda: _float_tiff(float("nan")), "NaN"),
+    "inf.tiff": (lambda: _float_tiff(float("inf")), "NaN or infinite"),
+    "mr.dcm": (lambda: _dcm(XRAY, Modality="MR"), "modality MR"),
+    "ct.dcm": (lambda: _dcm(XRAY, Modality="CT"), "modality CT"),
+    "rtdose.dcm": (lambda: _dcm(XRAY, Modality="RTDOSE"), "modality RTDOSE"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_out_of_domain_inputs_are_refused_with_one_line(clf, name):
+    make, why = REFUSED[name]
+    with pytest.raises(ImageError) as caught:
+        clf.predict(make())
+    message = str(caught.value)
+    assert why in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("extra", [dict(Modality="DX"), dict(Modality="CR"), {}])
+def test_radiographs_are_accepted(clf, extra):
+    assert clf.predict(_dcm(XRAY, **extra)).warning is None
+
+
+def test_lateral_view_is_classified_with_a_warning(clf):
+    p = clf.predict(_dcm(XRAY, Modality="DX", ViewPosition="LL"))
+    assert p.warning and "lateral" in p.warning and "LL" in p.warning and "\n" not in p.warning
+    decoded = decode_image(_dcm(XRAY, Modality="CR", ViewPosition="RL"))  # a PIL image keeps what the DICOM said
+    assert "lateral" in clf.predict(decoded).warning
+
+
+def test_real_images_are_inside_the_domain(kermany, fullres):
+    from edgecxr.domain import DOMAIN, check_domain
+
+    paths = sorted((kermany / "test").rglob("*.jpeg")) + sorted(fullres.rglob("*.jpeg")) + NORMAL
+    assert len(paths) > 624 + 16
+    for path in paths:
+        assert check_domain(read_image(path), str(path), DOMAIN) is None
+
+
+def test_a_batch_reports_refused_images_and_goes_on(clf, bundle, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+    from edgecxr.devices.classifier import Failure
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in NORMAL[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "blank.png").write_bytes(REFUSED["blank.png"][0]())
+    (folder / "mr.dcm").write_bytes(REFUSED["mr.dcm"][0]())
+    (folder / "lateral.dcm").write_bytes(_dcm(XRAY, Modality="DX", ViewPosition="LATERAL"))
+    results = clf.predict_batch(sorted(folder.iterdir()), strict=False)
+    assert [type(r).__name__ for r in results] == ["Prediction", "Prediction", "Prediction", "Failure",
+                                                   "Prediction", "Failure"]
+    r = CliRunner().invoke(main, ["device", "run", str(bundle), str(folder), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert len(report["results"]) == 4 and {Path(f["file"]).name for f in report["failures"]} == {"blank.png", "mr.dcm"}
+    assert "constant" in r.stderr and "modality MR" in r.stderr and "lateral" in r.stderr
+    assert isinstance(results[3], Failure) and "constant" in results[3].error
+
+
+def test_the_domain_is_in_the_manifest_and_old_bundles_load(bundle, tmp_path):
+    import json
+    import shutil
+
+    from edgecxr import bundle as B
+    from edgecxr.domain import DOMAIN
+    from edgecxr.errors import BundleError
+
+    assert B.load_bundle(bundle).manifest["domain"] == DOMAIN
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+
+    def rewrite(change):
+        m = json.loads((old / B.MANIFEST).read_text())
+        change(m)
+        m["digest"] = B.manifest_digest(m)
+        (old / B.MANIFEST).write_text(json.dumps(m))
+
+    rewrite(lambda m: m.pop("domain"))  # a bundle exported before the field existed
+    assert B.load_bundle(old).domain == DOMAIN
+    rewrite(lambda m: m.update(domain={**DOMAIN, "min_side": 300}))
+    assert B.load_bundle(old).domain["min_side"] == 300
+    for bad in ({**DOMAIN, "min_side": "64"}, {**DOMAIN, "min_side": 0}, {**DOMAIN, "modalities": "CR"},
+                {**DOMAIN, "colour": True}, ["CR"]):
+        rewrite(lambda m: m.update(domain=bad))
+        with pytest.raises(BundleError, match="domain"):
+            B.load_bundle(old)
+
+
+def test_run_help_shows_the_accepted_inputs():
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    r = CliRunner().invoke(main, ["device", "run", "--help"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "64 px" in text and "CR or DX" in text and "lateral" in text and "constant" in text
