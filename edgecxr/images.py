@@ -206,24 +206,44 @@ def _linear_window(values: np.ndarray, ds, function: str) -> np.ndarray:
     return np.clip(values, center - width / 2, center + width / 2, out=values)
 
 
+def _check_size(size: int, name: str) -> None:
+    if size > MAX_BYTES:
+        raise ImageError(f"{name}: file is larger than {MAX_BYTES // 2**20} MB")
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
     """Decode image bytes to an 8-bit grayscale ("L") PIL image, or raise ImageError."""
     if not data:
         raise ImageError(f"{name}: file is empty")
-    if len(data) > MAX_BYTES:
-        raise ImageError(f"{name}: file is larger than {MAX_BYTES // 2**20} MB")
+    _check_size(len(data), name)
     if _is_dicom(data, name):
         return _decode_dicom(data, name)
     return _decode_pil(data, name)
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as an 8-bit grayscale PIL image, or raise ImageError."""
+    """Read an image file as an 8-bit grayscale PIL image, or raise ImageError.
+
+    Regular files only, at most MAX_BYTES: /dev/zero would read without end and a FIFO would block.
+    """
+    import stat
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{path}: is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path}: not a regular file (a device, FIFO or socket); pass an image file")
+        _check_size(info.st_size, str(path))
+        try:
+            data = fh.read(MAX_BYTES + 1)  # a file that grew since fstat is still refused
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return decode_image(data, str(path))

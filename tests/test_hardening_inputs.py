@@ -300,3 +300,69 @@ def test_run_help_shows_the_accepted_inputs():
     r = CliRunner().invoke(main, ["device", "run", "--help"])
     text = " ".join(r.output.split())
     assert r.exit_code == 0 and "64 px" in text and "CR or DX" in text and "lateral" in text and "constant" in text
+
+
+# -- 4. non-regular files and unbounded thread counts ------------------------------------------------------
+def _python(code: str, *args, timeout: float = 60, memory: int = 4 << 30):
+    """Run `code` in a child python with an address-space limit and a timeout: before the fix these inputs
+    read without end, hang or segfault, and must not take the test run with them."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    try:
+        return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, preexec_fn=limit, env=os.environ.copy(), cwd=REPO)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout} s: {code} {args}")
+
+
+READ = "import sys; from edgecxr.images import read_image; from edgecxr.errors import ImageError\n" \
+       "try: read_image(sys.argv[1])\nexcept ImageError as e: print(e)"
+
+
+@pytest.fixture()
+def fifo(tmp_path) -> Path:
+    import os
+
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("which", ["/dev/zero", "fifo"])
+def test_non_regular_files_are_refused(which, fifo):
+    path = fifo if which == "fifo" else Path(which)
+    r = _python(READ, path, timeout=20, memory=1 << 30)
+    assert r.returncode == 0 and "not a regular file" in r.stdout, (r.stdout, r.stderr[-500:])
+
+
+@pytest.mark.parametrize("which", ["/dev/zero", "fifo"])
+def test_device_run_on_non_regular_files_is_one_line(bundle, which, fifo):
+    path = fifo if which == "fifo" else Path(which)
+    r = _python("from edgecxr.cli import main; main()", "device", "run", bundle, path)
+    lines = [line for line in r.stderr.splitlines() if not line.startswith(("INFO:", "WARNING:"))]
+    assert r.returncode == 2 and len(lines) == 1 and "not a regular file" in lines[0], r.stderr[-500:]
+
+
+def test_a_file_above_the_byte_limit_is_refused_unread(tmp_path):
+    from edgecxr.images import MAX_BYTES
+
+    big = tmp_path / "big.png"
+    with open(big, "wb") as fh:
+        fh.truncate(MAX_BYTES + MB)  # sparse: no disk used
+    err, peak = _peak(read_image, big)
+    assert isinstance(err, ImageError) and "larger than" in str(err)
+    assert peak < MB
+
+
+def test_threads_are_bounded_with_one_line(bundle):
+    r = _python("from edgecxr.cli import main; main()", "device", "run", bundle, NORMAL[0], "--threads", "100000")
+    lines = [line for line in r.stderr.splitlines() if not line.startswith(("INFO:", "WARNING:"))]
+    assert r.returncode == 2 and len(lines) == 1 and "--threads" in lines[0] and "100000" in lines[0], r.stderr[-500:]
+    ok = _python("from edgecxr.cli import main; main()", "device", "run", bundle, NORMAL[0], "--threads", "2")
+    assert ok.returncode == 0, ok.stderr[-500:]
