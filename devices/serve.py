@@ -8,7 +8,8 @@
 
 Every error is JSON ``{"error": "<one line>"}``: 400 malformed request, 404/405 wrong route,
 408 upload too slow, 413 body above --max-bytes, 415 not an image content type,
-422 unreadable image (corrupt, truncated, above the pixel limit, DICOM without a codec),
+422 unreadable image (corrupt, truncated, above the pixel limit, DICOM without a codec) or one outside
+the bundle's input domain (edgecxr.domain: blank, tiny, an MR/CT DICOM...),
 500 unexpected (logged), 503 too many open connections (uvicorn's --limit-concurrency).
 
 Binds to 127.0.0.1 by default: there is no TLS and no authentication, so put it behind a

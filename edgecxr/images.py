@@ -53,7 +53,7 @@ def _to_uint8(values: np.ndarray, name: str) -> np.ndarray:
 
 def to_gray(img: Image.Image, name: str = "<image>") -> Image.Image:
     """Any PIL image -> upright 8-bit grayscale: the EXIF orientation applied (a phone photo of a film),
-    16-bit/float min-max scaled, transparency composited on black. Every input passes here."""
+    16-bit/float min-max scaled, transparency composited on black. Every input but DICOM passes here."""
     from PIL import ImageOps
 
     if img.getexif().get(0x0112, 1) != 1:  # Orientation; exif_transpose copies the image even without one

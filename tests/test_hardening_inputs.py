@@ -366,3 +366,17 @@ def test_threads_are_bounded_with_one_line(bundle):
     assert r.returncode == 2 and len(lines) == 1 and "--threads" in lines[0] and "100000" in lines[0], r.stderr[-500:]
     ok = _python("from edgecxr.cli import main; main()", "device", "run", bundle, NORMAL[0], "--threads", "2")
     assert ok.returncode == 0, ok.stderr[-500:]
+
+
+def test_serve_refuses_out_of_domain_and_warns_on_lateral(clf):
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    from edgecxr.devices.serve import create_app
+
+    with TestClient(create_app(clf)) as client:
+        r = client.post("/v1/classify", content=REFUSED["blank.png"][0](), headers={"Content-Type": "image/png"})
+        assert r.status_code == 422 and "constant" in r.text
+        lateral = _dcm(XRAY, Modality="DX", ViewPosition="LL")
+        r = client.post("/v1/classify", content=lateral, headers={"Content-Type": "application/dicom"})
+        assert r.status_code == 200 and "lateral" in r.json()["warning"]
