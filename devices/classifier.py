@@ -28,8 +28,9 @@ from typing import Iterable, Union
 import numpy as np
 
 from edgecxr.bundle import Bundle, load_bundle
+from edgecxr.domain import check_domain
 from edgecxr.errors import ConfigError, EdgecxrError, ImageError, ModelError
-from edgecxr.images import decode_image, read_image
+from edgecxr.images import decode_image, read_image, to_gray
 
 from edgecxr.devices.runtimes import Session, open_session
 
@@ -55,6 +56,7 @@ class Prediction:
     threshold: float
     timings: Timings
     source: str | None = None
+    warning: str | None = None  # e.g. a lateral view: classified, outside what the model was validated on
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -137,10 +139,11 @@ class Classifier:
         return self.session.describe()
 
     # -- the three steps --------------------------------------------------------
-    def prepare(self, item: Item) -> tuple[np.ndarray, float, float]:
-        """Decode + preprocess to the model's input tensor (batch axis, layout, dtype, quantized).
+    def prepare(self, item: Item, name: str | None = None) -> tuple[np.ndarray, float, float, str | None]:
+        """Decode, check against the bundle's input domain, preprocess to the model's input tensor.
 
-        Returns (model_input, decode_ms, preprocess_ms). Thread-safe; no runtime call.
+        Returns (model_input, decode_ms, preprocess_ms, warning). Raises ImageError for an unreadable
+        image or one outside the domain (edgecxr.domain). Thread-safe; no runtime call.
         """
         clock = time.perf_counter
         t0 = clock()
@@ -148,11 +151,12 @@ class Classifier:
             if item.shape != self.spec.input_shape:
                 raise ConfigError(f"a float array is taken as a preprocessed input and must have shape "
                                   f"{self.spec.input_shape}, got {item.shape}; pass uint8 pixels for a raw image")
-            return self.to_model_input(item), 0.0, (clock() - t0) * 1e3
+            return self.to_model_input(item), 0.0, (clock() - t0) * 1e3, None
         img = self._decode(item)
+        warning = check_domain(img, name or _source(item) or "<input>", self.bundle.domain)
         t1 = clock()
         x = self.from_pixels(self.spec.to_pixels(img))
-        return x, (t1 - t0) * 1e3, (clock() - t1) * 1e3
+        return x, (t1 - t0) * 1e3, (clock() - t1) * 1e3, warning
 
     def _decode(self, item):
         if isinstance(item, (str, os.PathLike)):
@@ -167,7 +171,7 @@ class Classifier:
             arr = item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item
             return Image.fromarray(arr).convert("L")
         if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-            return item if item.mode == "L" else item.convert("L")
+            return to_gray(item)
         raise ConfigError(f"cannot classify a {type(item).__name__}; pass a path, bytes, a PIL image or a numpy array")
 
     def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -221,17 +225,17 @@ class Classifier:
             p = self.probability(raw)
             return p, (time.perf_counter() - t0) * 1e3
 
-    def decide(self, probability: float, timings: Timings, source=None) -> Prediction:
+    def decide(self, probability: float, timings: Timings, source=None, warning=None) -> Prediction:
         positive = probability >= self.threshold
         return Prediction(probability, self.labels[1] if positive else self.labels[0], bool(positive),
-                          self.threshold, timings, source)
+                          self.threshold, timings, source, warning)
 
     # -- public API -------------------------------------------------------------
     def predict(self, item: Item) -> Prediction:
         """Classify one image (see the module docstring for accepted inputs); raises ImageError."""
-        x, decode_ms, pre_ms = self.prepare(item)
+        x, decode_ms, pre_ms, warning = self.prepare(item)
         p, infer_ms = self.infer(x)
-        return self.decide(p, Timings(decode_ms, pre_ms, infer_ms), _source(item))
+        return self.decide(p, Timings(decode_ms, pre_ms, infer_ms), _source(item), warning)
 
     def predict_batch(self, items: Iterable[Item], *, workers: int | None = None,
                       strict: bool = True) -> list[Prediction | Failure]:
@@ -269,9 +273,9 @@ class Classifier:
                             raise prepared
                         results.append(Failure(_source(item) or "<input>", str(prepared)))
                         continue
-                    x, decode_ms, pre_ms = prepared
+                    x, decode_ms, pre_ms, warning = prepared
                     p, infer_ms = self.infer(x)
-                    results.append(self.decide(p, Timings(decode_ms, pre_ms, infer_ms), _source(item)))
+                    results.append(self.decide(p, Timings(decode_ms, pre_ms, infer_ms), _source(item), warning))
             finally:
                 for _, future in pending:  # on an error: do not decode the rest of the window
                     future.cancel()

@@ -81,7 +81,20 @@ def _expand(paths):
     return items
 
 
-@device.command()
+def _run_help() -> str:
+    from edgecxr.domain import describe_domain
+
+    return f"""Classify image files or folders (JPEG, PNG, DICOM) with BUNDLE.
+
+    A bad file named on the command line gives one error line and a non-zero exit;
+    bad files found inside a folder are listed and the others still get results.
+
+    Accepted inputs (the bundle manifest's 'domain'; these defaults for bundles without one):
+    {describe_domain()}. Anything else is refused with one line saying why.
+    """
+
+
+@device.command(help=_run_help())
 @BUNDLE
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @RUNTIME
@@ -93,11 +106,6 @@ def _expand(paths):
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
 def run(bundle, paths, runtime, threads, device_name, trusted_key, as_json, as_csv, workers, strict):
-    """Classify image files or folders (JPEG, PNG, DICOM) with BUNDLE.
-
-    A bad file named on the command line gives one error line and a non-zero exit;
-    bad files found inside a folder are listed and the others still get results.
-    """
     from edgecxr.devices.classifier import Failure
     from edgecxr.devices.runtimes import runtime_notes
 
@@ -132,8 +140,11 @@ def run(bundle, paths, runtime, threads, device_name, trusted_key, as_json, as_c
         click.echo(f"{'file':{width}s}  {'prob':>6s}  {'label':10s} {'ms':>7s}")
         for r in good:
             click.echo(f"{r.source:{width}s}  {r.probability:6.4f}  {r.label:10s} {r.timings.total_ms:7.2f}")
+    for r in good:
+        if r.warning:
+            click.echo(f"warning: {r.warning}", err=True)
     if bad:
-        click.echo(f"{len(bad)} of {len(results)} file(s) could not be read:", err=True)
+        click.echo(f"{len(bad)} of {len(results)} file(s) could not be read or were refused:", err=True)
         for f in bad:
             click.echo(f"  {f.error}", err=True)
         named = {str(p) for p, explicit in items if explicit}

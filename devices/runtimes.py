@@ -92,8 +92,9 @@ def _timed_loop(fn, runs: int) -> np.ndarray:
 
 
 def _check_threads(threads):
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    most = 4 * (os.cpu_count() or 1)  # runtimes crash on absurd counts (100000 segfaulted LiteRT)
+    if threads is not None and not 1 <= threads <= most:
+        raise ConfigError(f"--threads must be 1..{most} (4 per CPU), got {threads}")
 
 
 # -- TFLite family ------------------------------------------------------------

@@ -9,7 +9,8 @@
 Every error is JSON ``{"error": "<one line>"}``: 400 malformed request, 401 missing or wrong token,
 404/405 wrong route, 408 upload too slow, 413 body above --max-bytes, 415 not an image content type,
 421 Host header not allowed, 422 unreadable image (corrupt, truncated, above the pixel limit, DICOM
-without a codec), 500 unexpected (logged), 503 more than --max-connections requests in progress.
+without a codec) or one outside the bundle's input domain (edgecxr.domain: blank, tiny, an MR/CT
+DICOM...), 500 unexpected (logged), 503 more than --max-connections requests in progress.
 
 Binds to 127.0.0.1 by default. Optional bearer-token authentication (--token-file or
 EDGECXR_SERVE_TOKEN; /healthz then says only "ok" to callers without the token); the Host header is
@@ -224,13 +225,13 @@ class Service:
         t0 = clock()
         image = decode_image(data, name)
         t1 = clock()
-        x, _, pre_ms = self.clf.prepare(image)
+        x, _, pre_ms, warning = self.clf.prepare(image, name)
         with self.lock:
             p, infer_ms = self.clf.infer(x)
-        pred = self.clf.decide(p, Timings((t1 - t0) * 1e3, pre_ms, infer_ms))
+        pred = self.clf.decide(p, Timings((t1 - t0) * 1e3, pre_ms, infer_ms), warning=warning)
         t = pred.timings
         return {"probability": pred.probability, "label": pred.label, "positive": pred.positive,
-                "threshold": pred.threshold, **self.model,
+                "threshold": pred.threshold, "warning": pred.warning, **self.model,
                 "timings": {"decode_ms": t.decode_ms, "preprocess_ms": t.preprocess_ms, "infer_ms": t.infer_ms,
                             "total_ms": t.total_ms}}
 

@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from edgecxr.domain import DOMAIN, domain_problem
 from edgecxr.errors import BundleError
 from edgecxr.preprocess import PreprocessSpec
 from edgecxr.targets import TARGETS
@@ -85,6 +86,11 @@ class Bundle:
         return tuple(self.manifest["labels"])
 
     @property
+    def domain(self) -> dict:
+        """The accepted inputs (edgecxr.domain); bundles exported before the field get the defaults."""
+        return {**DOMAIN, **self.manifest.get("domain", {})}
+
+    @property
     def reference(self) -> dict:
         return self.manifest["reference"]
 
@@ -105,6 +111,9 @@ def _check_schema(name: str, manifest: dict) -> None:
         missing = [k for k in TENSOR_KEYS if k not in manifest[tensor]]
         if missing:
             raise BundleError(f"{name}: manifest '{tensor}' lacks {missing}; re-export the bundle")
+    problem = domain_problem(manifest.get("domain", DOMAIN))
+    if problem:
+        raise BundleError(f"{name}: manifest 'domain' {problem}; re-export the bundle")
     missing = [k for k in REFERENCE_KEYS if k not in manifest["reference"]]
     if missing:
         raise BundleError(f"{name}: manifest 'reference' lacks {missing}; re-export the bundle")

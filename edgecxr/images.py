@@ -35,18 +35,31 @@ def _brief(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Min-max scale any numeric array to 0..255 (used for 16-bit, float and DICOM data)."""
-    values = values.astype(np.float64)
-    low, high = float(values.min()), float(values.max())
+def _to_uint8(values: np.ndarray, name: str) -> np.ndarray:
+    """Min-max scale a float32 array to 0..255, in place (used for 16-bit, float and DICOM data).
+
+    float32 and no temporaries: 4 bytes per pixel, where float64 copies took 26 (a 124 KB PNG took 763 MB).
+    """
+    low, high = float(values.min()), float(values.max())  # NaN or inf when any pixel is
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ImageError(f"{name}: pixel values include NaN or infinite numbers; not a usable image")
     if high <= low:
         return np.zeros(values.shape, np.uint8)
-    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    values -= np.float32(low)
+    values *= np.float32(255.0 / (high - low))
+    np.rint(values, out=values)
+    return values.astype(np.uint8)
 
 
-def _pil_to_gray(img: Image.Image) -> Image.Image:
+def to_gray(img: Image.Image, name: str = "<image>") -> Image.Image:
+    """Any PIL image -> upright 8-bit grayscale: the EXIF orientation applied (a phone photo of a film),
+    16-bit/float min-max scaled, transparency composited on black. Every input but DICOM passes here."""
+    from PIL import ImageOps
+
+    if img.getexif().get(0x0112, 1) != 1:  # Orientation; exif_transpose copies the image even without one
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(img)), mode="L")
+        return Image.fromarray(_to_uint8(np.array(img, dtype=np.float32), name), mode="L")
     if img.mode == "L":
         return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -66,7 +79,7 @@ def _decode_pil(data: bytes, name: str) -> Image.Image:
                 "resize it before classifying"
             )
         img.load()
-        return _pil_to_gray(img)
+        return to_gray(img, name)
     except ImageError:
         raise
     except Image.DecompressionBombError:
@@ -77,12 +90,42 @@ def _decode_pil(data: bytes, name: str) -> Image.Image:
         raise ImageError(f"{name}: corrupt or truncated image ({_brief(exc)})") from None
 
 
+def _check_inflated(data: bytes, name: str) -> None:
+    """pydicom inflates a deflated DICOM whole while reading it (a 765 KB file, 2.6 GB): measure it first,
+    1 MB of output at a time, keeping nothing."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, True)
+        syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
+    except Exception:  # a damaged header: dcmread reports it
+        return
+    if syntax != DeflatedExplicitVRLittleEndian:
+        return
+    inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    for start in range(fp.tell(), len(data), 1 << 14):
+        chunk = data[start:start + (1 << 14)]
+        while chunk and size <= MAX_BYTES:
+            try:
+                size += len(inflater.decompress(chunk, 1 << 20))  # at most 1 MB out per call
+            except zlib.error:  # dcmread reports it
+                return
+            chunk = inflater.unconsumed_tail
+        if size > MAX_BYTES:
+            raise ImageError(f"{name}: deflated DICOM inflates to more than {MAX_BYTES >> 20} MB; "
+                             "refused as a decompression bomb")
+
+
 def _decode_dicom(data: bytes, name: str) -> Image.Image:
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:
         raise ImageError(f"{name}: DICOM support needs pydicom: pip install pydicom") from None
+    _check_inflated(data, name)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types for garbage input
@@ -91,11 +134,19 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
         raise ImageError(f"{name}: DICOM file has no pixel data")
     try:
         rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+        frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
     except (TypeError, ValueError) as exc:  # e.g. a damaged file with several values in Rows
-        raise ImageError(f"{name}: DICOM Rows/Columns are malformed ({_brief(exc)})") from None
+        raise ImageError(f"{name}: DICOM Rows/Columns/NumberOfFrames/SamplesPerPixel/BitsAllocated are malformed "
+                         f"({_brief(exc)})") from None
     if rows * cols > MAX_PIXELS or rows * cols == 0:
         raise ImageError(f"{name}: DICOM claims {cols}x{rows} pixels; not a usable image")
+    decoded = rows * cols * max(frames, 1) * max(samples, 1) * max(-(-bits // 8), 1)
+    if decoded > MAX_BYTES:  # from the header, before any pixel data is touched
+        raise ImageError(f"{name}: DICOM claims {frames} frame(s) of {cols}x{rows}x{samples} at {bits} bits "
+                         f"({decoded / 2**20:,.0f} MB decoded), above the {MAX_BYTES >> 20} MB limit")
     try:
+        ds.pixel_array_options(index=0)  # decode the first frame only
         pixels = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
@@ -104,43 +155,95 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
             "install its codec (e.g. pip install pylibjpeg pylibjpeg-libjpeg) or convert the file"
         ) from None
     try:
-        return _dicom_to_gray(pixels, ds, apply_modality_lut, apply_voi_lut)
+        return _dicom_to_gray(pixels, ds, name)
+    except ImageError:
+        raise
     except Exception as exc:  # damaged rescale/window attributes or an unexpected pixel layout
         raise ImageError(f"{name}: cannot convert the DICOM pixels to grayscale ({_brief(exc)})") from None
 
 
-def _dicom_to_gray(pixels, ds, apply_modality_lut, apply_voi_lut) -> Image.Image:
-    if pixels.ndim == 4 or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)):
-        pixels = pixels[0]  # multi-frame: first frame
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds).astype(np.float64)
+def _dicom_to_gray(pixels: np.ndarray, ds, name: str) -> Image.Image:
+    """One frame -> gray, in float32 in place: modality rescale, VOI window, min-max scale."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if "ModalityLUTSequence" in ds:
+        values = apply_modality_lut(pixels, ds).astype(np.float32)
+    else:
+        values = pixels.astype(np.float32)
+        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            values *= np.float32(ds.RescaleSlope)
+            values += np.float32(ds.RescaleIntercept)
+    function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if "VOILUTSequence" in ds or ("WindowCenter" in ds and function not in ("LINEAR", "LINEAR_EXACT")):
+        values = apply_voi_lut(values, ds).astype(np.float32)  # a LUT or a sigmoid: rare, pydicom's float64
+    elif "WindowCenter" in ds:
+        values = _linear_window(values, ds, function)
     if values.ndim == 3:
-        values = values[..., :3].mean(axis=-1)
-    gray = _to_uint8(values)
+        values = values[..., :3].mean(axis=-1, dtype=np.float32)
+    gray = _to_uint8(values, name)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 255 - gray
-    return Image.fromarray(gray, mode="L")
+    img = Image.fromarray(gray, mode="L")
+    attribute = lambda key: str(ds.get(key, "") or "").strip().upper()  # noqa: E731
+    img.info.update(dicom_modality=attribute("Modality"), dicom_view_position=attribute("ViewPosition"))
+    return img  # info: for edgecxr.domain.check_domain
+
+
+def _linear_window(values: np.ndarray, ds, function: str) -> np.ndarray:
+    """A LINEAR(_EXACT) VOI window (PS3.3 C.11.2.1.2) is affine inside the window and flat outside; min-max
+    scaling follows, which undoes any increasing affine map, so clipping to the window gives pydicom's result."""
+    from pydicom.multival import MultiValue
+
+    center, width = (float(v[0] if isinstance(v, MultiValue) else v) for v in (ds.WindowCenter, ds.WindowWidth))
+    if function == "LINEAR":
+        if width < 1:
+            raise ValueError(f"Window Width {width} must be at least 1 for a LINEAR window")
+        center, width = center - 0.5, width - 1
+    elif width <= 0:
+        raise ValueError(f"Window Width {width} must be above 0 for a LINEAR_EXACT window")
+    if width == 0:  # a LINEAR window of width 1: a threshold
+        return np.greater(values, center).astype(np.float32)
+    return np.clip(values, center - width / 2, center + width / 2, out=values)
+
+
+def _check_size(size: int, name: str) -> None:
+    if size > MAX_BYTES:
+        raise ImageError(f"{name}: file is larger than {MAX_BYTES // 2**20} MB")
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
     """Decode image bytes to an 8-bit grayscale ("L") PIL image, or raise ImageError."""
     if not data:
         raise ImageError(f"{name}: file is empty")
-    if len(data) > MAX_BYTES:
-        raise ImageError(f"{name}: file is larger than {MAX_BYTES // 2**20} MB")
+    _check_size(len(data), name)
     if _is_dicom(data, name):
         return _decode_dicom(data, name)
     return _decode_pil(data, name)
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as an 8-bit grayscale PIL image, or raise ImageError."""
+    """Read an image file as an 8-bit grayscale PIL image, or raise ImageError.
+
+    Regular files only, at most MAX_BYTES: /dev/zero would read without end and a FIFO would block.
+    """
+    import stat
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{path}: is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path}: not a regular file (a device, FIFO or socket); pass an image file")
+        _check_size(info.st_size, str(path))
+        try:
+            data = fh.read(MAX_BYTES + 1)  # a file that grew since fstat is still refused
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return decode_image(data, str(path))

@@ -15,6 +15,7 @@ from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
 from edgecxr.cpu import cpu_info
 from edgecxr.bundle import finalize, load_bundle
+from edgecxr.domain import DOMAIN
 from edgecxr.errors import ConfigError, EdgecxrError, ExportIncomplete, ModelError
 from edgecxr.targets import resolve_targets
 
@@ -159,7 +160,8 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
 
     qat_source = make_qat() if qat and any(t.family == "tflite" and t.int8 for t in chosen) else None
     tool_versions = versions()
-    base = {"preprocess": spec.to_dict(), "labels": list(info.labels), "threshold": float(info.threshold),
+    base = {"preprocess": spec.to_dict(), "domain": DOMAIN, "labels": list(info.labels),
+            "threshold": float(info.threshold),
             "source_model": {"path": str(Path(model_path).resolve()), "sha256": source.sha256,
                              "flavor": source.flavor, "threshold_method": info.threshold_method},
             "versions": tool_versions, "reference": reference, "verified_on": {"cpu": cpu_info(), "versions": tool_versions}}

@@ -1,0 +1,56 @@
+"""The accepted input domain: what the model was validated for. Written into every bundle's manifest at
+export ('domain'); the device refuses anything outside it with one line saying why. Light: no imports."""
+from __future__ import annotations
+
+DOMAIN = {
+    "min_side": 64,  # px on the short side; the training images are 224 px, the originals about 600-1800
+    "modalities": ["CR", "DX"],  # DICOM Modality; a secondary capture passes when it names one of these
+    "lateral_views": ["LL", "RL", "LATERAL"],  # DICOM ViewPosition: classified, with a warning
+}
+
+
+def describe_domain(domain: dict = DOMAIN) -> str:
+    return (f"chest X-rays at least {domain['min_side']} px on the short side, with finite, not constant pixels; "
+            f"DICOM Modality {' or '.join(domain['modalities'])} (files without a Modality are taken as such); "
+            f"lateral views (DICOM ViewPosition {', '.join(domain['lateral_views'])}) are classified with a warning")
+
+
+def domain_problem(domain) -> str | None:
+    """What is wrong with a manifest's 'domain' (None when it is valid)."""
+    if not isinstance(domain, dict):
+        return "is not an object"
+    unknown = set(domain) - set(DOMAIN)
+    if unknown:
+        return f"has unknown keys {sorted(unknown)} (written by a newer edgecxr?)"
+    side = domain.get("min_side", DOMAIN["min_side"])
+    if type(side) is not int or not 1 <= side <= 4096:
+        return f"min_side must be an integer 1..4096, got {side!r}"
+    for key in ("modalities", "lateral_views"):
+        value = domain.get(key, DOMAIN[key])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"{key} must be a list of strings, got {value!r}"
+    return None
+
+
+def check_domain(img, name: str, domain: dict = DOMAIN) -> str | None:
+    """Refuse (ImageError) a decoded grayscale image the model was not validated for; returns a warning or None.
+
+    DICOM attributes come from the image's info ('dicom_modality', 'dicom_view_position'), set by the reader.
+    """
+    from edgecxr.errors import ImageError
+
+    width, height = img.size
+    if min(width, height) < domain["min_side"]:
+        raise ImageError(f"{name}: image is {width}x{height} px, below the {domain['min_side']} px minimum on the "
+                         "short side the model accepts")
+    low, high = img.getextrema()
+    if low == high:
+        raise ImageError(f"{name}: every pixel is {low} (a constant or fully transparent image); not an X-ray")
+    modality = img.info.get("dicom_modality")
+    if modality and modality not in domain["modalities"]:
+        raise ImageError(f"{name}: DICOM modality {modality}; the model was validated on "
+                         f"{' and '.join(domain['modalities'])} chest radiographs only")
+    view = img.info.get("dicom_view_position")
+    if view and view in domain["lateral_views"]:
+        return f"{name}: lateral view (DICOM ViewPosition {view}); the model was validated on frontal chest X-rays"
+    return None
