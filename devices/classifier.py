@@ -30,7 +30,7 @@ import numpy as np
 from edgecxr.bundle import Bundle, load_bundle
 from edgecxr.domain import check_domain
 from edgecxr.errors import ConfigError, EdgecxrError, ImageError, ModelError
-from edgecxr.images import decode_image, read_image, to_gray
+from edgecxr.images import decode_image, to_gray
 
 from edgecxr.devices.runtimes import Session, open_session
 
@@ -160,9 +160,9 @@ class Classifier:
 
     def _decode(self, item):
         if isinstance(item, (str, os.PathLike)):
-            return read_image(item)
+            return self.spec.read(item)
         if isinstance(item, (bytes, bytearray, memoryview)):
-            return decode_image(bytes(item))
+            return decode_image(bytes(item), draft=self.spec.draft_size)
         if isinstance(item, np.ndarray):
             from PIL import Image
 

@@ -75,9 +75,7 @@ def classifier_predict(clf) -> PredictFn:
 def explain_bundle(clf, image, *, patch: int | None = None, stride: int | None = None):
     """Occlusion map of one image (a path or a PIL image) with a loaded Classifier."""
     if not hasattr(image, "convert"):
-        from edgecxr.images import read_image
-
-        image = read_image(image)
+        image = clf.spec.read(image)
     x = clf.spec.apply(image)
     return occlusion_map(classifier_predict(clf), x, fill=grey_value(clf.spec), patch=patch, stride=stride)
 

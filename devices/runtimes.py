@@ -269,6 +269,25 @@ class OpenVinoSession(Session):
         self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
         self.runtime, self.version, self.threads = "openvino", ov.__version__.split("-")[0], threads
         self.provider = _openvino_provider(core, compiled, device)
+        self._first_call(model_path)
+
+    def _first_call(self, model_path):
+        """Run once at load: some kernels fail only when first executed (OpenVINO's ARM int8 convolutions on
+        CPUs without dot-product instructions), and that must be one error at load, not one per image."""
+        if any(d is None for d in self.input_shape[1:]):
+            return
+        try:
+            self.request.infer({0: np.zeros((1, *self.input_shape[1:]), self.input_dtype)})
+        except RuntimeError as exc:
+            from edgecxr.cpu import cpu_info
+
+            if cpu_info()["int8_path"] == "ARM NEON without dot product":
+                raise ModelError(
+                    f"{model_path}: OpenVINO {self.version} cannot run this int8 model on this CPU: its ARM int8 "
+                    "convolutions need the dot-product instructions (ARMv8.2+; a Raspberry Pi 4 has none); "
+                    "use the tflite-int8 or onnx-int8 bundle, or openvino-fp32") from None
+            raise ModelError(f"{model_path}: OpenVINO cannot run this model on {self.provider} "
+                             f"({str(exc).strip().splitlines()[-1]})") from None
 
     def run(self, x):
         return self.request.infer({0: x})[self._out]

@@ -223,7 +223,7 @@ class Service:
 
         clock = time.perf_counter
         t0 = clock()
-        image = decode_image(data, name)
+        image = decode_image(data, name, draft=self.clf.spec.draft_size)
         t1 = clock()
         x, _, pre_ms, warning = self.clf.prepare(image, name)
         with self.lock:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecxr.errors import DataError, ImageError
-from edgecxr.images import is_image_file, read_image
+from edgecxr.images import is_image_file
 
 DEFAULT_CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
@@ -245,7 +245,7 @@ def load_pixels(samples, spec, *, strict: bool = False, progress: str | None = N
     pixels, kept, bad = [], [], []
     for s in tqdm(samples, desc=progress, disable=progress is None, unit="img", leave=False, file=sys.stderr):
         try:
-            pixels.append(spec.to_pixels(read_image(s.path)))
+            pixels.append(spec.to_pixels(spec.read(s.path)))
             kept.append(s)
         except ImageError as exc:
             if strict:

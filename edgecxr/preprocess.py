@@ -3,6 +3,7 @@ train, evaluation and device time (numpy + Pillow only)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -50,6 +51,18 @@ class PreprocessSpec:
             if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
                 raise ConfigError(f"crop must be fractions top<bottom, left<right in 0..1: {self.crop}")
             object.__setattr__(self, "crop", tuple(float(v) for v in self.crop))
+
+    @property
+    def draft_size(self) -> int:
+        """The fewest pixels per side a decoded image needs so that crop + resize still downsample."""
+        if self.crop is None:
+            return self.size
+        top, bottom, left, right = self.crop
+        return math.ceil(self.size / min(bottom - top, right - left))
+
+    def read(self, path) -> Image.Image:
+        """Read a file for this spec: large JPEGs are decoded at a reduced scale (see draft_size)."""
+        return read_image(path, draft=self.draft_size)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -105,4 +118,4 @@ class PreprocessSpec:
 
     def load_input(self, path) -> np.ndarray:
         """Read a file and return the model input; raises ImageError for bad files."""
-        return self.apply(read_image(path))
+        return self.apply(self.read(path))

@@ -307,6 +307,21 @@ def test_lung_crop_region(fullres):
     assert np.array_equal(spec.to_pixels(img), np.asarray(manual))
 
 
+@pytest.mark.parametrize("spec", [PreprocessSpec(), PreprocessSpec(size=150, crop=LUNG_CROP, equalize=True)])
+def test_large_jpegs_decode_at_reduced_scale_and_small_ones_do_not(spec, kermany, fullres):
+    """spec.read decodes a full-size JPEG at 1/2..1/8 scale but never below what crop + resize need; the 224 px
+    files the model was made with decode exactly as before; the model input from the reduced decode is closer
+    to the full decode's than the data set's own 224 px version of the same X-ray is."""
+    for path in sorted((kermany / "test" / "NORMAL").iterdir())[:5]:
+        assert np.array_equal(np.asarray(spec.read(path)), np.asarray(read_image(path)))
+    for path in sorted(fullres.rglob("*.jpeg")):
+        full, reduced = read_image(path), spec.read(path)
+        assert reduced.size[0] < full.size[0] and min(reduced.size) >= spec.draft_size
+        target = spec.to_pixels(full).astype(int)
+        small = read_image(kermany / "val" / path.parent.name / path.name)
+        assert np.abs(spec.to_pixels(reduced) - target).mean() < np.abs(spec.to_pixels(small) - target).mean()
+
+
 @pytest.mark.parametrize("spec", [
     PreprocessSpec(),
     PreprocessSpec(size=150, scale=1 / 255, offset=0.0, crop=LUNG_CROP),

@@ -52,10 +52,8 @@ class FloatExplainer:
         self.model = load_model(model_path, trust=trust)
 
     def explain(self, image, method: str = "gradcam", **kw) -> Explanation:
-        from edgecxr.images import read_image
-
         spec, info = self.info.preprocess, self.info
-        img = read_image(image) if isinstance(image, (str, Path)) else image
+        img = spec.read(image) if isinstance(image, (str, Path)) else image
         gray, x = spec.to_pixels(img), spec.apply(img)
         if method == "gradcam":
             from edgecxr.training.gradcam import gradcam
@@ -82,10 +80,9 @@ class BundleExplainer:
         if method != "occlusion":
             raise ConfigError("a bundle has no gradients: Grad-CAM needs the float model (--model); use --method occlusion")
         from edgecxr.devices.occlusion import explain_bundle, normalize
-        from edgecxr.images import read_image
 
         clf = self.clf
-        img = read_image(image) if isinstance(image, (str, Path)) else image
+        img = clf.spec.read(image) if isinstance(image, (str, Path)) else image
         drop, prob = explain_bundle(clf, img, **kw)
         heat = normalize(drop if prob >= clf.threshold else -drop)
         return Explanation(clf.spec.to_pixels(img), heat, prob, clf.threshold, clf.labels, "occlusion",
