@@ -133,6 +133,13 @@ class Classifier:
         clf.device = device
         return clf
 
+    def twin(self) -> "Classifier | None":
+        """The bundle's float32 twin on the same runtime and threads (None when the bundle has none)."""
+        twin = self.bundle.twin()
+        if twin is None:
+            return None
+        return Classifier.load(twin, runtime=self.session.runtime, threads=self.session.threads, device=self.device)
+
     @property
     def runtime(self) -> dict:
         """Name, version, provider/delegate and threads of the runtime that runs the model."""

@@ -181,7 +181,8 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 
 @device.command()
 @BUNDLE
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Kermany-layout ROOT (or CSV manifest) holding the split.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Kermany-layout ROOT, a CSV manifest (path[,label]), or a folder of a site's X-rays.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
 @click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
@@ -198,12 +199,21 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
+@click.option("--reference", type=click.Choice(["auto", "bundle", "twin"]), default="auto", show_default=True,
+              help="Float reference: stored at export (bundle), recomputed here by the bundle's float32 twin (twin), "
+                   "or the stored one when it holds every image, else the twin (auto).")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
-           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show):
-    """Re-run every SPLIT image on the device and compare with the bundle's float reference.
+           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, reference):
+    """Re-run images on the device and compare its decisions with the float model's.
+
+    --data is the data root the bundle was exported with (ROOT/SPLIT/CLASS/), a CSV manifest, or a site's
+    own X-rays: a folder with the two class folders, or any folder of images (unlabeled). For images the
+    bundle holds no reference for, its float32 twin computes the float reference here (no TensorFlow).
 
     Exit 0 when parity holds, 1 when it does not (2 for errors). Comparing fewer than
     --min-coverage of the reference images (a subset, unreadable files) is a failure.
+
+    Example: edgecxr device parity bundles/tflite-int8 --data clinic-xrays/ --json parity.json
     """
     from edgecxr.atomic import write_json_atomic
     from edgecxr.data import parse_classes
@@ -214,7 +224,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
-                        strict=strict)
+                        strict=strict, reference=reference)
     click.echo(format_report(report, max_flips=show))
     if json_file:
         write_json_atomic(json_file, report)

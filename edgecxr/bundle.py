@@ -94,6 +94,19 @@ class Bundle:
     def reference(self) -> dict:
         return self.manifest["reference"]
 
+    def twin(self) -> "Bundle | None":
+        """The float32 model shipped in twin/ as a bundle of its own (same folder, preprocessing, threshold):
+        the float reference for images this bundle holds none for. None for bundles without one."""
+        twin = self.manifest.get("twin")
+        if not twin:
+            return None
+        output = {**twin["output"], "kind": self.manifest["output"]["kind"],
+                  "positive_index": self.manifest["output"].get("positive_index", 0)}
+        manifest = {**self.manifest, "target": twin["target"], "model_file": twin["model_file"],
+                    "sha256": self.manifest["files"][twin["model_file"]], "input": twin["input"], "output": output,
+                    "twin": None}
+        return Bundle(self.path, manifest)
+
 
 def _check_schema(name: str, manifest: dict) -> None:
     if manifest.get("format") != FORMAT:
@@ -114,9 +127,23 @@ def _check_schema(name: str, manifest: dict) -> None:
     problem = domain_problem(manifest.get("domain", DOMAIN))
     if problem:
         raise BundleError(f"{name}: manifest 'domain' {problem}; re-export the bundle")
+    _check_twin(name, manifest)
     missing = [k for k in REFERENCE_KEYS if k not in manifest["reference"]]
     if missing:
         raise BundleError(f"{name}: manifest 'reference' lacks {missing}; re-export the bundle")
+
+
+def _check_twin(name: str, manifest: dict) -> None:
+    twin = manifest.get("twin")
+    if twin is None:
+        return
+    ok = (isinstance(twin, dict) and twin.get("target") in TARGETS and TARGETS[twin["target"]].precision == "fp32"
+          and TARGETS[twin["target"]].family == TARGETS[manifest["target"]].family
+          and twin.get("model_file") in manifest["files"]
+          and all(isinstance(twin.get(t), dict) and all(k in twin[t] for k in TENSOR_KEYS) for t in ("input", "output")))
+    if not ok:
+        raise BundleError(f"{name}: manifest 'twin' is malformed (a float32 model of the bundle's format, listed "
+                          "in its files, with input and output specs); re-export the bundle")
 
 
 def _verify_files(folder: Path, manifest: dict) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import sys
 import tempfile
 import time
@@ -17,8 +18,9 @@ from edgecxr.cpu import cpu_info
 from edgecxr.bundle import finalize, load_bundle
 from edgecxr.domain import DOMAIN
 from edgecxr.errors import ConfigError, EdgecxrError, ExportIncomplete, ModelError
-from edgecxr.targets import resolve_targets
+from edgecxr.targets import TARGETS, resolve_targets
 
+TWIN_TOLERANCE = 1e-3  # a float32 conversion of the model reproduces its probabilities to about 1e-6
 RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
 VERSION_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
                     "onnxruntime", "openvino", "nncf", "ai-edge-litert", "numpy", "edgecxr")
@@ -69,10 +71,12 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
                  max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
                  overrides=None, trust_model: bool = False, seed: int = 0,
-                 qat_fallback: bool = True, signing_key=None) -> list[Path]:
+                 qat_fallback: bool = True, signing_key=None, twin: bool = True) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified).
 
     signing_key: an Ed25519 private key file (edgecxr keygen): each bundle gets signature.json.
+    twin: ship the float32 model of the same format in twin/ of every other bundle, so that device parity
+    can recompute the float reference on a site's own images.
     """
     from edgecxr.export import datasets as X
     from edgecxr.export.accuracy import Gate
@@ -170,7 +174,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     with tempfile.TemporaryDirectory(prefix="edgecxr-export-") as work:
         ctx = Context(source, calib_x, gate, Path(work), qat_source=qat_source,
                       qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None,
-                      test=(test, test_x, test_y))
+                      test=(test, test_x, test_y), twin=twin)
         for i, target in enumerate(chosen, 1):
             _say(f"[{i}/{len(chosen)}] {target.name}: {target.description}")
             try:
@@ -212,6 +216,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         opt = {"prune": None, "qat": result["qat"], "accuracy_control": result["accuracy_control"],
                "export_parity": export_parity,
                "size": {"bytes": size, "gzip_bytes": sum(gzip_size(p) for p in tmp.iterdir() if p.is_file())}}
+        twin = _add_twin(target, ctx, tmp, info) if ctx.with_twin and target.precision != "fp32" else None
         if prune_report is not None:
             opt["prune"] = {**prune_report, "gzip_bytes": opt["size"]["gzip_bytes"]}
             if result["qat"]:
@@ -220,6 +225,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
                     "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
                                                           "positive_index": int(info.positive_index)},
                     **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
+                    "twin": twin,
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         manifest = finalize(tmp, manifest)
         if signing_key is not None:
@@ -264,6 +270,29 @@ def _export_parity(target, ctx, folder: Path, info) -> dict:
                          f"reference images on this machine ({failed}); not written: it would fail "
                          "`edgecxr device parity`. Try more --calib-count images or another target")
     return summary
+
+
+def _add_twin(target, ctx, folder: Path, info) -> dict | None:
+    """Copy the float32 model of the target's family into folder/twin/ when it reproduces the bundle's float
+    reference on the test images (it is the same model, converted): `device parity` then recomputes the
+    reference on images the bundle has none for. Returns the manifest's `twin` entry."""
+    from edgecxr.export.datasets import to_prob
+    from edgecxr.export.runners import Runner
+
+    fp32 = TARGETS[f"{target.family}-fp32"]
+    source = ctx.twin(target.family)
+    test, test_x, _ = ctx.test
+    probs = to_prob(Runner(fp32.family, source / fp32.model_file)(test_x), info.output, info.positive_index)
+    reference = ctx.gate.reference_float_probs
+    diff = float(np.max(np.abs(probs - reference))) if len(probs) else 0.0
+    if diff > TWIN_TOLERANCE:
+        _say(f"    warning: the {fp32.name} twin differs from the float reference by up to {diff:.4f}; "
+             "written without a twin (device parity can then check only the reference images)")
+        return None
+    shutil.copytree(source, folder / "twin")
+    input_spec, output_spec = _specs(fp32, folder / "twin")
+    return {"target": fp32.name, "model_file": f"twin/{fp32.model_file}", "input": input_spec,
+            "output": output_spec, "reference_max_abs_diff": diff, "reference_images": len(probs)}
 
 
 def _rechoose_threshold(source, val_y, val_probs, change: str):
