@@ -41,9 +41,10 @@ def _say(msg: str) -> None:
 
 
 def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides=None):
-    threshold = getattr(overrides, "threshold", None)
-    if threshold is not None and not 0 < threshold < 1:
-        raise ConfigError(f"--threshold must be a probability strictly between 0 and 1, got {threshold}")
+    from edgecxr.modelinfo import check_threshold
+
+    if getattr(overrides, "threshold", None) is not None:
+        check_threshold(overrides.threshold)
     if prune is not None and not 0 < prune < 1:
         raise ConfigError(f"--prune must be a sparsity between 0 and 1 (e.g. 0.5), got {prune}")
     if max_recall_drop < 0 or max_accuracy_drop < 0:

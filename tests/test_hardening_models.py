@@ -14,6 +14,7 @@ from edgecxr.errors import BundleError, ConfigError, DataError, ModelError
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 EXTERNAL = {"scale": 1 / 255, "offset": 0.0}
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "edgecxr" / "sample" / "test" / "NORMAL" / "IM-0009-0001.jpeg"
 
 
 def _cli(*args):
@@ -176,3 +177,148 @@ def test_shipped_and_keras3_models_pass_the_walk(tmp_path):
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "0"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
     check_safe(out, trust=False)
+
+
+# -- 2. impossible numbers: thresholds, manifest values, degenerate parity, duplicate CSV rows ---------
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "5", "-1", "0", "1"])
+def test_export_threshold_out_of_range_is_refused(sample, tmp_path, value):
+    r = _cli("export", "--target", "tflite-fp32", "--data", sample, "--out", tmp_path / "o", "--threshold", value)
+    assert "--threshold" in _one_line(r, 2)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "5", "-1"])
+def test_evaluate_threshold_out_of_range_is_refused(sample, tmp_path, value):
+    r = _cli("evaluate", "--data", sample, "--out", tmp_path / "o", "--threshold", value)
+    assert "--threshold" in _one_line(r, 2)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("field, value", [("threshold", float("nan")), ("threshold", 5.0), ("threshold", True),
+                                          ("positive_index", -1), ("positive_index", 1.5), ("labels", ["only"])])
+def test_model_info_with_impossible_values_is_refused(tmp_path, field, value):
+    from edgecxr.modelinfo import DEFAULT_DIR, load_info
+
+    info = json.loads((DEFAULT_DIR / "model.json").read_text())
+    info[field] = value
+    (tmp_path / "m.json").write_text(json.dumps(info))
+    with pytest.raises((ConfigError, ModelError), match=field) as exc:
+        load_info(tmp_path / "m.keras")
+    assert "\n" not in str(exc.value)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory, tiny_model, kermany) -> Path:
+    from test_reliability import exported_bundle
+
+    return exported_bundle(tmp_path_factory, tiny_model, kermany)
+
+
+def _copy_edited(bundle_dir: Path, tmp_path: Path, change) -> Path:
+    from test_reliability import _edit_manifest
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, folder)
+    _edit_manifest(folder, change, redigest=True)  # a valid digest: only value checks can catch it
+    return folder
+
+
+def _set(path: str, value):
+    def change(m):
+        *parents, last = path.split(".")
+        node = m
+        for p in parents:
+            node = node[p] if p != "*" else node[next(iter(node))]
+        if last == "*":
+            last = next(iter(node))
+        node[last] = value
+    return change
+
+
+NAN = float("nan")
+MANIFEST_VALUES = {
+    "threshold-nan": ("threshold", NAN), "threshold-inf": ("threshold", float("inf")), "threshold-5": ("threshold", 5.0),
+    "threshold-negative": ("threshold", -1.0), "threshold-bool": ("threshold", True),
+    "labels-one": ("labels", ["NORMAL"]), "labels-numbers": ("labels", [0, 1]),
+    "preprocess.size-text": ("preprocess.size", "32"), "preprocess.scale-nan": ("preprocess.scale", NAN),
+    "preprocess.channels-2": ("preprocess.channels", 2), "preprocess-unknown-key": ("preprocess.gamma", 2.0),
+    "input.shape-text": ("input.shape", ["a", 32, 32, 1]), "input.shape-rank": ("input.shape", [32, 32]),
+    "input.dtype-unknown": ("input.dtype", "complex999"),
+    "input.quantization-scale": ("input.quantization", {"scale": "x", "zero_point": 0}),
+    "output.quantization-nan": ("output.quantization", {"scale": NAN, "zero_point": 0}),
+    "output.kind-unknown": ("output.kind", "probits"), "output.positive_index-5": ("output.positive_index", 5),
+    "reference.probs-nan": ("reference.probs.*", NAN), "reference.probs-57": ("reference.probs.*", -57.0),
+    "reference.labels-2": ("reference.labels.*", 2), "reference.metrics-nan": ("reference.metrics.recall", NAN),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_VALUES))
+def test_manifest_values_are_checked_at_load(bundle_dir, tmp_path, case):
+    field, value = MANIFEST_VALUES[case]
+    folder = _copy_edited(bundle_dir, tmp_path, _set(field, value))
+    named = "preprocess" if field in ("preprocess.gamma", "preprocess.channels") else field.removesuffix(".*")
+    with pytest.raises(BundleError, match=f"'{named}") as info:
+        B.load_bundle(folder)
+    assert "\n" not in str(info.value)
+    r = _cli("device", "run", folder, SAMPLE_IMAGE)
+    assert f"'{named}" in _one_line(r, 2)
+
+
+def test_finalize_refuses_impossible_values(tmp_path):
+    (tmp_path / "model.tflite").write_bytes(b"x")
+    with pytest.raises(BundleError, match="'threshold'"):
+        B.finalize(tmp_path, {"target": "tflite-fp32", "threshold": NAN})
+    assert not (tmp_path / B.MANIFEST).exists()
+
+
+def _degenerate_case(n=100):
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * (n // 2))
+    probs = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.1, n), 0.01, 0.99)
+    return [f"t/{i}.png" for i in range(n)], y, probs
+
+
+def test_parity_fails_a_degenerate_operating_point():
+    from edgecxr.devices.parity import compare
+
+    rels, y, probs = _degenerate_case()
+    assert compare(rels, y, probs, probs, 0.5)["passed"]
+    report = compare(rels, y, probs, probs, 0.9999)  # every image normal, on both sides: recall 0 = recall 0
+    assert not report["passed"]
+    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["not_degenerate"]
+
+
+def test_parity_compares_absolute_metrics_with_the_manifest():
+    from edgecxr import metrics
+    from edgecxr.devices.parity import compare
+
+    rels, y, probs = _degenerate_case()
+    ref = metrics.binary_metrics(y, probs, 0.5)
+    assert compare(rels, y, probs, probs, 0.5, reference_metrics=ref, reference_images=len(y))["passed"]
+    edited = {**ref, "recall": 1.0, "specificity": 1.0}  # metrics that do not follow from the probabilities
+    report = compare(rels, y, probs, probs, 0.5, reference_metrics=edited, reference_images=len(y))
+    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["reference_metrics"]
+    # a subset cannot be held to the full set's numbers: reported, not failed
+    sub = compare(rels[:50], y[:50], probs[:50], probs[:50], 0.5, reference_metrics=edited, reference_images=len(y),
+                  tolerances=__import__("edgecxr.devices.parity", fromlist=["Tolerances"]).Tolerances(min_coverage=0.5))
+    assert sub["passed"]
+
+
+def _csv(tmp_path, rows) -> Path:
+    path = tmp_path / "m.csv"
+    path.write_text("path,label,split\n" + "".join(f"{p},{l},{s}\n" for p, l, s in rows))
+    return path
+
+
+def test_duplicate_csv_rows_are_refused(tmp_path, sample):
+    from edgecxr.data import list_split
+
+    normal = sorted((sample / "test" / "NORMAL").iterdir())[:2]
+    pneu = sorted((sample / "test" / "PNEUMONIA").iterdir())[:2]
+    rows = [(p, 0, "test") for p in normal] + [(p, 1, "test") for p in pneu]
+    assert len(list_split(_csv(tmp_path, rows), "test")) == 4
+    for dup in ((normal[0], 0, "test"), (normal[0], 1, "test"), (normal[0], 0, "train"),
+                (normal[0].parent / ".." / "NORMAL" / normal[0].name, 0, "test")):
+        with pytest.raises(DataError, match=r"m.csv:6: .* also on line 2") as info:
+            list_split(_csv(tmp_path, rows + [dup]), "test")
+        assert "\n" not in str(info.value)

@@ -11,7 +11,7 @@ from edgecxr import data as D
 from edgecxr import metrics, plots
 from edgecxr.atomic import atomic_dir, check_writable
 from edgecxr.errors import ModelError
-from edgecxr.modelinfo import ModelInfo, default_model_path, load_info
+from edgecxr.modelinfo import ModelInfo, check_threshold, default_model_path, load_info
 from edgecxr.training import import_tf
 from edgecxr.training.train import predict_probs
 
@@ -27,6 +27,8 @@ def load_model(path: Path, *, trust: bool = False):
 def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *, threshold: float | None = None,
              classes=D.DEFAULT_CLASSES, strict: bool = False, batch_size: int = 32, n_boot: int = 1000,
              overwrite: bool = False, trust_model: bool = False) -> dict:
+    if threshold is not None:
+        check_threshold(threshold)
     check_writable(Path(out), overwrite=overwrite)  # before minutes of work, not after
     tf, _ = import_tf()
     model_path = Path(model_path) if model_path else default_model_path()
