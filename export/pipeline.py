@@ -56,9 +56,9 @@ def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, fin
 
 
 def _reference(source, test, test_x, test_y):
-    from edgecxr.export.datasets import to_prob
+    from edgecxr.export.datasets import checked_prob
 
-    probs = to_prob(source.predict(test_x), source.info.output, source.info.positive_index)
+    probs = checked_prob(source.predict(test_x), source.info.output, source.info.positive_index, "test")
     return {"split": "test", "probs": {s.rel: float(p) for s, p in zip(test, probs)},
             "labels": {s.rel: int(y) for s, y in zip(test, test_y)},
             "metrics": metrics.binary_metrics(test_y, probs, source.info.threshold),
@@ -113,7 +113,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
         fit_x, fit_y, _ = X.load_inputs(train, spec, "loading train (fine-tuning)")
 
     def val_probs(src):
-        return X.to_prob(src.predict(val_x), info.output, info.positive_index)
+        return X.checked_prob(src.predict(val_x), info.output, info.positive_index, "validation")
 
     prune_report = None
     if prune:

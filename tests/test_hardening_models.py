@@ -31,6 +31,14 @@ def _one_line(result, code: int) -> str:
     return lines[0]
 
 
+def _error_line(result, code: int) -> str:
+    """Commands that print progress: the error is still one line, the last, and no traceback."""
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert result.exit_code == code and errors == lines[-1:] and "Traceback" not in result.output, (result.exit_code, result.output)
+    return errors[0]
+
+
 # -- 1. code execution: the config is parsed and walked, a SavedModel is a program ---------------------
 @pytest.fixture(scope="module")
 def code_models(tmp_path_factory):
@@ -322,3 +330,34 @@ def test_duplicate_csv_rows_are_refused(tmp_path, sample):
         with pytest.raises(DataError, match=r"m.csv:6: .* also on line 2") as info:
             list_split(_csv(tmp_path, rows + [dup]), "test")
         assert "\n" not in str(info.value)
+
+
+# -- 3. the declared output kind must fit the outputs: raw logits are not probabilities ----------------
+def test_logits_exported_as_sigmoid_are_refused(sample, tmp_path):
+    import tf_keras as keras
+
+    inp = keras.Input((32, 32, 1))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    out = keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(-57.0))(x)
+    path = tmp_path / "logits.keras"
+    keras.Model(inp, out).save(path)
+    args = ("export", "--model", path, "--target", "tflite-fp32", "--data", sample, "--out", tmp_path / "o",
+            "--scale", 1 / 255, "--offset", 0, "--input-size", 32, "--channels", 1)
+    line = _error_line(_cli(*args, "--output", "sigmoid"), 2)
+    assert "'sigmoid'" in line and "-57" in line and "--output logits" in line
+    assert not (tmp_path / "o" / "tflite-fp32").exists()
+
+
+def test_device_refuses_impossible_probabilities(bundle_dir, tmp_path):
+    from edgecxr.devices.classifier import Classifier
+
+    clf = Classifier.load(bundle_dir)
+    assert 0 <= clf.predict(SAMPLE_IMAGE).probability <= 1
+    for raw in (np.array([-57.0]), np.array([np.nan]), np.array([1.5])):
+        with pytest.raises(ModelError, match="output kind 'sigmoid'") as info:
+            clf.probability(raw)
+        assert "\n" not in str(info.value)
+    # a valid manifest (digest and all) whose output scale turns the int8 output into -57 .. 70
+    folder = _copy_edited(bundle_dir, tmp_path, _set("output.quantization", {"scale": 0.5, "zero_point": 0}))
+    r = _cli("device", "run", folder, SAMPLE_IMAGE)
+    assert "probability" in _one_line(r, 2)
