@@ -105,6 +105,11 @@ class Classifier:
         shape = session.input_shape
         c = self.spec.channels
         self._nchw = len(shape) == 4 and shape[1] == c and shape[-1] != c
+        dims = (shape[2], shape[3], shape[1]) if self._nchw else tuple(shape[1:])
+        if len(shape) != 4 or any(d not in (None, -1, w) for d, w in zip(dims, self.spec.input_shape)):
+            raise ModelError(f"{bundle.path}: its model takes input {tuple(shape)} but its preprocessing spec makes "
+                             f"{self.spec.input_shape} (size {self.spec.size}, {c} channel(s)); every image would "
+                             "fail: re-export the bundle")
         self._lock = threading.Lock()
         self._lut = self._quantize(self.spec.scale_pixels(np.arange(256, dtype=np.uint8)[None])[0, :, 0])
         self.device: str | None = None  # as asked at load time (OpenVINO device / ORT provider)

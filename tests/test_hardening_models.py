@@ -361,3 +361,18 @@ def test_device_refuses_impossible_probabilities(bundle_dir, tmp_path):
     folder = _copy_edited(bundle_dir, tmp_path, _set("output.quantization", {"scale": 0.5, "zero_point": 0}))
     r = _cli("device", "run", folder, SAMPLE_IMAGE)
     assert "probability" in _one_line(r, 2)
+
+
+# -- 4. a bundle whose model input differs from its preprocessing spec is refused at load -------------
+@pytest.mark.parametrize("change", [{"size": 64}, {"channels": 1}])
+def test_model_input_must_match_the_spec_at_load(bundle_dir, tmp_path, change):
+    from edgecxr.devices.classifier import Classifier
+
+    manifest = json.loads((bundle_dir / B.MANIFEST).read_text())
+    folder = _copy_edited(bundle_dir, tmp_path, lambda m: m["preprocess"].update(change))
+    assert manifest["preprocess"]["size"] == 32 and manifest["preprocess"]["channels"] == 3
+    with pytest.raises(ModelError, match="preprocessing spec") as info:
+        Classifier.load(folder)
+    assert "\n" not in str(info.value)
+    r = _cli("device", "run", folder, SAMPLE_IMAGE)
+    assert "preprocessing spec" in _one_line(r, 2)
