@@ -180,7 +180,8 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
            junit_file, runtime, threads, device_name, workers, strict, show):
     """Re-run every SPLIT image on the device and compare with the bundle's float reference.
 
-    Exit 0 when parity holds, 1 when it does not (2 for errors). Comparing fewer than
+    Exit 0 when parity holds, 1 when it does not, 2 for usage or input errors, 3 for internal
+    errors (see the README's reliability section). Comparing fewer than
     --min-coverage of the reference images (a subset, unreadable files) is a failure.
     """
     from edgecxr.atomic import write_json_atomic

@@ -186,6 +186,9 @@ def check_values(name: str, m: dict) -> None:
         v = ref_metrics.get(key)
         if not (is_number(v) and 0 <= v <= 1):
             fail(f"reference.metrics.{key}", v, "a finite number in [0, 1]")
+    verified = m.get("verified_on", {})
+    if not isinstance(verified, dict) or not isinstance(verified.get("cpu") or {}, dict):
+        fail("verified_on", verified, "an object whose 'cpu' is an object or null")
 
 
 def _verify_files(folder: Path, manifest: dict) -> None:

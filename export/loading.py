@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecxr.bundle import sha256_file
-from edgecxr.errors import ConfigError, ModelError, require
+from edgecxr.errors import ConfigError, ModelError, first_line, require
 from edgecxr.modelinfo import ModelInfo, load_info
 from edgecxr.preprocess import PreprocessSpec
 
@@ -194,10 +194,6 @@ def _safe_scope(trust: bool):
     return SafeModeScope(not trust)
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-
-
 def _load_keras(path: Path, trust: bool):
     """(model, flavor) for .keras / .h5 files."""
     version = _keras_version(path)
@@ -212,7 +208,7 @@ def _load_keras(path: Path, trust: bool):
     except ModelError:
         raise
     except Exception as exc:
-        msg = _first_line(exc)
+        msg = first_line(exc)
         if "lambda" in msg.lower() or "safe_mode" in msg:
             raise ModelError(f"{path}: unsafe model content ({msg}); {TRUST_HINT}") from None
         raise ModelError(f"{path}: cannot load the model ({msg})") from None
@@ -230,10 +226,14 @@ def load_keras(path, trust: bool = False):
 
     try:
         with _safe_scope(trust):
-            return tf_keras.models.load_model(str(path), compile=False), "tf_keras"
+            model = tf_keras.models.load_model(str(path), compile=False)
     except Exception as exc:
-        raise ModelError(f"{path}: cannot load the SavedModel as a Keras model ({_first_line(exc)}); "
-                         "`edgecxr export` reads other SavedModels") from None
+        model = exc
+    if not isinstance(model, tf_keras.Model):  # a plain tf.Module SavedModel loads as a bare object
+        why = first_line(model) if isinstance(model, Exception) else f"it holds a {type(model).__name__}"
+        raise ModelError(f"{path}: cannot load the SavedModel as a Keras model ({why}); "
+                         "`edgecxr export` reads other SavedModels")
+    return model, "tf_keras"
 
 
 def _keras_fn(tf, model, shape):

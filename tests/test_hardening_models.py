@@ -257,6 +257,7 @@ MANIFEST_VALUES = {
     "output.kind-unknown": ("output.kind", "probits"), "output.positive_index-5": ("output.positive_index", 5),
     "reference.probs-nan": ("reference.probs.*", NAN), "reference.probs-57": ("reference.probs.*", -57.0),
     "reference.labels-2": ("reference.labels.*", 2), "reference.metrics-nan": ("reference.metrics.recall", NAN),
+    "verified_on-text": ("verified_on", "x86"), "verified_on-cpu-text": ("verified_on.cpu", "x86"),
 }
 
 
@@ -264,7 +265,8 @@ MANIFEST_VALUES = {
 def test_manifest_values_are_checked_at_load(bundle_dir, tmp_path, case):
     field, value = MANIFEST_VALUES[case]
     folder = _copy_edited(bundle_dir, tmp_path, _set(field, value))
-    named = "preprocess" if field in ("preprocess.gamma", "preprocess.channels") else field.removesuffix(".*")
+    named = {"preprocess.gamma": "preprocess", "preprocess.channels": "preprocess",
+             "verified_on.cpu": "verified_on"}.get(field, field.removesuffix(".*"))
     with pytest.raises(BundleError, match=f"'{named}") as info:
         B.load_bundle(folder)
     assert "\n" not in str(info.value)
@@ -376,3 +378,97 @@ def test_model_input_must_match_the_spec_at_load(bundle_dir, tmp_path, change):
     assert "\n" not in str(info.value)
     r = _cli("device", "run", folder, SAMPLE_IMAGE)
     assert "preprocessing spec" in _one_line(r, 2)
+
+
+# -- 5. exit codes: 0 pass, 1 a gate failed, 2 usage or input error, 3 internal error; one line each ----
+def test_exit_codes_are_defined():
+    from edgecxr import errors as E
+
+    assert (E.EXIT_OK, E.EXIT_GATE_FAILED, E.EXIT_USAGE, E.EXIT_INTERNAL) == (0, 1, 2, 3)
+    assert E.EdgecxrError.exit_code == 2 and E.GateFailed.exit_code == 1 and issubclass(E.GateFailed, ModelError)
+    assert E.ExportIncomplete([], {"a": "x"}, gate_only=True).exit_code == 1
+    assert E.ExportIncomplete([], {"a": "x"}).exit_code == 2
+
+
+def test_a_crash_is_one_line_and_exit_3(monkeypatch):
+    import edgecxr.devices.runtimes as R
+
+    def crash():
+        raise ZeroDivisionError("division by zero\n  second line")
+
+    monkeypatch.setattr(R, "list_runtimes", crash)
+    r = _cli("device", "runtimes")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 3 and len(lines) == 1 and "Traceback" not in r.output, r.output
+    assert lines[0].startswith("internal error: ZeroDivisionError: division by zero;") and "EDGECXR_TRACEBACK" in lines[0]
+    assert _cli("device", "runtimes", "--no-such-flag").exit_code == 2  # click's usage errors keep 2
+
+
+def test_a_crash_in_parity_never_exits_1(bundle_dir, sample, monkeypatch):
+    import edgecxr.devices.parity as P
+
+    monkeypatch.setattr(P, "run_parity", lambda *a, **k: {}["missing"])
+    r = _cli("device", "parity", bundle_dir, "--data", sample, "--min-coverage", "0.01")
+    assert r.exit_code == 3 and "internal error: KeyError" in r.stderr, r.output
+
+
+def test_converter_error_is_one_line(tiny_model, sample, tmp_path, monkeypatch):
+    from edgecxr.export import build as build_mod
+
+    def converter_fails(target, ctx, folder):
+        raise RuntimeError("<unknown>:0: error: loc('x'): 'tf.Foo' op is neither a custom op nor a flex op\n"
+                           "<unknown>:0: note: see current operation\n" * 20)
+
+    monkeypatch.setattr(build_mod, "build", converter_fails)
+    r = _cli("export", "--model", tiny_model, "--target", "tflite-fp32", "--data", sample, "--out", tmp_path / "o")
+    line = _error_line(r, 2)
+    assert line.startswith("error: tflite-fp32: the converter failed (RuntimeError: <unknown>:0: error:") and len(line) < 500
+    assert not (tmp_path / "o" / "tflite-fp32").exists()
+
+
+def test_export_gate_refusal_exits_1(tiny_model, sample, tmp_path):
+    # an agreement above 1 is impossible for int8: the gate refuses the target (validation or export parity)
+    r = _cli("export", "--model", tiny_model, "--target", "tflite-int8", "--data", sample, "--out", tmp_path / "o",
+             "--calib-count", 96, "--max-recall-drop", 0, "--max-accuracy-drop", 0, "--min-agreement", 1, "--no-qat-fallback")
+    if r.exit_code == 0:
+        pytest.skip("int8 met a zero tolerance on the sample: nothing to refuse")
+    assert "tflite-int8" in _error_line(r, 1)
+
+
+@pytest.fixture(scope="module")
+def keras3_model(tmp_path_factory):
+    """A Keras 3 .keras model with its edgecxr description beside it (32 px, 1 channel, sigmoid)."""
+    import subprocess
+    import sys
+
+    from edgecxr.modelinfo import ModelInfo, save_info
+    from edgecxr.preprocess import PreprocessSpec
+
+    out = tmp_path_factory.mktemp("k3") / "k3.keras"
+    code = ("import keras; i = keras.Input((32, 32, 1)); x = keras.layers.Conv2D(2, 3, activation='relu')(i); "
+            "x = keras.layers.GlobalAveragePooling2D()(x); "
+            f"keras.Model(i, keras.layers.Dense(1, activation='sigmoid')(x)).save({str(out)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    save_info(out, ModelInfo(PreprocessSpec(size=32, channels=1, scale=1 / 255, offset=0.0)))
+    return out
+
+
+def test_evaluate_a_keras3_model(keras3_model, sample, tmp_path):
+    r = _cli("evaluate", "--model", keras3_model, "--data", sample, "--out", tmp_path / "o", "--bootstrap", 10)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["n"] == 100
+
+
+def test_evaluate_a_savedmodel_is_one_line(code_models, sample, tmp_path):
+    from edgecxr.modelinfo import ModelInfo, save_info
+    from edgecxr.preprocess import PreprocessSpec
+
+    paths, marker = code_models
+    folder = tmp_path / "sm"
+    shutil.copytree(paths["savedmodel"], folder)
+    save_info(folder, ModelInfo(PreprocessSpec(size=32, channels=1, scale=1 / 255, offset=0.0)))
+    r = _cli("evaluate", "--model", folder, "--data", sample, "--out", tmp_path / "o")
+    assert "--trust-model" in _error_line(r, 2)
+    r = _cli("evaluate", "--model", folder, "--data", sample, "--out", tmp_path / "o", "--trust-model")
+    assert "cannot load the SavedModel as a Keras model" in _error_line(r, 2)
+    marker.unlink(missing_ok=True)
