@@ -64,9 +64,10 @@ class SourceModel:
 # tf.io.write_file too), or load another program (TFSMLayer: a SavedModel). Refused without --trust-model.
 CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper",
                 "__lambda__", "__python_function__"}
-# Serialization markers of plain data in Keras 3 configs (tensors, tuples, slices), never code.
-DATA_MARKERS = {"__keras_tensor__", "__tensor__", "__numpy__", "__tuple__", "__slice__", "__ellipsis__", "__bytes__",
-                "__typespec__", "__tensorshape__", "Functional", "Sequential", "Model"}
+# Besides the public classes of Keras' layer/initializer/... modules: the model classes and the markers of
+# plain data in Keras 3 configs (tensors, tuples, slices), never code.
+KERAS_EXTRAS = {"Functional", "Sequential", "Model", "__keras_tensor__", "__tensor__", "__numpy__", "__tuple__",
+                "__slice__", "__ellipsis__", "__bytes__"}
 SAFE_MODULES = ("keras", "tf_keras")  # a Keras 3 config's "module" is imported by the loader: only Keras' own
 
 
@@ -132,7 +133,7 @@ def _builtin_classes(keras3: bool) -> set:
         except ImportError:
             continue
         names |= {n for n in dir(module) if isinstance(getattr(module, n, None), type)}
-    return (names | DATA_MARKERS) - CODE_CLASSES
+    return (names | KERAS_EXTRAS) - CODE_CLASSES
 
 
 def unsafe_entries(config, allowed: set, where: str = "config"):
