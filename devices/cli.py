@@ -210,7 +210,8 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     own X-rays: a folder with the two class folders, or any folder of images (unlabeled). For images the
     bundle holds no reference for, its float32 twin computes the float reference here (no TensorFlow).
 
-    Exit 0 when parity holds, 1 when it does not (2 for errors). Comparing fewer than
+    Exit 0 when parity holds, 1 when it does not, 2 for usage or input errors, 3 for internal
+    errors (see the README's reliability section). Comparing fewer than
     --min-coverage of the reference images (a subset, unreadable files) is a failure.
 
     Example: edgecxr device parity bundles/tflite-int8 --data clinic-xrays/ --json parity.json

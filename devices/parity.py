@@ -66,11 +66,14 @@ def _flip_kind(label, float_pos, device_pos) -> str:
 
 
 def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances(), *, n_boot=2000,
-            reference_images: int | None = None) -> dict:
+            reference_images: int | None = None, reference_metrics: dict | None = None) -> dict:
     """The parity report from paired predictions (no runtime involved: testable on its own).
 
     reference_images: how many images the bundle's reference holds; when given, a `coverage`
     check requires len(rels) / reference_images >= tolerances.min_coverage.
+    reference_metrics: the float model's metrics recorded in the bundle; when every reference image
+    is compared, the device's absolute recall and specificity are held to them (not only to the
+    float side recomputed here, which an edited or degenerate threshold moves together with the device).
     """
     y = np.asarray(y).astype(int)
     fprob, dprob = np.asarray(float_probs, np.float64), np.asarray(device_probs, np.float64)
@@ -113,6 +116,10 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
                f"{agreement:.4f} of decisions identical (need {min_agree:.4g}"
                f"{small if min_agree != tolerances.min_agreement else ''}); {len(flipped)} flipped"),
     ]
+    checks.append(_degenerate_check(y, d_m))
+    if reference_metrics is not None:
+        checks.append(_reference_check(f_m, d_m, reference_metrics, len(y) == reference_images,
+                                       tolerances.max_recall_drop, max_acc))
     if reference_images is not None:
         checks.append(_coverage_check(len(y), reference_images, tolerances.min_coverage))
     return {
@@ -184,6 +191,36 @@ def _check(name, value, limit, passed, message) -> dict:
     return {"name": name, "value": float(value), "limit": float(limit), "passed": bool(passed), "message": message}
 
 
+def _degenerate_check(y, d_m) -> dict:
+    """An operating point that gives every image one answer passes every relative check (recall 0 = recall 0)."""
+    both = 0 < int(np.sum(y)) < len(y)
+    low = min(d_m["recall"], d_m["specificity"]) if both else 1.0
+    passed = bool(low > 0)
+    if not both:
+        return _check("not_degenerate", 1.0, 0.0, True, "one class only in the compared images: not measured")
+    message = f"device recall {d_m['recall']:.4f}, specificity {d_m['specificity']:.4f}"
+    if not passed:
+        message += (": every image gets the same answer; the threshold or the model output is degenerate "
+                    "(re-export with a threshold chosen on validation)")
+    return _check("not_degenerate", low, 0.0, passed, message)
+
+
+def _reference_check(f_m, d_m, ref: dict, full: bool, max_recall_drop: float, max_spec_drop: float) -> dict:
+    """The device's absolute recall and specificity against the float metrics written at export."""
+    if not full:
+        return _check("reference_metrics", 0.0, 0.0, True,
+                      "a subset of the reference images: absolute metrics not compared with the bundle's")
+    consistent = all(abs(f_m[k] - float(ref[k])) <= 1e-9 for k in ("recall", "specificity"))
+    recall_gap, spec_gap = float(ref["recall"]) - d_m["recall"], float(ref["specificity"]) - d_m["specificity"]
+    passed = consistent and recall_gap <= max_recall_drop + 1e-12 and spec_gap <= max_spec_drop + 1e-12
+    message = (f"device recall {d_m['recall']:.4f}, specificity {d_m['specificity']:.4f}; the bundle's reference "
+               f"{float(ref['recall']):.4f}, {float(ref['specificity']):.4f}")
+    if not consistent:
+        message += (f", which its own probabilities at threshold do not give ({f_m['recall']:.4f}, "
+                    f"{f_m['specificity']:.4f}): the manifest was edited; re-export the bundle")
+    return _check("reference_metrics", max(recall_gap, spec_gap), max(max_recall_drop, max_spec_drop), passed, message)
+
+
 def _coverage_check(compared: int, reference: int, min_coverage: float) -> dict:
     """A subset of the reference (wrong data root, missing or unreadable files) must not pass silently."""
     coverage = compared / reference if reference else 0.0
@@ -230,7 +267,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     float_probs, device_probs = [ref_probs[r] for r in rels], [r.probability for _, r in ok]
     if source == "bundle":
         report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot,
-                         reference_images=len(ref_probs))
+                         reference_images=len(ref_probs), reference_metrics=clf.bundle.reference["metrics"])
     elif UNLABELED in labels:
         report = compare_unlabeled(rels, float_probs, device_probs, clf.threshold, tolerances)
     else:

@@ -146,6 +146,13 @@ def _list_csv(manifest: Path, split: str, classes) -> list[Sample]:
     if not {"path", "label"} <= set(header):
         found = ",".join(header) or "nothing"
         raise DataError(f"{manifest}: CSV manifest needs a header with columns path,label[,patient_id][,split] (found: {found})")
+    seen: dict[Path, int] = {}
+    for i, row in rows:  # in any split: a repeated image counts twice, or sits in train and test at once
+        where = (manifest.parent / row["path"]).resolve()
+        if where in seen:
+            raise DataError(f"{manifest}:{i}: {row['path']} is the same image as the row also on line {seen[where]}; "
+                            "remove the duplicate row")
+        seen[where] = i
     if "split" in header:
         rows = [(i, r) for i, r in rows if r["split"] == split]
     elif rows and (str(manifest), split) not in _warned_no_split:
