@@ -645,3 +645,26 @@ def test_compare_unlabeled_holds_lost_positives_to_the_recall_limit():
     check = {c["name"]: c for c in rep["checks"]}
     assert not check["positives_lost"]["passed"] and check["positives_lost"]["value"] == pytest.approx(2 / 100)
     assert check["agreement"]["passed"] and rep["flipped_counts"] == {"new_negative": 2, "new_positive": 0}
+
+
+def test_openvino_kernel_failure_is_one_error_at_load(monkeypatch):
+    """OpenVINO's ARM int8 convolutions fail on their first call on CPUs without dot-product instructions (a
+    Raspberry Pi 4): the session runs once at load, so that is one clear error, not a failure per image."""
+    from edgecxr import cpu
+    from edgecxr.devices.runtimes import OpenVinoSession
+    from edgecxr.errors import ModelError
+
+    class Failing:
+        def infer(self, feed):
+            raise RuntimeError("Exception from src/plugins/intel_cpu/src/node.cpp:823:\n[CPU] Convolution node with "
+                               "name 'block_1_expand' object is not initialized")
+
+    session = OpenVinoSession.__new__(OpenVinoSession)
+    session.request, session.input_shape, session.input_dtype = Failing(), (1, 8, 8, 3), np.dtype(np.uint8)
+    session.version, session.provider = "2026.4.1", "CPU (ARM)"
+    monkeypatch.setattr(cpu, "cpu_info", lambda: {"int8_path": "ARM NEON without dot product"})
+    with pytest.raises(ModelError, match="need the dot-product instructions .* use the tflite-int8 or onnx-int8"):
+        session._first_call("model.xml")
+    monkeypatch.setattr(cpu, "cpu_info", lambda: {"int8_path": "x86 AVX2 without VNNI"})
+    with pytest.raises(ModelError, match=r"cannot run this model on CPU \(ARM\) \(\[CPU\] Convolution node"):
+        session._first_call("model.xml")
