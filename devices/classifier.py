@@ -183,7 +183,12 @@ class Classifier:
             arr = item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item
             return Image.fromarray(arr).convert("L")
         if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-            return to_gray(item)
+            size = item.size
+            if getattr(item, "format", None) == "JPEG" and getattr(item, "tile", None):
+                item.draft(item.mode, (self.spec.draft_size,) * 2)  # not loaded yet: decode as a path would be
+            gray = to_gray(item)
+            gray.info["source_size"] = size
+            return gray
         raise ConfigError(f"cannot classify a {type(item).__name__}; pass a path, bytes, a PIL image or a numpy array")
 
     def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
