@@ -224,6 +224,47 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
 
 
 @device.command()
+@BUNDLE
+@click.option("--data", type=click.Path(path_type=Path), help="Folder of images, or a data ROOT holding SPLIT/ (searched recursively).")
+@click.option("--split", default="test", show_default=True, help="Used when DATA/SPLIT is a folder.")
+@click.option("--float", "float_bundle", type=click.Path(path_type=Path), help="The float model's bundle (e.g. tflite-fp32): measured too.")
+@click.option("--pairs", nargs=2, type=click.Path(path_type=Path), metavar="ORIGINALS DOWNSIZED",
+              help="Full-size originals and their downsized files (same relative paths): decision on each against the other.")
+@click.option("--max-unstable", type=click.FloatRange(0, 1), help="Gate: fail (exit 1) when a larger share of images flips under any variant.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
+@click.option("--show", default=10, show_default=True, help="Least stable images printed.")
+@RUNTIME
+@THREADS
+@DEVICE
+@TRUSTED
+def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file, show, runtime, threads, device_name,
+              trusted_key):
+    """How decisions move under ordinary variation of the input path: other resize kernels, JPEG re-encoding,
+    decoder noise, 16-bit, window, shift, crop, gamma; with --pairs, full-size originals against downsized files.
+
+    Exit 0 when the share of unstable images is at most --max-unstable (or no gate is given), 1 when it is
+    larger, 2 for errors.
+    """
+    from edgecxr.atomic import write_json_atomic
+    from edgecxr.devices.stability import format_stability, image_files, match_pairs, measure_stability
+
+    pairs = pairs or ()
+    if data is None and not pairs:
+        raise click.UsageError("pass --data, --pairs or both")
+    _check_outputs((bundle, data, float_bundle, *pairs), json=json_file)
+    paths = image_files(data, split) if data else []
+    matched = match_pairs(*pairs) if pairs else []
+    clf = _load(bundle, runtime, threads, device_name, trusted_key)
+    twin = _load(float_bundle, runtime, threads, device_name, trusted_key) if float_bundle else None
+    report = measure_stability(clf, paths, float_clf=twin, pairs=matched, max_unstable=max_unstable, show=show,
+                               progress=True)
+    click.echo(format_stability(report, show=show))
+    if json_file:
+        write_json_atomic(json_file, report)
+    sys.exit(0 if report["passed"] is not False else 1)
+
+
+@device.command()
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Kermany-layout ROOT the bundles were exported with (default: the shipped sample).")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed calls per bundle that keeps parity.")
