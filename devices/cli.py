@@ -198,8 +198,11 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
+@click.option("--stability", is_flag=True, help="Also measure input-path stability on the same images (see `device stability`).")
+@click.option("--max-unstable", type=click.FloatRange(0, 1),
+              help="With --stability (implies it): fail when a larger share of images flips under any input variant.")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
-           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show):
+           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, stability, max_unstable):
     """Re-run every SPLIT image on the device and compare with the bundle's float reference.
 
     Exit 0 when parity holds, 1 when it does not (2 for errors). Comparing fewer than
@@ -214,7 +217,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
-                        strict=strict)
+                        strict=strict, stability=stability, max_unstable=max_unstable)
     click.echo(format_report(report, max_flips=show))
     if json_file:
         write_json_atomic(json_file, report)

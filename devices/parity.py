@@ -163,8 +163,11 @@ def _coverage_check(compared: int, reference: int, min_coverage: float) -> dict:
 
 def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CLASSES,
                tolerances: Tolerances = Tolerances(), workers: int | None = None, strict: bool = False,
-               n_boot: int = 2000) -> dict:
-    """Classify every image of `split` under `data` on the device and compare with the bundle's reference."""
+               n_boot: int = 2000, stability: bool = False, max_unstable: float | None = None) -> dict:
+    """Classify every image of `split` under `data` on the device and compare with the bundle's reference.
+
+    stability: also measure input-path stability on the compared images (edgecxr.devices.stability), gated by
+    max_unstable when given."""
     ref = clf.bundle.reference
     if ref.get("split") not in (None, split):
         raise DataError(f"the bundle's reference predictions are for split '{ref['split']}', not '{split}'; pass --split {ref['split']}")
@@ -207,6 +210,14 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     report["cpu_path_note"] = path_note((clf.bundle.manifest.get("verified_on") or {}).get("cpu"), report["host"]["cpu"])
     if unknown:
         report["data"]["not_in_reference_examples"] = unknown[:5]
+    if stability or max_unstable is not None:
+        from edgecxr.devices.stability import measure_stability, stability_check
+
+        report["stability"] = measure_stability(clf, [s.path for s, _ in ok], names=rels, max_unstable=max_unstable,
+                                                progress=True)
+        if max_unstable is not None:
+            report["checks"].append(stability_check(report["stability"]))
+            report["passed"] = all(c["passed"] for c in report["checks"])
     return report
 
 
@@ -261,6 +272,10 @@ def format_report(r: dict, max_flips: int = 10) -> str:
         lines.append(f"{d['not_in_reference']} image(s) not in the bundle's reference were skipped")
     if d["reference_coverage"] < 1:
         lines.append(f"note: compared {d['compared']} of the {d['reference_images']} reference images")
+    if "stability" in r:
+        from edgecxr.devices.stability import format_stability
+
+        lines.append(format_stability(r["stability"] | {"passed": None}, show=max_flips))  # its check is listed next
     for c in r["checks"]:
         lines.append(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
     cpu = r.get("host", {}).get("cpu")
