@@ -249,6 +249,7 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
     larger, 2 for errors.
     """
     from edgecxr.atomic import write_json_atomic
+    from edgecxr.devices.parity import host_info
     from edgecxr.devices.stability import format_stability, image_files, match_pairs, measure_stability
 
     pairs = pairs or ()
@@ -261,6 +262,7 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
     twin = _load(float_bundle, runtime, threads, device_name, trusted_key) if float_bundle else None
     report = measure_stability(clf, paths, float_clf=twin, pairs=matched, max_unstable=max_unstable, show=show,
                                progress=True)
+    report["host"] = host_info()
     click.echo(format_stability(report, show=show))
     if json_file:
         write_json_atomic(json_file, report)

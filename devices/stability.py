@@ -14,11 +14,12 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from edgecxr.errors import DataError, ImageError
 from edgecxr.images import decode_image, is_image_file
@@ -177,6 +178,7 @@ def measure_stability(clf, paths=(), *, float_clf=None, pairs=(), variants=None,
     """
     from tqdm import tqdm
 
+    started = time.perf_counter()
     paths, pairs = [Path(p) for p in paths], [(Path(a), Path(b)) for a, b in pairs]
     variants = VARIANTS if variants is None else variants
     models = {"device": clf} | ({"float": float_clf} if float_clf is not None else {})
@@ -207,6 +209,7 @@ def measure_stability(clf, paths=(), *, float_clf=None, pairs=(), variants=None,
               "data": {"images": len(paths), "pairs": len(pairs)}}
     for m, model in models.items():
         report[m] = _summary(probs[m], model.threshold, order, show) | {"model": _describe(model)}
+    report["seconds"] = time.perf_counter() - started
     report["max_unstable"] = max_unstable
     report["passed"] = None if max_unstable is None else report["device"]["unstable"] <= max_unstable + 1e-12
     return report
