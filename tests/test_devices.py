@@ -569,6 +569,7 @@ def test_device_commands_never_import_tensorflow(bundles, sample, tmp_path):
         ["device", "parity", bundles["tflite-int8"], "--data", sample, "--min-agreement", "0", "--min-coverage", "0",
          "--max-recall-drop", "1", "--max-accuracy-drop", "1"],  # the imports are tested here, not the verdict
         ["device", "run", bundles["tflite-int8"], sample / "test" / "NORMAL"],
+        ["device", "stability", bundles["tflite-int8"], "--data", sample / "test" / "NORMAL", "--float", bundles["tflite-fp32"]],
         ["device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-coverage", "0"],
         ["device", "bench", bundles["openvino-fp32"], "--runs", "5", "--warmup", "1", "--no-cold-start"],
     ]
