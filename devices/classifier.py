@@ -107,6 +107,11 @@ class Classifier:
         shape = session.input_shape
         c = self.spec.channels
         self._nchw = len(shape) == 4 and shape[1] == c and shape[-1] != c
+        dims = (shape[2], shape[3], shape[1]) if self._nchw else tuple(shape[1:])
+        if len(shape) != 4 or any(d not in (None, -1, w) for d, w in zip(dims, self.spec.input_shape)):
+            raise ModelError(f"{bundle.path}: its model takes input {tuple(shape)} but its preprocessing spec makes "
+                             f"{self.spec.input_shape} (size {self.spec.size}, {c} channel(s)); every image would "
+                             "fail: re-export the bundle")
         self._lock = threading.Lock()
         self._lut = self._quantize(self.spec.scale_pixels(np.arange(256, dtype=np.uint8)[None])[0, :, 0])
         self.device: str | None = None  # as asked at load time (OpenVINO device / ORT provider)
@@ -132,6 +137,13 @@ class Classifier:
         clf = cls(bundle, session)
         clf.device = device
         return clf
+
+    def twin(self) -> "Classifier | None":
+        """The bundle's float32 twin on the same runtime and threads (None when the bundle has none)."""
+        twin = self.bundle.twin()
+        if twin is None:
+            return None
+        return Classifier.load(twin, runtime=self.session.runtime, threads=self.session.threads, device=self.device)
 
     @property
     def runtime(self) -> dict:
@@ -209,13 +221,19 @@ class Classifier:
             scale, zero = self._out_q
             y = (y - zero) * scale
         if self.kind == "sigmoid":
-            return float(y[self.positive_index] if y.size > 1 else y[0])
-        if self.kind == "softmax":
-            return float(y[self.positive_index])
-        if y.size == 1:  # one logit
-            return float(1.0 / (1.0 + np.exp(-y[0])))
-        e = np.exp(y - y.max())
-        return float(e[self.positive_index] / e.sum())
+            p = y[self.positive_index] if y.size > 1 else y[0]
+        elif self.kind == "softmax":
+            p = y[self.positive_index]
+        elif y.size == 1:  # one logit
+            p = 1.0 / (1.0 + np.exp(-y[0]))
+        else:
+            e = np.exp(y - y.max())
+            p = e[self.positive_index] / e.sum()
+        if not (np.isfinite(p) and -1e-6 <= p <= 1 + 1e-6):
+            raise ModelError(f"{self.bundle.path}: the model returned {float(p):.4g} as a probability (output kind "
+                             f"'{self.kind}'); its output is not what the bundle declares (raw logits?); "
+                             "re-export it with the right --output")
+        return float(min(max(p, 0.0), 1.0))
 
     def infer(self, x: np.ndarray) -> tuple[float, float]:
         """Model input from `prepare` -> (probability, infer_ms). The model call, serialized by the lock."""

@@ -181,7 +181,8 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 
 @device.command()
 @BUNDLE
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Kermany-layout ROOT (or CSV manifest) holding the split.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Kermany-layout ROOT, a CSV manifest (path[,label]), or a folder of a site's X-rays.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
 @click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
@@ -198,15 +199,27 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
-@click.option("--stability", is_flag=True, help="Also measure input-path stability on the same images (see `device stability`).")
+@click.option("--reference", type=click.Choice(["auto", "bundle", "twin"]), default="auto", show_default=True,
+              help="Float reference: stored at export (bundle), recomputed here by the bundle's float32 twin (twin), "
+                   "or the stored one when it holds every image, else the twin (auto).")
+@click.option("--stability", is_flag=True, help="Also measure input-path stability on the same images, for the device "
+                                                "model and the float twin (see `device stability`).")
 @click.option("--max-unstable", type=click.FloatRange(0, 1),
               help="With --stability (implies it): fail when a larger share of images flips under any input variant.")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
-           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, stability, max_unstable):
-    """Re-run every SPLIT image on the device and compare with the bundle's float reference.
+           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, reference, stability,
+           max_unstable):
+    """Re-run images on the device and compare its decisions with the float model's.
 
-    Exit 0 when parity holds, 1 when it does not (2 for errors). Comparing fewer than
+    --data is the data root the bundle was exported with (ROOT/SPLIT/CLASS/), a CSV manifest, or a site's
+    own X-rays: a folder with the two class folders, or any folder of images (unlabeled). For images the
+    bundle holds no reference for, its float32 twin computes the float reference here (no TensorFlow).
+
+    Exit 0 when parity holds, 1 when it does not, 2 for usage or input errors, 3 for internal
+    errors (see the README's reliability section). Comparing fewer than
     --min-coverage of the reference images (a subset, unreadable files) is a failure.
+
+    Example: edgecxr device parity bundles/tflite-int8 --data clinic-xrays/ --json parity.json
     """
     from edgecxr.atomic import write_json_atomic
     from edgecxr.data import parse_classes
@@ -217,7 +230,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
-                        strict=strict, stability=stability, max_unstable=max_unstable)
+                        strict=strict, reference=reference, stability=stability, max_unstable=max_unstable)
     click.echo(format_report(report, max_flips=show))
     if json_file:
         write_json_atomic(json_file, report)
@@ -230,7 +243,8 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
 @BUNDLE
 @click.option("--data", type=click.Path(path_type=Path), help="Folder of images, or a data ROOT holding SPLIT/ (searched recursively).")
 @click.option("--split", default="test", show_default=True, help="Used when DATA/SPLIT is a folder.")
-@click.option("--float", "float_bundle", type=click.Path(path_type=Path), help="The float model's bundle (e.g. tflite-fp32): measured too.")
+@click.option("--float", "float_bundle", type=click.Path(path_type=Path),
+              help="The float model's bundle (e.g. tflite-fp32), measured too (default: the bundle's float twin, if any).")
 @click.option("--pairs", nargs=2, type=click.Path(path_type=Path), metavar="ORIGINALS DOWNSIZED",
               help="Full-size originals and their downsized files (same relative paths): decision on each against the other.")
 @click.option("--max-unstable", type=click.FloatRange(0, 1), help="Gate: fail (exit 1) when a larger share of images flips under any variant.")
@@ -259,7 +273,7 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
     paths = image_files(data, split) if data else []
     matched = match_pairs(*pairs) if pairs else []
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
-    twin = _load(float_bundle, runtime, threads, device_name, trusted_key) if float_bundle else None
+    twin = _load(float_bundle, runtime, threads, device_name, trusted_key) if float_bundle else clf.twin()
     report = measure_stability(clf, paths, float_clf=twin, pairs=matched, max_unstable=max_unstable, show=show,
                                progress=True)
     report["host"] = host_info()

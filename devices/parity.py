@@ -15,8 +15,9 @@ import numpy as np
 
 from edgecxr import __version__, metrics
 from edgecxr.cpu import cpu_info, path_note
-from edgecxr.data import DEFAULT_CLASSES, files_hash, list_split, subgroup
-from edgecxr.errors import DataError
+from edgecxr.bundle import sha256_file
+from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, subgroup
+from edgecxr.errors import ConfigError, DataError
 
 from edgecxr.devices.classifier import Classifier, Failure
 from edgecxr.devices.runtimes import runtime_notes
@@ -65,11 +66,14 @@ def _flip_kind(label, float_pos, device_pos) -> str:
 
 
 def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances(), *, n_boot=2000,
-            reference_images: int | None = None) -> dict:
+            reference_images: int | None = None, reference_metrics: dict | None = None) -> dict:
     """The parity report from paired predictions (no runtime involved: testable on its own).
 
     reference_images: how many images the bundle's reference holds; when given, a `coverage`
     check requires len(rels) / reference_images >= tolerances.min_coverage.
+    reference_metrics: the float model's metrics recorded in the bundle; when every reference image
+    is compared, the device's absolute recall and specificity are held to them (not only to the
+    float side recomputed here, which an edited or degenerate threshold moves together with the device).
     """
     y = np.asarray(y).astype(int)
     fprob, dprob = np.asarray(float_probs, np.float64), np.asarray(device_probs, np.float64)
@@ -112,6 +116,10 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
                f"{agreement:.4f} of decisions identical (need {min_agree:.4g}"
                f"{small if min_agree != tolerances.min_agreement else ''}); {len(flipped)} flipped"),
     ]
+    checks.append(_degenerate_check(y, d_m))
+    if reference_metrics is not None:
+        checks.append(_reference_check(f_m, d_m, reference_metrics, len(y) == reference_images,
+                                       tolerances.max_recall_drop, max_acc))
     if reference_images is not None:
         checks.append(_coverage_check(len(y), reference_images, tolerances.min_coverage))
     return {
@@ -135,6 +143,41 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
     }
 
 
+def compare_unlabeled(rels, float_probs, device_probs, threshold, tolerances=Tolerances()) -> dict:
+    """Parity without labels (a site's unlabeled X-rays): how often the device decides as the float model,
+    and how many of the images the float model calls positive the device calls negative (the unlabeled
+    counterpart of new false negatives, held to the recall limit)."""
+    fprob, dprob = np.asarray(float_probs, np.float64), np.asarray(device_probs, np.float64)
+    fpred, dpred = fprob >= threshold, dprob >= threshold
+    agreement = float(np.mean(fpred == dpred))
+    diff = dprob - fprob
+    flipped = sorted(({"file": rels[i], "kind": "new_negative" if fpred[i] else "new_positive",
+                       "float_prob": float(fprob[i]), "device_prob": float(dprob[i])}
+                      for i in np.flatnonzero(fpred != dpred)),
+                     key=lambda f: (f["kind"] != "new_negative", -abs(f["device_prob"] - f["float_prob"]), f["file"]))
+    positives, lost = int(fpred.sum()), int(np.sum(fpred & ~dpred))
+    lost_share = lost / positives if positives else 0.0
+    min_agree = small_set_limits(len(rels), tolerances.max_accuracy_drop, tolerances.min_agreement)[1]
+    checks = [
+        _check("positives_lost", lost_share, tolerances.max_recall_drop, lost_share <= tolerances.max_recall_drop + 1e-12,
+               f"{lost} of the {positives} images the float model calls positive are negative on the device "
+               f"({lost_share:.4f}, allowed {tolerances.max_recall_drop})"),
+        _check("agreement", agreement, min_agree, agreement >= min_agree - 1e-12,
+               f"{agreement:.4f} of decisions identical (need {min_agree:.4g}); {len(flipped)} flipped"),
+    ]
+    return {
+        "threshold": float(threshold), "n": len(rels), "labeled": False, "agreement": agreement,
+        "positives": {"float": positives, "device": int(dpred.sum())},
+        "prob_abs_diff": {"mean": float(np.abs(diff).mean()), "p99": float(np.quantile(np.abs(diff), 0.99)),
+                          "max": float(np.abs(diff).max())},
+        "prob_shift_mean": float(diff.mean()),
+        "flipped": flipped,
+        "flipped_counts": {k: sum(1 for f in flipped if f["kind"] == k) for k in ("new_negative", "new_positive")},
+        "cases": [{"file": r, "float_prob": float(a), "device_prob": float(b)} for r, a, b in zip(rels, fprob, dprob)],
+        "tolerances": asdict(tolerances), "checks": checks, "passed": all(c["passed"] for c in checks),
+    }
+
+
 def small_set_limits(n: int, max_accuracy_drop: float, min_agreement: float) -> tuple[float, float]:
     """On a small set one flipped decision is more than the 1-2 % limits: a limit finer than one decision
     (but not a demand for none) then allows one; a new false negative still fails the recall check."""
@@ -146,6 +189,36 @@ def small_set_limits(n: int, max_accuracy_drop: float, min_agreement: float) -> 
 
 def _check(name, value, limit, passed, message) -> dict:
     return {"name": name, "value": float(value), "limit": float(limit), "passed": bool(passed), "message": message}
+
+
+def _degenerate_check(y, d_m) -> dict:
+    """An operating point that gives every image one answer passes every relative check (recall 0 = recall 0)."""
+    both = 0 < int(np.sum(y)) < len(y)
+    low = min(d_m["recall"], d_m["specificity"]) if both else 1.0
+    passed = bool(low > 0)
+    if not both:
+        return _check("not_degenerate", 1.0, 0.0, True, "one class only in the compared images: not measured")
+    message = f"device recall {d_m['recall']:.4f}, specificity {d_m['specificity']:.4f}"
+    if not passed:
+        message += (": every image gets the same answer; the threshold or the model output is degenerate "
+                    "(re-export with a threshold chosen on validation)")
+    return _check("not_degenerate", low, 0.0, passed, message)
+
+
+def _reference_check(f_m, d_m, ref: dict, full: bool, max_recall_drop: float, max_spec_drop: float) -> dict:
+    """The device's absolute recall and specificity against the float metrics written at export."""
+    if not full:
+        return _check("reference_metrics", 0.0, 0.0, True,
+                      "a subset of the reference images: absolute metrics not compared with the bundle's")
+    consistent = all(abs(f_m[k] - float(ref[k])) <= 1e-9 for k in ("recall", "specificity"))
+    recall_gap, spec_gap = float(ref["recall"]) - d_m["recall"], float(ref["specificity"]) - d_m["specificity"]
+    passed = consistent and recall_gap <= max_recall_drop + 1e-12 and spec_gap <= max_spec_drop + 1e-12
+    message = (f"device recall {d_m['recall']:.4f}, specificity {d_m['specificity']:.4f}; the bundle's reference "
+               f"{float(ref['recall']):.4f}, {float(ref['specificity']):.4f}")
+    if not consistent:
+        message += (f", which its own probabilities at threshold do not give ({f_m['recall']:.4f}, "
+                    f"{f_m['specificity']:.4f}): the manifest was edited; re-export the bundle")
+    return _check("reference_metrics", max(recall_gap, spec_gap), max(max_recall_drop, max_spec_drop), passed, message)
 
 
 def _coverage_check(compared: int, reference: int, min_coverage: float) -> dict:
@@ -161,48 +234,62 @@ def _coverage_check(compared: int, reference: int, min_coverage: float) -> dict:
     return _check("coverage", coverage, min_coverage, passed, message)
 
 
+REFERENCES = ("auto", "bundle", "twin")
+
+
 def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CLASSES,
                tolerances: Tolerances = Tolerances(), workers: int | None = None, strict: bool = False,
-               n_boot: int = 2000, stability: bool = False, max_unstable: float | None = None) -> dict:
-    """Classify every image of `split` under `data` on the device and compare with the bundle's reference.
+               n_boot: int = 2000, reference: str = "auto", stability: bool = False,
+               max_unstable: float | None = None) -> dict:
+    """Classify the images under `data` on the device and compare with the float model's decisions.
 
-    stability: also measure input-path stability on the compared images (edgecxr.devices.stability), gated by
-    max_unstable when given."""
-    ref = clf.bundle.reference
-    if ref.get("split") not in (None, split):
-        raise DataError(f"the bundle's reference predictions are for split '{ref['split']}', not '{split}'; pass --split {ref['split']}")
-    samples = list_split(data, split, classes)
-    ref_probs, ref_labels = ref["probs"], ref["labels"]
-    known = [s for s in samples if s.rel in ref_probs]
-    unknown = [s.rel for s in samples if s.rel not in ref_probs]
-    if not known:
-        raise DataError(
-            f"{data}: none of the {len(samples)} '{split}' images is in the bundle's reference "
-            f"({len(ref_probs)} images, e.g. {next(iter(ref_probs), '?')}); pass the data root the bundle was exported with")
-    wrong = [s.rel for s in known if int(ref_labels.get(s.rel, s.label)) != s.label]
-    if wrong:
-        raise DataError(f"{len(wrong)} images have a different label in the bundle's reference (first: {wrong[0]}); "
-                        "check --classes and the data root")
+    reference: "bundle" compares with the float probabilities stored at export (the test images the bundle
+    was exported with); "twin" recomputes them here with the bundle's float32 twin, for any images (a
+    clinic's own, labeled or not); "auto" takes the bundle's when it holds every image, else the twin.
+    stability: also measure input-path stability on the compared images (edgecxr.devices.stability), for the
+    device model and the float twin when the bundle has one, gated by max_unstable when given.
+    """
+    samples = list_site(data, split, classes)
+    source = _reference_source(clf, samples, split, reference, data)
+    if source == "bundle":
+        known, unknown, ref_probs = _in_bundle_reference(clf, samples, split, data)
+    else:
+        known, unknown, ref_probs = samples, [], None
     t0 = time.perf_counter()
     results = clf.predict_batch([s.path for s in known], workers=workers, strict=strict)
+    if source == "twin":
+        twin = clf.twin()
+        twin_results = twin.predict_batch([s.path for s in known], workers=workers, strict=strict)
+        ref_probs = {s.rel: r.probability for s, r in zip(known, twin_results) if not isinstance(r, Failure)}
     elapsed = time.perf_counter() - t0
-    ok = [(s, r) for s, r in zip(known, results) if not isinstance(r, Failure)]
+    ok = [(s, r) for s, r in zip(known, results) if not isinstance(r, Failure) and s.rel in ref_probs]
     unreadable = [{"file": s.rel, "error": r.error} for s, r in zip(known, results) if isinstance(r, Failure)]
     if not ok:
         raise DataError("no readable images left to compare")
-    rels = [s.rel for s, _ in ok]
-    report = compare(rels, [s.label for s, _ in ok], [ref_probs[r] for r in rels], [r.probability for _, r in ok],
-                     clf.threshold, tolerances, n_boot=n_boot, reference_images=len(ref_probs))
-    coverage = len(ok) / len(ref_probs)
+    rels, labels = [s.rel for s, _ in ok], [s.label for s, _ in ok]
+    float_probs, device_probs = [ref_probs[r] for r in rels], [r.probability for _, r in ok]
+    if source == "bundle":
+        report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot,
+                         reference_images=len(ref_probs), reference_metrics=clf.bundle.reference["metrics"])
+    elif UNLABELED in labels:
+        report = compare_unlabeled(rels, float_probs, device_probs, clf.threshold, tolerances)
+    else:
+        report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot)
+    hashes = {s.rel: sha256_file(s.path) for s, _ in ok}
+    for case in report["cases"]:
+        case["sha256"] = hashes[case["file"]]  # the exact images, so the run can be repeated
     infer = np.array([r.timings.infer_ms for _, r in ok])
+    data_info = {"root": str(data), "split": split, "images": len(samples), "compared": len(ok),
+                 "labeled": UNLABELED not in labels, "not_in_reference": len(unknown), "unreadable": unreadable,
+                 "files_sha256": files_hash([s for s, _ in ok])}
+    if source == "bundle":
+        data_info.update(reference_images=len(ref_probs), reference_coverage=len(ok) / len(ref_probs),
+                         same_files_as_reference=data_info["files_sha256"] == clf.bundle.reference.get("files_sha256"))
     report.update({
+        "reference": _reference_info(clf, source),
         "bundle": _bundle_info(clf),
         "runtime": clf.runtime,
-        "data": {"root": str(data), "split": split, "images": len(samples), "compared": len(ok),
-                 "not_in_reference": len(unknown), "unreadable": unreadable,
-                 "reference_images": len(ref_probs), "reference_coverage": coverage,
-                 "files_sha256": files_hash([s for s, _ in ok]),
-                 "same_files_as_reference": files_hash([s for s, _ in ok]) == ref.get("files_sha256")},
+        "data": data_info,
         "timing": {"seconds": elapsed, "images_per_s": len(known) / elapsed if elapsed else 0.0,
                    "infer_ms_mean": float(infer.mean()), "infer_ms_p50": float(np.median(infer))},
         "host": host_info(),
@@ -213,12 +300,55 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     if stability or max_unstable is not None:
         from edgecxr.devices.stability import measure_stability, stability_check
 
-        report["stability"] = measure_stability(clf, [s.path for s, _ in ok], names=rels, max_unstable=max_unstable,
-                                                progress=True)
+        report["stability"] = measure_stability(clf, [s.path for s, _ in ok], names=rels, float_clf=clf.twin(),
+                                                max_unstable=max_unstable, progress=True)
         if max_unstable is not None:
             report["checks"].append(stability_check(report["stability"]))
             report["passed"] = all(c["passed"] for c in report["checks"])
     return report
+
+
+def _reference_source(clf: Classifier, samples, split: str, reference: str, data) -> str:
+    if reference not in REFERENCES:
+        raise ConfigError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    has_twin = bool(clf.bundle.manifest.get("twin"))
+    if reference == "twin" and not has_twin:
+        raise ConfigError(f"{clf.bundle.path}: this bundle has no float twin (exported with --no-twin, as a "
+                          "float32 target, or by an older edgecxr); re-export it, or use --reference bundle")
+    if reference != "auto":
+        return reference
+    ref = clf.bundle.reference
+    in_reference = ref.get("split") in (None, split) and all(s.rel in ref["probs"] for s in samples)
+    return "bundle" if in_reference or not has_twin else "twin"
+
+
+def _in_bundle_reference(clf: Classifier, samples, split: str, data):
+    """(images in the bundle's reference, names of the others, the reference's float probabilities)."""
+    ref = clf.bundle.reference
+    if ref.get("split") not in (None, split):
+        raise DataError(f"the bundle's reference predictions are for split '{ref['split']}', not '{split}'; pass --split {ref['split']}")
+    ref_probs, ref_labels = ref["probs"], ref["labels"]
+    known = [s for s in samples if s.rel in ref_probs]
+    unknown = [s.rel for s in samples if s.rel not in ref_probs]
+    if not known:
+        raise DataError(
+            f"{data}: none of the {len(samples)} images is in the bundle's reference "
+            f"({len(ref_probs)} '{split}' images, e.g. {next(iter(ref_probs), '?')}); pass the data root the bundle "
+            "was exported with, or use a bundle with a float twin (the default export) to check other images")
+    wrong = [s.rel for s in known if int(ref_labels.get(s.rel, s.label)) != s.label]
+    if wrong:
+        raise DataError(f"{len(wrong)} images have a different label in the bundle's reference (first: {wrong[0]}); "
+                        "check --classes and the data root")
+    return known, unknown, ref_probs
+
+
+def _reference_info(clf: Classifier, source: str) -> dict:
+    if source == "bundle":
+        return {"source": "bundle", "what": f"float probabilities stored at export ({clf.bundle.reference.get('split')} split)"}
+    twin = clf.bundle.manifest["twin"]
+    return {"source": "twin", "what": f"recomputed here by the bundle's float32 twin ({twin['target']})",
+            "target": twin["target"], "sha256": clf.bundle.manifest["files"][twin["model_file"]],
+            "max_abs_diff_at_export": twin.get("reference_max_abs_diff")}
 
 
 def _bundle_info(clf: Classifier) -> dict:
@@ -247,20 +377,12 @@ def format_report(r: dict, max_flips: int = 10) -> str:
     rt = r["runtime"]
     lines = [f"parity {r['bundle']['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
              f"{r['n']} images in {r['timing']['seconds']:.1f} s, threshold {r['threshold']:.4f}",
-             *runtime_notes(rt),
-             f"{'metric':12s} {'float':>8s} {'device':>8s} {'delta':>8s}"]
-    for k in COMPARED:
-        lines.append(f"{k:12s} {r['float'][k]:8.4f} {r['device'][k]:8.4f} {r['delta'][k]:+8.4f}")
-    b, mc = r["bootstrap"], r["mcnemar"]
-    lines.append(f"agreement {r['agreement']:.4f}; McNemar p={mc['p_value']:.3g} "
-                 f"(float-only right {mc['a_only_right']}, device-only right {mc['b_only_right']})")
-    lines.append(f"{int(b['level'] * 100)}% CI recall delta [{b['recall_delta'][0]:+.4f}, {b['recall_delta'][1]:+.4f}], "
-                 f"accuracy delta [{b['accuracy_delta'][0]:+.4f}, {b['accuracy_delta'][1]:+.4f}]")
-    lines.append("subgroups: " + "; ".join(
-        f"{g} n={s['n']} acc {s['float_accuracy']:.3f}->{s['device_accuracy']:.3f} flipped {s['flipped']}"
-        for g, s in r["subgroups"].items()))
+             *runtime_notes(rt)]
+    if "reference" in r:
+        lines.append(f"reference: {r['reference']['what']}")
+    lines += _metric_lines(r) if r.get("labeled", True) else _unlabeled_lines(r)
     if r["flipped"]:
-        lines.append(f"flipped cases ({len(r['flipped'])}, new false negatives first):")
+        lines.append(f"flipped cases ({len(r['flipped'])}, {'new false negatives' if r.get('labeled', True) else 'new negatives'} first):")
         for f in r["flipped"][:max_flips]:
             lines.append(f"  {f['kind']:22s} {f['file']}  float {f['float_prob']:.3f} -> device {f['device_prob']:.3f}")
         if len(r["flipped"]) > max_flips:
@@ -270,7 +392,7 @@ def format_report(r: dict, max_flips: int = 10) -> str:
         lines.append(f"{len(d['unreadable'])} unreadable image(s) skipped, first: {d['unreadable'][0]['error']}")
     if d["not_in_reference"]:
         lines.append(f"{d['not_in_reference']} image(s) not in the bundle's reference were skipped")
-    if d["reference_coverage"] < 1:
+    if d.get("reference_coverage", 1) < 1:
         lines.append(f"note: compared {d['compared']} of the {d['reference_images']} reference images")
     if "stability" in r:
         from edgecxr.devices.stability import format_stability
@@ -283,3 +405,24 @@ def format_report(r: dict, max_flips: int = 10) -> str:
         lines.append(r.get("cpu_path_note") or f"CPU path: {cpu['int8_path']} (the bundle does not record where it was verified)")
     lines.append("parity PASSED" if r["passed"] else "parity FAILED")
     return "\n".join(lines)
+
+
+def _metric_lines(r: dict) -> list[str]:
+    lines = [f"{'metric':12s} {'float':>8s} {'device':>8s} {'delta':>8s}"]
+    lines += [f"{k:12s} {r['float'][k]:8.4f} {r['device'][k]:8.4f} {r['delta'][k]:+8.4f}" for k in COMPARED]
+    b, mc = r["bootstrap"], r["mcnemar"]
+    lines.append(f"agreement {r['agreement']:.4f}; McNemar p={mc['p_value']:.3g} "
+                 f"(float-only right {mc['a_only_right']}, device-only right {mc['b_only_right']})")
+    lines.append(f"{int(b['level'] * 100)}% CI recall delta [{b['recall_delta'][0]:+.4f}, {b['recall_delta'][1]:+.4f}], "
+                 f"accuracy delta [{b['accuracy_delta'][0]:+.4f}, {b['accuracy_delta'][1]:+.4f}]")
+    lines.append("subgroups: " + "; ".join(
+        f"{g} n={s['n']} acc {s['float_accuracy']:.3f}->{s['device_accuracy']:.3f} flipped {s['flipped']}"
+        for g, s in r["subgroups"].items()))
+    return lines
+
+
+def _unlabeled_lines(r: dict) -> list[str]:
+    p, d = r["positives"], r["prob_abs_diff"]
+    return [f"unlabeled images: the float model calls {p['float']} of {r['n']} positive, the device {p['device']}",
+            f"agreement {r['agreement']:.4f}; probability shift mean {r['prob_shift_mean']:+.4f}, "
+            f"|shift| mean {d['mean']:.4f}, p99 {d['p99']:.4f}, max {d['max']:.4f}"]

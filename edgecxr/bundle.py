@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from edgecxr.domain import DOMAIN, domain_problem
-from edgecxr.errors import BundleError
+from edgecxr.errors import BundleError, ConfigError
+from edgecxr.modelinfo import OUTPUT_KINDS, is_int, is_number
 from edgecxr.preprocess import PreprocessSpec
 from edgecxr.targets import TARGETS
 
@@ -30,6 +31,7 @@ REQUIRED = {
 }
 REFERENCE_KEYS = ("split", "probs", "labels", "metrics")
 TENSOR_KEYS = ("name", "shape", "dtype", "quantization")
+DTYPES = ("float32", "float16", "int8", "uint8", "int16")
 MAX_UNZIPPED = 2 << 30  # a zip bomb guard: no edge model bundle is near 2 GB
 
 
@@ -52,6 +54,7 @@ def finalize(folder: Path, manifest: dict) -> dict:
     files = {p.relative_to(folder).as_posix(): sha256_file(p)
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     manifest = {"format": FORMAT, "version": VERSION, **manifest, "files": files}
+    check_values(str(folder), manifest)
     if manifest["model_file"] not in files:
         raise BundleError(f"{folder}: model file {manifest['model_file']} was not written")
     manifest["sha256"] = files[manifest["model_file"]]
@@ -94,6 +97,19 @@ class Bundle:
     def reference(self) -> dict:
         return self.manifest["reference"]
 
+    def twin(self) -> "Bundle | None":
+        """The float32 model shipped in twin/ as a bundle of its own (same folder, preprocessing, threshold):
+        the float reference for images this bundle holds none for. None for bundles without one."""
+        twin = self.manifest.get("twin")
+        if not twin:
+            return None
+        output = {**twin["output"], "kind": self.manifest["output"]["kind"],
+                  "positive_index": self.manifest["output"].get("positive_index", 0)}
+        manifest = {**self.manifest, "target": twin["target"], "model_file": twin["model_file"],
+                    "sha256": self.manifest["files"][twin["model_file"]], "input": twin["input"], "output": output,
+                    "twin": None}
+        return Bundle(self.path, manifest)
+
 
 def _check_schema(name: str, manifest: dict) -> None:
     if manifest.get("format") != FORMAT:
@@ -114,9 +130,102 @@ def _check_schema(name: str, manifest: dict) -> None:
     problem = domain_problem(manifest.get("domain", DOMAIN))
     if problem:
         raise BundleError(f"{name}: manifest 'domain' {problem}; re-export the bundle")
+    _check_twin(name, manifest)
     missing = [k for k in REFERENCE_KEYS if k not in manifest["reference"]]
     if missing:
         raise BundleError(f"{name}: manifest 'reference' lacks {missing}; re-export the bundle")
+    check_values(name, manifest)
+
+
+def _first_bad(items, ok):
+    return next((item for item in items if not ok(item)), None)
+
+
+def check_values(name: str, m: dict) -> None:
+    """Every value the device reads is of the right type, finite and in range: one line naming the field.
+
+    Run at export (before the manifest is written) and at every load, so a NaN or impossible number
+    never reaches a decision, even in a manifest whose digest was recomputed.
+    """
+    def fail(field, value, what):
+        shown = repr(value)
+        raise BundleError(f"{name}: manifest '{field}' must be {what}, got {shown[:80]}; re-export the bundle")
+
+    t = m.get("threshold")
+    if not (is_number(t) and 0 < t < 1):
+        fail("threshold", t, "a finite probability strictly between 0 and 1")
+    labels = m.get("labels")
+    if not (isinstance(labels, list) and len(labels) == 2 and all(isinstance(x, str) and x.strip() for x in labels)
+            and labels[0] != labels[1]):
+        fail("labels", labels, "two different names, negative first")
+    pre = m.get("preprocess")
+    if not isinstance(pre, dict):
+        fail("preprocess", pre, "an object")
+    for key, ok, what in (("size", is_int, "an integer"), ("channels", is_int, "an integer"),
+                          ("scale", is_number, "a finite number"), ("offset", is_number, "a finite number")):
+        if not ok(pre.get(key)):
+            fail(f"preprocess.{key}", pre.get(key), what)
+    if not isinstance(pre.get("equalize", False), bool):
+        fail("preprocess.equalize", pre.get("equalize"), "true or false")
+    try:
+        PreprocessSpec.from_dict(pre)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise BundleError(f"{name}: manifest 'preprocess' is invalid ({exc}); re-export the bundle") from None
+    for tensor, rank in (("input", 4), ("output", 2)):
+        spec = m.get(tensor) if isinstance(m.get(tensor), dict) else {}
+        shape = spec.get("shape")
+        if not (isinstance(shape, list) and len(shape) == rank
+                and all(d is None or (is_int(d) and (d > 0 or d == -1)) for d in shape)):
+            fail(f"{tensor}.shape", shape, f"{rank} sizes (positive integers, -1 for any)")
+        if spec.get("dtype") not in DTYPES:
+            fail(f"{tensor}.dtype", spec.get("dtype"), f"one of {', '.join(DTYPES)}")
+        q = spec.get("quantization")
+        if q is not None and not (isinstance(q, dict) and is_number(q.get("scale")) and q["scale"] > 0
+                                  and is_int(q.get("zero_point"))):
+            fail(f"{tensor}.quantization", q, "null or {scale: a finite number > 0, zero_point: an integer}")
+    out = m["output"]
+    if out.get("kind", "sigmoid") not in OUTPUT_KINDS:
+        fail("output.kind", out.get("kind"), f"one of {', '.join(OUTPUT_KINDS)}")
+    units = out["shape"][-1] if is_int(out["shape"][-1]) and out["shape"][-1] > 0 else 2
+    pos = out.get("positive_index", 0)
+    if not (is_int(pos) and 0 <= pos < units):
+        fail("output.positive_index", pos, f"an integer from 0 to {units - 1}")
+    ref = m.get("reference") if isinstance(m.get("reference"), dict) else {}
+    probs, ref_labels, ref_metrics = ref.get("probs"), ref.get("labels"), ref.get("metrics")
+    if not isinstance(ref.get("split"), str):
+        fail("reference.split", ref.get("split"), "a split name")
+    if not (isinstance(probs, dict) and probs):
+        fail("reference.probs", probs, "a non-empty map of image -> probability")
+    bad = _first_bad(probs.items(), lambda kv: is_number(kv[1]) and 0 <= kv[1] <= 1)
+    if bad:
+        fail("reference.probs", bad[1], f"probabilities in [0, 1] (image {bad[0]})")
+    if not (isinstance(ref_labels, dict) and set(ref_labels) == set(probs)):
+        fail("reference.labels", type(ref_labels).__name__, "a label for exactly the images of reference.probs")
+    bad = _first_bad(ref_labels.items(), lambda kv: is_int(kv[1]) and kv[1] in (0, 1))
+    if bad:
+        fail("reference.labels", bad[1], f"0 or 1 (image {bad[0]})")
+    if not isinstance(ref_metrics, dict):
+        fail("reference.metrics", ref_metrics, "an object")
+    for key in ("accuracy", "recall", "specificity"):
+        v = ref_metrics.get(key)
+        if not (is_number(v) and 0 <= v <= 1):
+            fail(f"reference.metrics.{key}", v, "a finite number in [0, 1]")
+    verified = m.get("verified_on", {})
+    if not isinstance(verified, dict) or not isinstance(verified.get("cpu") or {}, dict):
+        fail("verified_on", verified, "an object whose 'cpu' is an object or null")
+
+
+def _check_twin(name: str, manifest: dict) -> None:
+    twin = manifest.get("twin")
+    if twin is None:
+        return
+    ok = (isinstance(twin, dict) and twin.get("target") in TARGETS and TARGETS[twin["target"]].precision == "fp32"
+          and TARGETS[twin["target"]].family == TARGETS[manifest["target"]].family
+          and twin.get("model_file") in manifest["files"]
+          and all(isinstance(twin.get(t), dict) and all(k in twin[t] for k in TENSOR_KEYS) for t in ("input", "output")))
+    if not ok:
+        raise BundleError(f"{name}: manifest 'twin' is malformed (a float32 model of the bundle's format, listed "
+                          "in its files, with input and output specs); re-export the bundle")
 
 
 def _verify_files(folder: Path, manifest: dict) -> None:

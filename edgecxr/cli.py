@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from edgecxr import __version__
-from edgecxr.errors import EdgecxrError
+from edgecxr.errors import EXIT_INTERNAL, EXIT_USAGE, EdgecxrError, first_line
 
 
 # Commands that live in a stage package, loaded only when named (no TensorFlow on start-up).
@@ -29,7 +29,7 @@ LAZY_COMMANDS = {
 
 
 class Group(click.Group):
-    """Loads stage commands lazily; turns every EdgecxrError and OSError into one line on stderr and exit 2."""
+    """Loads stage commands lazily; turns every error into one line on stderr and its exit code (edgecxr.errors)."""
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._lazy(n)})
@@ -58,10 +58,20 @@ class Group(click.Group):
             sys.exit(exc.exit_code)
         except OSError as exc:  # an unwritable output, a folder given as a file...: one line, never a traceback
             click.echo(f"error: {os_error_message(exc)}", err=True)
-            sys.exit(EdgecxrError.exit_code)  # 2, never 1: parity uses 1 for "failed"
+            sys.exit(EXIT_USAGE)  # 2, never 1: parity uses 1 for "failed"
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was kept", err=True)
             sys.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own usage errors (exit 2) and exits
+        except Exception as exc:  # a bug: one line and exit 3, never 1 ("a gate failed")
+            if os.environ.get("EDGECXR_TRACEBACK"):
+                import traceback
+
+                traceback.print_exc()
+            click.echo(f"internal error: {type(exc).__name__}: {first_line(exc)}; this is a bug in edgecxr, please "
+                       "report it with the command (EDGECXR_TRACEBACK=1 prints the traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -73,16 +73,45 @@ def list_split(root, split: str = "test", classes=DEFAULT_CLASSES) -> list[Sampl
     if not split_dir.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DataError(f"{root}: no '{split}' folder (found: {', '.join(found) or 'nothing'}); expected ROOT/{split}/{{{','.join(classes)}}}/")
+    return _list_classes(split_dir, root, classes)
+
+
+def _list_classes(folder: Path, root: Path, classes) -> list[Sample]:
     samples = []
     for label, cls in enumerate(classes):
-        class_dir = split_dir / cls
+        class_dir = folder / cls
         if not class_dir.is_dir():
-            raise DataError(f"{split_dir}: no class folder '{cls}'; set --classes to the two folder names (negative first)")
+            raise DataError(f"{folder}: no class folder '{cls}'; set --classes to the two folder names (negative first)")
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p))
         if not files:
             raise DataError(f"{class_dir}: class folder has no images (.jpeg/.png/.dcm)")
         samples += [Sample(p.resolve(), p.relative_to(root).as_posix(), label, patient_id(p.name)) for p in files]
     return samples
+
+
+UNLABELED = -1  # Sample.label of a site's image nobody labeled
+
+
+def list_site(root, split: str = "test", classes=DEFAULT_CLASSES) -> list[Sample]:
+    """The images device parity compares: ROOT/<split>/<class>/ or a labeled CSV (as list_split); a folder of
+    the two class folders (a clinic's labeled images); a CSV with a path column only, or any folder of
+    images (searched recursively): unlabeled (label UNLABELED)."""
+    root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        header, rows = _read_csv(root)
+        if "label" in header or "path" not in header:
+            return _list_csv(root, split, classes)
+        return [Sample((root.parent / r["path"]).resolve(), r["path"], UNLABELED, patient_id(Path(r["path"]).name))
+                for _, r in rows]
+    if not root.is_dir() or (root / split).is_dir():
+        return list_split(root, split, classes)
+    if all((root / c).is_dir() for c in classes):
+        return _list_classes(root, root, classes)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise DataError(f"{root}: no images (.jpeg/.png/.dcm) here or below, no '{split}' folder and no class folders "
+                        f"{'/'.join(classes)}; pass a folder of X-rays")
+    return [Sample(p.resolve(), p.relative_to(root).as_posix(), UNLABELED, patient_id(p.name)) for p in files]
 
 
 _warned_no_split: set[tuple[str, str]] = set()  # (manifest, split) already warned about, to warn once
@@ -117,6 +146,13 @@ def _list_csv(manifest: Path, split: str, classes) -> list[Sample]:
     if not {"path", "label"} <= set(header):
         found = ",".join(header) or "nothing"
         raise DataError(f"{manifest}: CSV manifest needs a header with columns path,label[,patient_id][,split] (found: {found})")
+    seen: dict[Path, int] = {}
+    for i, row in rows:  # in any split: a repeated image counts twice, or sits in train and test at once
+        where = (manifest.parent / row["path"]).resolve()
+        if where in seen:
+            raise DataError(f"{manifest}:{i}: {row['path']} is the same image as the row also on line {seen[where]}; "
+                            "remove the duplicate row")
+        seen[where] = i
     if "split" in header:
         rows = [(i, r) for i, r in rows if r["split"] == split]
     elif rows and (str(manifest), split) not in _warned_no_split:

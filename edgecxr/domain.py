@@ -39,7 +39,7 @@ def check_domain(img, name: str, domain: dict = DOMAIN) -> str | None:
     """
     from edgecxr.errors import ImageError
 
-    width, height = img.size
+    width, height = img.info.get("source_size", img.size)  # the file's size, not a reduced-scale decode's
     if min(width, height) < domain["min_side"]:
         raise ImageError(f"{name}: image is {width}x{height} px, below the {domain['min_side']} px minimum on the "
                          "short side the model accepts")

@@ -83,7 +83,9 @@ def _decode_pil(data: bytes, name: str, draft: int | None = None) -> Image.Image
             # full-size X-ray decodes and equalizes in a fraction of the time, and a 224 px file is unchanged
             img.draft(img.mode, (draft, draft))
         img.load()
-        return to_gray(img, name)
+        gray = to_gray(img, name)
+        gray.info["source_size"] = (width, height)  # before any reduced-scale decode: what the domain check judges
+        return gray
     except ImageError:
         raise
     except Image.DecompressionBombError:

@@ -135,8 +135,15 @@ def choose_threshold(y_true, scores, *, target_recall: float | None = None) -> f
         if not 0 < target_recall <= 1:
             raise ConfigError(f"target recall {target_recall} must be between 0 and 1, e.g. 0.95")
         ok = np.flatnonzero(tpr >= target_recall)
-        return float(thresholds[ok[0]])
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+        return _inside(thresholds[ok[0]])
+    return _inside(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def _inside(threshold) -> float:
+    """A chosen score as a threshold strictly inside (0, 1), the range every stored threshold must have:
+    a score of exactly 1.0 (a saturated sigmoid) becomes the float just below it, deciding every float32
+    probability the same way."""
+    return float(np.clip(threshold, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0)))
 
 
 def mcnemar(y_true, pred_a, pred_b) -> dict:

@@ -6,6 +6,7 @@ default model lives in ``edgecxr/default/``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,13 @@ class ModelInfo:
     def __post_init__(self):
         if self.output not in OUTPUT_KINDS:
             raise ConfigError(f"unknown output kind {self.output!r}; valid: {', '.join(OUTPUT_KINDS)}")
-        self.labels = tuple(self.labels)
+        check_threshold(self.threshold, "threshold")
+        if not is_int(self.positive_index) or self.positive_index < 0:
+            raise ConfigError(f"positive_index must be an integer >= 0, got {self.positive_index!r}")
+        labels = list(self.labels) if isinstance(self.labels, (list, tuple)) else []
+        if len(labels) != 2 or not all(isinstance(x, str) and x.strip() for x in labels) or labels[0] == labels[1]:
+            raise ConfigError(f"labels must be two different names (negative first), got {self.labels!r}")
+        self.labels = tuple(labels)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -43,6 +50,22 @@ class ModelInfo:
         data = dict(data)
         data["preprocess"] = PreprocessSpec.from_dict(data["preprocess"])
         return cls(**data)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite int or float (not a bool, not NaN or infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_threshold(value, name: str = "--threshold") -> float:
+    """A decision threshold: a finite probability strictly between 0 and 1 (anything else decides nothing)."""
+    if not (is_number(value) and 0 < value < 1):
+        raise ConfigError(f"{name} must be a probability strictly between 0 and 1, got {value!r}")
+    return float(value)
 
 
 def info_path(model_path: Path) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgecxr import metrics
 from edgecxr.devices.parity import small_set_limits
-from edgecxr.errors import ModelError
+from edgecxr.errors import GateFailed
 from edgecxr.export.datasets import to_prob
 
 
@@ -121,7 +121,7 @@ class Gate:
         tried = "; ".join(f"{t['method']}: recall drop {t['recall_drop']:.4f}, accuracy drop {t['accuracy_drop']:.4f}, "
                           f"agreement {t['decision_agreement']:.4f}" for t in other_attempts(report))
         predicted = report.get("predicted_reference_agreement")
-        raise ModelError(
+        raise GateFailed(
             f"{target}: int8 misses the tolerance on validation after {report['method']}: recall drop "
             f"{report['recall_drop']:.4f} (max {self.max_recall_drop}), accuracy drop {report['accuracy_drop']:.4f} "
             f"(max {self.max_accuracy_drop}), agreement {report['decision_agreement']:.4f} (min {self.min_agreement})"

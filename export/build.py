@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgecxr.errors import ConfigError
+from edgecxr.targets import TARGETS
 from edgecxr.export import accuracy, onnx as onnx_x, openvino as ov_x, tflite
 from edgecxr.export.runners import Runner
 
@@ -14,8 +15,10 @@ from edgecxr.export.runners import Runner
 class Context:
     """What every target of one export call shares: the source, data, gate and cached intermediates."""
 
-    def __init__(self, source, calib_x, gate, workdir: Path, qat_source=None, qat_fallback=None, test=None):
+    def __init__(self, source, calib_x, gate, workdir: Path, qat_source=None, qat_fallback=None, test=None,
+                 twin: bool = True):
         self.source, self.calib_x, self.gate, self.workdir = source, calib_x, gate, workdir
+        self.with_twin = twin  # ship a float32 twin in every non-float32 bundle
         self.test = test  # (samples, inputs, labels) of the reference test split, for export parity
         self.qat_source = qat_source  # a SourceModel of the QAT model (tflite-int8 with --qat)
         self.qat_fallback = qat_fallback  # callable -> SourceModel of a QAT model (TFLite recovery)
@@ -26,6 +29,16 @@ class Context:
         if self._onnx is None:
             self._onnx = onnx_x.to_onnx(self.source, self.workdir / "fp32.onnx")
         return self._onnx
+
+
+    def twin(self, family: str) -> Path:
+        """A folder with the float32 model of `family`, built once per export: the device's float reference
+        for images the bundle holds no reference for (a clinic's own X-rays)."""
+        folder = self.workdir / f"twin-{family}"
+        if not folder.is_dir():
+            folder.mkdir()
+            build(TARGETS[f"{family}-fp32"], self, folder)
+        return folder
 
 
 def _gate_model(ctx, family, model) -> dict:

@@ -36,6 +36,9 @@ from edgecxr.targets import TARGETS
 @click.option("--trust-model", is_flag=True, help="Allow Lambda layers and unsafe deserialization (trusted files only).")
 @click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Ed25519 private key (edgecxr keygen): sign every bundle; devices check it with --trusted-key.")
+@click.option("--twin/--no-twin", default=True, show_default=True,
+              help="Ship the float32 model of the same format in twin/ of each other bundle: device parity then "
+                   "recomputes the float reference on a site's own images (no TensorFlow needed).")
 @click.option("--seed", default=0, show_default=True)
 @CLASSES
 @click.option("--overwrite", is_flag=True, help="Replace existing bundles.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import sys
 import tempfile
 import time
@@ -16,9 +17,10 @@ from edgecxr.atomic import atomic_dir, check_writable
 from edgecxr.cpu import cpu_info
 from edgecxr.bundle import finalize, load_bundle
 from edgecxr.domain import DOMAIN
-from edgecxr.errors import ConfigError, EdgecxrError, ExportIncomplete, ModelError
-from edgecxr.targets import resolve_targets
+from edgecxr.errors import ConfigError, EdgecxrError, ExportIncomplete, GateFailed, ModelError, first_line
+from edgecxr.targets import TARGETS, resolve_targets
 
+TWIN_TOLERANCE = 1e-3  # a float32 conversion of the model reproduces its probabilities to about 1e-6
 RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
 VERSION_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
                     "onnxruntime", "openvino", "nncf", "ai-edge-litert", "numpy", "edgecxr")
@@ -42,9 +44,10 @@ def _say(msg: str) -> None:
 
 
 def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides=None):
-    threshold = getattr(overrides, "threshold", None)
-    if threshold is not None and not 0 < threshold < 1:
-        raise ConfigError(f"--threshold must be a probability strictly between 0 and 1, got {threshold}")
+    from edgecxr.modelinfo import check_threshold
+
+    if getattr(overrides, "threshold", None) is not None:
+        check_threshold(overrides.threshold)
     if prune is not None and not 0 < prune < 1:
         raise ConfigError(f"--prune must be a sparsity between 0 and 1 (e.g. 0.5), got {prune}")
     if max_recall_drop < 0 or max_accuracy_drop < 0:
@@ -56,9 +59,9 @@ def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, fin
 
 
 def _reference(source, test, test_x, test_y):
-    from edgecxr.export.datasets import to_prob
+    from edgecxr.export.datasets import checked_prob
 
-    probs = to_prob(source.predict(test_x), source.info.output, source.info.positive_index)
+    probs = checked_prob(source.predict(test_x), source.info.output, source.info.positive_index, "test")
     return {"split": "test", "probs": {s.rel: float(p) for s, p in zip(test, probs)},
             "labels": {s.rel: int(y) for s, y in zip(test, test_y)},
             "metrics": metrics.binary_metrics(test_y, probs, source.info.threshold),
@@ -69,10 +72,12 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
                  max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
                  overrides=None, trust_model: bool = False, seed: int = 0,
-                 qat_fallback: bool = True, signing_key=None) -> list[Path]:
+                 qat_fallback: bool = True, signing_key=None, twin: bool = True) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified).
 
     signing_key: an Ed25519 private key file (edgecxr keygen): each bundle gets signature.json.
+    twin: ship the float32 model of the same format in twin/ of every other bundle, so that device parity
+    can recompute the float reference on a site's own images.
     """
     from edgecxr.export import datasets as X
     from edgecxr.export.accuracy import Gate
@@ -120,7 +125,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
         fit_x, fit_y, _ = X.load_inputs(train, spec, "loading train (fine-tuning)")
 
     def val_probs(src):
-        return X.to_prob(src.predict(val_x), info.output, info.positive_index)
+        return X.checked_prob(src.predict(val_x), info.output, info.positive_index, "validation")
 
     prune_report = None
     if prune:
@@ -166,11 +171,11 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                              "flavor": source.flavor, "threshold_method": info.threshold_method},
             "versions": tool_versions, "reference": reference, "verified_on": {"cpu": cpu_info(), "versions": tool_versions}}
     calibration = {"count": len(calib), "split": "train", "files_sha256": D.files_hash(calib)} if calib else None
-    written, refused = [], {}
+    written, refused, gate_only = [], {}, True
     with tempfile.TemporaryDirectory(prefix="edgecxr-export-") as work:
         ctx = Context(source, calib_x, gate, Path(work), qat_source=qat_source,
                       qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None,
-                      test=(test, test_x, test_y))
+                      test=(test, test_x, test_y), twin=twin)
         for i, target in enumerate(chosen, 1):
             _say(f"[{i}/{len(chosen)}] {target.name}: {target.description}")
             try:
@@ -184,11 +189,12 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                 if old.is_file():  # --overwrite did not replace it: say so, a stale bundle must not pass for new
                     reason += f" (the earlier bundle at {old.parent} was kept as it was)"
                 refused[target.name] = reason
+                gate_only = gate_only and isinstance(exc, GateFailed)
                 _say(f"    refused: {reason}")
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
     if refused:
         _say(summary_table(written, refused))
-        raise ExportIncomplete(written, refused)
+        raise ExportIncomplete(written, refused, gate_only)
     return written
 
 
@@ -205,13 +211,20 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
 
     t0 = time.time()
     with atomic_dir(final, overwrite=overwrite) as tmp:
-        result = build(target, ctx, tmp)
+        try:
+            result = build(target, ctx, tmp)
+        except EdgecxrError:
+            raise
+        except Exception as exc:  # TFLite / tf2onnx / OpenVINO errors print pages: one line names the target
+            raise ModelError(f"{target.name}: the converter failed ({type(exc).__name__}: {first_line(exc)}); "
+                             "try another target, or report it with the model") from exc
         export_parity = _export_parity(target, ctx, tmp, info)
         runner_specs = _specs(target, tmp)
         size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
         opt = {"prune": None, "qat": result["qat"], "accuracy_control": result["accuracy_control"],
                "export_parity": export_parity,
                "size": {"bytes": size, "gzip_bytes": sum(gzip_size(p) for p in tmp.iterdir() if p.is_file())}}
+        twin = _add_twin(target, ctx, tmp, info) if ctx.with_twin and target.precision != "fp32" else None
         if prune_report is not None:
             opt["prune"] = {**prune_report, "gzip_bytes": opt["size"]["gzip_bytes"]}
             if result["qat"]:
@@ -220,6 +233,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
                     "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
                                                           "positive_index": int(info.positive_index)},
                     **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
+                    "twin": twin,
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         manifest = finalize(tmp, manifest)
         if signing_key is not None:
@@ -260,10 +274,33 @@ def _export_parity(target, ctx, folder: Path, info) -> dict:
                "checks": [{k: c[k] for k in ("name", "value", "limit", "passed")} for c in report["checks"]]}
     if not report["passed"]:
         failed = "; ".join(c["message"] for c in report["checks"] if not c["passed"])
-        raise ModelError(f"{target.name}: met the validation gate but fails device parity on the {report['n']} test "
+        raise GateFailed(f"{target.name}: met the validation gate but fails device parity on the {report['n']} test "
                          f"reference images on this machine ({failed}); not written: it would fail "
                          "`edgecxr device parity`. Try more --calib-count images or another target")
     return summary
+
+
+def _add_twin(target, ctx, folder: Path, info) -> dict | None:
+    """Copy the float32 model of the target's family into folder/twin/ when it reproduces the bundle's float
+    reference on the test images (it is the same model, converted): `device parity` then recomputes the
+    reference on images the bundle has none for. Returns the manifest's `twin` entry."""
+    from edgecxr.export.datasets import to_prob
+    from edgecxr.export.runners import Runner
+
+    fp32 = TARGETS[f"{target.family}-fp32"]
+    source = ctx.twin(target.family)
+    test, test_x, _ = ctx.test
+    probs = to_prob(Runner(fp32.family, source / fp32.model_file)(test_x), info.output, info.positive_index)
+    reference = ctx.gate.reference_float_probs
+    diff = float(np.max(np.abs(probs - reference))) if len(probs) else 0.0
+    if diff > TWIN_TOLERANCE:
+        _say(f"    warning: the {fp32.name} twin differs from the float reference by up to {diff:.4f}; "
+             "written without a twin (device parity can then check only the reference images)")
+        return None
+    shutil.copytree(source, folder / "twin")
+    input_spec, output_spec = _specs(fp32, folder / "twin")
+    return {"target": fp32.name, "model_file": f"twin/{fp32.model_file}", "input": input_spec,
+            "output": output_spec, "reference_max_abs_diff": diff, "reference_images": len(probs)}
 
 
 def _rechoose_threshold(source, val_y, val_probs, change: str):

@@ -211,7 +211,8 @@ def test_parity_passes_writes_json_and_junit(bundles, kermany, tmp_path):
     assert rep["timing"]["seconds"] < 60
     suite = ET.parse(xml).getroot().find("testsuite")
     cases = suite.findall("testcase")
-    assert [c.get("name") for c in cases] == ["recall_drop", "accuracy_drop", "agreement", "coverage"]
+    assert [c.get("name") for c in cases] == ["recall_drop", "accuracy_drop", "agreement", "not_degenerate",
+                                              "reference_metrics", "coverage"]
     assert suite.get("failures") == "0" and not any(c.find("failure") is not None for c in cases)
 
 
@@ -257,7 +258,8 @@ def test_compare_checks_coverage_only_when_the_reference_size_is_given():
 
     rels = ["test/NORMAL/IM-0001-0001.jpeg", "test/PNEUMONIA/person1_bacteria_1.jpeg"]
     args = (rels, [0, 1], [0.1, 0.9], [0.1, 0.9], 0.5)
-    assert [c["name"] for c in compare(*args, n_boot=50)["checks"]] == ["recall_drop", "accuracy_drop", "agreement"]
+    assert [c["name"] for c in compare(*args, n_boot=50)["checks"]] == ["recall_drop", "accuracy_drop", "agreement",
+                                                                        "not_degenerate"]
     rep = compare(*args, n_boot=50, reference_images=4)
     assert rep["passed"] is False and rep["checks"][-1]["name"] == "coverage" and rep["checks"][-1]["value"] == 0.5
     assert "compared 2 of 4 reference images (50.0 %), below --min-coverage 1.0" in rep["checks"][-1]["message"]
@@ -577,3 +579,93 @@ def test_device_commands_never_import_tensorflow(bundles, sample, tmp_path):
         p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
         last = p.stdout.strip().splitlines()[-1]
         assert last == "EXIT 0 TF False KERAS False", (args, p.stdout[-2000:], p.stderr[-2000:])
+
+
+# -- site acceptance: the float twin ---------------------------------------------------
+def test_int8_bundle_carries_a_float_twin_that_is_the_fp32_model(bundles, kermany):
+    from edgecxr.devices import Classifier
+
+    int8 = Classifier.load(bundles["tflite-int8"])
+    assert Classifier.load(bundles["tflite-fp32"]).bundle.manifest.get("twin") is None  # fp32 is its own reference
+    twin = int8.twin()
+    assert twin.bundle.target.name == "tflite-fp32" and twin.session.input_dtype == np.float32
+    fp32 = Classifier.load(bundles["tflite-fp32"])
+    paths = sorted((kermany / "test" / "PNEUMONIA").iterdir())[:5]
+    for path in paths:
+        assert twin.predict(path).probability == pytest.approx(fp32.predict(path).probability, abs=1e-5)
+    assert int8.bundle.manifest["twin"]["reference_max_abs_diff"] < 1e-3
+
+
+def test_site_parity_recomputes_the_float_reference_with_the_twin(bundles, fullres, tmp_path):
+    """A clinic's labeled folder (class folders, full-size originals the bundle has no reference for): the twin
+    computes the float side on the device, the report says so and holds each image's hash."""
+    out = tmp_path / "site.json"
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", fullres, "--json", out)
+    assert r.exit_code in (0, 1), r.output
+    assert "reference: recomputed here by the bundle's float32 twin (tflite-fp32)" in r.output
+    rep = json.loads(out.read_text())
+    assert rep["reference"]["source"] == "twin" and rep["n"] == 16 and rep["data"]["labeled"]
+    assert {c["file"] for c in rep["cases"]} == {p.relative_to(fullres).as_posix() for p in fullres.rglob("*.jpeg")}
+    assert all(len(c["sha256"]) == 64 for c in rep["cases"]) and "recall" in rep["float"]
+
+
+def test_site_parity_without_labels(bundles, fullres, tmp_path):
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    for p in fullres.rglob("*.jpeg"):
+        shutil.copy(p, folder / p.name)
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", folder, "--json", tmp_path / "u.json")
+    assert r.exit_code in (0, 1), r.output
+    rep = json.loads((tmp_path / "u.json").read_text())
+    assert rep["labeled"] is False and rep["n"] == 16 and {c["name"] for c in rep["checks"]} == {"positives_lost", "agreement"}
+    assert "unlabeled images: the float model calls" in r.output
+    (tmp_path / "list.csv").write_text("path\n" + "".join(f"unlabeled/{p.name}\n" for p in sorted(folder.iterdir())))
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", tmp_path / "list.csv", "--json", tmp_path / "c.json")
+    assert r.exit_code in (0, 1), r.output
+    strip = lambda cases: sorted((c["sha256"], c["float_prob"], c["device_prob"]) for c in cases)  # noqa: E731
+    assert strip(json.loads((tmp_path / "c.json").read_text())["cases"]) == strip(rep["cases"])
+
+
+def test_twin_reference_needs_a_twin_and_the_default_data_keeps_the_stored_reference(bundles, sample):
+    r = cli("device", "parity", bundles["tflite-fp32"], "--data", sample, "--reference", "twin")
+    assert r.exit_code == 2 and "has no float twin" in r.output
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", sample, "--min-coverage", "0")
+    assert "reference: float probabilities stored at export (test split)" in r.output
+
+
+def test_compare_unlabeled_holds_lost_positives_to_the_recall_limit():
+    from edgecxr.devices.parity import compare_unlabeled
+
+    rels = [f"{i}.png" for i in range(200)]
+    fprob = np.linspace(0.01, 0.99, 200)
+    same = compare_unlabeled(rels, fprob, fprob + 0.001, 0.5)
+    assert same["passed"] and same["agreement"] == 1.0
+    lost = fprob.copy()
+    lost[[150, 160]] = 0.1  # two images the float model calls positive become negative
+    rep = compare_unlabeled(rels, fprob, lost, 0.5)
+    check = {c["name"]: c for c in rep["checks"]}
+    assert not check["positives_lost"]["passed"] and check["positives_lost"]["value"] == pytest.approx(2 / 100)
+    assert check["agreement"]["passed"] and rep["flipped_counts"] == {"new_negative": 2, "new_positive": 0}
+
+
+def test_openvino_kernel_failure_is_one_error_at_load(monkeypatch):
+    """OpenVINO's ARM int8 convolutions fail on their first call on CPUs without dot-product instructions (a
+    Raspberry Pi 4): the session runs once at load, so that is one clear error, not a failure per image."""
+    from edgecxr import cpu
+    from edgecxr.devices.runtimes import OpenVinoSession
+    from edgecxr.errors import ModelError
+
+    class Failing:
+        def infer(self, feed):
+            raise RuntimeError("Exception from src/plugins/intel_cpu/src/node.cpp:823:\n[CPU] Convolution node with "
+                               "name 'block_1_expand' object is not initialized")
+
+    session = OpenVinoSession.__new__(OpenVinoSession)
+    session.request, session.input_shape, session.input_dtype = Failing(), (1, 8, 8, 3), np.dtype(np.uint8)
+    session.version, session.provider = "2026.4.1", "CPU (ARM)"
+    monkeypatch.setattr(cpu, "cpu_info", lambda: {"int8_path": "ARM NEON without dot product"})
+    with pytest.raises(ModelError, match="need the dot-product instructions .* use the tflite-int8 or onnx-int8"):
+        session._first_call("model.xml")
+    monkeypatch.setattr(cpu, "cpu_info", lambda: {"int8_path": "x86 AVX2 without VNNI"})
+    with pytest.raises(ModelError, match=r"cannot run this model on CPU \(ARM\) \(\[CPU\] Convolution node"):
+        session._first_call("model.xml")

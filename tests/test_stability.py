@@ -30,6 +30,9 @@ class Brightness:
         self.bundle = SimpleNamespace(path=Path("brightness"), reference=reference or {},
                                       manifest={"target": "brightness", "sha256": {}, "digest": "0"})
 
+    def twin(self):
+        return None
+
     def from_pixels(self, pixels):
         return pixels
 
@@ -137,11 +140,14 @@ def test_cli_json_inside_the_data_is_refused(brightness_cli, sample):
 def test_parity_stability_adds_report_and_gate(brightness_cli, sample, tmp_path, monkeypatch):
     from edgecxr.data import list_split
     from edgecxr.devices import cli as device_cli
+    from edgecxr.metrics import binary_metrics
 
     clf = Brightness()
     samples = list_split(sample, "test")
     probs = {s.rel: p.probability for s, p in zip(samples, clf.predict_batch([s.path for s in samples]))}
-    clf.bundle.reference = {"split": "test", "probs": probs, "labels": {s.rel: s.label for s in samples}}
+    labels = {s.rel: s.label for s in samples}
+    metrics = binary_metrics([labels[r] for r in probs], list(probs.values()), clf.threshold)
+    clf.bundle.reference = {"split": "test", "probs": probs, "labels": labels, "metrics": metrics}
     monkeypatch.setattr(device_cli, "_load", lambda *a: clf)
     out = tmp_path / "parity.json"
     r = cli("device", "parity", "B", "--data", sample, "--stability", "--max-unstable", "0.05", "--json", out,

@@ -11,34 +11,24 @@ from edgecxr import data as D
 from edgecxr import metrics, plots
 from edgecxr.atomic import atomic_dir, check_writable
 from edgecxr.errors import ModelError
-from edgecxr.modelinfo import ModelInfo, default_model_path, load_info
+from edgecxr.modelinfo import ModelInfo, check_threshold, default_model_path, load_info
 from edgecxr.training import import_tf
 from edgecxr.training.train import predict_probs
 
 
 def load_model(path: Path, *, trust: bool = False):
-    """Load a tf_keras model without running code from the file (safe_mode)."""
-    _, keras = import_tf()
-    if not Path(path).exists():
-        raise ModelError(f"model {path} not found; pass --model PATH to a .keras, .h5 or SavedModel")
-    if not trust:  # safe_mode covers .keras only: .h5 and SavedModel Lambda layers would run; look at the config first
-        from edgecxr.export.loading import check_safe
+    """Load a Keras model (tf_keras or Keras 3) without running code from the file unless trusted."""
+    from edgecxr.export.loading import load_keras
 
-        check_safe(Path(path), trust=False)
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=not trust)
-    except ValueError as exc:
-        if "safe_mode" in str(exc) or "Lambda" in str(exc):
-            raise ModelError(f"{path}: the model contains code (a Lambda layer); refusing to run it. "
-                             "Pass --trust-model only if you trust its author") from None
-        raise ModelError(f"{path}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot load model ({exc})") from None
+    import_tf()
+    return load_keras(path, trust)[0]
 
 
 def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *, threshold: float | None = None,
              classes=D.DEFAULT_CLASSES, strict: bool = False, batch_size: int = 32, n_boot: int = 1000,
              overwrite: bool = False, trust_model: bool = False) -> dict:
+    if threshold is not None:
+        check_threshold(threshold)
     model_path = Path(model_path) if model_path else default_model_path()
     check_writable(Path(out), overwrite=overwrite, inputs=(model_path, data_root))  # before minutes of work, not after
     tf, _ = import_tf()
