@@ -202,8 +202,13 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @click.option("--reference", type=click.Choice(["auto", "bundle", "twin"]), default="auto", show_default=True,
               help="Float reference: stored at export (bundle), recomputed here by the bundle's float32 twin (twin), "
                    "or the stored one when it holds every image, else the twin (auto).")
+@click.option("--stability", is_flag=True, help="Also measure input-path stability on the same images, for the device "
+                                                "model and the float twin (see `device stability`).")
+@click.option("--max-unstable", type=click.FloatRange(0, 1),
+              help="With --stability (implies it): fail when a larger share of images flips under any input variant.")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
-           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, reference):
+           junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, reference, stability,
+           max_unstable):
     """Re-run images on the device and compare its decisions with the float model's.
 
     --data is the data root the bundle was exported with (ROOT/SPLIT/CLASS/), a CSV manifest, or a site's
@@ -225,13 +230,57 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
-                        strict=strict, reference=reference)
+                        strict=strict, reference=reference, stability=stability, max_unstable=max_unstable)
     click.echo(format_report(report, max_flips=show))
     if json_file:
         write_json_atomic(json_file, report)
     if junit_file:
         parity_junit(junit_file, report)
     sys.exit(0 if report["passed"] else 1)
+
+
+@device.command()
+@BUNDLE
+@click.option("--data", type=click.Path(path_type=Path), help="Folder of images, or a data ROOT holding SPLIT/ (searched recursively).")
+@click.option("--split", default="test", show_default=True, help="Used when DATA/SPLIT is a folder.")
+@click.option("--float", "float_bundle", type=click.Path(path_type=Path),
+              help="The float model's bundle (e.g. tflite-fp32), measured too (default: the bundle's float twin, if any).")
+@click.option("--pairs", nargs=2, type=click.Path(path_type=Path), metavar="ORIGINALS DOWNSIZED",
+              help="Full-size originals and their downsized files (same relative paths): decision on each against the other.")
+@click.option("--max-unstable", type=click.FloatRange(0, 1), help="Gate: fail (exit 1) when a larger share of images flips under any variant.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
+@click.option("--show", default=10, show_default=True, help="Least stable images printed.")
+@RUNTIME
+@THREADS
+@DEVICE
+@TRUSTED
+def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file, show, runtime, threads, device_name,
+              trusted_key):
+    """How decisions move under ordinary variation of the input path: other resize kernels, JPEG re-encoding,
+    decoder noise, 16-bit, window, shift, crop, gamma; with --pairs, full-size originals against downsized files.
+
+    Exit 0 when the share of unstable images is at most --max-unstable (or no gate is given), 1 when it is
+    larger, 2 for errors.
+    """
+    from edgecxr.atomic import write_json_atomic
+    from edgecxr.devices.parity import host_info
+    from edgecxr.devices.stability import format_stability, image_files, match_pairs, measure_stability
+
+    pairs = pairs or ()
+    if data is None and not pairs:
+        raise click.UsageError("pass --data, --pairs or both")
+    _check_outputs((bundle, data, float_bundle, *pairs), json=json_file)
+    paths = image_files(data, split) if data else []
+    matched = match_pairs(*pairs) if pairs else []
+    clf = _load(bundle, runtime, threads, device_name, trusted_key)
+    twin = _load(float_bundle, runtime, threads, device_name, trusted_key) if float_bundle else clf.twin()
+    report = measure_stability(clf, paths, float_clf=twin, pairs=matched, max_unstable=max_unstable, show=show,
+                               progress=True)
+    report["host"] = host_info()
+    click.echo(format_stability(report, show=show))
+    if json_file:
+        write_json_atomic(json_file, report)
+    sys.exit(0 if report["passed"] is not False else 1)
 
 
 @device.command()

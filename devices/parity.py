@@ -239,12 +239,15 @@ REFERENCES = ("auto", "bundle", "twin")
 
 def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CLASSES,
                tolerances: Tolerances = Tolerances(), workers: int | None = None, strict: bool = False,
-               n_boot: int = 2000, reference: str = "auto") -> dict:
+               n_boot: int = 2000, reference: str = "auto", stability: bool = False,
+               max_unstable: float | None = None) -> dict:
     """Classify the images under `data` on the device and compare with the float model's decisions.
 
     reference: "bundle" compares with the float probabilities stored at export (the test images the bundle
     was exported with); "twin" recomputes them here with the bundle's float32 twin, for any images (a
     clinic's own, labeled or not); "auto" takes the bundle's when it holds every image, else the twin.
+    stability: also measure input-path stability on the compared images (edgecxr.devices.stability), for the
+    device model and the float twin when the bundle has one, gated by max_unstable when given.
     """
     samples = list_site(data, split, classes)
     source = _reference_source(clf, samples, split, reference, data)
@@ -294,6 +297,14 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     report["cpu_path_note"] = path_note((clf.bundle.manifest.get("verified_on") or {}).get("cpu"), report["host"]["cpu"])
     if unknown:
         report["data"]["not_in_reference_examples"] = unknown[:5]
+    if stability or max_unstable is not None:
+        from edgecxr.devices.stability import measure_stability, stability_check
+
+        report["stability"] = measure_stability(clf, [s.path for s, _ in ok], names=rels, float_clf=clf.twin(),
+                                                max_unstable=max_unstable, progress=True)
+        if max_unstable is not None:
+            report["checks"].append(stability_check(report["stability"]))
+            report["passed"] = all(c["passed"] for c in report["checks"])
     return report
 
 
@@ -383,6 +394,10 @@ def format_report(r: dict, max_flips: int = 10) -> str:
         lines.append(f"{d['not_in_reference']} image(s) not in the bundle's reference were skipped")
     if d.get("reference_coverage", 1) < 1:
         lines.append(f"note: compared {d['compared']} of the {d['reference_images']} reference images")
+    if "stability" in r:
+        from edgecxr.devices.stability import format_stability
+
+        lines.append(format_stability(r["stability"] | {"passed": None}, show=max_flips))  # its check is listed next
     for c in r["checks"]:
         lines.append(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
     cpu = r.get("host", {}).get("cpu")

@@ -92,8 +92,10 @@ class PreprocessSpec:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     # -- applying it -------------------------------------------------------
-    def to_pixels(self, img: Image.Image) -> np.ndarray:
-        """Grayscale PIL image -> uint8 array (size, size): crop, equalize, resize."""
+    def to_pixels(self, img: Image.Image, resample=None) -> np.ndarray:
+        """Grayscale PIL image -> uint8 array (size, size): crop, equalize, resize.
+
+        resample: a Pillow kernel to resize with instead of the spec's (edgecxr.devices.stability)."""
         if img.mode != "L":
             img = img.convert("L")
         if self.crop is not None:
@@ -103,7 +105,7 @@ class PreprocessSpec:
         if self.equalize:
             img = ImageOps.equalize(img)
         if img.size != (self.size, self.size):
-            img = img.resize((self.size, self.size), INTERPOLATIONS[self.interpolation])
+            img = img.resize((self.size, self.size), INTERPOLATIONS[self.interpolation] if resample is None else resample)
         return np.asarray(img, dtype=np.uint8)
 
     def scale_pixels(self, pixels: np.ndarray) -> np.ndarray:

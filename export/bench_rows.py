@@ -25,7 +25,7 @@ from edgecxr.targets import TARGETS, Target, resolve_targets
 
 ROW_KEYS = ("target", "base_target", "family", "precision", "int8", "runtime", "provider", "threads", "size_mb",
             "size_gz_mb", "accuracy", "recall", "specificity", "roc_auc", "recall_drop", "accuracy_drop", "agreement",
-            "new_fn", "new_fp", "prob_abs_diff_max", "p50_ms", "p90_ms", "e2e_p50_ms", "speedup", "passed",
+            "new_fn", "new_fp", "prob_abs_diff_max", "unstable", "stability_n", "p50_ms", "p90_ms", "e2e_p50_ms", "speedup", "passed",
             "failed_checks", "n", "export_s", "reused", "export_method", "bundle_path", "flipped", "stage", "error")
 EXPORT_TIMES = "export_times.json"
 
@@ -231,7 +231,7 @@ def empty_row(plan: RowPlan) -> dict:
 
 
 def measure_row(row: dict, bundle: Path, data_root, *, classes, tolerances, runs: int, warmup: int, threads: int,
-                float_p50: float | None, n_boot: int, cold: bool) -> dict:
+                float_p50: float | None, n_boot: int, cold: bool, stability_images: int = 64) -> dict:
     from edgecxr.devices.bench import run_bench
     from edgecxr.devices.classifier import Classifier
     from edgecxr.devices.parity import run_parity
@@ -254,6 +254,9 @@ def measure_row(row: dict, bundle: Path, data_root, *, classes, tolerances, runs
                prob_abs_diff_max=parity["prob_abs_diff"]["max"], n=parity["n"], flipped=parity["flipped"],
                failed_checks=[c["message"] for c in parity["checks"] if not c["passed"]], passed=parity["passed"],
                float_metrics={k: parity["float"][k] for k in ("accuracy", "recall", "specificity", "roc_auc")})
+    if stability_images:
+        row["stage"] = "stability"
+        row.update(measure_unstable(clf, data_root, classes, stability_images))
     row["stage"] = "bench"
     bench = run_bench(clf, data=data_root, runs=runs, warmup=warmup, cold=cold, images=min(64, parity["n"]))
     lat = bench["latency_ms"]
@@ -263,3 +266,12 @@ def measure_row(row: dict, bundle: Path, data_root, *, classes, tolerances, runs
         row["cold_start_s"] = bench.get("cold_start_s")
     row["stage"] = None
     return row
+
+
+def measure_unstable(clf, data_root, classes, images: int) -> dict:
+    """The share of `images` test images (spread over the split) that flip under any input-path variant."""
+    from edgecxr.devices.stability import measure_stability
+
+    samples = _spread(D.list_split(data_root, "test", classes), images)
+    report = measure_stability(clf, [s.path for s in samples], names=[s.rel for s in samples])
+    return {"unstable": report["device"]["unstable"], "stability_n": report["device"]["n"]}

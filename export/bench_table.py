@@ -11,7 +11,7 @@ def _f(v, fmt=".3f", none="–"):
 
 
 COLUMNS = ("target", "runtime", "size MB", "gz MB", "accuracy", "recall", "specificity", "ROC-AUC", "agreement",
-           "new FN", "new FP", "p50 ms", "p90 ms", "speedup", "parity", "n", "export s")
+           "new FN", "new FP", "unstable", "p50 ms", "p90 ms", "speedup", "parity", "n", "export s")
 
 
 def format_table(result: dict) -> str:
@@ -20,7 +20,7 @@ def format_table(result: dict) -> str:
     if "p50_ms" in fl:
         lines.append("| " + " | ".join([
             "keras (float)", fl["runtime"], _f(fl["size_mb"], ".2f"), "–", _f(fl.get("accuracy")), _f(fl.get("recall")),
-            _f(fl.get("specificity")), _f(fl.get("roc_auc")), "reference", "–", "–", _f(fl["p50_ms"], ".2f"),
+            _f(fl.get("specificity")), _f(fl.get("roc_auc")), "reference", "–", "–", "–", _f(fl["p50_ms"], ".2f"),
             _f(fl["p90_ms"], ".2f"), "1.00", "–", _f(fl.get("n"), "d"), "–"]) + " |")
     elif fl.get("error"):
         lines.append(f"| keras (float) | error: {fl['error'][:200]} |" + " |" * (len(COLUMNS) - 2))
@@ -32,7 +32,7 @@ def format_table(result: dict) -> str:
         lines.append("| " + " | ".join([
             r["target"], r["runtime"], _f(r["size_mb"], ".2f"), _f(r["size_gz_mb"], ".2f"), _f(r["accuracy"]),
             _f(r["recall"]), _f(r["specificity"]), _f(r["roc_auc"]), _f(r["agreement"]), _f(r["new_fn"], "d"),
-            _f(r["new_fp"], "d"), _f(r["p50_ms"], ".2f"), _f(r["p90_ms"], ".2f"), _f(r["speedup"], ".2f"),
+            _f(r["new_fp"], "d"), _f(r.get("unstable")), _f(r["p50_ms"], ".2f"), _f(r["p90_ms"], ".2f"), _f(r["speedup"], ".2f"),
             "pass" if r["passed"] else "FAIL", _f(r["n"], "d"),
             _f(r["export_s"], ".1f") + (" (reused)" if r["reused"] else "")]) + " |")
     return "\n".join(lines)
@@ -57,7 +57,9 @@ def format_markdown(result: dict) -> str:
         "p50/p90: latency of the model call on this device (quantize + runtime call + dequantize, batch 1, real test "
         "images, after warm-up). speedup: float Keras p50 (batch 1, same run, same threads) / device p50. "
         "Metrics at the float model's validation-chosen threshold; agreement: share of identical decisions; "
-        "new FN / new FP: decisions the device got newly wrong. size: the model file(s) of the bundle.",
+        "new FN / new FP: decisions the device got newly wrong; unstable: share of test images (a spread subset, "
+        "--stability-images) whose decision flips under any ordinary input-path variant (`edgecxr device stability`). "
+        "size: the model file(s) of the bundle.",
     ]
     if any("+prune" in r["target"] for r in result["rows"]):
         lines += ["", "+prune rows: decisions at the pruned model's own threshold (re-chosen on validation after "

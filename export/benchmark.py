@@ -40,7 +40,8 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
                   limit: int | None = None, runs: int = 100, warmup: int = 10, threads: int | None = None,
                   reuse: bool = True, tolerances=None, calib_count: int = 300, finetune_epochs: int = 2,
                   classes=D.DEFAULT_CLASSES, n_boot: int = 1000, cold: bool = False, scaling: bool = False,
-                  scaling_archs=None, scaling_targets=None, train_images: int = 200, command: str | None = None) -> dict:
+                  scaling_archs=None, scaling_targets=None, train_images: int = 200, command: str | None = None,
+                  stability_images: int = 64) -> dict:
     """Export/reuse, parity-check and time every planned row; writes OUT/benchmark.json and .md; returns the result."""
     from edgecxr.devices.parity import Tolerances
     from edgecxr.devices.runtimes import default_threads
@@ -97,7 +98,8 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
                 if row["reused"]:
                     _say(f"    reusing {bundle}")
                 measure_row(row, bundle, root, classes=classes, tolerances=tolerances, runs=runs, warmup=warmup,
-                            threads=threads, float_p50=float_p50, n_boot=n_boot, cold=cold)
+                            threads=threads, float_p50=float_p50, n_boot=n_boot, cold=cold,
+                            stability_images=stability_images)
                 _say(f"    {row['runtime']}: agreement {row['agreement']:.4f}, recall {row['recall']:.4f}, "
                      f"p50 {row['p50_ms']:.3f} ms, {'PASS' if row['passed'] else 'FAIL'}")
             except KeyboardInterrupt:
@@ -126,7 +128,7 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
             "model": {"path": str(model_path.resolve()), "sha256": model_sha},
             "options": {"threads": threads, "runs": runs, "warmup": warmup, "calib_count": calib_count,
                         "finetune_epochs": finetune_epochs, "prune": prune, "qat": qat, "reuse": reuse,
-                        "n_boot": n_boot},
+                        "n_boot": n_boot, "stability_images": stability_images},
             "tolerances": asdict(tolerances),
         }
         failures = parity_failures(rows)
@@ -233,6 +235,8 @@ def _command_line() -> str:
 @click.option("--cold-start", "cold", is_flag=True, help="Also time a cold start (a fresh process) per target.")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Bootstrap resamples of the parity CIs.")
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
+@click.option("--stability-images", default=64, show_default=True, type=click.IntRange(min=0),
+              help="Test images (spread over the split) for the 'unstable' column; 0 skips it.")
 def benchmark(model_path, data, out, targets, max_recall_drop, max_accuracy_drop, min_agreement, fail_on_parity,
               classes, scaling_archs, scaling_targets, **options):
     """Export every target, re-check parity on the test set on this device, time it: one table."""

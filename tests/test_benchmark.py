@@ -22,7 +22,7 @@ LIMIT = 40
 # tested here, so the limits let the tiny model's int8 bundles be written (export refuses what parity would fail).
 SMALL_SET_LIMITS = Tolerances(0.1, 0.1, 0.9)
 FIELDS = ("target", "runtime", "size_mb", "size_gz_mb", "accuracy", "recall", "specificity", "roc_auc", "agreement",
-          "new_fn", "new_fp", "p50_ms", "p90_ms", "speedup", "passed", "n", "export_s", "error")
+          "new_fn", "new_fp", "unstable", "p50_ms", "p90_ms", "speedup", "passed", "n", "export_s", "error")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def test_one_row_per_target_with_parity_and_latency(bench):
         assert r["speedup"] > 0 and r["export_s"] > 0 and not r["reused"]
         assert r["runtime"].split()[0] in ("litert", "onnxruntime", "openvino", "tf-lite")
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["roc_auc"] <= 1
+        assert 0 <= r["unstable"] <= 1 and r["stability_n"] == LIMIT  # --stability-images 64 > the 40 images
         if TARGETS[name].precision == "fp32":
             assert r["agreement"] == 1.0 and r["new_fn"] == 0 and r["new_fp"] == 0 and r["passed"], name
         else:

@@ -224,6 +224,17 @@ def test_parity_on_the_sample_subset(bundles, sample):
     assert "PASS coverage: compared 100 of 624 reference images (16.0 %)" in r.output
 
 
+def test_parity_stability_measures_the_device_model_and_its_float_twin(bundles, sample, tmp_path):
+    out = tmp_path / "parity.json"
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", sample / "test" / "NORMAL", "--reference", "twin",
+            "--min-agreement", "0", "--max-recall-drop", "1", "--stability", "--max-unstable", "1", "--json", out)
+    assert r.exit_code in (0, 1), r.output  # the tiny model's int8 verdict is not the point here
+    st = json.loads(out.read_text())["stability"]
+    assert st["device"]["n"] == st["float"]["n"] == 50
+    assert st["device"]["model"]["target"] == "tflite-int8" and st["float"]["model"]["target"] == "tflite-fp32"
+    assert "PASS stability" in r.output and "jpeg-q70" in r.output
+
+
 def test_parity_on_part_of_the_reference_fails_on_coverage(bundles, kermany, tmp_path):
     """Two readable reference images (and one unreadable, skipped) of 624: a failure unless --min-coverage allows it."""
     data = tmp_path / "part"
@@ -572,6 +583,7 @@ def test_device_commands_never_import_tensorflow(bundles, sample, tmp_path):
         ["device", "parity", bundles["tflite-int8"], "--data", sample, "--min-agreement", "0", "--min-coverage", "0",
          "--max-recall-drop", "1", "--max-accuracy-drop", "1"],  # the imports are tested here, not the verdict
         ["device", "run", bundles["tflite-int8"], sample / "test" / "NORMAL"],
+        ["device", "stability", bundles["tflite-int8"], "--data", sample / "test" / "NORMAL", "--float", bundles["tflite-fp32"]],
         ["device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-coverage", "0"],
         ["device", "bench", bundles["openvino-fp32"], "--runs", "5", "--warmup", "1", "--no-cold-start"],
     ]
