@@ -183,7 +183,7 @@ class Classifier:
             arr = item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item
             return Image.fromarray(arr).convert("L")
         if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-            size = item.size
+            size = item.info.get("source_size", item.size)  # decode_image's, before a reduced-scale decode
             if getattr(item, "format", None) == "JPEG" and getattr(item, "tile", None):
                 item.draft(item.mode, (self.spec.draft_size,) * 2)  # not loaded yet: decode as a path would be
             gray = to_gray(item)

@@ -61,6 +61,7 @@ def int8_io_bundle(bundles, tiny_model, kermany, tmp_path_factory) -> Path:
         manifest[key].update(dtype="int8", quantization={"scale": float(scale), "zero_point": int(zero)})
     for key in ("format", "version", "files", "sha256", "digest"):
         manifest.pop(key)
+    manifest["twin"] = None  # this folder holds only the model
     B.finalize(folder, manifest)
     return folder
 

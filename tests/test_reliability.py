@@ -388,8 +388,9 @@ def test_zip_with_tampered_model_or_garbage_is_refused(bundle_dir, tmp_path):
     data[100] ^= 0xFF
     archive = tmp_path / "t.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        for p in sorted(bundle_dir.iterdir()):
-            zf.writestr(f"b/{p.name}", bytes(data) if p.name == "model.tflite" else p.read_bytes())
+        for p in sorted(q for q in bundle_dir.rglob("*") if q.is_file()):
+            rel = p.relative_to(bundle_dir).as_posix()
+            zf.writestr(f"b/{rel}", bytes(data) if rel == "model.tflite" else p.read_bytes())
     with pytest.raises(BundleError, match="SHA-256"):
         B.load_bundle(archive)
     garbage = tmp_path / "g.zip"
