@@ -314,6 +314,22 @@ def test_parity_compares_absolute_metrics_with_the_manifest():
     assert sub["passed"]
 
 
+def test_reference_metrics_check_is_not_a_stricter_gate_than_parity():
+    """One normal of 50 flipped on 100 images: specificity -0.02, accuracy -0.01 (one decision of 100) passes
+    parity (as in the demo); the recorded metrics are consistent, so the reference check passes too."""
+    from edgecxr import metrics
+    from edgecxr.devices.parity import compare
+
+    y = np.array([0] * 50 + [1] * 50)
+    probs = np.where(y == 1, 0.8, 0.2)
+    device = probs.copy()
+    device[0] = 0.6  # a new false positive
+    rels = [f"{i}.png" for i in range(100)]
+    ref = metrics.binary_metrics(y, probs, 0.5)
+    report = compare(rels, y, probs, device, 0.5, reference_metrics=ref, reference_images=100)
+    assert report["passed"], [c["message"] for c in report["checks"] if not c["passed"]]
+
+
 def _csv(tmp_path, rows) -> Path:
     path = tmp_path / "m.csv"
     path.write_text("path,label,split\n" + "".join(f"{p},{l},{s}\n" for p, l, s in rows))

@@ -254,3 +254,15 @@ def test_train_with_mixup_and_label_smoothing(tmp_path, sample):
     config = json.loads((out / "config.json").read_text())
     assert config["mixup"] == 0.2 and config["label_smoothing"] == 0.1
     assert 0.0 <= json.loads((out / "val_metrics.json").read_text())["roc_auc"] <= 1.0
+
+
+def test_demo_runs_end_to_end_and_parity_passes(tmp_path):
+    """README command 1: the shipped model on the shipped sample -> metrics, a tflite-int8 bundle with its float
+    twin, device parity passed (exit 0)."""
+    proc = subprocess.run([sys.executable, "-m", "edgecxr.cli", "demo", "--out", str(tmp_path / "demo")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "parity PASSED" in proc.stdout
+    report = json.loads((tmp_path / "demo" / "parity.json").read_text())
+    assert report["passed"] and report["n"] == 100 and report["reference"]["source"] == "bundle"
+    assert (tmp_path / "demo" / "bundles" / "tflite-int8" / "twin" / "model.tflite").is_file()
