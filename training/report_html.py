@@ -262,7 +262,7 @@ def _shortcut_table(s: Section) -> str:
     head = "".join(f"<th>{NAMES[k]}</th>" for k in REPORTED)
     cam, box = sc.get("gradcam_in_lung") or {}, sc["lung_box"]
     note = (f" Grad-CAM share over {cam.get('n')} of {cam.get('of')} X-rays ({html.escape(str(cam.get('images')))})."
-            if cam.get("mean") is not None else "")
+            if cam.get("mean") is not None else f" {html.escape(cam.get('error', ''))}")
     return (f"<h3>Does the model look at the lungs?</h3><table><tr><th>input</th>{head}<th>decisions changed</th></tr>"
             f"{body}</table><p class='plain'>{html.escape(reading(sc))}</p><p class='small'>Masked pixels are set to black "
             f"after preprocessing; the lung box is rows {_pct(box[0])}–{_pct(box[1])}, columns {_pct(box[2])}–{_pct(box[3])} "
