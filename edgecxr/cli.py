@@ -184,14 +184,21 @@ def train(out, overwrite, classes, **options):
 @CLASSES
 @STRICT
 @click.option("--trust-model", is_flag=True, help="Allow models that contain code (Lambda layers): trusted files only.")
+@click.option("--shortcuts/--no-shortcuts", default=True, show_default=True,
+              help="Shortcut check: metrics with the border outside the lung box and the top band masked, and the "
+                   "share of Grad-CAM mass inside the lung box.")
+@click.option("--cam-images", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Grad-CAM on a seeded random subset of this many images (0: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def evaluate(model_path, data, split, out, threshold, bootstrap, classes, strict, trust_model, overwrite):
+def evaluate(model_path, data, split, out, threshold, bootstrap, classes, strict, trust_model, shortcuts, cam_images,
+             overwrite):
     """Evaluate at the validation-chosen threshold; writes metrics.json (with 95% CIs) and ROC/PR/confusion PNGs."""
     from edgecxr.data import parse_classes
     from edgecxr.training.evaluate import evaluate as run, format_metrics
 
     result = run(model_path, data, split, out, threshold=threshold, classes=parse_classes(classes), strict=strict,
-                 n_boot=bootstrap, overwrite=overwrite, trust_model=trust_model)
+                 n_boot=bootstrap, overwrite=overwrite, trust_model=trust_model, shortcuts=shortcuts,
+                 cam_images=cam_images)
     click.echo(format_metrics(result))
     click.echo(f"written to {out}/metrics.json")
 

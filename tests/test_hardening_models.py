@@ -472,7 +472,13 @@ def keras3_model(tmp_path_factory):
 def test_evaluate_a_keras3_model(keras3_model, sample, tmp_path):
     r = _cli("evaluate", "--model", keras3_model, "--data", sample, "--out", tmp_path / "o", "--bootstrap", 10)
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
-    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["n"] == 100
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert saved["n"] == 100
+    # the shortcut check: masked metrics on any model; Grad-CAM (tf_keras only) says why it is missing
+    sc = saved["shortcuts"]
+    assert 0 <= sc["top_band"]["changed"] <= 1 and sc["fill"]["model_input"] == 0.0
+    assert sc["gradcam_in_lung"]["mean"] is None and "Grad-CAM not available" in sc["gradcam_in_lung"]["error"]
+    assert "Grad-CAM not available" in r.output
 
 
 def test_evaluate_a_savedmodel_is_one_line(code_models, sample, tmp_path):

@@ -166,7 +166,8 @@ def test_report_is_one_self_contained_file(report_html):
     assert text.count("data:image/png;base64,") >= 10  # 2 x 4 curves, training curves, gallery maps
     for needle in ("Sensitivity", "Specificity", "95% CI", "ROC curve", "Calibration", "Confusion matrix",
                    "Training curves", "tflite-int8", "FAIL", "New false negative", "Grad-CAM",
-                   "Missed pneumonia", "Not in this report", "bundle folder was not found"):
+                   "Missed pneumonia", "Not in this report", "bundle folder was not found",
+                   "Does the model look at the lungs?", "when the top band is masked", "decisions changed"):
         assert needle in text, needle
 
 

@@ -108,6 +108,11 @@ def test_evaluate_writes_metrics_and_plots(tiny_model, sample, tmp_path):
     assert saved["ci"]["accuracy"][0] <= saved["accuracy"] <= saved["ci"]["accuracy"][1]
     for png in ("roc.png", "pr.png", "confusion.png"):
         assert (tmp_path / "ev" / png).stat().st_size > 5000
+    sc = saved["shortcuts"]  # on by default; Grad-CAM on all 100 images (the subset is 100)
+    for name in ("border", "top_band"):
+        assert 0 <= sc[name]["changed"] <= 1 and 0 <= sc[name]["roc_auc"] <= 1 and sc[name]["masked_pixels"] > 0
+    assert sc["gradcam_in_lung"]["of"] == 100 and sc["gradcam_in_lung"]["images"] == "all"
+    assert "shortcuts" not in evaluate(tiny_model, sample, "test", tmp_path / "ev2", n_boot=10, shortcuts=False)
     with pytest.raises(EdgecxrError, match="--overwrite"):  # refused before the model runs
         evaluate(tiny_model, sample, "test", tmp_path / "ev", n_boot=100)
 

@@ -26,7 +26,8 @@ def load_model(path: Path, *, trust: bool = False):
 
 def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *, threshold: float | None = None,
              classes=D.DEFAULT_CLASSES, strict: bool = False, batch_size: int = 32, n_boot: int = 1000,
-             overwrite: bool = False, trust_model: bool = False) -> dict:
+             overwrite: bool = False, trust_model: bool = False, shortcuts: bool = True,
+             cam_images: int | None = 100) -> dict:
     if threshold is not None:
         check_threshold(threshold)
     model_path = Path(model_path) if model_path else default_model_path()
@@ -46,6 +47,11 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
     result["at_0.5"] = metrics.binary_metrics(labels, probs, 0.5)
     result.update(threshold_method=info.threshold_method if threshold is None else "given on the command line",
                   split=split, model=str(model_path), skipped=[{"file": s.rel, "error": e} for s, e in bad])
+    if shortcuts:
+        from edgecxr.training.shortcuts import shortcut_check
+
+        result["shortcuts"] = shortcut_check(model, info.preprocess, pixels, labels, probs, thr,
+                                             positive_index=info.positive_index, cam_images=cam_images)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         np.savez_compressed(tmp / "predictions.npz", y=labels, prob=probs, rel=[s.rel for s in kept])
@@ -65,4 +71,8 @@ def format_metrics(m: dict) -> str:
     lines.append(f"  confusion    tp={cm['tp']} fp={cm['fp']} tn={cm['tn']} fn={cm['fn']}")
     half = m["at_0.5"]
     lines.append(f"  at 0.5:      accuracy {half['accuracy']:.4f} recall {half['recall']:.4f} specificity {half['specificity']:.4f}")
+    if m.get("shortcuts"):
+        from edgecxr.training.shortcuts import format_shortcuts
+
+        lines.append(format_shortcuts(m["shortcuts"]))
     return "\n".join(lines)

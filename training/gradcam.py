@@ -87,20 +87,28 @@ def gradcam(model, x: np.ndarray, *, layer: list[str] | str | None = None, posit
     when p >= threshold, evidence against it otherwise); threshold=None always
     explains the positive class.
     """
+    maps, probs = gradcam_batch(model, np.asarray(x)[None], layer=layer, positive_index=positive_index, threshold=threshold)
+    return maps[0], float(probs[0])
+
+
+def gradcam_batch(model, xs: np.ndarray, *, layer: list[str] | str | None = None, positive_index: int = 0,
+                  threshold: float | None = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """`gradcam` of a batch of inputs (N, H, W, C) in one pass: (maps (N, H, W), probabilities (N,))."""
     tf, keras = import_tf()
     path = find_conv_layer(model) if layer is None else ([layer] if isinstance(layer, str) else list(layer))
-    batch = tf.convert_to_tensor(np.asarray(x, np.float32)[None])
+    xs = np.asarray(xs, np.float32)
+    batch = tf.convert_to_tensor(xs)
     with tf.GradientTape() as tape:
         feat, out = _forward(tf, keras, model, batch, path)
-        out = tf.reshape(out, [1, -1])
+        out = tf.reshape(out, [len(xs), -1])
         score = out[:, positive_index] if out.shape[-1] > 1 else out[:, 0]
-    prob = float(score.numpy()[0])
-    grads = tape.gradient(score, feat)
+    probs = score.numpy().astype(np.float64)
+    grads = tape.gradient(score, feat)  # images are independent (inference mode): d sum / d feat_i = d score_i / d feat_i
     if grads is None:
         raise ModelError(f"layer {'/'.join(path)} does not reach the output; pass another layer")
-    sign = -1.0 if threshold is not None and prob < threshold else 1.0
-    weights = tf.reduce_mean(grads * sign, axis=(1, 2))  # (1, channels)
-    cam = tf.nn.relu(tf.reduce_sum(feat * weights[:, None, None, :], axis=-1))[0].numpy()
-    cam = np.maximum(resize_map(cam, x.shape[:2]), 0)
-    top = cam.max()
-    return (cam / top if top > 0 else cam), prob
+    sign = np.where(probs < threshold, -1.0, 1.0) if threshold is not None else np.ones(len(xs))
+    weights = tf.reduce_mean(grads, axis=(1, 2)) * sign[:, None].astype(np.float32)  # (N, channels)
+    cams = tf.nn.relu(tf.reduce_sum(feat * weights[:, None, None, :], axis=-1)).numpy()
+    maps = np.stack([np.maximum(resize_map(cam, xs.shape[1:3]), 0) for cam in cams])
+    top = maps.max(axis=(1, 2), keepdims=True)
+    return np.divide(maps, top, out=np.zeros_like(maps), where=top > 0), probs

@@ -133,7 +133,7 @@ def collect(folders, model: Path | None = None) -> Found:
                            "predictions.npz + metrics.json, benchmark.json or parity JSON found")
     for s in found.sections:
         s.m = {**metrics.binary_metrics(s.y, s.prob, s.threshold), "ci": s.m.get("ci") or
-               metrics.bootstrap_ci(s.y, s.prob, s.threshold, n_boot=500)}
+               metrics.bootstrap_ci(s.y, s.prob, s.threshold, n_boot=500), "shortcuts": s.m.get("shortcuts")}
     found.sections.sort(key=lambda s: (s.title.startswith("Validation"), s.title))  # test first
     if found.model is not None:
         from edgecxr.modelinfo import load_info

@@ -247,6 +247,28 @@ def _metric_table(s: Section) -> str:
     return f"<table><tr><th>metric</th><th>value</th><th>95% interval</th></tr>{rows}</table>"
 
 
+def _shortcut_table(s: Section) -> str:
+    """Metrics with the border or the top band masked (`edgecxr evaluate`'s shortcut check), and its reading."""
+    from edgecxr.training.shortcuts import REPORTED, reading
+
+    sc = s.m.get("shortcuts")
+    if not sc:
+        return ""
+    rows = [("as given", s.m, None), ("outside the lung box masked", sc["border"], sc["border"]["changed"]),
+            (f"top {100 * sc['top_band_rows']:.0f}% band masked", sc["top_band"], sc["top_band"]["changed"])]
+    body = "".join(f"<tr><td>{what}</td>" + "".join(f"<td class='num'>{_pct(m[k]) if k != 'roc_auc' else f'{m[k]:.3f}'}</td>"
+                                                    for k in REPORTED) + f"<td class='num'>{_pct(ch) if ch is not None else '–'}</td></tr>"
+                   for what, m, ch in rows)
+    head = "".join(f"<th>{NAMES[k]}</th>" for k in REPORTED)
+    cam, box = sc.get("gradcam_in_lung") or {}, sc["lung_box"]
+    note = (f" Grad-CAM share over {cam.get('n')} of {cam.get('of')} X-rays ({html.escape(str(cam.get('images')))})."
+            if cam.get("mean") is not None else f" {html.escape(cam.get('error', ''))}")
+    return (f"<h3>Does the model look at the lungs?</h3><table><tr><th>input</th>{head}<th>decisions changed</th></tr>"
+            f"{body}</table><p class='plain'>{html.escape(reading(sc))}</p><p class='small'>Masked pixels are set to black "
+            f"after preprocessing; the lung box is rows {_pct(box[0])}–{_pct(box[1])}, columns {_pct(box[2])}–{_pct(box[3])} "
+            f"of the image.{note}</p>")
+
+
 def _fmt(k, v) -> str:
     if v is None:
         return "–"
@@ -315,7 +337,8 @@ def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sou
         for s in found.sections:
             figs = "".join(f"<figure>{_img(b, name)}<figcaption><b>{name}.</b> {html.escape(cap)}</figcaption></figure>"
                            for name, b, cap in _plots(s, labels, Path(tmp)))
-            body.append(f"<h2>{html.escape(s.title)}</h2>{_metric_table(s)}<div class='figs grid'>{figs}</div>")
+            body.append(f"<h2>{html.escape(s.title)}</h2>{_metric_table(s)}{_shortcut_table(s)}"
+                        f"<div class='figs grid'>{figs}</div>")
         if found.history:
             from edgecxr import plots
 
