@@ -14,6 +14,22 @@ from edgecxr.errors import ConfigError, DataError, ImageError
 RUNTIME = click.option("--runtime", help="litert | tflite-runtime | tf-lite | onnxruntime | openvino "
                                           "(default: the first installed one for the bundle; see `edgecxr device runtimes`).")
 THREADS = click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
+class Share(click.ParamType):
+    """A share from 0 to 1 (click's FloatRange lets NaN through: every comparison with it is false)."""
+
+    name = "share"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not 0 <= number <= 1:
+            self.fail(f"{value} is not a share from 0 to 1", param, ctx)
+        return number
+
+
+SHARE = Share()
 DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
 BUNDLE = click.argument("bundle", type=click.Path(path_type=Path))
 TRUSTED = click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
@@ -185,10 +201,10 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
               help="Kermany-layout ROOT, a CSV manifest (path[,label]), or a folder of a site's X-rays.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
-@click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
-@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=float)
-@click.option("--min-agreement", default=0.98, show_default=True, type=float)
-@click.option("--min-coverage", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--max-recall-drop", default=0.01, show_default=True, type=SHARE)
+@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=SHARE)
+@click.option("--min-agreement", default=0.98, show_default=True, type=SHARE)
+@click.option("--min-coverage", default=1.0, show_default=True, type=SHARE,
               help="Share of the bundle's reference images that must be compared (lower it for a deliberate subset).")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
 @click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")
@@ -204,7 +220,7 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
                    "or the stored one when it holds every image, else the twin (auto).")
 @click.option("--stability", is_flag=True, help="Also measure input-path stability on the same images, for the device "
                                                 "model and the float twin (see `device stability`).")
-@click.option("--max-unstable", type=click.FloatRange(0, 1),
+@click.option("--max-unstable", type=SHARE,
               help="With --stability (implies it): fail when a larger share of images flips under any input variant.")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
            junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, reference, stability,
@@ -247,7 +263,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
               help="The float model's bundle (e.g. tflite-fp32), measured too (default: the bundle's float twin, if any).")
 @click.option("--pairs", nargs=2, type=click.Path(path_type=Path), metavar="ORIGINALS DOWNSIZED",
               help="Full-size originals and their downsized files (same relative paths): decision on each against the other.")
-@click.option("--max-unstable", type=click.FloatRange(0, 1), help="Gate: fail (exit 1) when a larger share of images flips under any variant.")
+@click.option("--max-unstable", type=SHARE, help="Gate: fail (exit 1) when a larger share of images flips under any variant.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
 @click.option("--show", default=10, show_default=True, help="Least stable images printed.")
 @RUNTIME
@@ -287,10 +303,10 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Kermany-layout ROOT the bundles were exported with (default: the shipped sample).")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed calls per bundle that keeps parity.")
-@click.option("--max-recall-drop", default=0.01, show_default=True, type=float)
-@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=float)
-@click.option("--min-agreement", default=0.98, show_default=True, type=float)
-@click.option("--min-coverage", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--max-recall-drop", default=0.01, show_default=True, type=SHARE)
+@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=SHARE)
+@click.option("--min-agreement", default=0.98, show_default=True, type=SHARE)
+@click.option("--min-coverage", default=1.0, show_default=True, type=SHARE,
               help="Share of each bundle's reference images that must be compared (lower it for a subset such as the sample).")
 @THREADS
 @TRUSTED

@@ -223,16 +223,19 @@ def _reference_check(f_m, d_m, ref: dict, full: bool, max_recall_drop: float, ma
     return _check("reference_metrics", max(recall_gap, spec_gap), max(max_recall_drop, max_spec_drop), passed, message)
 
 
-def _coverage_check(compared: int, reference: int, min_coverage: float) -> dict:
-    """A subset of the reference (wrong data root, missing or unreadable files) must not pass silently."""
+def _coverage_check(compared: int, reference: int, min_coverage: float, what: str = "reference images") -> dict:
+    """A subset of the reference (wrong data root, missing or unreadable files) must not pass silently; with
+    the twin, `what` = the images listed, of which unreadable ones must not pass silently either."""
     coverage = compared / reference if reference else 0.0
     passed = coverage >= min_coverage - 1e-12
-    message = f"compared {compared} of {reference} reference images ({100 * coverage:.1f} %)"
+    message = f"compared {compared} of {reference} {what} ({100 * coverage:.1f} %)"
     if passed:
         message += f", need {min_coverage}"
-    else:
+    elif what == "reference images":
         message += (f", below --min-coverage {min_coverage}: pass the full data root the bundle was exported with "
                     "(and fix unreadable files), or lower --min-coverage for a deliberate subset")
+    else:
+        message += f", below --min-coverage {min_coverage}: fix or remove the unreadable files, or lower --min-coverage"
     return _check("coverage", coverage, min_coverage, passed, message)
 
 
@@ -273,10 +276,13 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     if source == "bundle":
         report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot,
                          reference_images=len(ref_probs), reference_metrics=clf.bundle.reference["metrics"])
-    elif UNLABELED in labels:
-        report = compare_unlabeled(rels, float_probs, device_probs, clf.threshold, tolerances)
     else:
-        report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot)
+        if UNLABELED in labels:
+            report = compare_unlabeled(rels, float_probs, device_probs, clf.threshold, tolerances)
+        else:
+            report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot)
+        report["checks"].append(_coverage_check(len(ok), len(known), tolerances.min_coverage, "images listed"))
+        report["passed"] = all(c["passed"] for c in report["checks"])
     hashes = {s.rel: sha256_file(s.path) for s, _ in ok}
     for case in report["cases"]:
         case["sha256"] = hashes[case["file"]]  # the exact images, so the run can be repeated
@@ -320,7 +326,9 @@ def _reference_source(clf: Classifier, samples, split: str, reference: str, data
     if reference != "auto":
         return reference
     ref = clf.bundle.reference
-    in_reference = ref.get("split") in (None, split) and all(s.rel in ref["probs"] for s in samples)
+    # any image of the reference keeps the stored one (its coverage check then counts the rest): one stray
+    # extra file must not switch a reference run over to the twin and off its checks
+    in_reference = ref.get("split") in (None, split) and any(s.rel in ref["probs"] for s in samples)
     return "bundle" if in_reference or not has_twin else "twin"
 
 

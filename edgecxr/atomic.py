@@ -26,17 +26,36 @@ def _read_umask() -> int:
 UMASK = _read_umask()  # read once at import: os.umask is process-wide, not thread-safe
 
 
+def _input_paths(given: Path) -> list[Path]:
+    """What an input stands for: itself, the images a CSV manifest lists, and where the symlinks inside
+    a data folder really point."""
+    paths = [given]
+    if given.is_file() and given.suffix.lower() == ".csv":
+        from edgecxr.data import csv_paths
+        from edgecxr.errors import DataError
+
+        try:
+            paths += csv_paths(given)
+        except DataError:
+            pass  # an unreadable CSV is reported by the command that reads it
+    elif given.is_dir():
+        for folder, dirs, files in os.walk(given):
+            paths += [Path(folder, n) for n in dirs + files if os.path.islink(os.path.join(folder, n))]
+    return paths
+
+
 def refuse_overlap(path, inputs=(), flag: str = "--out") -> None:
-    """Refuse an output that equals, contains or sits inside one of `inputs` (symlinks resolved)."""
+    """Refuse an output that equals, contains or sits inside one of `inputs` (symlinks resolved; a CSV
+    manifest's images and the targets of symlinks in a data folder count as inputs too)."""
     out = Path(path).resolve()
-    for given in inputs:
-        if given is None:
-            continue
-        src = Path(given).resolve()
+    expanded = [(given, p) for given in inputs if given is not None for p in _input_paths(Path(given))]
+    for given, src in expanded:
+        src = Path(src).resolve()
         what = ("is" if out == src else "contains" if src.is_relative_to(out)
                 else "is inside" if out.is_relative_to(src) else None)
         if what:
-            raise ConfigError(f"{flag} {path} {what} the input {given}; choose an output outside the inputs")
+            named = given if src == Path(given).resolve() else f"{src} (through {given})"
+            raise ConfigError(f"{flag} {path} {what} the input {named}; choose an output outside the inputs")
 
 
 def is_edgecxr_output(path: Path) -> bool:

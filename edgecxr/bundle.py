@@ -222,7 +222,10 @@ def _check_twin(name: str, manifest: dict) -> None:
     ok = (isinstance(twin, dict) and twin.get("target") in TARGETS and TARGETS[twin["target"]].precision == "fp32"
           and TARGETS[twin["target"]].family == TARGETS[manifest["target"]].family
           and twin.get("model_file") in manifest["files"]
-          and all(isinstance(twin.get(t), dict) and all(k in twin[t] for k in TENSOR_KEYS) for t in ("input", "output")))
+          and all(isinstance(twin.get(t), dict) and all(k in twin[t] for k in TENSOR_KEYS)
+                  and twin[t]["dtype"] == "float32" and twin[t]["quantization"] is None for t in ("input", "output")))
+    if ok and manifest["files"][twin["model_file"]] == manifest["files"].get(manifest["model_file"]):
+        raise BundleError(f"{name}: manifest 'twin' is the bundle's own model, not its float32 twin; re-export the bundle")
     if not ok:
         raise BundleError(f"{name}: manifest 'twin' is malformed (a float32 model of the bundle's format, listed "
                           "in its files, with input and output specs); re-export the bundle")

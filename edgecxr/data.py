@@ -101,6 +101,7 @@ def list_site(root, split: str = "test", classes=DEFAULT_CLASSES) -> list[Sample
         header, rows = _read_csv(root)
         if "label" in header or "path" not in header:
             return _list_csv(root, split, classes)
+        csv_paths(root, rows)
         return [Sample((root.parent / r["path"]).resolve(), r["path"], UNLABELED, patient_id(Path(r["path"]).name))
                 for _, r in rows]
     if not root.is_dir() or (root / split).is_dir():
@@ -141,18 +142,26 @@ def _read_csv(manifest: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     return header, rows
 
 
+def csv_paths(manifest: Path, rows=None) -> list[Path]:
+    """The resolved image paths a CSV manifest lists; a repeated image (in any split, any spelling) is refused:
+    it would count twice, or sit in train and test at once."""
+    rows = _read_csv(manifest)[1] if rows is None else rows
+    seen: dict[Path, int] = {}
+    for i, row in rows:
+        where = (manifest.parent / (row.get("path") or "")).resolve()
+        if where in seen:
+            raise DataError(f"{manifest}:{i}: {row.get('path')} is the same image as the row also on line {seen[where]}; "
+                            "remove the duplicate row")
+        seen[where] = i
+    return list(seen)
+
+
 def _list_csv(manifest: Path, split: str, classes) -> list[Sample]:
     header, rows = _read_csv(manifest)
     if not {"path", "label"} <= set(header):
         found = ",".join(header) or "nothing"
         raise DataError(f"{manifest}: CSV manifest needs a header with columns path,label[,patient_id][,split] (found: {found})")
-    seen: dict[Path, int] = {}
-    for i, row in rows:  # in any split: a repeated image counts twice, or sits in train and test at once
-        where = (manifest.parent / row["path"]).resolve()
-        if where in seen:
-            raise DataError(f"{manifest}:{i}: {row['path']} is the same image as the row also on line {seen[where]}; "
-                            "remove the duplicate row")
-        seen[where] = i
+    csv_paths(manifest, rows)  # refuses repeated images
     if "split" in header:
         rows = [(i, r) for i, r in rows if r["split"] == split]
     elif rows and (str(manifest), split) not in _warned_no_split:

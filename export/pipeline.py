@@ -50,8 +50,8 @@ def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, fin
         check_threshold(overrides.threshold)
     if prune is not None and not 0 < prune < 1:
         raise ConfigError(f"--prune must be a sparsity between 0 and 1 (e.g. 0.5), got {prune}")
-    if max_recall_drop < 0 or max_accuracy_drop < 0:
-        raise ConfigError("--max-recall-drop and --max-accuracy-drop must be >= 0")
+    if not (0 <= max_recall_drop <= 1 and 0 <= max_accuracy_drop <= 1):  # written so that NaN fails too
+        raise ConfigError("--max-recall-drop and --max-accuracy-drop must be shares from 0 to 1 (e.g. 0.01)")
     if not 0 <= min_agreement <= 1:
         raise ConfigError(f"--min-agreement must be between 0 and 1 (e.g. 0.98), got {min_agreement}")
     if finetune_epochs < 1:

@@ -357,9 +357,9 @@ def test_parity_fails_with_exit_1_and_lists_new_false_negatives_first(bundles, k
     assert "recall_drop" in failed and "agreement" in failed
 
 
-def test_parity_unmeetable_tolerance_exits_1(bundles, sample):
+def test_parity_impossible_tolerance_is_a_usage_error_not_a_failed_gate(bundles, sample):
     r = cli("device", "parity", bundles["onnx-fp32"], "--data", sample, "--min-agreement", "1.01", "--min-coverage", "0")
-    assert r.exit_code == 1 and "FAIL agreement" in r.output and "PASS coverage" in r.output
+    assert r.exit_code == 2 and "not a share from 0 to 1" in r.output
 
 
 def test_small_sets_allow_one_flipped_decision_but_never_a_new_false_negative():
@@ -630,7 +630,7 @@ def test_site_parity_without_labels(bundles, fullres, tmp_path):
     r = cli("device", "parity", bundles["tflite-int8"], "--data", folder, "--json", tmp_path / "u.json")
     assert r.exit_code in (0, 1), r.output
     rep = json.loads((tmp_path / "u.json").read_text())
-    assert rep["labeled"] is False and rep["n"] == 16 and {c["name"] for c in rep["checks"]} == {"positives_lost", "agreement"}
+    assert rep["labeled"] is False and rep["n"] == 16 and {c["name"] for c in rep["checks"]} == {"positives_lost", "agreement", "coverage"}
     assert "unlabeled images: the float model calls" in r.output
     (tmp_path / "list.csv").write_text("path\n" + "".join(f"unlabeled/{p.name}\n" for p in sorted(folder.iterdir())))
     r = cli("device", "parity", bundles["tflite-int8"], "--data", tmp_path / "list.csv", "--json", tmp_path / "c.json")
@@ -682,3 +682,59 @@ def test_openvino_kernel_failure_is_one_error_at_load(monkeypatch):
     monkeypatch.setattr(cpu, "cpu_info", lambda: {"int8_path": "x86 AVX2 without VNNI"})
     with pytest.raises(ModelError, match=r"cannot run this model on CPU \(ARM\) \(\[CPU\] Convolution node"):
         session._first_call("model.xml")
+
+
+def test_attack_findings_on_parity_are_closed(bundles, sample, fullres, tmp_path):
+    """One extra image does not switch a reference run to the twin (and off its coverage check); unreadable
+    images fail the twin run's coverage; a CSV listing an image twice is refused; tolerances must be shares
+    (NaN too); an output may not overwrite an image a CSV lists or a symlink points at."""
+    data = tmp_path / "data"
+    shutil.copytree(sample / "test", data / "test")
+    extra = next(fullres.rglob("*.jpeg"))
+    shutil.copy(extra, data / "test" / "NORMAL" / "extra.jpeg")
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", data, "--json", tmp_path / "p.json")
+    rep = json.loads((tmp_path / "p.json").read_text())
+    assert r.exit_code == 1 and rep["reference"]["source"] == "bundle"
+    assert [c["name"] for c in rep["checks"] if not c["passed"]] == ["coverage"]
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for p in sorted(fullres.rglob("*.jpeg"))[:4]:
+        shutil.copy(p, site / p.name)
+    for i in range(4):
+        (site / f"bad{i}.jpeg").write_bytes(b"\xff\xd8 not a jpeg")
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", site)
+    assert r.exit_code == 1 and "FAIL coverage: compared 4 of 8 images listed" in r.output
+
+    names = sorted(p.name for p in site.glob("*.jpeg") if not p.name.startswith("bad"))
+    (tmp_path / "dup.csv").write_text(f"path\nsite/{names[0]}\nsite/./{names[0]}\n")
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", tmp_path / "dup.csv")
+    assert r.exit_code == 2 and "same image as the row also on line 2" in r.output
+
+    for value in ("nan", "-1", "2"):
+        r = cli("device", "parity", bundles["tflite-int8"], "--data", sample, "--min-agreement", value)
+        assert r.exit_code == 2 and "share from 0 to 1" in r.output or "not a share" in r.output, r.output
+
+    (tmp_path / "list.csv").write_text(f"path\nsite/{names[1]}\n")
+    target = site / names[1]
+    before = target.read_bytes()
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", tmp_path / "list.csv", "--json", target)
+    assert r.exit_code == 2 and "is the input" in r.output and target.read_bytes() == before
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "a.jpeg").symlink_to(target)
+    r = cli("device", "parity", bundles["tflite-int8"], "--data", links, "--json", target)
+    assert r.exit_code == 2 and "through" in r.output and target.read_bytes() == before
+
+
+def test_a_twin_that_is_the_model_itself_is_refused(bundles, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundles["tflite-int8"], copy)
+    manifest = json.loads((copy / B.MANIFEST).read_text())
+    manifest["twin"] = {**manifest["twin"], "model_file": "model.tflite"}
+    for key in ("format", "version", "files", "sha256", "digest"):
+        manifest.pop(key)
+    shutil.rmtree(copy / "twin")
+    B.finalize(copy, manifest)
+    with pytest.raises(BundleError, match="twin"):
+        B.load_bundle(copy)
