@@ -75,6 +75,18 @@ class Failure:
 Item = Union[str, os.PathLike, bytes, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
 
+def _check_quantization(bundle, session, in_q, out_q) -> None:
+    """The manifest's quantization of an integer tensor must be the model file's own (TFLite reports it):
+    an edited scale or zero point would turn every pixel into another number."""
+    model_q = getattr(session, "quantization", None)
+    if model_q is None:
+        return
+    for name, declared, actual in (("input", in_q, model_q[0]), ("output", out_q, model_q[1])):
+        if declared is not None and actual != (0.0, 0.0) and not np.allclose(declared, actual, rtol=1e-6, atol=0):
+            raise ModelError(f"{bundle.path}: manifest {name} quantization {declared} is not the model's {actual}; "
+                             "re-export the bundle")
+
+
 def _quant(tensor: dict):
     q = tensor.get("quantization")
     if not q:
@@ -97,6 +109,7 @@ class Classifier:
             raise ModelError(f"{bundle.path}: output kind {self.kind!r} unknown; valid: {', '.join(KINDS)}")
         self.positive_index = int(out.get("positive_index", 0))
         self._in_q, self._out_q = _quant(manifest["input"]), _quant(out)
+        _check_quantization(bundle, session, self._in_q, self._out_q)
         self._in_dtype = session.input_dtype
         declared = np.dtype(manifest["input"]["dtype"])
         if declared != self._in_dtype:

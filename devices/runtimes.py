@@ -113,6 +113,8 @@ class TFLiteSession(Session):
             raise ModelError(f"{model_path}: expected one input and one output, found {len(inp)} and {len(out)}")
         self._in, self._out = inp[0]["index"], out[0]["index"]
         self.input_dtype = np.dtype(inp[0]["dtype"])
+        # (scale, zero_point) of the input and output tensors as the model file holds them
+        self.quantization = tuple(tuple(float(v) for v in d[0]["quantization"]) for d in (inp, out))
         self.input_shape = tuple(int(v) for v in inp[0]["shape"])
         self.runtime, self.version, self.threads, self.note = runtime, version, threads, note
         self.provider, missing = _tflite_delegation(self.interpreter, provider)

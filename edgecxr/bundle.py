@@ -31,6 +31,7 @@ REQUIRED = {
 }
 REFERENCE_KEYS = ("split", "probs", "labels", "metrics")
 TENSOR_KEYS = ("name", "shape", "dtype", "quantization")
+ZERO_POINTS = {"int8": (-128, 127), "uint8": (0, 255)}  # a float tensor has no quantization
 DTYPES = ("float32", "float16", "int8", "uint8", "int16")
 MAX_UNZIPPED = 2 << 30  # a zip bomb guard: no edge model bundle is near 2 GB
 
@@ -180,9 +181,11 @@ def check_values(name: str, m: dict) -> None:
         if spec.get("dtype") not in DTYPES:
             fail(f"{tensor}.dtype", spec.get("dtype"), f"one of {', '.join(DTYPES)}")
         q = spec.get("quantization")
-        if q is not None and not (isinstance(q, dict) and is_number(q.get("scale")) and q["scale"] > 0
-                                  and is_int(q.get("zero_point"))):
-            fail(f"{tensor}.quantization", q, "null or {scale: a finite number > 0, zero_point: an integer}")
+        low, high = ZERO_POINTS.get(spec["dtype"], (0, 0))
+        if q is not None and not (isinstance(q, dict) and is_number(q.get("scale")) and 1e-9 < q["scale"] < 1e3
+                                  and is_int(q.get("zero_point")) and low <= q["zero_point"] <= high):
+            fail(f"{tensor}.quantization", q, f"null or {{scale: a number in (1e-9, 1e3), zero_point: an integer in "
+                                              f"{low}..{high} for {spec['dtype']}}}")
     out = m["output"]
     if out.get("kind", "sigmoid") not in OUTPUT_KINDS:
         fail("output.kind", out.get("kind"), f"one of {', '.join(OUTPUT_KINDS)}")

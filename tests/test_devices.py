@@ -738,3 +738,27 @@ def test_a_twin_that_is_the_model_itself_is_refused(bundles, tmp_path):
     B.finalize(copy, manifest)
     with pytest.raises(BundleError, match="twin"):
         B.load_bundle(copy)
+
+
+def test_edited_quantization_is_refused(int8_io_bundle, tmp_path):
+    """A manifest whose int8 scale or zero point is not the model file's (digest recomputed) is refused at load;
+    a zero point outside the dtype's range is refused by the manifest check itself."""
+    from edgecxr.devices import Classifier
+    from edgecxr.errors import ModelError
+
+    def edited(name, **quant):
+        copy = tmp_path / name
+        shutil.copytree(int8_io_bundle, copy)
+        manifest = json.loads((copy / B.MANIFEST).read_text())
+        manifest["input"]["quantization"].update(quant)
+        for key in ("format", "version", "files", "sha256", "digest"):
+            manifest.pop(key)
+        B.finalize(copy, manifest)
+        return copy
+
+    zero = json.loads((int8_io_bundle / B.MANIFEST).read_text())["input"]["quantization"]["zero_point"]
+    with pytest.raises(ModelError, match="quantization .* is not the model's"):
+        Classifier.load(edited("zp", zero_point=zero + 3 if zero < 100 else zero - 3))
+    with pytest.raises(BundleError, match="zero_point: an integer in -128..127"):
+        B.load_bundle(edited("range", zero_point=10**30))
+    Classifier.load(int8_io_bundle)  # the unedited bundle still loads
