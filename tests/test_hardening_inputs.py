@@ -140,6 +140,28 @@ def test_small_deflated_dicom_still_decodes():
     assert np.array_equal(np.asarray(deflated), np.asarray(decode_image(_dcm(ramp), "plain.dcm")))
 
 
+def test_deflated_dicom_with_bytes_after_the_stream_does_not_hang(tmp_path):
+    """The stream ends after the 1 MB output cap was hit, with a pad byte after it (pydicom pads to an even
+    length): the size check looped forever on the byte it could not consume. Decoded now, in a child with a
+    timeout."""
+    import struct
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    rows = np.repeat(_ramp16(1, 768), 1024, axis=0)  # 1.5 MB inflated: the cap is hit, in one 16 KB chunk
+    head = _dcm(rows, syntax=DeflatedExplicitVRLittleEndian)
+    meta_end = 132 + 12 + struct.unpack("<I", head[140:144])[0]
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = z.compress(zlib.decompress(head[meta_end:], -zlib.MAX_WBITS)) + z.flush()
+    assert len(body) < 1 << 14
+    path = tmp_path / "padded.dcm"
+    path.write_bytes(head[:meta_end] + body + b"\0" * (1 + len(body) % 2))
+    r = _python("import sys, numpy as np; from edgecxr.images import read_image; "
+                "print(np.asarray(read_image(sys.argv[1])).shape)", path, timeout=60)
+    assert r.returncode == 0 and "(1024, 768)" in r.stdout, (r.stdout, r.stderr[-500:])
+
+
 def _png16(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
