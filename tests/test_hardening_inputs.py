@@ -238,6 +238,21 @@ def test_out_of_domain_inputs_are_refused_with_one_line(clf, name):
     assert why in message and "\n" not in message, message
 
 
+@pytest.mark.parametrize("fill, why", [(np.nan, "NaN"), (np.inf, "infinite"), (-np.inf, "infinite"),
+                                       (0.0, "constant"), (0.5, "constant")])
+def test_preprocessed_float_input_is_checked(clf, fill, why):
+    """A float array is taken as already preprocessed: all-NaN gave PNEUMONIA 0.949, all-zero 0.957."""
+    x = np.full(clf.spec.input_shape, fill, np.float32)
+    if fill == -np.inf:
+        x = clf.spec.apply(read_image(NORMAL[0]))
+        x[3, 4, 0] = fill  # one value is enough
+    with pytest.raises(ImageError) as caught:
+        clf.predict(x)
+    assert why in str(caught.value) and "\n" not in str(caught.value)
+    img = read_image(NORMAL[0])
+    assert clf.predict(clf.spec.apply(img)).probability == pytest.approx(clf.predict(img).probability, abs=1e-6)
+
+
 @pytest.mark.parametrize("extra", [dict(Modality="DX"), dict(Modality="CR"), {}])
 def test_radiographs_are_accepted(clf, extra):
     assert clf.predict(_dcm(XRAY, **extra)).warning is None
