@@ -214,11 +214,25 @@ def _transparent() -> bytes:
     return _save(Image.fromarray(rgba, mode="RGBA"))
 
 
+def _near_gray() -> bytes:
+    pixels = np.full((512, 512), 128, np.uint8)
+    pixels[5, 5] = 129  # equalized, one level became full contrast: PNEUMONIA 0.83
+    return _save(Image.fromarray(pixels))
+
+
+def _faint() -> bytes:
+    la = read_image(NORMAL[0]).convert("LA")
+    la.putalpha(1)  # composited on black: pixels 0 and 1
+    return _save(la)
+
+
 XRAY = _ramp16(128, 128)
 REFUSED = {  # input -> words the one-line reason must hold
     "blank.png": (lambda: _save(Image.new("L", (512, 512), 0)), "constant"),
     "gray.png": (lambda: _save(Image.new("L", (512, 512), 128)), "constant"),
     "transparent.png": (_transparent, "constant"),
+    "near-gray.png": (_near_gray, "nearly constant"),
+    "faint.png": (_faint, "nearly constant or nearly transparent"),
     "one-pixel.png": (lambda: _save(Image.new("L", (1, 1), 7)), "64 px"),
     "strip.png": (lambda: _save(read_image(NORMAL[0]).resize((400, 40))), "64 px"),
     "nan.tiff": (lambda: _float_tiff(float("nan")), "NaN"),
