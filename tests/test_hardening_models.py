@@ -494,3 +494,29 @@ def test_evaluate_a_savedmodel_is_one_line(code_models, sample, tmp_path):
     r = _cli("evaluate", "--model", folder, "--data", sample, "--out", tmp_path / "o", "--trust-model")
     assert "cannot load the SavedModel as a Keras model" in _error_line(r, 2)
     marker.unlink(missing_ok=True)
+
+
+def test_evaluate_refuses_logits_declared_sigmoid(sample, tmp_path):
+    """A sidecar saying sigmoid on a model that outputs logits: evaluate wrote prob -57 and recall 0. It now
+    refuses with export's check; declared as logits, the same model evaluates."""
+    import tf_keras as keras
+
+    from edgecxr.modelinfo import ModelInfo, save_info
+    from edgecxr.preprocess import PreprocessSpec
+
+    inp = keras.Input((32, 32, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp))
+    out = keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(-57.0))(x)
+    path = tmp_path / "logits.keras"
+    keras.Model(inp, out).save(path)
+    spec = PreprocessSpec(size=32, channels=1, scale=1 / 255, offset=0.0)
+    save_info(path, ModelInfo(spec))
+    r = _cli("evaluate", "--model", path, "--data", sample, "--out", tmp_path / "o", "--bootstrap", 10)
+    line = _error_line(r, 2)
+    assert "declares probabilities" in line and "-57" in line and '"output": "logits"' in line, line
+    assert not (tmp_path / "o").exists()
+    save_info(path, ModelInfo(spec, output="logits"))
+    r = _cli("evaluate", "--model", path, "--data", sample, "--out", tmp_path / "o", "--bootstrap", 10)
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert saved["n"] == 100 and saved["recall"] == 0 and saved["shortcuts"]["border"]["changed"] == 0
