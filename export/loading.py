@@ -19,6 +19,7 @@ from edgecxr.modelinfo import ModelInfo, load_info
 from edgecxr.preprocess import PreprocessSpec
 
 TRUST_HINT = "pass --trust-model only if you trust its author (it runs code stored in the file)"
+DEEP = "the model config is nested too deeply to be a model (a damaged or hostile file); refusing it"
 
 
 @dataclass
@@ -103,6 +104,8 @@ def _config(path: Path):
         return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except ValueError as exc:
         raise ModelError(f"{path}: the model config is not valid JSON ({exc}); {TRUST_HINT}") from None
+    except RecursionError:  # [[[[... 200k levels deep
+        raise ModelError(f"{path}: {DEEP}") from None
 
 
 def _keras_version(path: Path) -> str:
@@ -110,7 +113,7 @@ def _keras_version(path: Path) -> str:
         try:
             with zipfile.ZipFile(path) as zf:
                 return str(json.loads(zf.read("metadata.json")).get("keras_version", ""))
-        except (KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+        except (KeyError, ValueError, AttributeError, RecursionError, zipfile.BadZipFile):
             return ""
     if path.suffix in (".h5", ".hdf5"):
         import h5py
@@ -179,8 +182,11 @@ def check_safe(path: Path, trust: bool) -> None:
                          f"which can read and write files); save the model as .keras, or {TRUST_HINT}")
     config = _config(path)
     keras3 = _keras_version(path).startswith("3.")
-    for place, reason in unsafe_entries(config, _builtin_classes(keras3)):
-        raise ModelError(f"{path}: {reason} at {place}; refusing to load it; {TRUST_HINT}")
+    try:
+        for place, reason in unsafe_entries(config, _builtin_classes(keras3)):
+            raise ModelError(f"{path}: {reason} at {place}; refusing to load it; {TRUST_HINT}")
+    except RecursionError:  # parsed, but too deep to walk
+        raise ModelError(f"{path}: {DEEP}") from None
 
 
 # -- loading --------------------------------------------------------------------

@@ -520,3 +520,77 @@ def test_evaluate_refuses_logits_declared_sigmoid(sample, tmp_path):
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert saved["n"] == 100 and saved["recall"] == 0 and saved["shortcuts"]["border"]["changed"] == 0
+
+
+# -- 5. hostile JSON and unbounded reads: one line, exit 2 -----------------------------------------------------
+DEEP = "[" * 200_000 + "]" * 200_000
+
+
+def test_deeply_nested_manifest_and_model_config_are_one_line(bundle_dir, plain_h5, sample, tmp_path):
+    """[[[[... 200k levels deep ended in `internal error: RecursionError`, exit 3."""
+    from edgecxr.export.loading import check_safe
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, folder)
+    text = (folder / B.MANIFEST).read_text().rstrip()
+    (folder / B.MANIFEST).write_text(text[:-1] + f', "x": {DEEP}}}')
+    assert "nested too deeply" in _one_line(_cli("device", "run", folder, SAMPLE_IMAGE), 2)
+    keras_file = tmp_path / "deep.keras"
+    with zipfile.ZipFile(keras_file, "w") as zf:
+        zf.writestr("config.json", f'{{"class_name": "Functional", "config": {{"layers": {DEEP}}}}}')
+    h5 = tmp_path / "deep.h5"
+    shutil.copy(plain_h5, h5)
+    import h5py
+
+    with h5py.File(h5, "r+") as fh:
+        fh.attrs["model_config"] = f'{{"class_name": "Functional", "config": {DEEP}}}'
+    for path in (keras_file, h5):
+        with pytest.raises(ModelError, match="nested too deeply") as info:
+            check_safe(path, trust=False)
+        assert "\n" not in str(info.value)
+    r = _cli("export", "--model", h5, "--target", "tflite-fp32", "--data", sample, "--out", tmp_path / "o",
+             "--input-size", 32, "--channels", 1, "--scale", 1 / 255, "--offset", 0)
+    assert "nested too deeply" in _error_line(r, 2)
+
+
+def _child(code: str, *args):
+    from test_hardening_inputs import _python
+
+    r = _python(code, *args, timeout=60, memory=1 << 30)
+    lines = [line for line in r.stderr.splitlines() if not line.startswith(("INFO:", "WARNING:"))]
+    return r, lines
+
+
+@pytest.mark.parametrize("which", ["/dev/zero", "fifo", "big"])
+def test_key_and_token_files_are_read_bounded(bundle_dir, tmp_path, which):
+    """--trusted-key /dev/zero and serve --token-file /dev/zero read without end (MemoryError, SIGKILL)."""
+    pytest.importorskip("cryptography")
+    path = {"/dev/zero": Path("/dev/zero"), "fifo": tmp_path / "key.pub", "big": tmp_path / "big.pub"}[which]
+    if which == "fifo":
+        os.mkfifo(path)
+    elif which == "big":
+        path.write_bytes(b"-" * (64 << 10) + b"-")
+    why = "larger than" if which == "big" else "not a regular file"
+    r, lines = _child("from edgecxr.cli import main; main()", "device", "run", bundle_dir, SAMPLE_IMAGE,
+                      "--trusted-key", path)
+    assert r.returncode == 2 and len(lines) == 1 and "--trusted-key" in lines[0] and why in lines[0], r.stderr[-500:]
+    r, lines = _child("import sys; from edgecxr.devices.serve import read_token; from edgecxr.errors import ConfigError\n"
+                      "try: read_token(sys.argv[1])\nexcept ConfigError as e: print(e)", path)
+    assert r.returncode == 0 and "--token-file" in r.stdout and why in r.stdout, (r.stdout, r.stderr[-500:])
+
+
+def test_a_huge_manifest_is_refused_unread(bundle_dir, tmp_path):
+    import tracemalloc
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, folder)
+    with open(folder / B.MANIFEST, "r+b") as fh:
+        fh.truncate(B.MAX_MANIFEST + 1)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match="larger than") as info:
+            B.load_bundle(folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value) and peak < 1 << 20
