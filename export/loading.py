@@ -164,7 +164,9 @@ def unsafe_entries(config, allowed: set, where: str = "config"):
         elif registered not in (None, name):
             yield place, f"registered custom class {registered!r}"
     for key, value in config.items():
-        if key != "compile_config":  # never deserialized: every load here uses compile=False
+        # the model's own compile_config is never deserialized (every load here uses compile=False); a nested
+        # model's is (Keras 3 compiles it from its config): walked like the rest
+        if key != "compile_config" or where != "config":
             yield from unsafe_entries(value, allowed, f"{where}.{key}")
 
 

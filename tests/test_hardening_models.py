@@ -594,3 +594,40 @@ def test_a_huge_manifest_is_refused_unread(bundle_dir, tmp_path):
     finally:
         tracemalloc.stop()
     assert "\n" not in str(info.value) and peak < 1 << 20
+
+
+EVIL_LOSSES = {"custom": {"module": "evilmod", "class_name": "EvilLoss", "config": {}, "registered_name": "evil>EvilLoss"},
+               "keras-function": {"module": "keras.src.utils.file_utils", "class_name": "function", "config": "get_file",
+                                  "registered_name": "get_file"}}
+
+
+@pytest.mark.parametrize("loss", ["custom", "keras-function", "by-name"])
+def test_nested_compile_configs_are_walked(keras3_model, tmp_path, loss):
+    """Keras 3 compiles a nested model from its compile_config even with compile=False: the walk skipped it.
+    The model's own compile_config (never deserialized) is still not walked: a shipped model's names its
+    optimizer and metrics."""
+    from edgecxr.export.loading import check_safe
+
+    def rewrite(change) -> Path:
+        path = tmp_path / f"{loss}-{len(list(tmp_path.iterdir()))}.keras"
+        with zipfile.ZipFile(keras3_model) as zin, zipfile.ZipFile(path, "w") as zout:
+            for item in zin.infolist():
+                data = zin.read(item)
+                if item.filename == "config.json":
+                    cfg = json.loads(data)
+                    change(cfg)
+                    data = json.dumps(cfg).encode()
+                zout.writestr(item, data)
+        return path
+
+    compile_config = {"optimizer": "adam", "loss": EVIL_LOSSES.get(loss, "binary_crossentropy"), "metrics": None}
+    dense = lambda cfg: next(layer for layer in cfg["config"]["layers"] if layer["class_name"] == "Dense")  # noqa: E731
+    nested = rewrite(lambda cfg: dense(cfg).update(compile_config=compile_config))
+    top = rewrite(lambda cfg: cfg.update(compile_config=compile_config))
+    check_safe(top, trust=False)
+    if loss == "by-name":  # a built-in loss by name: fine
+        check_safe(nested, trust=False)
+        return
+    with pytest.raises(ModelError, match=r"compile_config\.loss.*--trust-model") as info:
+        check_safe(nested, trust=False)
+    assert "\n" not in str(info.value)
