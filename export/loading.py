@@ -19,6 +19,7 @@ from edgecxr.modelinfo import ModelInfo, load_info
 from edgecxr.preprocess import PreprocessSpec
 
 TRUST_HINT = "pass --trust-model only if you trust its author (it runs code stored in the file)"
+MAX_CONFIG = 64 << 20  # a .keras config.json: MobileNetV2's is a few hundred KB
 DEEP = "the model config is nested too deeply to be a model (a damaged or hostile file); refusing it"
 
 
@@ -80,6 +81,15 @@ def _no_duplicate_keys(pairs):
     return dict(pairs)
 
 
+def _read_entry(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """A member of a .keras archive, refused from its header above MAX_CONFIG (1.5 MB inflating to 1.6 GB)."""
+    size = zf.getinfo(name).file_size  # zipfile never inflates more than this
+    if size > MAX_CONFIG:
+        raise ModelError(f"{path}: its {name} inflates to {size / 2**20:,.0f} MB, above the {MAX_CONFIG >> 20} MB "
+                         "a model config needs; refusing it")
+    return zf.read(name)
+
+
 def _config(path: Path):
     """The parsed model config of a .keras or .h5 file (None for a SavedModel folder)."""
     if path.is_dir():
@@ -87,7 +97,7 @@ def _config(path: Path):
     if path.suffix == ".keras":
         try:
             with zipfile.ZipFile(path) as zf:
-                text = zf.read("config.json").decode()
+                text = _read_entry(zf, "config.json", path).decode()
         except (zipfile.BadZipFile, KeyError, UnicodeDecodeError) as exc:
             raise ModelError(f"{path}: not a valid .keras archive ({exc})") from None
     else:
@@ -112,7 +122,7 @@ def _keras_version(path: Path) -> str:
     if path.suffix == ".keras":
         try:
             with zipfile.ZipFile(path) as zf:
-                return str(json.loads(zf.read("metadata.json")).get("keras_version", ""))
+                return str(json.loads(_read_entry(zf, "metadata.json", path)).get("keras_version", ""))
         except (KeyError, ValueError, AttributeError, RecursionError, zipfile.BadZipFile):
             return ""
     if path.suffix in (".h5", ".hdf5"):

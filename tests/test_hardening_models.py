@@ -631,3 +631,31 @@ def test_nested_compile_configs_are_walked(keras3_model, tmp_path, loss):
     with pytest.raises(ModelError, match=r"compile_config\.loss.*--trust-model") as info:
         check_safe(nested, trust=False)
     assert "\n" not in str(info.value)
+
+
+def test_a_config_bomb_in_a_keras_file_is_refused_uninflated(keras3_model, tmp_path):
+    """A 1.5 MB .keras whose config.json inflated to 1.6 GB took 3.7 GB: refused from the zip header."""
+    import tracemalloc
+
+    from edgecxr.export.loading import MAX_CONFIG, check_safe
+
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(keras3_model) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            if item.filename != "config.json":
+                zout.writestr(item.filename, zin.read(item))
+        with zout.open("config.json", "w") as fh:
+            fh.write(b'{"class_name": "Functional", "config": {}, "x": "')
+            for _ in range(MAX_CONFIG >> 20):
+                fh.write(b" " * (1 << 20))
+            fh.write(b'"}')
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError, match="config.json inflates to 64 MB") as info:
+            check_safe(bomb, trust=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value) and peak < 8 << 20, f"{peak >> 20} MB"
+    check_safe(keras3_model, trust=False)
