@@ -12,7 +12,7 @@ inference load one Classifier per thread.
 
 Inputs accepted by ``predict``: a path (str / PathLike), raw file bytes, a PIL
 image, a uint8 image array (H, W) or (H, W, 3), or a float32 array of exactly
-the model's input shape (size, size, channels), taken as already preprocessed.
+the model's input shape (size, size, channels), taken as already preprocessed (finite, not constant).
 """
 from __future__ import annotations
 
@@ -176,6 +176,11 @@ class Classifier:
             if item.shape != self.spec.input_shape:
                 raise ConfigError(f"a float array is taken as a preprocessed input and must have shape "
                                   f"{self.spec.input_shape}, got {item.shape}; pass uint8 pixels for a raw image")
+            low, high = float(item.min()), float(item.max())  # NaN or inf when any value is
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise ImageError("float input holds NaN or infinite values; not a usable image")
+            if low == high:
+                raise ImageError(f"float input is constant (every value {low:g}); not an X-ray")
             return self.to_model_input(item), 0.0, (clock() - t0) * 1e3, None
         img = self._decode(item)
         warning = check_domain(img, name or _source(item) or "<input>", self.bundle.domain)

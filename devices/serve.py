@@ -44,6 +44,7 @@ from pathlib import Path
 
 import click
 
+from edgecxr.atomic import read_small
 from edgecxr.errors import ConfigError, EdgecxrError, require
 
 DEFAULT_MAX_BYTES = 32 * 2**20
@@ -101,9 +102,10 @@ def _is_loopback(host: str) -> bool:
 def read_token(token_file: Path | None) -> str | None:
     """The bearer token from --token-file, else from $EDGECXR_SERVE_TOKEN; None when neither is given."""
     if token_file is not None:
+        where = f"--token-file {token_file}"
         try:
-            token, where = Path(token_file).read_text().strip(), f"--token-file {token_file}"
-        except (OSError, UnicodeDecodeError) as exc:
+            token = read_small(token_file, where).decode().strip()
+        except UnicodeDecodeError as exc:
             raise ConfigError(f"--token-file {token_file}: cannot read it ({exc}); pass a text file holding the token") from None
     elif os.environ.get(TOKEN_ENV):
         token, where = os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"

@@ -1,4 +1,5 @@
-"""Writers that never leave half a result: build in a temporary path, rename when complete."""
+"""Writers that never leave half a result: build in a temporary path, rename when complete. And read_small,
+the bounded reader of small files (keys, tokens, manifests)."""
 from __future__ import annotations
 
 import contextlib
@@ -209,3 +210,28 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+SMALL_FILE = 64 << 10  # keys, tokens, signatures: a PEM key is a few hundred bytes
+
+
+def read_small(path, what: str, *, limit: int = SMALL_FILE, error=ConfigError) -> bytes:
+    """The bytes of a small regular file, or `error` in one line starting with `what` (the option and path):
+    /dev/zero would read without end, a FIFO block, a huge file fill the memory."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting
+    except OSError as exc:
+        raise error(f"{what}: cannot read it ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what}: not a regular file (a folder, device, FIFO or socket)")
+        try:
+            data = b"" if info.st_size > limit else fh.read(limit + 1)  # a file that grew is still refused
+        except OSError as exc:
+            raise error(f"{what}: cannot read it ({exc.strerror or exc})") from None
+    if info.st_size > limit or len(data) > limit:
+        raise error(f"{what}: larger than {limit:,} bytes, far more than such a file holds")
+    return data

@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from edgecxr.atomic import read_small
 from edgecxr.domain import DOMAIN, domain_problem
 from edgecxr.errors import BundleError, ConfigError
 from edgecxr.modelinfo import OUTPUT_KINDS, is_int, is_number
@@ -34,6 +35,7 @@ TENSOR_KEYS = ("name", "shape", "dtype", "quantization")
 ZERO_POINTS = {"int8": (-128, 127), "uint8": (0, 255)}  # a float tensor has no quantization
 DTYPES = ("float32", "float16", "int8", "uint8", "int16")
 MAX_UNZIPPED = 2 << 30  # a zip bomb guard: no edge model bundle is near 2 GB
+MAX_MANIFEST = 64 << 20  # a manifest is a few KB (its reference probabilities some more)
 
 
 def sha256_file(path: Path) -> str:
@@ -259,14 +261,22 @@ def load_bundle(path, trusted_key=None) -> Bundle:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path}: no {MANIFEST}; pass a bundle folder written by `edgecxr export`")
+    text = read_small(manifest_path, str(manifest_path), limit=MAX_MANIFEST, error=BundleError)
+    deep = BundleError(f"{manifest_path}: nested too deeply to be a manifest; re-export the bundle")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc}); re-export the bundle") from None
+    except RecursionError:  # [[[[... 200k levels deep
+        raise deep from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{manifest_path}: not a manifest object; re-export the bundle")
-    _check_schema(str(manifest_path), manifest)
-    if manifest_digest(manifest) != manifest["digest"]:
+    try:
+        _check_schema(str(manifest_path), manifest)
+        digest = manifest_digest(manifest)  # json.dumps: as deep as the parser allowed, from deeper in the stack
+    except RecursionError:
+        raise deep from None
+    if digest != manifest["digest"]:
         raise BundleError(f"{manifest_path}: manifest digest mismatch (the manifest was edited); re-export the bundle")
     _verify_files(path, manifest)
     if trusted_key:

@@ -7,10 +7,14 @@ DOMAIN = {
     "modalities": ["CR", "DX"],  # DICOM Modality; a secondary capture passes when it names one of these
     "lateral_views": ["LL", "RL", "LATERAL"],  # DICOM ViewPosition: classified, with a warning
 }
+# grey levels between the 1st and 99th percentile of the 8-bit image, below which it is refused as nearly
+# constant (equalization would blow a one-level difference up to full contrast); real X-rays have 117 or more
+MIN_RANGE = 32
 
 
 def describe_domain(domain: dict = DOMAIN) -> str:
-    return (f"chest X-rays at least {domain['min_side']} px on the short side, with finite, not constant pixels; "
+    return (f"chest X-rays at least {domain['min_side']} px on the short side, with finite, not (nearly) constant pixels "
+            f"(at least {MIN_RANGE} grey levels between the 1st and 99th percentile); "
             f"DICOM Modality {' or '.join(domain['modalities'])} (files without a Modality are taken as such); "
             f"lateral views (DICOM ViewPosition {', '.join(domain['lateral_views'])}) are classified with a warning")
 
@@ -37,6 +41,8 @@ def check_domain(img, name: str, domain: dict = DOMAIN) -> str | None:
 
     DICOM attributes come from the image's info ('dicom_modality', 'dicom_view_position'), set by the reader.
     """
+    from itertools import accumulate
+
     from edgecxr.errors import ImageError
 
     width, height = img.info.get("source_size", img.size)  # the file's size, not a reduced-scale decode's
@@ -46,6 +52,11 @@ def check_domain(img, name: str, domain: dict = DOMAIN) -> str | None:
     low, high = img.getextrema()
     if low == high:
         raise ImageError(f"{name}: every pixel is {low} (a constant or fully transparent image); not an X-ray")
+    cumulative = list(accumulate(img.histogram()))
+    p1, p99 = (next(i for i, c in enumerate(cumulative) if c >= q * cumulative[-1]) for q in (0.01, 0.99))
+    if p99 - p1 < MIN_RANGE:
+        raise ImageError(f"{name}: 98% of the pixels lie within grey levels {p1}..{p99}, fewer than the {MIN_RANGE} "
+                         "levels an X-ray spans (a nearly constant or nearly transparent image); not an X-ray")
     modality = img.info.get("dicom_modality")
     if modality and modality not in domain["modalities"]:
         raise ImageError(f"{name}: DICOM modality {modality}; the model was validated on "

@@ -115,12 +115,16 @@ def _check_inflated(data: bytes, name: str) -> None:
     inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
     for start in range(fp.tell(), len(data), 1 << 14):
         chunk = data[start:start + (1 << 14)]
-        while chunk and size <= MAX_BYTES:
+        while chunk and size <= MAX_BYTES and not inflater.eof:  # after the end, bytes may stay unconsumed
             try:
-                size += len(inflater.decompress(chunk, 1 << 20))  # at most 1 MB out per call
+                out = len(inflater.decompress(chunk, 1 << 20))  # at most 1 MB out per call
             except zlib.error:  # dcmread reports it
                 return
-            chunk = inflater.unconsumed_tail
+            if not out and len(inflater.unconsumed_tail) == len(chunk):  # no progress: never loop on it
+                return
+            size, chunk = size + out, inflater.unconsumed_tail
+        if inflater.eof and size <= MAX_BYTES:
+            return
         if size > MAX_BYTES:
             raise ImageError(f"{name}: deflated DICOM inflates to more than {MAX_BYTES >> 20} MB; "
                              "refused as a decompression bomb")

@@ -84,7 +84,7 @@ def load_info(model_path: Path) -> ModelInfo | None:
         return None
     try:
         return ModelInfo.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ModelError(f"{path}: unreadable model info ({exc}); re-save the model with edgecxr") from None
 
 

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from edgecxr.atomic import read_small
 from edgecxr.errors import BundleError, ConfigError, require
 
 SIGNATURE = "signature.json"
@@ -52,8 +53,8 @@ def _load(path, private: bool, what: str):
     ed25519, ser = _ed25519()
     kind = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
     hint = "the private key file written by `edgecxr keygen`" if private else "the .pub file written by `edgecxr keygen`"
+    data = read_small(path, f"{what} {path}")
     try:
-        data = Path(path).read_bytes()
         key = ser.load_pem_private_key(data, None) if private else ser.load_pem_public_key(data)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"{what} {path}: not a readable Ed25519 key ({str(exc).splitlines()[0][:120]}); pass {hint}") from None
@@ -94,9 +95,9 @@ def verify_bundle(folder: Path, manifest: dict, trusted) -> None:
         raise BundleError(f"{folder}: the bundle is not signed and a trusted key is set ({trusted}); "
                           "use a bundle exported with --signing-key")
     try:
-        body = json.loads(path.read_text())
+        body = json.loads(read_small(path, str(path), error=BundleError))
         signature = base64.b64decode(body["signature"], validate=True)
         public_key.verify(signature, CONTEXT + manifest["digest"].encode())
-    except (InvalidSignature, ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (InvalidSignature, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         raise BundleError(f"{folder}: the signature does not verify with the trusted key {trusted} (signed by "
                           "another key, or the bundle was changed after signing); refusing it") from None

@@ -79,20 +79,22 @@ def to_prob(raw: np.ndarray, kind: str, positive_index: int) -> np.ndarray:
     return raw[:, positive_index]
 
 
-def checked_prob(raw: np.ndarray, kind: str, positive_index: int, what: str) -> np.ndarray:
+def checked_prob(raw: np.ndarray, kind: str, positive_index: int, what: str, *, fix: str = "pass --output logits",
+                 use: str = "exported") -> np.ndarray:
     """to_prob of a float model's outputs, refusing outputs its declared kind cannot produce
-    (raw logits declared 'sigmoid' would be taken as "probabilities" of -57)."""
+    (raw logits declared 'sigmoid' would be taken as "probabilities" of -57). fix: how to declare the
+    kind (export's flag; evaluate's sidecar); use: what the model cannot be."""
     raw = np.asarray(raw, np.float64).reshape(len(raw), -1)
     bad = ~np.isfinite(raw).all(axis=1)
     if bad.any():
         raise ModelError(f"the model outputs NaN or infinity on {int(bad.sum())} of the {len(raw)} {what} images; "
-                         "fix the model, it cannot be exported")
+                         f"fix the model, it cannot be {use}")
     lo, hi = float(raw.min()), float(raw.max())
     if kind in ("sigmoid", "softmax") and (lo < -1e-6 or hi > 1 + 1e-6):
         raise ModelError(f"output kind '{kind}' declares probabilities, but the model outputs {lo:.4g} to {hi:.4g} "
-                         f"on the {what} images (raw logits?); pass --output logits")
+                         f"on the {what} images (raw logits?); {fix}")
     if kind == "softmax" and np.abs(raw.sum(axis=1) - 1).max() > 1e-3:
         raise ModelError(f"output kind 'softmax' declares probabilities that sum to 1, but the model's outputs sum to "
                          f"{float(raw.sum(axis=1).min()):.4g} to {float(raw.sum(axis=1).max()):.4g} on the {what} images; "
-                         "pass --output logits")
+                         f"{fix}")
     return to_prob(raw, kind, positive_index)

@@ -19,6 +19,8 @@ from edgecxr.modelinfo import ModelInfo, load_info
 from edgecxr.preprocess import PreprocessSpec
 
 TRUST_HINT = "pass --trust-model only if you trust its author (it runs code stored in the file)"
+MAX_CONFIG = 64 << 20  # a .keras config.json: MobileNetV2's is a few hundred KB
+DEEP = "the model config is nested too deeply to be a model (a damaged or hostile file); refusing it"
 
 
 @dataclass
@@ -79,6 +81,15 @@ def _no_duplicate_keys(pairs):
     return dict(pairs)
 
 
+def _read_entry(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """A member of a .keras archive, refused from its header above MAX_CONFIG (1.5 MB inflating to 1.6 GB)."""
+    size = zf.getinfo(name).file_size  # zipfile never inflates more than this
+    if size > MAX_CONFIG:
+        raise ModelError(f"{path}: its {name} inflates to {size / 2**20:,.0f} MB, above the {MAX_CONFIG >> 20} MB "
+                         "a model config needs; refusing it")
+    return zf.read(name)
+
+
 def _config(path: Path):
     """The parsed model config of a .keras or .h5 file (None for a SavedModel folder)."""
     if path.is_dir():
@@ -86,7 +97,7 @@ def _config(path: Path):
     if path.suffix == ".keras":
         try:
             with zipfile.ZipFile(path) as zf:
-                text = zf.read("config.json").decode()
+                text = _read_entry(zf, "config.json", path).decode()
         except (zipfile.BadZipFile, KeyError, UnicodeDecodeError) as exc:
             raise ModelError(f"{path}: not a valid .keras archive ({exc})") from None
     else:
@@ -103,14 +114,16 @@ def _config(path: Path):
         return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except ValueError as exc:
         raise ModelError(f"{path}: the model config is not valid JSON ({exc}); {TRUST_HINT}") from None
+    except RecursionError:  # [[[[... 200k levels deep
+        raise ModelError(f"{path}: {DEEP}") from None
 
 
 def _keras_version(path: Path) -> str:
     if path.suffix == ".keras":
         try:
             with zipfile.ZipFile(path) as zf:
-                return str(json.loads(zf.read("metadata.json")).get("keras_version", ""))
-        except (KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+                return str(json.loads(_read_entry(zf, "metadata.json", path)).get("keras_version", ""))
+        except (KeyError, ValueError, AttributeError, RecursionError, zipfile.BadZipFile):
             return ""
     if path.suffix in (".h5", ".hdf5"):
         import h5py
@@ -161,7 +174,9 @@ def unsafe_entries(config, allowed: set, where: str = "config"):
         elif registered not in (None, name):
             yield place, f"registered custom class {registered!r}"
     for key, value in config.items():
-        if key != "compile_config":  # never deserialized: every load here uses compile=False
+        # the model's own compile_config is never deserialized (every load here uses compile=False); a nested
+        # model's is (Keras 3 compiles it from its config): walked like the rest
+        if key != "compile_config" or where != "config":
             yield from unsafe_entries(value, allowed, f"{where}.{key}")
 
 
@@ -179,8 +194,11 @@ def check_safe(path: Path, trust: bool) -> None:
                          f"which can read and write files); save the model as .keras, or {TRUST_HINT}")
     config = _config(path)
     keras3 = _keras_version(path).startswith("3.")
-    for place, reason in unsafe_entries(config, _builtin_classes(keras3)):
-        raise ModelError(f"{path}: {reason} at {place}; refusing to load it; {TRUST_HINT}")
+    try:
+        for place, reason in unsafe_entries(config, _builtin_classes(keras3)):
+            raise ModelError(f"{path}: {reason} at {place}; refusing to load it; {TRUST_HINT}")
+    except RecursionError:  # parsed, but too deep to walk
+        raise ModelError(f"{path}: {DEEP}") from None
 
 
 # -- loading --------------------------------------------------------------------

@@ -140,6 +140,28 @@ def test_small_deflated_dicom_still_decodes():
     assert np.array_equal(np.asarray(deflated), np.asarray(decode_image(_dcm(ramp), "plain.dcm")))
 
 
+def test_deflated_dicom_with_bytes_after_the_stream_does_not_hang(tmp_path):
+    """The stream ends after the 1 MB output cap was hit, with a pad byte after it (pydicom pads to an even
+    length): the size check looped forever on the byte it could not consume. Decoded now, in a child with a
+    timeout."""
+    import struct
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    rows = np.repeat(_ramp16(1, 768), 1024, axis=0)  # 1.5 MB inflated: the cap is hit, in one 16 KB chunk
+    head = _dcm(rows, syntax=DeflatedExplicitVRLittleEndian)
+    meta_end = 132 + 12 + struct.unpack("<I", head[140:144])[0]
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = z.compress(zlib.decompress(head[meta_end:], -zlib.MAX_WBITS)) + z.flush()
+    assert len(body) < 1 << 14
+    path = tmp_path / "padded.dcm"
+    path.write_bytes(head[:meta_end] + body + b"\0" * (1 + len(body) % 2))
+    r = _python("import sys, numpy as np; from edgecxr.images import read_image; "
+                "print(np.asarray(read_image(sys.argv[1])).shape)", path, timeout=60)
+    assert r.returncode == 0 and "(1024, 768)" in r.stdout, (r.stdout, r.stderr[-500:])
+
+
 def _png16(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
@@ -192,11 +214,25 @@ def _transparent() -> bytes:
     return _save(Image.fromarray(rgba, mode="RGBA"))
 
 
+def _near_gray() -> bytes:
+    pixels = np.full((512, 512), 128, np.uint8)
+    pixels[5, 5] = 129  # equalized, one level became full contrast: PNEUMONIA 0.83
+    return _save(Image.fromarray(pixels))
+
+
+def _faint() -> bytes:
+    la = read_image(NORMAL[0]).convert("LA")
+    la.putalpha(1)  # composited on black: pixels 0 and 1
+    return _save(la)
+
+
 XRAY = _ramp16(128, 128)
 REFUSED = {  # input -> words the one-line reason must hold
     "blank.png": (lambda: _save(Image.new("L", (512, 512), 0)), "constant"),
     "gray.png": (lambda: _save(Image.new("L", (512, 512), 128)), "constant"),
     "transparent.png": (_transparent, "constant"),
+    "near-gray.png": (_near_gray, "nearly constant"),
+    "faint.png": (_faint, "nearly constant or nearly transparent"),
     "one-pixel.png": (lambda: _save(Image.new("L", (1, 1), 7)), "64 px"),
     "strip.png": (lambda: _save(read_image(NORMAL[0]).resize((400, 40))), "64 px"),
     "nan.tiff": (lambda: _float_tiff(float("nan")), "NaN"),
@@ -214,6 +250,21 @@ def test_out_of_domain_inputs_are_refused_with_one_line(clf, name):
         clf.predict(make())
     message = str(caught.value)
     assert why in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("fill, why", [(np.nan, "NaN"), (np.inf, "infinite"), (-np.inf, "infinite"),
+                                       (0.0, "constant"), (0.5, "constant")])
+def test_preprocessed_float_input_is_checked(clf, fill, why):
+    """A float array is taken as already preprocessed: all-NaN gave PNEUMONIA 0.949, all-zero 0.957."""
+    x = np.full(clf.spec.input_shape, fill, np.float32)
+    if fill == -np.inf:
+        x = clf.spec.apply(read_image(NORMAL[0]))
+        x[3, 4, 0] = fill  # one value is enough
+    with pytest.raises(ImageError) as caught:
+        clf.predict(x)
+    assert why in str(caught.value) and "\n" not in str(caught.value)
+    img = read_image(NORMAL[0])
+    assert clf.predict(clf.spec.apply(img)).probability == pytest.approx(clf.predict(img).probability, abs=1e-6)
 
 
 @pytest.mark.parametrize("extra", [dict(Modality="DX"), dict(Modality="CR"), {}])

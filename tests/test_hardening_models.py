@@ -494,3 +494,168 @@ def test_evaluate_a_savedmodel_is_one_line(code_models, sample, tmp_path):
     r = _cli("evaluate", "--model", folder, "--data", sample, "--out", tmp_path / "o", "--trust-model")
     assert "cannot load the SavedModel as a Keras model" in _error_line(r, 2)
     marker.unlink(missing_ok=True)
+
+
+def test_evaluate_refuses_logits_declared_sigmoid(sample, tmp_path):
+    """A sidecar saying sigmoid on a model that outputs logits: evaluate wrote prob -57 and recall 0. It now
+    refuses with export's check; declared as logits, the same model evaluates."""
+    import tf_keras as keras
+
+    from edgecxr.modelinfo import ModelInfo, save_info
+    from edgecxr.preprocess import PreprocessSpec
+
+    inp = keras.Input((32, 32, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp))
+    out = keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(-57.0))(x)
+    path = tmp_path / "logits.keras"
+    keras.Model(inp, out).save(path)
+    spec = PreprocessSpec(size=32, channels=1, scale=1 / 255, offset=0.0)
+    save_info(path, ModelInfo(spec))
+    r = _cli("evaluate", "--model", path, "--data", sample, "--out", tmp_path / "o", "--bootstrap", 10)
+    line = _error_line(r, 2)
+    assert "declares probabilities" in line and "-57" in line and '"output": "logits"' in line, line
+    assert not (tmp_path / "o").exists()
+    save_info(path, ModelInfo(spec, output="logits"))
+    r = _cli("evaluate", "--model", path, "--data", sample, "--out", tmp_path / "o", "--bootstrap", 10)
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert saved["n"] == 100 and saved["recall"] == 0 and saved["shortcuts"]["border"]["changed"] == 0
+
+
+# -- 5. hostile JSON and unbounded reads: one line, exit 2 -----------------------------------------------------
+DEEP = "[" * 200_000 + "]" * 200_000
+
+
+def test_deeply_nested_manifest_and_model_config_are_one_line(bundle_dir, plain_h5, sample, tmp_path):
+    """[[[[... 200k levels deep ended in `internal error: RecursionError`, exit 3."""
+    from edgecxr.export.loading import check_safe
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, folder)
+    text = (folder / B.MANIFEST).read_text().rstrip()
+    (folder / B.MANIFEST).write_text(text[:-1] + f', "x": {DEEP}}}')
+    assert "nested too deeply" in _one_line(_cli("device", "run", folder, SAMPLE_IMAGE), 2)
+    keras_file = tmp_path / "deep.keras"
+    with zipfile.ZipFile(keras_file, "w") as zf:
+        zf.writestr("config.json", f'{{"class_name": "Functional", "config": {{"layers": {DEEP}}}}}')
+    h5 = tmp_path / "deep.h5"
+    shutil.copy(plain_h5, h5)
+    import h5py
+
+    with h5py.File(h5, "r+") as fh:
+        fh.attrs["model_config"] = f'{{"class_name": "Functional", "config": {DEEP}}}'
+    for path in (keras_file, h5):
+        with pytest.raises(ModelError, match="nested too deeply") as info:
+            check_safe(path, trust=False)
+        assert "\n" not in str(info.value)
+    r = _cli("export", "--model", h5, "--target", "tflite-fp32", "--data", sample, "--out", tmp_path / "o",
+             "--input-size", 32, "--channels", 1, "--scale", 1 / 255, "--offset", 0)
+    assert "nested too deeply" in _error_line(r, 2)
+
+
+def _child(code: str, *args):
+    from test_hardening_inputs import _python
+
+    r = _python(code, *args, timeout=60, memory=1 << 30)
+    lines = [line for line in r.stderr.splitlines() if not line.startswith(("INFO:", "WARNING:"))]
+    return r, lines
+
+
+@pytest.mark.parametrize("which", ["/dev/zero", "fifo", "big"])
+def test_key_and_token_files_are_read_bounded(bundle_dir, tmp_path, which):
+    """--trusted-key /dev/zero and serve --token-file /dev/zero read without end (MemoryError, SIGKILL)."""
+    pytest.importorskip("cryptography")
+    path = {"/dev/zero": Path("/dev/zero"), "fifo": tmp_path / "key.pub", "big": tmp_path / "big.pub"}[which]
+    if which == "fifo":
+        os.mkfifo(path)
+    elif which == "big":
+        path.write_bytes(b"-" * (64 << 10) + b"-")
+    why = "larger than" if which == "big" else "not a regular file"
+    r, lines = _child("from edgecxr.cli import main; main()", "device", "run", bundle_dir, SAMPLE_IMAGE,
+                      "--trusted-key", path)
+    assert r.returncode == 2 and len(lines) == 1 and "--trusted-key" in lines[0] and why in lines[0], r.stderr[-500:]
+    r, lines = _child("import sys; from edgecxr.devices.serve import read_token; from edgecxr.errors import ConfigError\n"
+                      "try: read_token(sys.argv[1])\nexcept ConfigError as e: print(e)", path)
+    assert r.returncode == 0 and "--token-file" in r.stdout and why in r.stdout, (r.stdout, r.stderr[-500:])
+
+
+def test_a_huge_manifest_is_refused_unread(bundle_dir, tmp_path):
+    import tracemalloc
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, folder)
+    with open(folder / B.MANIFEST, "r+b") as fh:
+        fh.truncate(B.MAX_MANIFEST + 1)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match="larger than") as info:
+            B.load_bundle(folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value) and peak < 1 << 20
+
+
+EVIL_LOSSES = {"custom": {"module": "evilmod", "class_name": "EvilLoss", "config": {}, "registered_name": "evil>EvilLoss"},
+               "keras-function": {"module": "keras.src.utils.file_utils", "class_name": "function", "config": "get_file",
+                                  "registered_name": "get_file"}}
+
+
+@pytest.mark.parametrize("loss", ["custom", "keras-function", "by-name"])
+def test_nested_compile_configs_are_walked(keras3_model, tmp_path, loss):
+    """Keras 3 compiles a nested model from its compile_config even with compile=False: the walk skipped it.
+    The model's own compile_config (never deserialized) is still not walked: a shipped model's names its
+    optimizer and metrics."""
+    from edgecxr.export.loading import check_safe
+
+    def rewrite(change) -> Path:
+        path = tmp_path / f"{loss}-{len(list(tmp_path.iterdir()))}.keras"
+        with zipfile.ZipFile(keras3_model) as zin, zipfile.ZipFile(path, "w") as zout:
+            for item in zin.infolist():
+                data = zin.read(item)
+                if item.filename == "config.json":
+                    cfg = json.loads(data)
+                    change(cfg)
+                    data = json.dumps(cfg).encode()
+                zout.writestr(item, data)
+        return path
+
+    compile_config = {"optimizer": "adam", "loss": EVIL_LOSSES.get(loss, "binary_crossentropy"), "metrics": None}
+    dense = lambda cfg: next(layer for layer in cfg["config"]["layers"] if layer["class_name"] == "Dense")  # noqa: E731
+    nested = rewrite(lambda cfg: dense(cfg).update(compile_config=compile_config))
+    top = rewrite(lambda cfg: cfg.update(compile_config=compile_config))
+    check_safe(top, trust=False)
+    if loss == "by-name":  # a built-in loss by name: fine
+        check_safe(nested, trust=False)
+        return
+    with pytest.raises(ModelError, match=r"compile_config\.loss.*--trust-model") as info:
+        check_safe(nested, trust=False)
+    assert "\n" not in str(info.value)
+
+
+def test_a_config_bomb_in_a_keras_file_is_refused_uninflated(keras3_model, tmp_path):
+    """A 1.5 MB .keras whose config.json inflated to 1.6 GB took 3.7 GB: refused from the zip header."""
+    import tracemalloc
+
+    from edgecxr.export.loading import MAX_CONFIG, check_safe
+
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(keras3_model) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            if item.filename != "config.json":
+                zout.writestr(item.filename, zin.read(item))
+        with zout.open("config.json", "w") as fh:
+            fh.write(b'{"class_name": "Functional", "config": {}, "x": "')
+            for _ in range(MAX_CONFIG >> 20):
+                fh.write(b" " * (1 << 20))
+            fh.write(b'"}')
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError, match="config.json inflates to 64 MB") as info:
+            check_safe(bomb, trust=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value) and peak < 8 << 20, f"{peak >> 20} MB"
+    check_safe(keras3_model, trust=False)

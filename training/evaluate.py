@@ -11,7 +11,8 @@ from edgecxr import data as D
 from edgecxr import metrics, plots
 from edgecxr.atomic import atomic_dir, check_writable
 from edgecxr.errors import ModelError
-from edgecxr.modelinfo import ModelInfo, check_threshold, default_model_path, load_info
+from edgecxr.export.datasets import checked_prob
+from edgecxr.modelinfo import ModelInfo, check_threshold, default_model_path, info_path, load_info
 from edgecxr.training import import_tf
 from edgecxr.training.train import predict_probs
 
@@ -40,7 +41,9 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
     model = load_model(model_path, trust=trust_model)
     samples = D.list_split(data_root, split, classes)
     pixels, labels, kept, bad = D.load_pixels(samples, info.preprocess, strict=strict, progress=f"loading {split}")
-    probs = predict_probs(tf, model, pixels, info.preprocess, batch_size)
+    raw = predict_probs(tf, model, pixels, info.preprocess, batch_size).reshape(len(pixels), -1)
+    probs = checked_prob(raw, info.output, info.positive_index, split, use="evaluated",
+                         fix=f"set \"output\": \"logits\" in {info_path(model_path)}")
     thr = info.threshold if threshold is None else threshold
     result = metrics.binary_metrics(labels, probs, thr)
     result["ci"] = metrics.bootstrap_ci(labels, probs, thr, n_boot=n_boot)
@@ -50,7 +53,7 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
     if shortcuts:
         from edgecxr.training.shortcuts import shortcut_check
 
-        result["shortcuts"] = shortcut_check(model, info.preprocess, pixels, labels, probs, thr,
+        result["shortcuts"] = shortcut_check(model, info.preprocess, pixels, labels, probs, thr, kind=info.output,
                                              positive_index=info.positive_index, cam_images=cam_images)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")

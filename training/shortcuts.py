@@ -61,13 +61,14 @@ def lung_share(maps: np.ndarray, lung: np.ndarray) -> np.ndarray:
     return np.divide(inside, total, out=np.full(len(maps), np.nan), where=total > 0)
 
 
-def shortcut_check(model, spec, pixels, labels, probs, threshold: float, *, positive_index: int = 0,
-                   cam_images: int | None = 100, seed: int = 0, batch_size: int = 32) -> dict:
+def shortcut_check(model, spec, pixels, labels, probs, threshold: float, *, kind: str = "sigmoid",
+                   positive_index: int = 0, cam_images: int | None = 100, seed: int = 0, batch_size: int = 32) -> dict:
     """The shortcut numbers of a float tf_keras model on preprocessed uint8 pixels (N, H, W).
 
     probs: its probabilities on the unmasked pixels; cam_images: Grad-CAM on a seeded random subset
     of that many images (None or 0: all of them).
     """
+    from edgecxr.export.datasets import to_prob
     from edgecxr.training import import_tf
     from edgecxr.training.gradcam import gradcam_batch
     from edgecxr.training.train import predict_probs
@@ -77,7 +78,8 @@ def shortcut_check(model, spec, pixels, labels, probs, threshold: float, *, posi
     base = np.asarray(probs) >= threshold
     out = {"fill": {"pixel": 0, "model_input": float(spec.offset)}, "lung_box": list(LUNG_CROP), "top_band_rows": TOP_BAND}
     for name in ("border", "top_band"):
-        p = predict_probs(tf, model, mask_pixels(pixels, masks[name]), spec, batch_size)
+        p = to_prob(predict_probs(tf, model, mask_pixels(pixels, masks[name]), spec, batch_size).reshape(len(pixels), -1),
+                    kind, positive_index)
         m = metrics.binary_metrics(labels, p, threshold)
         changed = (p >= threshold) != base
         out[name] = {**{k: m[k] for k in REPORTED}, "changed": float(changed.mean()), "n_changed": int(changed.sum()),
