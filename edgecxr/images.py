@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +158,13 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
                          f"({decoded / 2**20:,.0f} MB decoded), above the {MAX_BYTES >> 20} MB limit")
     try:
         ds.pixel_array_options(index=0)  # decode the first frame only
-        pixels = ds.pixel_array
+        with warnings.catch_warnings():  # a compressed frame larger than its header says: Pillow only warns
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            pixels = ds.pixel_array
     except Exception as exc:
+        if isinstance(exc, Image.DecompressionBombWarning) or "decompression bomb" in str(exc):  # pydicom wraps it
+            raise ImageError(f"{name}: the compressed DICOM frame is larger than its header says, above the "
+                             f"{MAX_PIXELS:,}-pixel limit") from None
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise ImageError(
             f"{name}: cannot decode DICOM pixel data (transfer syntax {syntax}: {_brief(exc)}); "

@@ -431,3 +431,21 @@ def test_serve_refuses_out_of_domain_and_warns_on_lateral(clf):
         lateral = _dcm(XRAY, Modality="DX", ViewPosition="LL")
         r = client.post("/v1/classify", content=lateral, headers={"Content-Type": "application/dicom"})
         assert r.status_code == 200 and "lateral" in r.json()["warning"]
+
+
+def test_compressed_dicom_frame_larger_than_its_header_is_refused_undecoded():
+    """The header says 224x224, the embedded JPEG is 9000x9000 (81 M pixels > the 64 M limit): Pillow only warns
+    about such an image and would decode it (1.27 GB for the attack's 11000x11000 RGB); it is refused instead."""
+    import io
+
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+    from test_reliability import _encapsulated
+
+    buf = io.BytesIO()
+    Image.new("L", (9000, 9000), 10).save(buf, "JPEG", quality=50)
+    data = _dcm(np.zeros((224, 224), np.uint16), syntax=JPEGBaseline8Bit, pixel_bytes=_encapsulated(buf.getvalue()),
+                BitsAllocated=8, BitsStored=8, HighBit=7)
+    err, peak = _peak(decode_image, data, "embedded.dcm")
+    assert isinstance(err, ImageError) and "larger than its header says" in str(err), err
+    assert peak < 64 * MB, f"{peak / MB:.0f} MB"
