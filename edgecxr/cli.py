@@ -118,7 +118,7 @@ def os_error_message(exc: OSError) -> str:
     return f"cannot {verb} {name}: {reason}; {hint}"
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgecxr")
 def main():
     """Train, export and verify chest X-ray pneumonia classifiers for edge devices."""

@@ -427,3 +427,13 @@ def test_threshold_rule_round_trip():
     assert metrics.rule_target_recall(metrics.threshold_rule(0.95)) == 0.95
     assert metrics.rule_target_recall(metrics.threshold_rule(None)) is None
     assert metrics.rule_target_recall("given on the command line") is None
+
+
+def test_dash_h_is_help_everywhere():
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    for args in (["-h"], ["device", "-h"], ["device", "parity", "-h"], ["export", "-h"], ["evaluate", "-h"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0 and r.output.startswith("Usage: edgecxr"), (args, r.output[:200])
