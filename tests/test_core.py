@@ -436,4 +436,4 @@ def test_dash_h_is_help_everywhere():
 
     for args in (["-h"], ["device", "-h"], ["device", "parity", "-h"], ["export", "-h"], ["evaluate", "-h"]):
         r = CliRunner().invoke(main, args)
-        assert r.exit_code == 0 and r.output.startswith("Usage: edgecxr"), (args, r.output[:200])
+        assert r.exit_code == 0 and r.output.startswith("Usage: ") and "Options:" in r.output, (args, r.output[:200])
