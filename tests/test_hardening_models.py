@@ -375,10 +375,11 @@ def test_device_refuses_impossible_probabilities(bundle_dir, tmp_path):
         with pytest.raises(ModelError, match="output kind 'sigmoid'") as info:
             clf.probability(raw)
         assert "\n" not in str(info.value)
-    # a valid manifest (digest and all) whose output scale turns the int8 output into -57 .. 70
+    # a valid manifest (digest and all) whose output scale would turn the int8 output into -57 .. 70: refused at
+    # load, as not the model file's own quantization (before it could give a single impossible probability)
     folder = _copy_edited(bundle_dir, tmp_path, _set("output.quantization", {"scale": 0.5, "zero_point": 0}))
     r = _cli("device", "run", folder, SAMPLE_IMAGE)
-    assert "probability" in _one_line(r, 2)
+    assert "output quantization (0.5, 0) is not the model's" in _one_line(r, 2)
 
 
 # -- 4. a bundle whose model input differs from its preprocessing spec is refused at load -------------
