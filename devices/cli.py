@@ -119,7 +119,7 @@ def _run_help() -> str:
 @TRUSTED
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (results, failures, runtime) instead of a table.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-@click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Decoding threads, 1-64 (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
 def run(bundle, paths, runtime, threads, device_name, trusted_key, as_json, as_csv, workers, strict):
     from edgecxr.devices.classifier import Failure
@@ -164,7 +164,7 @@ def run(bundle, paths, runtime, threads, device_name, trusted_key, as_json, as_c
         for f in bad:
             click.echo(f"  {f.error}", err=True)
         named = {str(p) for p, explicit in items if explicit}
-        if any(f.source in named for f in bad):
+        if any(f.source in named for f in bad) or len(bad) == len(results):  # nothing classified is not success
             sys.exit(ImageError.exit_code)
 
 
@@ -212,7 +212,7 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @THREADS
 @DEVICE
 @TRUSTED
-@click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: up to 4).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Decoding threads, 1-64 (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
 @click.option("--reference", type=click.Choice(["auto", "bundle", "twin"]), default="auto", show_default=True,

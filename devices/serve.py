@@ -397,7 +397,7 @@ def _check_serve_deps() -> None:
               help="Address to bind. Anything but loopback exposes the service: add --token-file and a TLS proxy.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
-@click.option("--workers", type=click.IntRange(min=1), help="Decode/preprocess threads (default: up to 4).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Decode/preprocess threads, 1-64 (default: up to 4).")
 @click.option("--max-bytes", default="32MB", show_default=True, help="Largest request body (e.g. 20MB, 512KB); above it: 413.")
 @click.option("--read-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds allowed to upload one body; slower: 408.")

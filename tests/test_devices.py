@@ -511,6 +511,10 @@ def test_folder_run_keeps_good_files_and_lists_bad_ones(bundles, bad_files):
     assert "4 of 5 file(s) could not be read" in r.stderr
     strict = cli("device", "run", bundles["tflite-int8"], bad_files, "--strict")
     assert strict.exit_code != 0 and strict.stderr.startswith("error: ")
+    (bad_files / "good.jpeg").unlink()  # a folder in which nothing can be classified is not a success
+    none = cli("device", "run", bundles["tflite-int8"], bad_files)
+    assert none.exit_code == 2 and "4 of 4 file(s) could not be read" in none.stderr
+    assert cli("device", "run", bundles["tflite-int8"], bad_files, "--workers", "100000").exit_code == 2
 
 
 def test_run_table_and_csv(bundles, sample):
