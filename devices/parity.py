@@ -254,7 +254,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     stability: also measure input-path stability on the compared images (edgecxr.devices.stability), for the
     device model and the float twin when the bundle has one, gated by max_unstable when given.
     """
-    samples = list_site(data, split, classes)
+    samples = _pooled_test(clf, data, classes) or list_site(data, split, classes)
     source = _reference_source(clf, samples, split, reference, data)
     if source == "bundle":
         known, unknown, ref_probs = _in_bundle_reference(clf, samples, split, data)
@@ -314,6 +314,17 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
             report["checks"].append(stability_check(report["stability"]))
             report["passed"] = all(c["passed"] for c in report["checks"])
     return report
+
+
+def _pooled_test(clf: Classifier, data, classes) -> list:
+    """A bundle exported on a pooled re-split (`edgecxr split`) holds test images from every official folder:
+    under a data root, those are the images to compare."""
+    ref = clf.bundle.reference
+    if not ref.get("pooled") or not Path(data).is_dir():
+        return []
+    from edgecxr.data import pooled
+
+    return [s for s in pooled(data, classes) if s.rel in ref["probs"]]
 
 
 def _reference_source(clf: Classifier, samples, split: str, reference: str, data) -> str:

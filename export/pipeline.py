@@ -58,11 +58,11 @@ def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, fin
         raise ConfigError("--finetune-epochs must be at least 1")
 
 
-def _reference(source, test, test_x, test_y):
+def _reference(source, test, test_x, test_y, pooled: bool = False):
     from edgecxr.export.datasets import checked_prob
 
     probs = checked_prob(source.predict(test_x), source.info.output, source.info.positive_index, "test")
-    return {"split": "test", "probs": {s.rel: float(p) for s, p in zip(test, probs)},
+    return {"split": "test", **({"pooled": True} if pooled else {}), "probs": {s.rel: float(p) for s, p in zip(test, probs)},
             "labels": {s.rel: int(y) for s, y in zip(test, test_y)},
             "metrics": metrics.binary_metrics(test_y, probs, source.info.threshold),
             "files_sha256": D.files_hash(test)}
@@ -72,12 +72,13 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
                  max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
                  overrides=None, trust_model: bool = False, seed: int = 0,
-                 qat_fallback: bool = True, signing_key=None, twin: bool = True) -> list[Path]:
+                 qat_fallback: bool = True, signing_key=None, twin: bool = True, split_file=None) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified).
 
     signing_key: an Ed25519 private key file (edgecxr keygen): each bundle gets signature.json.
     twin: ship the float32 model of the same format in twin/ of every other bundle, so that device parity
     can recompute the float reference on a site's own images.
+    split_file: train/val/test from this split file (default: the model's own split.json; see datasets.export_splits).
     """
     from edgecxr.export import datasets as X
     from edgecxr.export.accuracy import Gate
@@ -102,8 +103,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     for t in chosen:
         check_writable(out_dir / t.name, overwrite=overwrite, inputs=(model_path, data_root))
     # Data first: bad folders fail in a second, before TensorFlow starts.
-    test = D.list_split(data_root, "test", classes)
-    train, val, val_source = X.train_val(data_root, classes, Path(model_path), seed=seed)
+    train, val, test, val_source = X.export_splits(data_root, classes, Path(model_path), split_file=split_file, seed=seed)
     need_calib = any(t.calibrated for t in chosen) or qat
     calib = X.calibration_samples(train, calib_count, seed=seed) if need_calib else []
 
@@ -143,7 +143,8 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                                       for k in ("recall", "specificity", "accuracy", "roc_auc")}
         _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
              f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
-    reference = _reference(source, test, test_x, test_y)
+    reference = _reference(source, test, test_x, test_y,
+                           pooled=D.is_pooled(split_file or Path(model_path).parent / "split.json"))
     t_val = time.time()
     gate = Gate(val_x, val_y, val_probs(source), info.threshold, info.output, info.positive_index,
                 max_recall_drop, max_accuracy_drop, val_source, min_agreement,

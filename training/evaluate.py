@@ -28,7 +28,7 @@ def load_model(path: Path, *, trust: bool = False):
 def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *, threshold: float | None = None,
              classes=D.DEFAULT_CLASSES, strict: bool = False, batch_size: int = 32, n_boot: int = 1000,
              overwrite: bool = False, trust_model: bool = False, shortcuts: bool = True,
-             cam_images: int | None = 100) -> dict:
+             cam_images: int | None = 100, split_file: Path | None = None) -> dict:
     if threshold is not None:
         check_threshold(threshold)
     model_path = Path(model_path) if model_path else default_model_path()
@@ -39,7 +39,10 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
         raise ModelError(f"{model_path}: no {model_path.with_suffix('.json').name} beside it; evaluate needs an edgecxr model "
                          "(for other models use `edgecxr export` with --input-size/--scale/--offset flags)")
     model = load_model(model_path, trust=trust_model)
-    samples = D.list_split(data_root, split, classes)
+    samples = D.split_samples(data_root, split, classes, split_file)
+    if D.is_pooled(split_file):
+        print(f"note: {split} of the pooled re-split {split_file}: not comparable with the official test split",
+              file=sys.stderr)
     pixels, labels, kept, bad = D.load_pixels(samples, info.preprocess, strict=strict, progress=f"loading {split}")
     raw = predict_probs(tf, model, pixels, info.preprocess, batch_size).reshape(len(pixels), -1)
     probs = checked_prob(raw, info.output, info.positive_index, split, use="evaluated",
@@ -49,7 +52,8 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
     result["ci"] = metrics.bootstrap_ci(labels, probs, thr, n_boot=n_boot)
     result["at_0.5"] = metrics.binary_metrics(labels, probs, 0.5)
     result.update(threshold_method=info.threshold_method if threshold is None else "given on the command line",
-                  split=split, model=str(model_path), skipped=[{"file": s.rel, "error": e} for s, e in bad])
+                  split=split, split_file=str(split_file) if split_file else None, data=str(data_root),
+                  model=str(model_path), skipped=[{"file": s.rel, "error": e} for s, e in bad])
     if shortcuts:
         from edgecxr.training.shortcuts import shortcut_check
 

@@ -31,6 +31,7 @@ class TrainConfig:
     lr: float = 1e-3
     augment: str = "standard"
     intensity: float = 0.0
+    acquisition: float = 0.0  # share of training images sent through another acquisition path
     loss: str = "bce"  # bce | focal
     class_weights: bool = True
     weights: str = "none"  # none | imagenet | PATH
@@ -56,7 +57,7 @@ class TrainConfig:
 
     def validate(self):
         get_entry(self.arch)
-        get_preset(self.augment)
+        get_preset(self.augment, self.intensity, self.acquisition)
         if self.loss not in ("bce", "focal"):
             raise ConfigError(f"unknown loss {self.loss!r}; valid: bce, focal")
         if self.epochs < 1 or self.batch_size < 1:
@@ -67,6 +68,8 @@ class TrainConfig:
             raise ConfigError(f"--mixup {self.mixup} must be 0 (off) or a positive Beta parameter, e.g. 0.2")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 0.5), e.g. 0.1")
+        if self.folds and self.split_file:
+            raise ConfigError("--folds makes its own patient-grouped folds of train/; leave out --split-file")
         if not 0 <= self.swa <= self.epochs:
             raise ConfigError(f"--swa {self.swa} must be between 0 and --epochs ({self.epochs})")
 
@@ -240,7 +243,7 @@ def _train_one(tf, keras, cfg, spec, train, val):
     x_val, y_val, _, _ = D.load_pixels(val, spec, strict=cfg.strict, progress="loading validation")
     print(f"train: {len(y_train)} images ({int(y_train.sum())} positive), validation: {len(y_val)} "
           f"({int(y_val.sum())} positive), {len({s.patient for s in val})} patients", file=sys.stderr)
-    aug = get_preset(cfg.augment, cfg.intensity)
+    aug = get_preset(cfg.augment, cfg.intensity, cfg.acquisition)
     weights = class_weights(y_train) if cfg.class_weights else None
     train_ds = make_dataset(tf, x_train, y_train, spec, cfg.batch_size, aug, shuffle=True, seed=cfg.seed,
                             mixup=cfg.mixup, weights=weights)  # with mixup the dataset carries the weights
@@ -266,7 +269,8 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
     if cfg.mixed_precision and tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     spec = cfg.spec()
-    samples = D.list_split(cfg.data, "train", cfg.classes)
+    pooled = D.is_pooled(cfg.split_file)
+    samples = D.pooled(cfg.data, cfg.classes) if pooled else D.list_split(cfg.data, "train", cfg.classes)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
         spec.save(tmp / "preprocess.json")
@@ -278,7 +282,7 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
         else:
             train_s, val_s = D.grouped_split(samples, cfg.val_fraction, cfg.seed)
         D.save_split(tmp / "split.json", train_s, val_s, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                     data=str(cfg.data), grouped_by="patient")
+                     data=str(cfg.data), grouped_by="patient", **_pooled_test(cfg.split_file) if pooled else {})
         start = time.time()
         model, (y_val, p_val), threshold, val_metrics, history = _train_one(tf, keras, cfg, spec, train_s, val_s)
         val_metrics["train_seconds"] = round(time.time() - start, 1)
@@ -297,6 +301,12 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
               f"specificity {val_metrics['specificity']:.4f} auc {val_metrics['roc_auc']:.4f} "
               f"at threshold {threshold:.4f}", file=sys.stderr)
     return out
+
+
+def _pooled_test(split_file) -> dict:
+    """The pooled split's test list travels in the run's split.json, so export and evaluate find it."""
+    data = D.read_split_file(split_file)
+    return {"pooled": True, "ratios": data.get("ratios"), "test": data["test"]}
 
 
 def _cross_validate(tf, keras, cfg, spec, samples, tmp: Path):
