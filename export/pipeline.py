@@ -228,8 +228,10 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         twin = _add_twin(target, ctx, tmp, info) if ctx.with_twin and target.precision != "fp32" else None
         if prune_report is not None:
             opt["prune"] = {**prune_report, "gzip_bytes": opt["size"]["gzip_bytes"]}
-            if result["qat"]:
-                opt["prune"]["layers_after_qat"] = "sparsity preserved by the prune-preserving QAT scheme"
+            if target.family == "tflite" and target.int8:
+                from edgecxr.export.runners import int8_weight_sparsity
+
+                opt["prune"]["int8_weights"] = int8_weight_sparsity(tmp / target.model_file)  # measured, not assumed
         manifest = {"target": target.name, "runtime": RUNTIMES[target.family], "model_file": target.model_file,
                     "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
                                                           "positive_index": int(info.positive_index)},

@@ -54,3 +54,15 @@ def tiny_run(tmp_path_factory, kermany) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run) -> Path:
     return tiny_run / "model.keras"
+
+
+@pytest.fixture(scope="session")
+def small_kermany(tmp_path_factory, kermany) -> Path:
+    """A Kermany-layout folder of symlinks to 40 real images per class of train/ and test/."""
+    root = tmp_path_factory.mktemp("small") / "data"
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (root / split / cls).mkdir(parents=True)
+            for f in sorted((kermany / split / cls).iterdir())[:40]:
+                (root / split / cls / f.name).symlink_to(f)
+    return root

@@ -70,24 +70,14 @@ def test_split_command_refuses_a_wrong_folder_and_an_existing_file(tmp_path, ker
     assert result.exit_code == 2 and "already exists" in result.output
 
 
-def _small_kermany(root, kermany, per_class=40):
-    """A Kermany-layout folder of symlinks to `per_class` real images per class of train and test."""
-    for split in ("train", "test"):
-        for cls in D.DEFAULT_CLASSES:
-            (root / split / cls).mkdir(parents=True)
-            for f in sorted((kermany / split / cls).iterdir())[:per_class]:
-                (root / split / cls / f.name).symlink_to(f)
-    return root
-
-
-def test_train_export_and_parity_on_a_pooled_split(tmp_path, kermany):
+def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany):
     from edgecxr.devices.classifier import Classifier
     from edgecxr.devices.parity import run_parity
     from edgecxr.export import export_model
     from edgecxr.export.datasets import export_splits
     from edgecxr.training.train import TrainConfig, train
 
-    root = _small_kermany(tmp_path / "data", kermany)
+    root = small_kermany
     split_file = tmp_path / "split.json"
     split_file.write_text(json.dumps(D.resplit(root, (0.6, 0.2, 0.2), seed=0)))
     chosen = json.loads(split_file.read_text())
