@@ -205,6 +205,9 @@ def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, mode
     np.random.seed(seed)
     train_s, val_s, how = split_samples(data_root, classes, model_path, split_file, val_fraction, seed)
     sets = load_sets(data_root, classes, spec, train_s, val_s, strict)
+    if cnn_row and cnn_row["n"] != len(sets["test"][1]):
+        print(f"warning: the CNN row ({cnn}) was measured on {cnn_row['n']} images, the baselines on "
+              f"{len(sets['test'][1])}: not the same test set", file=sys.stderr)
     rows, results = [], {}
     jobs = [(m, f) for f in feature_kinds for m in models]
     with atomic_dir(out, overwrite=overwrite) as tmp, tqdm(total=len(jobs), desc="baselines", unit="model",
@@ -217,7 +220,7 @@ def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, mode
                 key = f"{name}-{kind}"
                 write_result(tmp / key, result, sets["test"])
                 results[key] = result
-                rows.append(row_of(key, result))
+                rows.append({**row_of(name, result), "features": describe_features(kind, size), "folder": key})
                 bar.update()
         table = {"command": command, "data": str(data_root), "split": how, "preprocess": spec.to_dict(),
                  "threshold_method": metrics.threshold_rule(None), "n_train": len(sets["train"][1]),
@@ -260,7 +263,7 @@ def write_result(folder: Path, result: dict, test_set) -> None:
 
 def row_of(name: str, m: dict) -> dict:
     """One line of the comparison: validation AUC, test metrics with 95% intervals, fit time."""
-    row = {"model": name, "features": m.get("features", ""), "val_roc_auc": m.get("val_metrics", {}).get("roc_auc"),
+    row = {"model": name, "features": m.get("features", ""), "n": m["n"], "val_roc_auc": m.get("val_metrics", {}).get("roc_auc"),
            "threshold": m["threshold"], "fit_seconds": m.get("fit_seconds")}
     for key in ("accuracy", "recall", "specificity", "f1", "roc_auc"):
         row[key] = m[key]
@@ -306,6 +309,9 @@ def comparison_md(table: dict) -> str:
         lines.append(f"| {r['model']} | {r['features']} | {_num(r['val_roc_auc'], '.3f')} | {r['threshold']:.3f} | "
                      + " | ".join(_ci(r, k) for k in ("accuracy", "recall", "specificity", "f1", "roc_auc"))
                      + f" | {_num(r['fit_seconds'], '.1f')} |")
+    cnn = table.get("cnn")
+    if cnn and cnn["n"] != table["n_test"]:
+        lines += ["", f"Note: the CNN row was measured on {cnn['n']} images, not on these {table['n_test']}."]
     if table.get("command"):
         lines += ["", f"Command: `{table['command']}`"]
     return "\n".join(lines) + "\n"
