@@ -22,7 +22,7 @@ from edgecxr import data as D
 from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
 from edgecxr.errors import ConfigError, DataError, ModelError
-from edgecxr.modelinfo import default_model_path, info_path, load_info
+from edgecxr.modelinfo import DEFAULT_DIR, default_model_path, info_path, load_info
 
 MODELS = ("logreg", "linear_svm", "knn", "random_forest")
 FEATURES = ("pixels", "hog")
@@ -53,12 +53,16 @@ def pixel_features(pixels: np.ndarray, grid: int = PIXEL_GRID) -> np.ndarray:
 
 
 def hog_features(pixels: np.ndarray, cells: int = HOG_CELLS, bins: int = HOG_BINS, block: int = HOG_BLOCK,
-                 chunk: int = 256) -> np.ndarray:
+                 chunk: int = 256, progress: str | None = None) -> np.ndarray:
     """uint8 (N, S, S) -> float32 (N, (cells-block+1)^2 * block^2 * bins): Dalal-Triggs HOG with unsigned
     orientations, bilinear voting between neighbouring orientation bins, L2-Hys block normalisation."""
+    from tqdm import tqdm
+
     if pixels.shape[1] < 2 * cells or pixels.shape[2] < 2 * cells:
         raise ConfigError(f"HOG needs images of at least {2 * cells} px, got {pixels.shape[1]}; raise --size")
-    parts = [_hog_chunk(pixels[i:i + chunk], cells, bins, block) for i in range(0, len(pixels), chunk)]
+    starts = tqdm(range(0, len(pixels), chunk), desc=progress, disable=progress is None, unit="chunk", leave=False,
+                  file=sys.stderr)
+    parts = [_hog_chunk(pixels[i:i + chunk], cells, bins, block) for i in starts]
     return np.concatenate(parts) if parts else np.zeros((0, (cells - block + 1) ** 2 * block ** 2 * bins), np.float32)
 
 
@@ -88,8 +92,8 @@ def _hog_chunk(pixels, cells, bins, block):
     return blocks.reshape(n, -1).astype(np.float32)
 
 
-def features(pixels: np.ndarray, kind: str) -> np.ndarray:
-    return pixel_features(pixels) if kind == "pixels" else hog_features(pixels)
+def features(pixels: np.ndarray, kind: str, progress: str | None = None) -> np.ndarray:
+    return pixel_features(pixels) if kind == "pixels" else hog_features(pixels, progress=progress)
 
 
 def describe_features(kind: str, size: int) -> str:
@@ -162,12 +166,19 @@ def split_samples(data_root, classes, model_path: Path, split_file: Path | None,
             train, val = D.apply_split(split_file, samples, subset=True)
         except DataError as exc:
             raise DataError(f"{exc}, or pass --val-fraction 0.1 for a new patient-grouped split") from None
-        how = f"{split_file} applied to {data_root}/train"
+        how = f"{shown(split_file)} applied to {data_root}/train"
     for part, name in ((train, "training"), (val, "validation")):
         if len({s.label for s in part}) < 2:
             raise DataError(f"{data_root}/train: the {name} part of the split ({how}) lacks one class "
                             f"({len(part)} images); add images or pass --val-fraction")
     return train, val, how
+
+
+def shown(path: Path) -> str:
+    """A path for the record: a file shipped in the package as edgecxr/..., others as given."""
+    package = DEFAULT_DIR.parent.resolve()
+    resolved = Path(path).resolve()
+    return f"edgecxr/{resolved.relative_to(package).as_posix()}" if resolved.is_relative_to(package) else str(path)
 
 
 def load_sets(data_root, classes, spec, train_s, val_s, strict: bool):
@@ -194,7 +205,7 @@ def model_spec(model_path: Path | None, size: int):
 def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, models=MODELS, feature_kinds=FEATURES,
              size: int = 128, split_file: Path | None = None, val_fraction: float | None = None, seed: int = 0,
              classes=D.DEFAULT_CLASSES, strict: bool = False, n_boot: int = 1000, cnn: Path | None = None,
-             overwrite: bool = False, command: str = "") -> dict:
+             overwrite: bool = False, plots: bool = True, command: str = "") -> dict:
     """Fit every model on every feature kind; write OUT/<model>-<features>/metrics.json and OUT/comparison.*."""
     from tqdm import tqdm
 
@@ -213,12 +224,12 @@ def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, mode
     with atomic_dir(out, overwrite=overwrite) as tmp, tqdm(total=len(jobs), desc="baselines", unit="model",
                                                            file=sys.stderr) as bar:
         for kind in feature_kinds:
-            x = {name: features(sets[name][0], kind) for name in ("train", "val", "test")}
+            x = {name: features(sets[name][0], kind, f"{kind} features ({name})") for name in ("train", "val", "test")}
             for name in models:
                 bar.set_postfix_str(f"{name} on {kind} {x['train'].shape}")
                 result = evaluate_one(name, kind, x, sets, seed, n_boot, spec, how, size)
                 key = f"{name}-{kind}"
-                write_result(tmp / key, result, sets["test"])
+                write_result(tmp / key, result, sets["test"], plots=plots)
                 results[key] = result
                 rows.append({**row_of(name, result), "features": describe_features(kind, size), "folder": key})
                 bar.update()
@@ -249,16 +260,18 @@ def evaluate_one(name, kind, x, sets, seed, n_boot, spec, how, size) -> dict:
     return result
 
 
-def write_result(folder: Path, result: dict, test_set) -> None:
-    from edgecxr import plots
-
+def write_result(folder: Path, result: dict, test_set, *, plots: bool = True) -> None:
+    """metrics.json, predictions.npz and (plots) the ROC and confusion PNGs of one model."""
     folder.mkdir()
     probs = result.pop("test_probs")
     _, labels, kept = test_set
     (folder / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     np.savez_compressed(folder / "predictions.npz", y=labels, prob=probs, rel=np.array([s.rel for s in kept]))
-    plots.roc_png(labels, probs, folder / "roc.png", result["threshold"], title=f"ROC (test): {folder.name}")
-    plots.confusion_png(result["confusion"], D.DEFAULT_CLASSES, folder / "confusion.png")
+    if plots:
+        from edgecxr import plots as P
+
+        P.roc_png(labels, probs, folder / "roc.png", result["threshold"], title=f"ROC (test): {folder.name}")
+        P.confusion_png(result["confusion"], D.DEFAULT_CLASSES, folder / "confusion.png")
 
 
 def row_of(name: str, m: dict) -> dict:
@@ -357,9 +370,10 @@ def invoked_command() -> str:
               help="metrics.json of `edgecxr evaluate` on the same test split: added as the CNN row.")
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="ROC and confusion PNGs per model.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def baseline_command(data_root, out, model_path, model_names, feature_names, size, split_file, val_fraction, seed,
-                     bootstrap, cnn, classes, strict, overwrite):
+                     bootstrap, cnn, classes, strict, plots, overwrite):
     """Classic baselines (logistic regression, linear SVM, kNN, random forest on pixel and HOG features) on the
     CNN's split: thresholds by Youden's J on validation, test metrics with 95% CIs, one comparison table.
 
@@ -368,7 +382,7 @@ def baseline_command(data_root, out, model_path, model_names, feature_names, siz
     table = baseline(data_root, out, model_path=model_path, models=parse_names(model_names, MODELS, "--models"),
                      feature_kinds=parse_names(feature_names, FEATURES, "--features"), size=size,
                      split_file=split_file, val_fraction=val_fraction, seed=seed, classes=D.parse_classes(classes),
-                     strict=strict, n_boot=bootstrap, cnn=cnn, overwrite=overwrite,
+                     strict=strict, n_boot=bootstrap, cnn=cnn, overwrite=overwrite, plots=plots,
                      command=invoked_command())
     click.echo(format_table(table))
     click.echo(f"written to {out}/comparison.md")
