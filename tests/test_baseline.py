@@ -151,3 +151,21 @@ def test_cli_bad_folder_is_one_line_exit_2(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: {data}"), proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_mcnemar_against_the_cnn_decisions(run, sample, tmp_path):
+    out, _ = run
+    cnn = out / "knn-pixels" / "metrics.json"  # any evaluate-format metrics.json with predictions.npz beside it
+    table = B.baseline(sample, tmp_path / "v", models=["logreg"], feature_kinds=["pixels"], cnn=cnn, n_boot=10,
+                       plots=False)
+    test = table["rows"][0]["mcnemar_vs_cnn"]
+
+    def right(folder):
+        saved = np.load(folder / "predictions.npz", allow_pickle=False)
+        threshold = json.loads((folder / "metrics.json").read_text())["threshold"]
+        return (saved["prob"] >= threshold) == saved["y"].astype(bool)
+
+    mine, theirs = right(tmp_path / "v" / "logreg-pixels"), right(out / "knn-pixels")
+    assert test["a_only_right"] == int(np.sum(mine & ~theirs)) and test["b_only_right"] == int(np.sum(~mine & theirs))
+    assert test["a_only_right"] + test["b_only_right"] > 0 and 0 < test["p_value"] <= 1
+    assert table["cnn"]["model"] == "CNN" and "| CNN |" in (tmp_path / "v" / "comparison.md").read_text()

@@ -219,7 +219,7 @@ def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, mode
     if cnn_row and cnn_row["n"] != len(sets["test"][1]):
         print(f"warning: the CNN row ({cnn}) was measured on {cnn_row['n']} images, the baselines on "
               f"{len(sets['test'][1])}: not the same test set", file=sys.stderr)
-    rows, results = [], {}
+    rows = []
     jobs = [(m, f) for f in feature_kinds for m in models]
     with atomic_dir(out, overwrite=overwrite) as tmp, tqdm(total=len(jobs), desc="baselines", unit="model",
                                                            file=sys.stderr) as bar:
@@ -229,9 +229,10 @@ def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, mode
                 bar.set_postfix_str(f"{name} on {kind} {x['train'].shape}")
                 result = evaluate_one(name, kind, x, sets, seed, n_boot, spec, how, size)
                 key = f"{name}-{kind}"
+                row = {**row_of(name, result), "features": describe_features(kind, size), "folder": key}
+                row["mcnemar_vs_cnn"] = versus_cnn(cnn, sets["test"], result) if cnn else None
+                rows.append(row)
                 write_result(tmp / key, result, sets["test"], plots=plots)
-                results[key] = result
-                rows.append({**row_of(name, result), "features": describe_features(kind, size), "folder": key})
                 bar.update()
         table = {"command": command, "data": str(data_root), "split": how, "preprocess": spec.to_dict(),
                  "threshold_method": metrics.threshold_rule(None), "n_train": len(sets["train"][1]),
@@ -284,6 +285,22 @@ def row_of(name: str, m: dict) -> dict:
     return row
 
 
+def versus_cnn(cnn_metrics: Path, test_set, result: dict) -> dict | None:
+    """Exact McNemar test of this model's test decisions against the CNN's (from the predictions.npz that
+    `edgecxr evaluate` writes beside its metrics.json); None when that file is missing or holds other images."""
+    path = Path(cnn_metrics).parent / "predictions.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        cnn_pred = dict(zip(saved["rel"].tolist(), saved["prob"].tolist()))
+    _, labels, kept = test_set
+    if set(cnn_pred) != {s.rel for s in kept}:
+        return None
+    threshold = json.loads(Path(cnn_metrics).read_text(encoding="utf-8"))["threshold"]
+    cnn = np.array([cnn_pred[s.rel] >= threshold for s in kept])
+    return metrics.mcnemar(labels, result["test_probs"] >= result["threshold"], cnn)
+
+
 def load_cnn_row(path: Path) -> dict:
     """The comparison row of an `edgecxr evaluate` metrics.json (validation AUC and fit time from its model.json)."""
     try:
@@ -310,18 +327,26 @@ def _num(value, fmt) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _pvalue(test: dict | None) -> str:
+    if not test:
+        return "—"
+    p = test["p_value"]
+    return f"{p:.2g} ({test['a_only_right']} vs {test['b_only_right']})"
+
+
 def comparison_md(table: dict) -> str:
     head = ("| model | features | val ROC-AUC | threshold | test accuracy | test recall | test specificity | "
-            "test F1 | test ROC-AUC | fit s |")
+            "test F1 | test ROC-AUC | fit s | McNemar p vs CNN |")
     lines = [f"# Classic baselines vs the CNN ({table['n_test']} test images)", "",
              f"Split: {table['split']} ({table['n_train']} train / {table['n_val']} validation images). "
-             f"Thresholds: {table['threshold_method']}. 95 % bootstrap intervals in brackets.", "",
-             head, "|" + "---|" * 10]
+             f"Thresholds: {table['threshold_method']}. 95 % bootstrap intervals in brackets. McNemar: exact test "
+             "of the test decisions against the CNN's (images only this model got right vs only the CNN).", "",
+             head, "|" + "---|" * 11]
     rows = table["rows"] + ([table["cnn"]] if table.get("cnn") else [])
     for r in rows:
         lines.append(f"| {r['model']} | {r['features']} | {_num(r['val_roc_auc'], '.3f')} | {r['threshold']:.3f} | "
                      + " | ".join(_ci(r, k) for k in ("accuracy", "recall", "specificity", "f1", "roc_auc"))
-                     + f" | {_num(r['fit_seconds'], '.1f')} |")
+                     + f" | {_num(r['fit_seconds'], '.1f')} | {_pvalue(r.get('mcnemar_vs_cnn'))} |")
     cnn = table.get("cnn")
     if cnn and cnn["n"] != table["n_test"]:
         lines += ["", f"Note: the CNN row was measured on {cnn['n']} images, not on these {table['n_test']}."]
