@@ -21,7 +21,7 @@ import numpy as np
 from edgecxr import data as D
 from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
-from edgecxr.errors import ConfigError, DataError, ModelError
+from edgecxr.errors import ConfigError, DataError, ModelError, require
 from edgecxr.modelinfo import DEFAULT_DIR, default_model_path, info_path, load_info
 
 MODELS = ("logreg", "linear_svm", "knn", "random_forest")
@@ -105,6 +105,7 @@ def describe_features(kind: str, size: int) -> str:
 # -- models ------------------------------------------------------------------
 def make_model(name: str, seed: int):
     """An unfitted scikit-learn estimator; fixed, conventional settings (nothing is tuned on test)."""
+    require("sklearn", "train")
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
