@@ -8,7 +8,7 @@ import pytest
 
 from edgecxr import data as D
 from edgecxr import metrics
-from edgecxr.errors import ConfigError, DataError
+from edgecxr.errors import ConfigError, DataError, ImageError
 from edgecxr.modelinfo import DEFAULT_DIR
 from edgecxr.training import baseline as B
 
@@ -126,6 +126,8 @@ def test_cnn_row_from_an_evaluate_metrics_json(run, tmp_path):
     bad.write_text("{}")
     with pytest.raises(DataError, match="not an `edgecxr evaluate` metrics.json"):
         B.load_cnn_row(bad)
+    with pytest.raises(DataError, match="--cnn file not found"):
+        B.load_cnn_row(tmp_path / "missing.json")
     table = {**table, "cnn": {**row, "n": 624}}
     assert "| CNN |" in B.comparison_md(table) and "measured on 624 images" in B.comparison_md(table)
 
@@ -169,3 +171,20 @@ def test_mcnemar_against_the_cnn_decisions(run, sample, tmp_path):
     assert test["a_only_right"] == int(np.sum(mine & ~theirs)) and test["b_only_right"] == int(np.sum(~mine & theirs))
     assert test["a_only_right"] + test["b_only_right"] > 0 and 0 < test["p_value"] <= 1
     assert table["cnn"]["model"] == "CNN" and "| CNN |" in (tmp_path / "v" / "comparison.md").read_text()
+
+
+def test_unreadable_test_image_is_listed_as_skipped(tmp_path, sample):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "train").symlink_to(sample / "train")
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (root / "test" / cls).mkdir(parents=True)
+        for p in sorted((sample / "test" / cls).iterdir())[:15]:
+            (root / "test" / cls / p.name).symlink_to(p)
+    (root / "test" / "NORMAL" / "broken.jpeg").write_bytes(b"not a jpeg")
+    B.baseline(root, tmp_path / "out", models=["logreg"], feature_kinds=["pixels"], n_boot=10, plots=False)
+    m = json.loads((tmp_path / "out" / "logreg-pixels" / "metrics.json").read_text())
+    assert m["n"] == 30 and [s["file"] for s in m["skipped"]] == ["test/NORMAL/broken.jpeg"]
+    with pytest.raises(ImageError, match="broken.jpeg"):
+        B.baseline(root, tmp_path / "strict", models=["logreg"], feature_kinds=["pixels"], strict=True, plots=False)
+    assert not (tmp_path / "strict").exists()

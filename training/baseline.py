@@ -183,12 +183,14 @@ def shown(path: Path) -> str:
 
 
 def load_sets(data_root, classes, spec, train_s, val_s, strict: bool):
-    """{'train'|'val'|'test': (pixels, labels, kept samples)} preprocessed with spec."""
+    """{'train'|'val'|'test': (pixels, labels, kept samples)} preprocessed with spec, and 'skipped': the
+    unreadable test images as `edgecxr evaluate` lists them."""
     test_s = D.list_split(data_root, "test", classes)
     out = {}
     for name, samples in (("train", train_s), ("val", val_s), ("test", test_s)):
-        pixels, labels, kept, _ = D.load_pixels(samples, spec, strict=strict, progress=f"loading {name}")
+        pixels, labels, kept, bad = D.load_pixels(samples, spec, strict=strict, progress=f"loading {name}")
         out[name] = (pixels, labels, kept)
+    out["skipped"] = [{"file": s.rel, "error": e} for s, e in bad]  # those of the last one loaded: test
     return out
 
 
@@ -214,7 +216,6 @@ def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, mode
     check_writable(out, overwrite=overwrite, inputs=(data_root, model_path, split_file, cnn))
     model_path, spec = model_spec(model_path, size)
     cnn_row = load_cnn_row(Path(cnn)) if cnn else None
-    np.random.seed(seed)
     train_s, val_s, how = split_samples(data_root, classes, model_path, split_file, val_fraction, seed)
     sets = load_sets(data_root, classes, spec, train_s, val_s, strict)
     if cnn_row and cnn_row["n"] != len(sets["test"][1]):
@@ -254,7 +255,7 @@ def evaluate_one(name, kind, x, sets, seed, n_boot, spec, how, size) -> dict:
     result["at_0.5"] = metrics.binary_metrics(y_test, p_test, 0.5)
     result.update(threshold_method=metrics.threshold_rule(None), split="test",
                   model=f"{name} ({MODEL_NAMES[name]}) on {describe_features(kind, size)}",
-                  skipped=[], val_metrics=metrics.binary_metrics(y_val, p_val, thr), features=kind,
+                  skipped=sets["skipped"], val_metrics=metrics.binary_metrics(y_val, p_val, thr), features=kind,
                   n_features=int(x["train"].shape[1]), fit_seconds=round(seconds, 2), split_source=how,
                   preprocess=spec.to_dict(), probability="predict_proba" if name != "linear_svm"
                   else "sigmoid of the decision function, Platt-fitted on validation")
@@ -304,6 +305,8 @@ def versus_cnn(cnn_metrics: Path, test_set, result: dict) -> dict | None:
 
 def load_cnn_row(path: Path) -> dict:
     """The comparison row of an `edgecxr evaluate` metrics.json (validation AUC and fit time from its model.json)."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: --cnn file not found; run `edgecxr evaluate --out EVAL ...` and pass EVAL/metrics.json")
     try:
         m = json.loads(Path(path).read_text(encoding="utf-8"))
         row = row_of("CNN", m)
