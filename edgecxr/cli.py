@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     "benchmark": "edgecxr.export.benchmark:benchmark",
     "explain": "edgecxr.training.explain:explain",
     "report": "edgecxr.training.report:report",
+    "baseline": "edgecxr.training.baseline:baseline_command",
     "serve": "edgecxr.devices.serve:serve",
     "demo": "edgecxr.demo:demo",
 }
