@@ -271,8 +271,8 @@ def test_compare_checks_coverage_only_when_the_reference_size_is_given():
 
     rels = ["test/NORMAL/IM-0001-0001.jpeg", "test/PNEUMONIA/person1_bacteria_1.jpeg"]
     args = (rels, [0, 1], [0.1, 0.9], [0.1, 0.9], 0.5)
-    assert [c["name"] for c in compare(*args, n_boot=50)["checks"]] == ["recall_drop", "accuracy_drop", "agreement",
-                                                                        "not_degenerate"]
+    assert [c["name"] for c in compare(*args, n_boot=50)["checks"]] == [
+        "recall_drop", "accuracy_drop", "agreement", "recall_noninferiority", "accuracy_noninferiority", "not_degenerate"]
     rep = compare(*args, n_boot=50, reference_images=4)
     assert rep["passed"] is False and rep["checks"][-1]["name"] == "coverage" and rep["checks"][-1]["value"] == 0.5
     assert "compared 2 of 4 reference images (50.0 %), below --min-coverage 1.0" in rep["checks"][-1]["message"]
