@@ -139,8 +139,9 @@ def _add_json(path: Path, r, found: Found, *, given: bool) -> None:
             raise EdgecxrError(f"{path}: not a file `edgecxr report` reads; pass an evaluate metrics.json, a bundle "
                                "manifest.json, or the JSON of `device parity --json`, `device bench --json` or `benchmark`")
         return
-    if kind == "evaluate":
-        _add_evaluate(path, found)
+    if kind == "evaluate":  # inside a folder, only metrics.json beside its predictions.npz counts (see _scan)
+        if given:
+            _add_evaluate(path, found)
         return
     if path.resolve() in found.seen:
         return
@@ -217,10 +218,16 @@ def collect(paths, model: Path | None = None) -> Found:
 
 def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gallery: int = 6,
                  maps: bool = True, title: str = "Pneumonia classifier report") -> Path:
-    from edgecxr.atomic import refuse_overlap, write_text_atomic
+    """Write the HTML page to `out` and its JSON twin (the verification record) beside it, OUT with .json."""
+    from edgecxr.atomic import refuse_overlap, write_json_atomic, write_text_atomic
+    from edgecxr.training.evidence import build_record
 
     found = collect(folders, model)
+    twin = Path(out).with_suffix(".json")
+    if Path(out).suffix.lower() == ".json":
+        raise EdgecxrError(f"--out {out}: name the HTML file (e.g. report.html); its JSON twin is written beside it")
     refuse_overlap(out, (*folders, model, bundle, data))
+    refuse_overlap(twin, (*folders, model, bundle, data))
     roots = [Path(data)] if data else []
     roots += found.data_roots
     if bundle is not None and not any((r.get("bundle") or {}).get("path") == str(bundle) for r in found.parity):
@@ -234,14 +241,20 @@ def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gall
             r["bundle"]["path"] = str(bundle)
             found.parity.insert(0, r)
             found.bench.insert(0, _parity_row(r))
-    html_text = render(found, roots=roots, mapper=Mapper(found.model, maps), gallery=gallery, title=title, sources=folders)
+    if bundle is not None and (Path(bundle) / "manifest.json").is_file():
+        found.manifests.setdefault(str(Path(bundle).resolve()), _json(Path(bundle) / "manifest.json"))
+    record = build_record(found, title=title, sources=folders)
+    html_text = render(found, roots=roots, mapper=Mapper(found.model, maps), gallery=gallery, title=title,
+                       sources=folders, record=record)
+    write_json_atomic(twin, record)
     write_text_atomic(out, html_text)
     return out
 
 
 @click.command()
-@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write; its JSON twin (the same record) goes beside it with .json.")
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path),
               help="Float model for Grad-CAM maps (default: the run's model.keras or the evaluated model).")
 @click.option("--bundle", type=click.Path(exists=True, path_type=Path),
@@ -251,8 +264,14 @@ def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gall
 @click.option("--gallery", default=6, show_default=True, help="Cases shown per gallery group.")
 @click.option("--maps/--no-maps", default=True, show_default=True, help="Draw Grad-CAM/occlusion maps (slower).")
 @click.option("--title", default="Pneumonia classifier report", show_default=True)
-def report(folders, out, model_path, bundle, data, gallery, maps, title):
-    """Write one self-contained HTML report from training, evaluate and benchmark FOLDERS."""
+def report(paths, out, model_path, bundle, data, gallery, maps, title):
+    """Write one self-contained HTML report (and its JSON twin) from PATHS: training run, evaluate, bundle and
+    benchmark folders, or JSON files (evaluate metrics.json, bundle manifest.json, device parity and device
+    bench JSON). With a bundle and its parity it reads as the bundle's verification record.
+
+    Example: edgecxr report eval-test/metrics.json bundles/tflite-int8 parity.json bench.json --out evidence.html
+    """
     t0 = time.time()
-    build_report(folders, out, model=model_path, bundle=bundle, data=data, gallery=gallery, maps=maps, title=title)
-    click.echo(f"report written to {out} ({out.stat().st_size / 1024:.0f} KB, {time.time() - t0:.0f} s)")
+    build_report(paths, out, model=model_path, bundle=bundle, data=data, gallery=gallery, maps=maps, title=title)
+    click.echo(f"report written to {out} ({out.stat().st_size / 1024:.0f} KB, {time.time() - t0:.0f} s) "
+               f"and {out.with_suffix('.json')}")
