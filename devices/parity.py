@@ -79,7 +79,7 @@ def _noninferiority_check(what: str, boot: dict, y, groups, margin: float) -> di
     one = _one_flip_bound(y, groups, what, n_boot=boot["n_boot"], level=level)
     if one < -margin - 1e-12:
         return _check(name, lower, -margin, True,
-                      f"NOT SHOWN, the test set is too small: {counted}; one changed decision alone puts the {pct} "
+                      f"the test set is too small: {counted}; one changed decision alone puts the {pct} "
                       f"lower bound of the {what} difference at {one:+.4f}, below the margin -{margin:g}; "
                       "the point checks decide (more test images are needed to show non-inferiority)") | {"status": "too_small", "one_flip_bound": one}
     passed = lower >= -margin - 1e-12
@@ -464,7 +464,8 @@ def format_report(r: dict, max_flips: int = 10) -> str:
 
         lines += format_criteria(r["criteria"])
     for c in r["checks"]:
-        lines.append(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
+        state = "NOT SHOWN" if c.get("status") == "too_small" else "PASS" if c["passed"] else "FAIL"
+        lines.append(f"{state} {c['name']}: {c['message']}")
     cpu = r.get("host", {}).get("cpu")
     if cpu:
         lines.append(r.get("cpu_path_note") or f"CPU path: {cpu['int8_path']} (the bundle does not record where it was verified)")
