@@ -201,11 +201,13 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
               help="Kermany-layout ROOT, a CSV manifest (path[,label]), or a folder of a site's X-rays.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
-@click.option("--max-recall-drop", default=0.01, show_default=True, type=SHARE)
-@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=SHARE)
-@click.option("--min-agreement", default=0.98, show_default=True, type=SHARE)
-@click.option("--min-coverage", default=1.0, show_default=True, type=SHARE,
-              help="Share of the bundle's reference images that must be compared (lower it for a deliberate subset).")
+@click.option("--max-recall-drop", type=SHARE, help="Recall non-inferiority margin (default: the bundle's acceptance "
+                                                    "criteria, else 0.01). Loosening the bundle's is recorded as a deviation.")
+@click.option("--max-accuracy-drop", type=SHARE, help="Accuracy non-inferiority margin (default: the bundle's, else 0.01).")
+@click.option("--min-agreement", type=SHARE, help="Share of identical decisions (default: the bundle's, else 0.98).")
+@click.option("--min-coverage", type=SHARE,
+              help="Share of the bundle's reference images that must be compared (default: the bundle's, else 1.0; "
+                   "lower it for a deliberate subset).")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
 @click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")
 @RUNTIME
@@ -235,15 +237,21 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     errors (see the README's reliability section). Comparing fewer than
     --min-coverage of the reference images (a subset, unreadable files) is a failure.
 
+    The acceptance criteria are the ones the bundle's manifest fixed at export (bundles exported before
+    that get the defaults); options tighten them, and loosening one is reported as a deviation.
+    Non-inferiority: the lower 95 % confidence bound (bootstrap by patient) of device minus float recall
+    and accuracy must stay above minus the margin.
+
     Example: edgecxr device parity bundles/tflite-int8 --data clinic-xrays/ --json parity.json
     """
     from edgecxr.atomic import write_json_atomic
     from edgecxr.data import parse_classes
     from edgecxr.devices.junit import parity_junit
-    from edgecxr.devices.parity import Tolerances, format_report, run_parity
+    from edgecxr.devices.parity import format_report, run_parity
 
     _check_outputs((bundle, data), json=json_file, junit=junit_file)
-    tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
+    tol = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
+           "min_agreement": min_agreement, "min_coverage": min_coverage}
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
                         strict=strict, reference=reference, stability=stability, max_unstable=max_unstable)

@@ -16,7 +16,7 @@ import numpy as np
 from edgecxr import __version__, metrics
 from edgecxr.cpu import cpu_info, path_note
 from edgecxr.bundle import sha256_file
-from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, subgroup
+from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id, subgroup
 from edgecxr.errors import ConfigError, DataError
 
 from edgecxr.devices.classifier import Classifier, Failure
@@ -32,6 +32,7 @@ class Tolerances:
     max_accuracy_drop: float = 0.01
     min_agreement: float = 0.98
     min_coverage: float = 1.0  # share of the bundle's reference images that must be compared
+    level: float = 0.95  # confidence level of the intervals; non-inferiority is judged on their lower bound
 
 
 def _metrics(y, p, threshold) -> dict:
@@ -39,24 +40,60 @@ def _metrics(y, p, threshold) -> dict:
     return {k: m[k] for k in (*COMPARED, "n", "confusion")}
 
 
-def paired_bootstrap(y, float_pred, device_pred, *, n_boot=2000, seed=0, level=0.95) -> dict:
-    """Percentile CIs of device-minus-float recall and accuracy, resampling images (both models on the same draw)."""
+def paired_bootstrap(y, float_pred, device_pred, *, n_boot=2000, seed=0, level=0.95, groups=None) -> dict:
+    """Percentile CIs of device-minus-float recall and accuracy, both models on the same draw; resampling
+    patients (groups: one patient id per image) or, without groups, images."""
     y = np.asarray(y).astype(bool)
     fp, dp = np.asarray(float_pred).astype(bool), np.asarray(device_pred).astype(bool)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
-    yy, ff, dd = y[idx], fp[idx], dp[idx]
-    pos = yy.sum(axis=1)
+    w = metrics.patient_weights(groups, len(y), n_boot, np.random.default_rng(seed))
+    pos = w @ y
     with np.errstate(invalid="ignore", divide="ignore"):
-        d_recall = ((dd & yy).sum(axis=1) - (ff & yy).sum(axis=1)) / pos
-    d_acc = ((dd == yy).sum(axis=1) - (ff == yy).sum(axis=1)) / len(y)
-    d_recall = d_recall[pos > 0]
-    alpha = (1 - level) / 2
+        d_recall = (w @ (dp & y) - w @ (fp & y)) / pos
+        d_acc = (w @ (dp == y) - w @ (fp == y)) / w.sum(axis=1)
+    return {**metrics.bootstrap_info(groups, len(y), n_boot, level),
+            "recall_delta": metrics.quantile_ci(d_recall, level), "accuracy_delta": metrics.quantile_ci(d_acc, level)}
 
-    def ci(v):
-        return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] if len(v) else [float("nan")] * 2
 
-    return {"level": level, "n_boot": n_boot, "recall_delta": ci(d_recall), "accuracy_delta": ci(d_acc)}
+def _one_flip_bound(y, groups, what: str, *, n_boot: int, level: float) -> float:
+    """The lower bound one changed decision alone would give (a positive image missed for recall, any image
+    for accuracy): when it is already below -margin, the set is too small to show non-inferiority."""
+    y = np.asarray(y).astype(bool)
+    device = y.copy()
+    device[int(np.flatnonzero(y)[0]) if what == "recall" else 0] ^= True
+    return paired_bootstrap(y, y, device, n_boot=n_boot, level=level, groups=groups)[f"{what}_delta"][0]
+
+
+def _noninferiority_check(what: str, boot: dict, y, groups, margin: float) -> dict:
+    """Non-inferiority of the device to the float model: the lower confidence bound of device minus float
+    must not fall below -margin. A set too small to show it even with one changed decision is said so,
+    and then passes: the point checks (which allow one decision on small sets) decide."""
+    name, level = f"{what}_noninferiority", boot["level"]
+    lower = boot[f"{what}_delta"][0]
+    positives = int(np.sum(y))
+    if what == "recall" and positives == 0:
+        return _check(name, 0.0, -margin, True, "no pneumonia images in the compared set: recall not measured") | {"status": "not_measured"}
+    pct = f"{100 * level:.0f} %"
+    units = {g for g, label in zip(groups, y) if label == 1 or what != "recall"} if groups is not None else None
+    counted = (f"{positives} pneumonia images" if what == "recall" else f"{len(y)} images") + \
+              (f" from {len(units)} patients" if units is not None else "")
+    one = _one_flip_bound(y, groups, what, n_boot=boot["n_boot"], level=level)
+    if one < -margin - 1e-12:
+        return _check(name, lower, -margin, True,
+                      f"the test set is too small: {counted}; one changed decision alone puts the {pct} "
+                      f"lower bound of the {what} difference at {one:+.4f}, below the margin -{margin:g}; "
+                      "the point checks decide (more test images are needed to show non-inferiority)") | {"status": "too_small", "one_flip_bound": one}
+    passed = lower >= -margin - 1e-12
+    message = (f"{pct} lower bound of device minus float {what} {lower:+.4f} (by {boot['unit']}, {counted}), "
+               f"margin -{margin:g}: non-inferiority {'shown' if passed else 'NOT shown'}")
+    return _check(name, lower, -margin, passed, message) | {"status": "shown" if passed else "not_shown", "one_flip_bound": one}
+
+
+def calibration_change(y, float_probs, device_probs) -> dict:
+    """Calibration of both models on the same images and its change (device minus float)."""
+    f, d = metrics.calibration(y, float_probs), metrics.calibration(y, device_probs)
+    change = {k: (d[k] - f[k]) if d[k] is not None and f[k] is not None else None
+              for k in ("ece", "brier", "slope", "intercept")}
+    return {"float": f, "device": d, "change": change}
 
 
 def _flip_kind(label, float_pos, device_pos) -> str:
@@ -66,7 +103,7 @@ def _flip_kind(label, float_pos, device_pos) -> str:
 
 
 def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances(), *, n_boot=2000,
-            reference_images: int | None = None, reference_metrics: dict | None = None) -> dict:
+            reference_images: int | None = None, reference_metrics: dict | None = None, groups=None) -> dict:
     """The parity report from paired predictions (no runtime involved: testable on its own).
 
     reference_images: how many images the bundle's reference holds; when given, a `coverage`
@@ -74,8 +111,10 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
     reference_metrics: the float model's metrics recorded in the bundle; when every reference image
     is compared, the device's absolute recall and specificity are held to them (not only to the
     float side recomputed here, which an edited or degenerate threshold moves together with the device).
+    groups: the patient of each image (default: parsed from the file names); intervals resample patients.
     """
     y = np.asarray(y).astype(int)
+    patients = [patient_id(Path(r).name) for r in rels] if groups is None else list(groups)
     fprob, dprob = np.asarray(float_probs, np.float64), np.asarray(device_probs, np.float64)
     fpred, dpred = fprob >= threshold, dprob >= threshold
     f_m, d_m = _metrics(y, fprob, threshold), _metrics(y, dprob, threshold)
@@ -83,7 +122,7 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
     agreement = float(np.mean(fpred == dpred))
     diff = np.abs(dprob - fprob)
     flipped = [
-        {"file": rels[i], "label": int(y[i]), "subgroup": subgroup(Path(rels[i]).name, int(y[i])),
+        {"file": rels[i], "label": int(y[i]), "patient": patients[i], "subgroup": subgroup(Path(rels[i]).name, int(y[i])),
          "kind": _flip_kind(int(y[i]), bool(fpred[i]), bool(dpred[i])),
          "float_prob": float(fprob[i]), "device_prob": float(dprob[i])}
         for i in np.flatnonzero(fpred != dpred)
@@ -116,6 +155,9 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
                f"{agreement:.4f} of decisions identical (need {min_agree:.4g}"
                f"{small if min_agree != tolerances.min_agreement else ''}); {len(flipped)} flipped"),
     ]
+    boot = paired_bootstrap(y, fpred, dpred, n_boot=n_boot, level=tolerances.level, groups=patients)
+    checks += [_noninferiority_check("recall", boot, y, patients, tolerances.max_recall_drop),
+               _noninferiority_check("accuracy", boot, y, patients, tolerances.max_accuracy_drop)]
     checks.append(_degenerate_check(y, d_m))
     if reference_metrics is not None:
         checks.append(_reference_check(f_m, d_m, reference_metrics, len(y) == reference_images,
@@ -131,7 +173,8 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
         "agreement": agreement,
         "prob_abs_diff": {"mean": float(diff.mean()), "p99": float(np.quantile(diff, 0.99)), "max": float(diff.max())},
         "mcnemar": metrics.mcnemar(y, fpred, dpred) | {"a": "float", "b": "device"},
-        "bootstrap": paired_bootstrap(y, fpred, dpred, n_boot=n_boot),
+        "bootstrap": boot,
+        "calibration": calibration_change(y, fprob, dprob),
         "flipped": flipped,
         "cases": [{"file": r, "label": int(l), "float_prob": float(a), "device_prob": float(b)}
                   for r, l, a, b in zip(rels, y, fprob, dprob)],  # every image: compare two devices' runs
@@ -243,7 +286,7 @@ REFERENCES = ("auto", "bundle", "twin")
 
 
 def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CLASSES,
-               tolerances: Tolerances = Tolerances(), workers: int | None = None, strict: bool = False,
+               tolerances: Tolerances | dict | None = None, workers: int | None = None, strict: bool = False,
                n_boot: int = 2000, reference: str = "auto", stability: bool = False,
                max_unstable: float | None = None) -> dict:
     """Classify the images under `data` on the device and compare with the float model's decisions.
@@ -253,7 +296,14 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     clinic's own, labeled or not); "auto" takes the bundle's when it holds every image, else the twin.
     stability: also measure input-path stability on the compared images (edgecxr.devices.stability), for the
     device model and the float twin when the bundle has one, gated by max_unstable when given.
+    tolerances: None applies the acceptance criteria in the bundle's manifest; a dict sets some of them, a
+    Tolerances all of them (tightening is applied, loosening too but recorded as a deviation: report["criteria"]).
     """
+    from edgecxr.devices.criteria import resolve
+
+    given = asdict(tolerances) if isinstance(tolerances, Tolerances) else dict(tolerances or {})
+    given.setdefault("max_unstable", max_unstable)
+    tolerances, max_unstable, criteria = resolve(clf.bundle.manifest.get("acceptance"), given)
     samples = _pooled_test(clf, data, classes) or list_site(data, split, classes)
     source = _reference_source(clf, samples, split, reference, data)
     if source == "bundle":
@@ -301,6 +351,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
         "timing": {"seconds": elapsed, "images_per_s": len(known) / elapsed if elapsed else 0.0,
                    "infer_ms_mean": float(infer.mean()), "infer_ms_p50": float(np.median(infer))},
         "host": host_info(),
+        "criteria": criteria,
     })
     report["cpu_path_note"] = path_note((clf.bundle.manifest.get("verified_on") or {}).get("cpu"), report["host"]["cpu"])
     if unknown:
@@ -419,8 +470,13 @@ def format_report(r: dict, max_flips: int = 10) -> str:
         from edgecxr.devices.stability import format_stability
 
         lines.append(format_stability(r["stability"] | {"passed": None}, show=max_flips))  # its check is listed next
+    if r.get("criteria"):
+        from edgecxr.devices.criteria import format_criteria
+
+        lines += format_criteria(r["criteria"])
     for c in r["checks"]:
-        lines.append(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
+        state = "NOT SHOWN" if c.get("status") == "too_small" else "PASS" if c["passed"] else "FAIL"
+        lines.append(f"{state} {c['name']}: {c['message']}")
     cpu = r.get("host", {}).get("cpu")
     if cpu:
         lines.append(r.get("cpu_path_note") or f"CPU path: {cpu['int8_path']} (the bundle does not record where it was verified)")
@@ -434,12 +490,27 @@ def _metric_lines(r: dict) -> list[str]:
     b, mc = r["bootstrap"], r["mcnemar"]
     lines.append(f"agreement {r['agreement']:.4f}; McNemar p={mc['p_value']:.3g} "
                  f"(float-only right {mc['a_only_right']}, device-only right {mc['b_only_right']})")
-    lines.append(f"{int(b['level'] * 100)}% CI recall delta [{b['recall_delta'][0]:+.4f}, {b['recall_delta'][1]:+.4f}], "
+    unit = f"by {b.get('unit', 'image')}" + (f", {b['patients']} patients" if b.get("unit") == "patient" else "")
+    lines.append(f"{int(b['level'] * 100)}% CI ({unit}) recall delta [{b['recall_delta'][0]:+.4f}, {b['recall_delta'][1]:+.4f}], "
                  f"accuracy delta [{b['accuracy_delta'][0]:+.4f}, {b['accuracy_delta'][1]:+.4f}]")
+    if r.get("calibration"):
+        lines.append(format_calibration(r["calibration"]))
     lines.append("subgroups: " + "; ".join(
         f"{g} n={s['n']} acc {s['float_accuracy']:.3f}->{s['device_accuracy']:.3f} flipped {s['flipped']}"
         for g, s in r["subgroups"].items()))
     return lines
+
+
+def _num(v, fmt="+.4f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def format_calibration(c: dict) -> str:
+    """One line: ECE, Brier score and calibration slope, float -> device."""
+    f, d = c["float"], c["device"]
+    return (f"calibration float -> device: ECE {f['ece']:.4f} -> {d['ece']:.4f}, Brier {f['brier']:.4f} -> {d['brier']:.4f}, "
+            f"slope {_num(f['slope'], '.3f')} -> {_num(d['slope'], '.3f')}, intercept {_num(f['intercept'], '.3f')} -> "
+            f"{_num(d['intercept'], '.3f')}")
 
 
 def _unlabeled_lines(r: dict) -> list[str]:

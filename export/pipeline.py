@@ -22,6 +22,7 @@ from edgecxr.targets import TARGETS, resolve_targets
 
 TWIN_TOLERANCE = 1e-3  # a float32 conversion of the model reproduces its probabilities to about 1e-6
 RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
+RUNTIME_PACKAGES = {"litert": "ai_edge_litert", "onnxruntime": "onnxruntime", "openvino": "openvino"}  # keys of versions()
 VERSION_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
                     "onnxruntime", "openvino", "nncf", "ai-edge-litert", "numpy", "edgecxr")
 
@@ -233,6 +234,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
 
                 opt["prune"]["int8_weights"] = int8_weight_sparsity(tmp / target.model_file)  # measured, not assumed
         manifest = {"target": target.name, "runtime": RUNTIMES[target.family], "model_file": target.model_file,
+                    "acceptance": _acceptance(target, ctx, base),
                     "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
                                                           "positive_index": int(info.positive_index)},
                     **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
@@ -256,23 +258,45 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
     return final
 
 
+def _tolerances(gate):
+    from edgecxr.devices.parity import Tolerances
+
+    return Tolerances(gate.max_recall_drop, gate.max_accuracy_drop, gate.min_agreement)
+
+
+def _acceptance(target, ctx, base: dict) -> dict:
+    """The release criteria written into the manifest: the gate's limits, the test set export parity ran on,
+    and the runtime and CPU that passed them (see edgecxr.devices.criteria)."""
+    from edgecxr.devices.criteria import export_criteria
+
+    runtime = RUNTIMES[target.family]
+    version = base["versions"].get(RUNTIME_PACKAGES[runtime])
+    reference = base["reference"]
+    test = {"split": reference["split"], "images": len(reference["probs"]), "files_sha256": reference.get("files_sha256"),
+            "pneumonia_images": int(sum(reference["labels"].values()))}
+    return export_criteria(_tolerances(ctx.gate), test=test, runtime={"name": runtime, "version": version},
+                           cpu=base["verified_on"]["cpu"])
+
+
 def _export_parity(target, ctx, folder: Path, info) -> dict:
     """Device parity's own check, run at export on the test images the bundle's reference holds.
 
     The validation gate chooses; this only verifies, so a bundle that `edgecxr device parity` would fail
     on this CPU is never written. A failure here refuses the target (no further attempt is tuned on test).
     """
-    from edgecxr.devices.parity import Tolerances, compare
+    from edgecxr.devices.parity import compare
     from edgecxr.export.datasets import to_prob
     from edgecxr.export.runners import Runner
 
     test, test_x, test_y = ctx.test
     gate = ctx.gate
     probs = to_prob(Runner(target.family, folder / target.model_file)(test_x), info.output, info.positive_index)
-    tol = Tolerances(gate.max_recall_drop, gate.max_accuracy_drop, gate.min_agreement)
     rels = [s.rel for s in test]
-    report = compare(rels, test_y, gate.reference_float_probs, probs, info.threshold, tol, n_boot=200)
+    # the same draws as `device parity` (same seed and count): the same predictions get the same verdict
+    report = compare(rels, test_y, gate.reference_float_probs, probs, info.threshold, _tolerances(gate),
+                     groups=[s.patient for s in test])
     summary = {"split": "test", "n": report["n"], "agreement": report["agreement"], "passed": report["passed"],
+               "bootstrap": report["bootstrap"], "calibration_change": report["calibration"]["change"],
                "flipped_counts": report["flipped_counts"], "prob_abs_diff": report["prob_abs_diff"],
                "checks": [{k: c[k] for k in ("name", "value", "limit", "passed")} for c in report["checks"]]}
     if not report["passed"]:

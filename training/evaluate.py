@@ -10,6 +10,7 @@ import numpy as np
 from edgecxr import data as D
 from edgecxr import metrics, plots
 from edgecxr.atomic import atomic_dir, check_writable
+from edgecxr.bundle import sha256_file
 from edgecxr.errors import ModelError
 from edgecxr.export.datasets import checked_prob
 from edgecxr.modelinfo import ModelInfo, check_threshold, default_model_path, info_path, load_info
@@ -49,11 +50,17 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
                          fix=f"set \"output\": \"logits\" in {info_path(model_path)}")
     thr = info.threshold if threshold is None else threshold
     result = metrics.binary_metrics(labels, probs, thr)
-    result["ci"] = metrics.bootstrap_ci(labels, probs, thr, n_boot=n_boot)
+    patients = [s.patient for s in kept]
+    result["ci"] = metrics.bootstrap_ci(labels, probs, thr, n_boot=n_boot, groups=patients)
+    result["ci_info"] = metrics.bootstrap_info(patients, len(labels), n_boot, 0.95)
+    result["calibration"] = metrics.calibration(labels, probs)
     result["at_0.5"] = metrics.binary_metrics(labels, probs, 0.5)
     result.update(threshold_method=info.threshold_method if threshold is None else "given on the command line",
-                  split=split, split_file=str(split_file) if split_file else None, data=str(data_root),
-                  model=str(model_path), skipped=[{"file": s.rel, "error": e} for s, e in bad])
+                  split=split, split_file=str(split_file) if split_file else None, model=str(model_path),
+                  skipped=[{"file": s.rel, "error": e} for s, e in bad],
+                  data={"root": str(Path(data_root).resolve()), "split": split, "images": len(kept),
+                        "patients": len(set(patients)), "files_sha256": D.files_hash(kept)},
+                  model_sha256=sha256_file(model_path))
     if shortcuts:
         from edgecxr.training.shortcuts import shortcut_check
 
@@ -69,6 +76,10 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
     return result
 
 
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def format_metrics(m: dict) -> str:
     lines = [f"n={m['n']}  threshold={m['threshold']:.4f} ({m.get('threshold_method', '')})"]
     for name in metrics.METRIC_NAMES:
@@ -78,6 +89,15 @@ def format_metrics(m: dict) -> str:
     lines.append(f"  confusion    tp={cm['tp']} fp={cm['fp']} tn={cm['tn']} fn={cm['fn']}")
     half = m["at_0.5"]
     lines.append(f"  at 0.5:      accuracy {half['accuracy']:.4f} recall {half['recall']:.4f} specificity {half['specificity']:.4f}")
+    info = m.get("ci_info")
+    if info:
+        lines.append(f"  intervals:   {100 * info['level']:.0f} % bootstrap by {info['unit']} ({info['patients']} patients, "
+                     f"{info['images']} images)")
+    cal = m.get("calibration")
+    if cal:
+        lines.append(f"  calibration: ECE {cal['ece']:.4f}, Brier {cal['brier']:.4f}, slope {_num(cal['slope'])}, "
+                     f"intercept {_num(cal['intercept'])}")
+    lines += [f"  note: {n}" for n in metrics.small_sample_notes(m["confusion"])]
     if m.get("shortcuts"):
         from edgecxr.training.shortcuts import format_shortcuts
 
