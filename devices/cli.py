@@ -286,7 +286,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
 
         report = parity_ray(bundle, data, split=split, classes=parse_classes(classes), tolerances=tol,
                             reference=reference, address=ray_address, workers=ray_workers, runtime=runtime,
-                            threads=threads, trusted_key=trusted_key)
+                            threads=threads or 1, trusted_key=trusted_key)
         _write_parity(report, show, json_file, junit_file)
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
     if predictions_file:
