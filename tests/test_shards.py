@@ -218,3 +218,24 @@ def test_ray_equals_single_process(tiny_bundles, kermany):
         ray.shutdown()
     assert distributed["n"] == 624
     assert json.loads(json.dumps(comparable(distributed))) == json.loads(json.dumps(comparable(single)))
+
+
+def test_evaluate_shards_merged_equal_the_single_run(tiny_model, kermany, tmp_path):
+    """`evaluate --shard I/N --predictions` on the 624 test images, merged: the unsharded metrics.json."""
+    r = cli("evaluate", "--model", tiny_model, "--data", kermany, "--out", tmp_path / "single", "--no-shortcuts",
+            "--bootstrap", 200)
+    assert r.exit_code == 0, r.output
+    files = []
+    for i in (1, 2, 3):
+        files.append(tmp_path / f"eval-{i}.json")
+        r = cli("evaluate", "--model", tiny_model, "--data", kermany, "--shard", f"{i}/3", "--predictions", files[-1],
+                "--bootstrap", 200)
+        assert r.exit_code == 0, r.output
+    m = cli("device", "merge", *files, "--out", tmp_path / "merged")
+    assert m.exit_code == 0, m.output
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    merged = json.loads((tmp_path / "merged" / "metrics.json").read_text())
+    assert single["n"] == 624 and merged == single
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+    one_error_line(cli("device", "merge", files[0], files[2], "--out", tmp_path / "m2"), "2/3 missing")
+    assert cli("evaluate", "--model", tiny_model, "--data", kermany, "--shard", "1/3").exit_code == 2
