@@ -298,68 +298,20 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     device model and the float twin when the bundle has one, gated by max_unstable when given.
     tolerances: None applies the acceptance criteria in the bundle's manifest; a dict sets some of them, a
     Tolerances all of them (tightening is applied, loosening too but recorded as a deviation: report["criteria"]).
+    The report is computed from per-image predictions (parity_predictions -> parity_from_predictions), the
+    same path a merge of shards takes (edgecxr.devices.shards).
     """
-    from edgecxr.devices.criteria import resolve
-
-    given = asdict(tolerances) if isinstance(tolerances, Tolerances) else dict(tolerances or {})
-    given.setdefault("max_unstable", max_unstable)
-    tolerances, max_unstable, criteria = resolve(clf.bundle.manifest.get("acceptance"), given)
-    samples = _pooled_test(clf, data, classes) or list_site(data, split, classes)
-    source = _reference_source(clf, samples, split, reference, data)
-    if source == "bundle":
-        known, unknown, ref_probs = _in_bundle_reference(clf, samples, split, data)
-    else:
-        known, unknown, ref_probs = samples, [], None
-    t0 = time.perf_counter()
-    results = clf.predict_batch([s.path for s in known], workers=workers, strict=strict)
-    if source == "twin":
-        twin = clf.twin()
-        twin_results = twin.predict_batch([s.path for s in known], workers=workers, strict=strict)
-        ref_probs = {s.rel: r.probability for s, r in zip(known, twin_results) if not isinstance(r, Failure)}
-    elapsed = time.perf_counter() - t0
-    ok = [(s, r) for s, r in zip(known, results) if not isinstance(r, Failure) and s.rel in ref_probs]
-    unreadable = [{"file": s.rel, "error": r.error} for s, r in zip(known, results) if isinstance(r, Failure)]
-    if not ok:
-        raise DataError("no readable images left to compare")
-    rels, labels = [s.rel for s, _ in ok], [s.label for s, _ in ok]
-    float_probs, device_probs = [ref_probs[r] for r in rels], [r.probability for _, r in ok]
-    if source == "bundle":
-        report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot,
-                         reference_images=len(ref_probs), reference_metrics=clf.bundle.reference["metrics"])
-    else:
-        if UNLABELED in labels:
-            report = compare_unlabeled(rels, float_probs, device_probs, clf.threshold, tolerances)
-        else:
-            report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot)
-        report["checks"].append(_coverage_check(len(ok), len(known), tolerances.min_coverage, "images listed"))
-        report["passed"] = all(c["passed"] for c in report["checks"])
-    hashes = {s.rel: sha256_file(s.path) for s, _ in ok}
-    for case in report["cases"]:
-        case["sha256"] = hashes[case["file"]]  # the exact images, so the run can be repeated
-    infer = np.array([r.timings.infer_ms for _, r in ok])
-    data_info = {"root": str(data), "split": split, "images": len(samples), "compared": len(ok),
-                 "labeled": UNLABELED not in labels, "not_in_reference": len(unknown), "unreadable": unreadable,
-                 "files_sha256": files_hash([s for s, _ in ok])}
-    if source == "bundle":
-        data_info.update(reference_images=len(ref_probs), reference_coverage=len(ok) / len(ref_probs),
-                         same_files_as_reference=data_info["files_sha256"] == clf.bundle.reference.get("files_sha256"))
-    report.update({
-        "reference": _reference_info(clf, source),
-        "bundle": _bundle_info(clf),
-        "runtime": clf.runtime,
-        "data": data_info,
-        "timing": {"seconds": elapsed, "images_per_s": len(known) / elapsed if elapsed else 0.0,
-                   "infer_ms_mean": float(infer.mean()), "infer_ms_p50": float(np.median(infer))},
-        "host": host_info(),
-        "criteria": criteria,
-    })
-    report["cpu_path_note"] = path_note((clf.bundle.manifest.get("verified_on") or {}).get("cpu"), report["host"]["cpu"])
-    if unknown:
-        report["data"]["not_in_reference_examples"] = unknown[:5]
+    samples = parity_samples(clf, data, split, classes)
+    predictions = parity_predictions(clf, data, samples, split=split, reference=reference, workers=workers,
+                                     strict=strict)
+    report = parity_from_predictions(predictions, tolerances, n_boot=n_boot, max_unstable=max_unstable)
+    max_unstable = report["criteria"]["applied"]["max_unstable"]
     if stability or max_unstable is not None:
         from edgecxr.devices.stability import measure_stability, stability_check
 
-        report["stability"] = measure_stability(clf, [s.path for s, _ in ok], names=rels, float_clf=clf.twin(),
+        paths = {s.rel: s.path for s in samples}
+        rels = [c["file"] for c in report["cases"]]
+        report["stability"] = measure_stability(clf, [paths[r] for r in rels], names=rels, float_clf=clf.twin(),
                                                 max_unstable=max_unstable, progress=True)
         if max_unstable is not None:
             report["checks"].append(stability_check(report["stability"]))
@@ -367,15 +319,127 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     return report
 
 
-def _pooled_test(clf: Classifier, data, classes) -> list:
-    """A bundle exported on a pooled re-split (`edgecxr split`) holds test images from every official folder:
-    under a data root, those are the images to compare."""
+def parity_samples(clf: Classifier, data, split: str = "test", classes=DEFAULT_CLASSES) -> list:
+    """The images parity compares: those under `data` (see list_site); for a bundle exported on a pooled
+    re-split (`edgecxr split`), whose test images come from every official folder, those of its reference."""
     ref = clf.bundle.reference
     if not ref.get("pooled") or not Path(data).is_dir():
-        return []
+        return list_site(data, split, classes)
     from edgecxr.data import pooled
 
     return [s for s in pooled(data, classes) if s.rel in ref["probs"]]
+
+
+def parity_predictions(clf: Classifier, data, samples, *, split: str = "test", reference: str = "auto",
+                       workers: int | None = None, strict: bool = False, shard: tuple[int, int] = (1, 1)) -> dict:
+    """The per-image predictions of parity on shard (I, N) of `samples` (all of them for (1, 1)): a
+    prediction document of edgecxr.devices.shards, the unit `edgecxr device merge` combines."""
+    from edgecxr.devices import shards
+
+    context = parity_context(clf, samples, split, reference, data)
+    mine = shards.select(samples, *shard)
+    t0 = time.perf_counter()
+    records = predict_records(clf, mine, context, workers=workers, strict=strict)
+    return shards.document("parity", context, samples, shard, records, time.perf_counter() - t0, host_info())
+
+
+def parity_context(clf: Classifier, samples, split: str, reference: str, data) -> dict:
+    """What every shard of one parity run shares: the bundle, the float reference, the threshold."""
+    source = _reference_source(clf, samples, split, reference, data)
+    context = {"threshold": float(clf.threshold), "source": source, "reference": _reference_info(clf, source),
+               "bundle": _bundle_info(clf), "runtime": clf.runtime,
+               "verified_cpu": (clf.bundle.manifest.get("verified_on") or {}).get("cpu"),
+               "acceptance": clf.bundle.manifest.get("acceptance"), "data": {"root": str(data), "split": split}}
+    if source == "bundle":
+        _in_bundle_reference(clf, samples, split, data)  # refuses a wrong split, foreign images, other labels
+        ref = clf.bundle.reference
+        context.update(reference_images=len(ref["probs"]), reference_metrics=ref["metrics"],
+                       reference_files_sha256=ref.get("files_sha256"))
+    return context
+
+
+def predict_records(clf: Classifier, indexed, context: dict, *, workers: int | None = None,
+                    strict: bool = False) -> list[dict]:
+    """One record per (index, Sample): the device and float probabilities, the image's hash and timings; an
+    image not in the bundle's reference gets {"not_in_reference": True}, an unreadable one its "error"."""
+    if context["source"] == "bundle":
+        ref_probs = clf.bundle.reference["probs"]
+        known = [(i, s) for i, s in indexed if s.rel in ref_probs]
+    else:
+        known = list(indexed)
+    results = clf.predict_batch([s.path for _, s in known], workers=workers, strict=strict)
+    if context["source"] == "twin":
+        twin = clf.twin().predict_batch([s.path for _, s in known], workers=workers, strict=strict)
+        ref_probs = {s.rel: r.probability for (_, s), r in zip(known, twin) if not isinstance(r, Failure)}
+    compared = {i for i, _ in known}
+    records = [{"index": i, "file": s.rel, "not_in_reference": True} for i, s in indexed if i not in compared]
+    for (i, s), r in zip(known, results):
+        if isinstance(r, Failure):
+            records.append({"index": i, "file": s.rel, "error": r.error})
+        elif s.rel not in ref_probs:
+            records.append({"index": i, "file": s.rel, "no_reference": True})  # the twin could not read it
+        else:
+            t = r.timings
+            records.append({"index": i, "file": s.rel, "sha256": sha256_file(s.path), "label": s.label,
+                            "float_prob": float(ref_probs[s.rel]), "device_prob": float(r.probability),
+                            "decode_ms": t.decode_ms, "preprocess_ms": t.preprocess_ms, "infer_ms": t.infer_ms})
+    return sorted(records, key=lambda r: r["index"])
+
+
+def parity_from_predictions(pred: dict, tolerances=None, *, n_boot: int = 2000, max_unstable=None) -> dict:
+    """The parity report and verdict from a prediction document (one run, or shards merged). tolerances: as
+    for run_parity: the bundle's acceptance criteria (carried in the document) apply unless given."""
+    from edgecxr.devices.criteria import resolve
+
+    ctx, records = pred["context"], pred["records"]
+    given = asdict(tolerances) if isinstance(tolerances, Tolerances) else dict(tolerances or {})
+    given.setdefault("max_unstable", max_unstable)
+    tolerances, _, criteria = resolve(ctx.get("acceptance"), given)
+    ok = [r for r in records if "device_prob" in r]
+    if not ok:
+        raise DataError("no readable images left to compare")
+    listed = [r for r in records if not r.get("not_in_reference")]
+    unknown = [r["file"] for r in records if r.get("not_in_reference")]
+    unreadable = [{"file": r["file"], "error": r["error"]} for r in records if "error" in r]
+    rels, labels = [r["file"] for r in ok], [r["label"] for r in ok]
+    float_probs, device_probs = [r["float_prob"] for r in ok], [r["device_prob"] for r in ok]
+    threshold, source = ctx["threshold"], ctx["source"]
+    if source == "bundle":
+        report = compare(rels, labels, float_probs, device_probs, threshold, tolerances, n_boot=n_boot,
+                         reference_images=ctx["reference_images"], reference_metrics=ctx["reference_metrics"])
+    else:
+        if UNLABELED in labels:
+            report = compare_unlabeled(rels, float_probs, device_probs, threshold, tolerances)
+        else:
+            report = compare(rels, labels, float_probs, device_probs, threshold, tolerances, n_boot=n_boot)
+        report["checks"].append(_coverage_check(len(ok), len(listed), tolerances.min_coverage, "images listed"))
+        report["passed"] = all(c["passed"] for c in report["checks"])
+    for case, r in zip(report["cases"], ok):
+        case["sha256"] = r["sha256"]  # the exact images, so the run can be repeated
+    infer = np.array([r["infer_ms"] for r in ok])
+    elapsed = pred["seconds"]
+    data_info = {"root": ctx["data"]["root"], "split": ctx["data"]["split"], "images": pred["list"]["size"],
+                 "compared": len(ok), "labeled": UNLABELED not in labels, "not_in_reference": len(unknown),
+                 "unreadable": unreadable, "files_sha256": files_hash(rels)}
+    if source == "bundle":
+        data_info.update(reference_images=ctx["reference_images"], reference_coverage=len(ok) / ctx["reference_images"],
+                         same_files_as_reference=data_info["files_sha256"] == ctx["reference_files_sha256"])
+    report.update({
+        "reference": ctx["reference"],
+        "bundle": ctx["bundle"],
+        "runtime": ctx["runtime"],
+        "data": data_info,
+        "timing": {"seconds": elapsed, "images_per_s": len(listed) / elapsed if elapsed else 0.0,
+                   "infer_ms_mean": float(infer.mean()), "infer_ms_p50": float(np.median(infer))},
+        "host": pred["host"],
+        "criteria": criteria,
+    })
+    report["cpu_path_note"] = path_note(ctx["verified_cpu"], report["host"]["cpu"])
+    if unknown:
+        report["data"]["not_in_reference_examples"] = unknown[:5]
+    if pred.get("shards"):
+        report["shards"] = pred["shards"]  # merged: where each shard ran
+    return report
 
 
 def _reference_source(clf: Classifier, samples, split: str, reference: str, data) -> str:

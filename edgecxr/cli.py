@@ -185,7 +185,7 @@ def train(out, overwrite, classes, **options):
 @click.option("--split", default="test", show_default=True, help="train | val | test")
 @click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Take --split from this split file (a pooled re-split from `edgecxr split`, or a run's split.json).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for metrics.json and plots.")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for metrics.json and plots (required unless --predictions).")
 @click.option("--threshold", type=float, help="Override the model's validation threshold.")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
 @CLASSES
@@ -197,15 +197,31 @@ def train(out, overwrite, classes, **options):
 @click.option("--cam-images", default=100, show_default=True, type=click.IntRange(min=0),
               help="Grad-CAM on a seeded random subset of this many images (0: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--shard", help="I/N: evaluate shard I of N only and write its --predictions (merge the N files with "
+                              "`edgecxr device merge FILES --out DIR`).")
+@click.option("--predictions", type=click.Path(path_type=Path),
+              help="Write the per-image predictions (a shard file) instead of metrics and plots.")
 def evaluate(model_path, data, split, split_file, out, threshold, bootstrap, classes, strict, trust_model, shortcuts,
-             cam_images, overwrite):
-    """Evaluate at the validation-chosen threshold; writes metrics.json (with 95% CIs) and ROC/PR/confusion PNGs."""
+             cam_images, overwrite, shard, predictions):
+    """Evaluate at the validation-chosen threshold; writes metrics.json (with 95% CIs) and ROC/PR/confusion PNGs.
+
+    Example: edgecxr evaluate --data data/kermany-cxr-224 --out eval/
+    Sharded: edgecxr evaluate --data D --shard 2/3 --predictions eval-2.json (on each machine), then
+    edgecxr device merge eval-*.json --out eval/ (the metrics.json of `evaluate --no-shortcuts`).
+    """
     from edgecxr.data import parse_classes
+    from edgecxr.devices.shards import parse_shard
     from edgecxr.training.evaluate import evaluate as run, format_metrics
 
+    if (shard and not predictions) or (predictions and out) or not (out or predictions):
+        raise click.UsageError("pass --out DIR, or --predictions FILE (with --shard I/N for one shard)")
     result = run(model_path, data, split, out, threshold=threshold, classes=parse_classes(classes), strict=strict,
                  n_boot=bootstrap, overwrite=overwrite, trust_model=trust_model, shortcuts=shortcuts,
-                 cam_images=cam_images, split_file=split_file)
+                 cam_images=cam_images, split_file=split_file, shard=parse_shard(shard) if shard else None,
+                 predictions=predictions)
+    if predictions:
+        click.echo(f"shard {shard or '1/1'}: {sum('prob' in r for r in result['records'])} images; written {predictions}")
+        return
     click.echo(format_metrics(result))
     click.echo(f"written to {out}/metrics.json")
 

@@ -349,8 +349,9 @@ def _part_summary(part: list[Sample], everything: list[Sample]) -> dict:
 
 
 def files_hash(samples) -> str:
-    """SHA-256 of the sorted relative paths: identifies a file list in provenance records."""
-    return hashlib.sha256("\n".join(sorted(s.rel for s in samples)).encode()).hexdigest()
+    """SHA-256 of the sorted relative paths (of Samples, or the paths themselves): identifies a file list in
+    provenance records."""
+    return hashlib.sha256("\n".join(sorted(getattr(s, "rel", s) for s in samples)).encode()).hexdigest()
 
 
 # -- loading pixels ----------------------------------------------------------
