@@ -34,8 +34,9 @@ def sample() -> Path:
 # The tiny test model (32 px, 4-8 channels, 3 epochs) has many test images near its threshold and int8 noise
 # of a few percent: its int8 agreement is 0.98-0.995 depending on the target. Tests that export it to int8
 # check mechanics, not its quantization quality, so they use limits it meets with a clear margin on every CPU
-# (the int8 kernels are CPU-independent; see export/onnx.py, export/openvino.py).
-TINY_INT8_LIMITS = {"max_recall_drop": 0.03, "max_accuracy_drop": 0.03, "min_agreement": 0.95}
+# (the int8 kernels are CPU-independent; see export/onnx.py, export/openvino.py). The margins are also the
+# non-inferiority margins of the patient-level lower bound (about -0.04 for its recall difference).
+TINY_INT8_LIMITS = {"max_recall_drop": 0.08, "max_accuracy_drop": 0.08, "min_agreement": 0.95}
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,8 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
     if predictions is not None:
         context = {"model": {"path": str(model_path), "sha256": sha256_file(model_path)}, "threshold": float(thr),
                    "threshold_method": method, "labels": list(info.labels), "n_boot": n_boot,
-                   "prob_dtype": str(probs.dtype), "data": {"root": str(Path(data_root).resolve()), "split": split}}
+                   "prob_dtype": str(probs.dtype), "data": {"root": str(Path(data_root).resolve()), "split": split},
+                   "split_file": str(split_file) if split_file else None}
         index = {s.rel: i for i, s in mine}
         records = [{"index": index[s.rel], "file": s.rel, "label": int(y), "prob": float(p), "patient": s.patient}
                    for s, y, p in zip(kept, labels, probs)] + [{"index": index[s.rel], "file": s.rel, "error": e}
@@ -124,7 +125,8 @@ def write_merged(doc: dict, out: Path, *, overwrite: bool = False) -> dict:
     probs = np.array([r["prob"] for r in ok], dtype=ctx["prob_dtype"])
     patients = [r.get("patient") or D.patient_id(Path(r["file"]).name) for r in ok]
     result = _result(labels, probs, ctx["threshold"], ctx["n_boot"], patients, threshold_method=ctx["threshold_method"],
-                     split=ctx["data"]["split"], model=ctx["model"]["path"], model_sha256=ctx["model"]["sha256"],
+                     split=ctx["data"]["split"], split_file=ctx.get("split_file"), model=ctx["model"]["path"],
+                     model_sha256=ctx["model"]["sha256"],
                      skipped=[{"file": r["file"], "error": r["error"]} for r in records if "error" in r],
                      data={"root": ctx["data"]["root"], "split": ctx["data"]["split"], "images": len(ok),
                            "files_sha256": D.files_hash([r["file"] for r in ok])})
