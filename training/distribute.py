@@ -27,21 +27,27 @@ def is_chief(strategy) -> bool:
     return bool(strategy.extended.should_checkpoint)
 
 
-def distribute(tf, strategy, build, batch_size: int):
-    """build((shards, index), batch) -> tf.data.Dataset. With several workers, each worker's pipeline lists
-    only its share of the files (nothing is read twice) and batches per replica; elsewhere one pipeline."""
+def distribute(tf, strategy, build, batch_size: int, count: int):
+    """(dataset, steps per epoch or None) from build((shards, index), batch) -> tf.data.Dataset.
+
+    With several workers, each worker's pipeline lists only its share of the `count` files (nothing is read
+    twice) and batches per replica. Keras needs a step count for such a dataset: it repeats, and an epoch is
+    one pass over the largest share, so every worker runs the same number of steps."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise ConfigError(f"--batch-size {batch_size} must be a multiple of the {replicas} replicas "
                           "(workers x GPUs per worker); it is the global batch")
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return build((1, 0), batch_size)
+        return build((1, 0), batch_size), None
+    cluster = strategy.cluster_resolver.cluster_spec()
+    workers = sum(cluster.num_tasks(job) for job in ("chief", "worker") if job in cluster.jobs)
 
     def per_worker(context):
         shard = (context.num_input_pipelines, context.input_pipeline_id)
-        return build(shard, context.get_per_replica_batch_size(batch_size))
+        return build(shard, context.get_per_replica_batch_size(batch_size)).repeat()
 
-    return strategy.distribute_datasets_from_function(per_worker)
+    share = -(-count // workers)
+    return strategy.distribute_datasets_from_function(per_worker), -(-share // (batch_size // workers))
 
 
 class Backup:

@@ -24,6 +24,7 @@ class Skipped:
         self.strict = strict
         self.bad: dict[str, str] = {}  # path -> message
         self.error: ImageError | None = None  # the first one, raised again in strict mode
+        self.fatal: DataError | None = None  # every file of a pipeline was unreadable
         self._reported = 0
         self._lock = threading.Lock()
 
@@ -52,6 +53,8 @@ class Skipped:
         except (tf.errors.OpError, ValueError):
             if self.strict and self.error is not None:
                 raise self.error from None
+            if self.fatal is not None:
+                raise self.fatal from None
             if samples and not self.kept(samples):
                 raise DataError("no readable images left after skipping unreadable files") from None
             raise
@@ -81,6 +84,7 @@ def pixel_dataset(tf, samples, spec: PreprocessSpec, skipped: Skipped, *, shuffl
     paths = np.array([str(samples[i].path) for i in order], dtype=object).astype(str)
     labels = np.array([samples[i].label for i in order], np.float32)
     size = spec.size
+    unreadable: set[str] = set()
 
     def load(path):
         path = path.decode()
@@ -90,6 +94,10 @@ def pixel_dataset(tf, samples, spec: PreprocessSpec, skipped: Skipped, *, shuffl
             skipped.add(path, exc)
             if skipped.strict:
                 raise
+            unreadable.add(path)
+            if len(unreadable) == len(paths):  # a repeating pipeline would search for ever
+                skipped.fatal = DataError("no readable images left after skipping unreadable files")
+                raise skipped.fatal from None
             return np.zeros((size, size), np.uint8), False
 
     def decode(path, label, index):
@@ -97,6 +105,12 @@ def pixel_dataset(tf, samples, spec: PreprocessSpec, skipped: Skipped, *, shuffl
         pixels.set_shape((size, size))
         ok.set_shape(())
         return pixels, label, index, ok
+
+    def readable(pixels, label, index, ok):
+        return ok
+
+    def without_flag(pixels, label, index, ok):
+        return pixels, label, index
 
     ds = tf.data.Dataset.from_tensor_slices((paths, labels, order.astype(np.int64)))
     if shuffle and not cache:  # names only: a full shuffle costs a few bytes per image
@@ -106,7 +120,7 @@ def pixel_dataset(tf, samples, spec: PreprocessSpec, skipped: Skipped, *, shuffl
         ds = ds.cache(cache_file(cache, name, samples, spec, shard, seed))
         if shuffle:  # the cached order is already a seeded permutation; reshuffle within a window each epoch
             ds = ds.shuffle(CACHE_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    return ds.filter(lambda x, y, i, ok: ok).map(lambda x, y, i, ok: (x, y, i))
+    return ds.filter(readable).map(without_flag)
 
 
 class Inputs:

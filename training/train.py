@@ -196,7 +196,8 @@ def _weight_averager(keras, epochs: int, last: int):
 
 
 def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = None, skipped=None):
-    """Train (class weights travel in the datasets); with `backup`, each phase resumes from its last epoch."""
+    """Train on (dataset, steps or None) pairs (class weights travel in the datasets); with `backup`, each
+    phase resumes from its last epoch."""
     verbose = 1 if sys.stderr.isatty() else 2
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
@@ -212,8 +213,8 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = 
         with model.distribute_strategy.scope():
             _compile(keras, model, cfg, lr)
         resume = backup.callbacks(keras, phase) if backup else []
-        h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=resume + callbacks + list(extra),
-                      verbose=verbose)
+        h = model.fit(train_ds[0], steps_per_epoch=train_ds[1], validation_data=val_ds[0], validation_steps=val_ds[1],
+                      epochs=epochs, callbacks=resume + callbacks + list(extra), verbose=verbose)
         done = backup.resumed(phase, h.epoch) if backup else {}
         for k in dict.fromkeys([*done, *h.history]):
             history.setdefault(k, []).extend(float(x) for x in done.get(k, []) + list(h.history.get(k, [])))
@@ -266,8 +267,8 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
     def val_batches(shard, batch):
         return batch_inputs(tf, _xy(inputs.elements(val, "validation", shard=shard)), spec, batch)
 
-    train_ds = distribute(tf, strategy, train_batches, cfg.batch_size)
-    val_ds = distribute(tf, strategy, val_batches, cfg.batch_size)
+    train_ds = distribute(tf, strategy, train_batches, cfg.batch_size, len(train))
+    val_ds = distribute(tf, strategy, val_batches, cfg.batch_size, len(val))
     options = {"alpha": cfg.alpha} if cfg.alpha is not None else {}
     with strategy.scope():
         model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum, **options)
