@@ -71,10 +71,12 @@ class Backup:
 
             write_text_atomic(saved, text)  # the other workers read it at the same time
 
-    def callbacks(self, keras, phase: str) -> list:
+    def callbacks(self, keras, phase: str, others: list) -> list:
+        """BackupAndRestore first (it restores before the others start), the epoch log last (it sees the
+        metrics every other callback added, such as the learning rate)."""
         name = self.prefix + phase
-        callbacks = [keras.callbacks.BackupAndRestore(str(self.folder / name))]
-        if self.chief:  # after the backup of each epoch, its metrics
+        callbacks = [keras.callbacks.BackupAndRestore(str(self.folder / name)), *others]
+        if self.chief:
             log = self.folder / f"{name}.epochs.jsonl"
 
             def write(epoch, logs):
@@ -98,13 +100,11 @@ class Backup:
         if first == 0:
             return {}
         self.resumed_at[name] = first + 1
-        print(f"resumed from the backup in {self.folder / name}: epochs 1-{first} were done, continuing at "
-              f"epoch {first + 1}", file=sys.stderr)
-        history: dict[str, list] = {}
-        for epoch in range(first):
-            for k, v in rows.get(epoch, {}).items():
-                history.setdefault(k, []).append(v)
-        return history
+        done = "epoch 1 was" if first == 1 else f"epochs 1-{first} were"
+        print(f"resumed from the backup in {self.folder / name}: {done} done, continuing at epoch {first + 1}",
+              file=sys.stderr)
+        keys = dict.fromkeys(k for row in rows.values() for k in row)
+        return {k: [rows.get(epoch, {}).get(k, float("nan")) for epoch in range(first)] for k in keys}
 
     def discard_if_unused(self) -> None:
         """After a failure: remove the folder unless it holds a finished epoch to resume from."""

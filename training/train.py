@@ -13,7 +13,7 @@ import numpy as np
 from edgecxr import data as D
 from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
-from edgecxr.errors import ConfigError, DataError
+from edgecxr.errors import ConfigError, DataError, EdgecxrError, first_line
 from edgecxr.modelinfo import ModelInfo, save_info
 from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
 from edgecxr.training import import_tf
@@ -212,12 +212,15 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = 
     def run(epochs, lr, extra=(), phase="phase1"):
         with model.distribute_strategy.scope():
             _compile(keras, model, cfg, lr)
-        resume = backup.callbacks(keras, phase) if backup else []
+        every = callbacks + list(extra)
         h = model.fit(train_ds[0], steps_per_epoch=train_ds[1], validation_data=val_ds[0], validation_steps=val_ds[1],
-                      epochs=epochs, callbacks=resume + callbacks + list(extra), verbose=verbose)
+                      epochs=epochs, callbacks=backup.callbacks(keras, phase, every) if backup else every,
+                      verbose=verbose)
         done = backup.resumed(phase, h.epoch) if backup else {}
+        skipped_epochs = len(next(iter(done.values()), []))
         for k in dict.fromkeys([*done, *h.history]):
-            history.setdefault(k, []).extend(float(x) for x in done.get(k, []) + list(h.history.get(k, [])))
+            earlier = done.get(k, [float("nan")] * skipped_epochs)
+            history.setdefault(k, []).extend(float(x) for x in earlier + list(h.history.get(k, [])))
 
     if cfg.weights != "none" and base is not model:
         base.trainable = False  # phase 1: train the new head on a frozen pretrained base
@@ -329,9 +332,13 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
 
             with tempfile.TemporaryDirectory(prefix="edgecxr-worker-") as tmp:  # the same work, kept nowhere
                 _train_to(tf, keras, strategy, cfg, Path(tmp) / out.name, False, backup)
-    except BaseException:
+    except BaseException as exc:
         if backup and chief:
             backup.discard_if_unused()
+        if isinstance(exc, tf.errors.UnavailableError):  # several workers: one of them stopped
+            where = f" from {backup.folder}" if backup else " (from the start: --no-backup)"
+            raise EdgecxrError(f"a training worker was lost ({first_line(exc)[:160]}); start every worker again with "
+                               f"the same command: training resumes at the last finished epoch{where}") from None
         raise
     if backup and chief:
         backup.remove()
