@@ -13,7 +13,7 @@ import numpy as np
 from edgecxr import data as D
 from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
-from edgecxr.errors import ConfigError, DataError, EdgecxrError, first_line
+from edgecxr.errors import ConfigError, DataError, EdgecxrError
 from edgecxr.modelinfo import ModelInfo, save_info
 from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
 from edgecxr.training import import_tf
@@ -337,8 +337,9 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
             backup.discard_if_unused()
         if isinstance(exc, tf.errors.UnavailableError):  # several workers: one of them stopped
             where = f" from {backup.folder}" if backup else " (from the start: --no-backup)"
-            raise EdgecxrError(f"a training worker was lost ({first_line(exc)[:160]}); start every worker again with "
-                               f"the same command: training resumes at the last finished epoch{where}") from None
+            raise EdgecxrError(f"a training worker was lost (a collective operation failed: {type(exc).__name__}); "
+                               f"start every worker again with the same command: training resumes at the last "
+                               f"finished epoch{where}") from None
         raise
     if backup and chief:
         backup.remove()
