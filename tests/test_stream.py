@@ -1,6 +1,8 @@
 """Streamed training input: decoded in the tf.data pipeline exactly as on the device, sharded, cached, with
 unreadable files skipped and reported (or stopping the run with --strict)."""
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -75,14 +77,22 @@ def test_shards_split_the_files_before_reading(tf, sample):
 
 
 def test_cache_is_read_back_without_the_files(tf, sample, tmp_path):
-    """With a cache folder the second pass reads the decoded pixels back: the images may be gone by then."""
+    """With a cache folder the second pass reads the decoded pixels back: the images may be gone by then.
+    A cache left half-written by a killed run is started again (TensorFlow would refuse its lock file)."""
     from edgecxr.training.stream import Skipped, pixel_dataset
 
     samples = _folder_with_one_bad(sample, tmp_path / "d")
     spec = PreprocessSpec(size=32)
-    first = _elements(pixel_dataset(tf, samples, spec, Skipped(), shuffle=True, seed=1, cache=tmp_path / "c"))
+    code = ("import os, sys; from edgecxr import data as D; from edgecxr.preprocess import PreprocessSpec; "
+            "from edgecxr.training import import_tf; from edgecxr.training.stream import Skipped, pixel_dataset; "
+            f"it = iter(pixel_dataset(import_tf()[0], D.list_split(sys.argv[1], 'train'), PreprocessSpec(size=32), "
+            f"Skipped(), cache=sys.argv[2])); next(it); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "d"), str(tmp_path / "c")], check=True, timeout=300)
+    assert list((tmp_path / "c").glob("*.lockfile"))  # killed mid-way
+    first = _elements(pixel_dataset(tf, samples, spec, Skipped(), cache=tmp_path / "c"))
+    assert not list((tmp_path / "c").glob("*.lockfile")) and list((tmp_path / "c").glob("*.index"))
     shutil.rmtree(tmp_path / "d")
-    again = _elements(pixel_dataset(tf, samples, spec, Skipped(), shuffle=True, seed=1, cache=tmp_path / "c"))
+    again = _elements(pixel_dataset(tf, samples, spec, Skipped(), cache=tmp_path / "c"))
     assert sorted(int(i) for *_, i in again) == sorted(int(i) for *_, i in first) and len(again) == 10
     by_index = {int(i): p for p, _, i in first}
     assert all(np.array_equal(p, by_index[int(i)]) for p, _, i in again)

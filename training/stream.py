@@ -62,12 +62,16 @@ class Skipped:
             raise DataError("no readable images left after skipping unreadable files")
 
 
-def cache_file(cache_dir, name: str, samples, spec: PreprocessSpec, shard: tuple[int, int], seed: int) -> str:
-    """DIR/NAME-HASH: one cache per file list, preprocessing, shard and order; another spec never reads it."""
-    key = json.dumps({"files": [str(s.path) for s in samples], "spec": spec.to_dict(), "shard": shard, "seed": seed})
+def cache_file(cache_dir, name: str, paths, spec: PreprocessSpec, shard: tuple[int, int]) -> str:
+    """DIR/NAME-HASH: one cache per file list (in its order), preprocessing and shard; another spec never reads it."""
+    key = json.dumps({"files": [str(p) for p in paths], "spec": spec.to_dict(), "shard": list(shard)})
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    return str(folder / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
+    prefix = folder / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not prefix.with_name(prefix.name + ".index").exists():  # unfinished: a run killed while writing it
+        for stale in [*folder.glob(f"{prefix.name}_*.lockfile"), *folder.glob(f"{prefix.name}_*.tempstate*")]:
+            stale.unlink(missing_ok=True)  # else TensorFlow refuses the prefix for ever
+    return str(prefix)
 
 
 def pixel_dataset(tf, samples, spec: PreprocessSpec, skipped: Skipped, *, shuffle: bool = False, seed: int = 0,
@@ -117,7 +121,7 @@ def pixel_dataset(tf, samples, spec: PreprocessSpec, skipped: Skipped, *, shuffl
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
-        ds = ds.cache(cache_file(cache, name, samples, spec, shard, seed))
+        ds = ds.cache(cache_file(cache, name, paths, spec, shard))
         if shuffle:  # the cached order is already a seeded permutation; reshuffle within a window each epoch
             ds = ds.shuffle(CACHE_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     return ds.filter(readable).map(without_flag)
