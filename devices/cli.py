@@ -30,6 +30,43 @@ class Share(click.ParamType):
 
 
 SHARE = Share()
+
+
+def TOLERANCES(f):
+    """The parity gate's limits (device parity, device merge): the bundle's acceptance criteria unless given."""
+    for opt in reversed([
+        click.option("--max-recall-drop", type=SHARE, help="Recall non-inferiority margin (default: the bundle's "
+                     "acceptance criteria, else 0.01). Loosening the bundle's is recorded as a deviation."),
+        click.option("--max-accuracy-drop", type=SHARE, help="Accuracy non-inferiority margin (default: the bundle's, else 0.01)."),
+        click.option("--min-agreement", type=SHARE, help="Share of identical decisions (default: the bundle's, else 0.98)."),
+        click.option("--min-coverage", type=SHARE,
+                     help="Share of the bundle's reference images that must be compared (default: the bundle's, else "
+                          "1.0; lower it for a deliberate subset)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def REPORTS(f):
+    """Where a parity report goes (device parity, device merge)."""
+    f = click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")(f)
+    return click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")(f)
+
+
+class ShardSpec(click.ParamType):
+    """--shard I/N."""
+
+    name = "I/N"
+
+    def convert(self, value, param, ctx):
+        from edgecxr.devices.shards import parse_shard
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_shard(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
 DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
 BUNDLE = click.argument("bundle", type=click.Path(path_type=Path))
 TRUSTED = click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
@@ -201,13 +238,8 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
               help="Kermany-layout ROOT, a CSV manifest (path[,label]), or a folder of a site's X-rays.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
-@click.option("--max-recall-drop", default=0.01, show_default=True, type=SHARE)
-@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=SHARE)
-@click.option("--min-agreement", default=0.98, show_default=True, type=SHARE)
-@click.option("--min-coverage", default=1.0, show_default=True, type=SHARE,
-              help="Share of the bundle's reference images that must be compared (lower it for a deliberate subset).")
-@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
-@click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")
+@TOLERANCES
+@REPORTS
 @RUNTIME
 @THREADS
 @DEVICE
@@ -222,9 +254,17 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
                                                 "model and the float twin (see `device stability`).")
 @click.option("--max-unstable", type=SHARE,
               help="With --stability (implies it): fail when a larger share of images flips under any input variant.")
+@click.option("--shard", type=ShardSpec(), help="Run shard I of N only (images split by sorted relative path) and "
+                                                "write its --predictions; combine the N files with `device merge`.")
+@click.option("--predictions", "predictions_file", type=click.Path(path_type=Path),
+              help="Write the per-image prediction file (the unit `device merge` combines) instead of a report.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Run on Ray (pip install 'edgecxr[ray]'): one classifier per worker over the image list, then "
+                   "merged. Without ADDRESS a local Ray on this machine; 'auto' or ray://HOST:PORT for a cluster.")
+@click.option("--ray-workers", type=click.IntRange(1, 1024), help="With --ray: classifier workers (default: the cluster's CPUs).")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
            junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, reference, stability,
-           max_unstable):
+           max_unstable, shard, predictions_file, ray_address, ray_workers):
     """Re-run images on the device and compare its decisions with the float model's.
 
     --data is the data root the bundle was exported with (ROOT/SPLIT/CLASS/), a CSV manifest, or a site's
@@ -235,24 +275,103 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     errors (see the README's reliability section). Comparing fewer than
     --min-coverage of the reference images (a subset, unreadable files) is a failure.
 
+    The acceptance criteria are the ones the bundle's manifest fixed at export (bundles exported before
+    that get the defaults); options tighten them, and loosening one is reported as a deviation.
+    Non-inferiority: the lower 95 % confidence bound (bootstrap by patient) of device minus float recall
+    and accuracy must stay above minus the margin.
+
     Example: edgecxr device parity bundles/tflite-int8 --data clinic-xrays/ --json parity.json
     """
-    from edgecxr.atomic import write_json_atomic
     from edgecxr.data import parse_classes
-    from edgecxr.devices.junit import parity_junit
-    from edgecxr.devices.parity import Tolerances, format_report, run_parity
+    from edgecxr.devices.parity import run_parity
 
-    _check_outputs((bundle, data), json=json_file, junit=junit_file)
-    tol = Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
+    _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address)
+    _check_outputs((bundle, data), json=json_file, junit=junit_file, predictions=predictions_file)
+    tol = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
+           "min_agreement": min_agreement, "min_coverage": min_coverage}
+    if ray_address:
+        from edgecxr.devices.distributed import parity_ray
+
+        report = parity_ray(bundle, data, split=split, classes=parse_classes(classes), tolerances=tol,
+                            reference=reference, address=ray_address, workers=ray_workers, runtime=runtime,
+                            threads=threads or 1, trusted_key=trusted_key)
+        _write_parity(report, show, json_file, junit_file)
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
+    if predictions_file:
+        _write_shard(clf, data, split, parse_classes(classes), reference, workers, strict, shard or (1, 1),
+                     predictions_file)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
                         strict=strict, reference=reference, stability=stability, max_unstable=max_unstable)
+    _write_parity(report, show, json_file, junit_file)
+
+
+def _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address) -> None:
+    if shard and not predictions_file:
+        raise click.UsageError("--shard needs --predictions FILE (where the shard's per-image predictions go)")
+    if predictions_file and (json_file or junit_file or stability or max_unstable is not None or ray_address):
+        raise click.UsageError("--shard/--predictions write per-image predictions only: pass --json/--junit to "
+                               "`edgecxr device merge`, and run --stability or --ray without --predictions")
+
+
+def _write_shard(clf, data, split, classes, reference, workers, strict, shard, predictions_file):
+    from edgecxr.devices import shards
+    from edgecxr.devices.parity import parity_predictions, parity_samples
+
+    doc = parity_predictions(clf, data, parity_samples(clf, data, split, classes), split=split, reference=reference,
+                             workers=workers, strict=strict, shard=shard)
+    shards.write(predictions_file, doc)
+    done = sum(1 for r in doc["records"] if "device_prob" in r)
+    click.echo(f"shard {shard[0]}/{shard[1]}: {done} of {len(doc['records'])} images compared in "
+               f"{doc['seconds']:.1f} s (of {doc['list']['size']} listed); written {predictions_file}")
+    sys.exit(0)
+
+
+def _write_parity(report, show, json_file, junit_file):
+    from edgecxr.atomic import write_json_atomic
+    from edgecxr.devices.junit import parity_junit
+    from edgecxr.devices.parity import format_report
+
     click.echo(format_report(report, max_flips=show))
     if json_file:
         write_json_atomic(json_file, report)
     if junit_file:
         parity_junit(junit_file, report)
     sys.exit(0 if report["passed"] else 1)
+
+
+@device.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@TOLERANCES
+@REPORTS
+@click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
+@click.option("--out", type=click.Path(path_type=Path), help="For `evaluate` shards: the output folder (metrics.json, "
+                                                              "predictions.npz, figures), as `edgecxr evaluate --out`.")
+@click.option("--overwrite", is_flag=True, help="With --out: replace an existing edgecxr output folder.")
+def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file, junit_file, show, out,
+          overwrite):
+    """Combine the prediction files of a sharded run (`--shard I/N --predictions FILE` of `device parity` or
+    `evaluate`, from any machines) into the report and verdict the unsharded run gives.
+
+    Refuses files of different runs (bundle or model, reference, threshold, image list), a shard given twice
+    and a missing shard. Exit 0 when parity holds, 1 when it does not, 2 for bad input.
+
+    Example: edgecxr device merge shard-1.json shard-2.json shard-3.json --json parity.json --junit parity.xml
+    """
+    from edgecxr.devices import shards
+    from edgecxr.devices.parity import parity_from_predictions
+
+    _check_outputs(files, json=json_file, junit=junit_file)
+    doc = shards.merge(files)
+    if doc["task"] == "evaluate":
+        from edgecxr.training.evaluate import write_merged
+
+        if out is None:
+            raise click.UsageError("evaluate shards: pass --out DIR for the merged metrics")
+        write_merged(doc, Path(out), overwrite=overwrite)
+        sys.exit(0)
+    tol = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
+           "min_agreement": min_agreement, "min_coverage": min_coverage}
+    _write_parity(parity_from_predictions(doc, tol), show, json_file, junit_file)
 
 
 @device.command()

@@ -16,7 +16,7 @@ import numpy as np
 from edgecxr import __version__, metrics
 from edgecxr.cpu import cpu_info, path_note
 from edgecxr.bundle import sha256_file
-from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, subgroup
+from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id, subgroup
 from edgecxr.errors import ConfigError, DataError
 
 from edgecxr.devices.classifier import Classifier, Failure
@@ -32,6 +32,7 @@ class Tolerances:
     max_accuracy_drop: float = 0.01
     min_agreement: float = 0.98
     min_coverage: float = 1.0  # share of the bundle's reference images that must be compared
+    level: float = 0.95  # confidence level of the intervals; non-inferiority is judged on their lower bound
 
 
 def _metrics(y, p, threshold) -> dict:
@@ -39,24 +40,60 @@ def _metrics(y, p, threshold) -> dict:
     return {k: m[k] for k in (*COMPARED, "n", "confusion")}
 
 
-def paired_bootstrap(y, float_pred, device_pred, *, n_boot=2000, seed=0, level=0.95) -> dict:
-    """Percentile CIs of device-minus-float recall and accuracy, resampling images (both models on the same draw)."""
+def paired_bootstrap(y, float_pred, device_pred, *, n_boot=2000, seed=0, level=0.95, groups=None) -> dict:
+    """Percentile CIs of device-minus-float recall and accuracy, both models on the same draw; resampling
+    patients (groups: one patient id per image) or, without groups, images."""
     y = np.asarray(y).astype(bool)
     fp, dp = np.asarray(float_pred).astype(bool), np.asarray(device_pred).astype(bool)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
-    yy, ff, dd = y[idx], fp[idx], dp[idx]
-    pos = yy.sum(axis=1)
+    w = metrics.patient_weights(groups, len(y), n_boot, np.random.default_rng(seed))
+    pos = w @ y
     with np.errstate(invalid="ignore", divide="ignore"):
-        d_recall = ((dd & yy).sum(axis=1) - (ff & yy).sum(axis=1)) / pos
-    d_acc = ((dd == yy).sum(axis=1) - (ff == yy).sum(axis=1)) / len(y)
-    d_recall = d_recall[pos > 0]
-    alpha = (1 - level) / 2
+        d_recall = (w @ (dp & y) - w @ (fp & y)) / pos
+        d_acc = (w @ (dp == y) - w @ (fp == y)) / w.sum(axis=1)
+    return {**metrics.bootstrap_info(groups, len(y), n_boot, level),
+            "recall_delta": metrics.quantile_ci(d_recall, level), "accuracy_delta": metrics.quantile_ci(d_acc, level)}
 
-    def ci(v):
-        return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] if len(v) else [float("nan")] * 2
 
-    return {"level": level, "n_boot": n_boot, "recall_delta": ci(d_recall), "accuracy_delta": ci(d_acc)}
+def _one_flip_bound(y, groups, what: str, *, n_boot: int, level: float) -> float:
+    """The lower bound one changed decision alone would give (a positive image missed for recall, any image
+    for accuracy): when it is already below -margin, the set is too small to show non-inferiority."""
+    y = np.asarray(y).astype(bool)
+    device = y.copy()
+    device[int(np.flatnonzero(y)[0]) if what == "recall" else 0] ^= True
+    return paired_bootstrap(y, y, device, n_boot=n_boot, level=level, groups=groups)[f"{what}_delta"][0]
+
+
+def _noninferiority_check(what: str, boot: dict, y, groups, margin: float) -> dict:
+    """Non-inferiority of the device to the float model: the lower confidence bound of device minus float
+    must not fall below -margin. A set too small to show it even with one changed decision is said so,
+    and then passes: the point checks (which allow one decision on small sets) decide."""
+    name, level = f"{what}_noninferiority", boot["level"]
+    lower = boot[f"{what}_delta"][0]
+    positives = int(np.sum(y))
+    if what == "recall" and positives == 0:
+        return _check(name, 0.0, -margin, True, "no pneumonia images in the compared set: recall not measured") | {"status": "not_measured"}
+    pct = f"{100 * level:.0f} %"
+    units = {g for g, label in zip(groups, y) if label == 1 or what != "recall"} if groups is not None else None
+    counted = (f"{positives} pneumonia images" if what == "recall" else f"{len(y)} images") + \
+              (f" from {len(units)} patients" if units is not None else "")
+    one = _one_flip_bound(y, groups, what, n_boot=boot["n_boot"], level=level)
+    if one < -margin - 1e-12:
+        return _check(name, lower, -margin, True,
+                      f"the test set is too small: {counted}; one changed decision alone puts the {pct} "
+                      f"lower bound of the {what} difference at {one:+.4f}, below the margin -{margin:g}; "
+                      "the point checks decide (more test images are needed to show non-inferiority)") | {"status": "too_small", "one_flip_bound": one}
+    passed = lower >= -margin - 1e-12
+    message = (f"{pct} lower bound of device minus float {what} {lower:+.4f} (by {boot['unit']}, {counted}), "
+               f"margin -{margin:g}: non-inferiority {'shown' if passed else 'NOT shown'}")
+    return _check(name, lower, -margin, passed, message) | {"status": "shown" if passed else "not_shown", "one_flip_bound": one}
+
+
+def calibration_change(y, float_probs, device_probs) -> dict:
+    """Calibration of both models on the same images and its change (device minus float)."""
+    f, d = metrics.calibration(y, float_probs), metrics.calibration(y, device_probs)
+    change = {k: (d[k] - f[k]) if d[k] is not None and f[k] is not None else None
+              for k in ("ece", "brier", "slope", "intercept")}
+    return {"float": f, "device": d, "change": change}
 
 
 def _flip_kind(label, float_pos, device_pos) -> str:
@@ -66,7 +103,7 @@ def _flip_kind(label, float_pos, device_pos) -> str:
 
 
 def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances(), *, n_boot=2000,
-            reference_images: int | None = None, reference_metrics: dict | None = None) -> dict:
+            reference_images: int | None = None, reference_metrics: dict | None = None, groups=None) -> dict:
     """The parity report from paired predictions (no runtime involved: testable on its own).
 
     reference_images: how many images the bundle's reference holds; when given, a `coverage`
@@ -74,8 +111,10 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
     reference_metrics: the float model's metrics recorded in the bundle; when every reference image
     is compared, the device's absolute recall and specificity are held to them (not only to the
     float side recomputed here, which an edited or degenerate threshold moves together with the device).
+    groups: the patient of each image (default: parsed from the file names); intervals resample patients.
     """
     y = np.asarray(y).astype(int)
+    patients = [patient_id(Path(r).name) for r in rels] if groups is None else list(groups)
     fprob, dprob = np.asarray(float_probs, np.float64), np.asarray(device_probs, np.float64)
     fpred, dpred = fprob >= threshold, dprob >= threshold
     f_m, d_m = _metrics(y, fprob, threshold), _metrics(y, dprob, threshold)
@@ -83,7 +122,7 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
     agreement = float(np.mean(fpred == dpred))
     diff = np.abs(dprob - fprob)
     flipped = [
-        {"file": rels[i], "label": int(y[i]), "subgroup": subgroup(Path(rels[i]).name, int(y[i])),
+        {"file": rels[i], "label": int(y[i]), "patient": patients[i], "subgroup": subgroup(Path(rels[i]).name, int(y[i])),
          "kind": _flip_kind(int(y[i]), bool(fpred[i]), bool(dpred[i])),
          "float_prob": float(fprob[i]), "device_prob": float(dprob[i])}
         for i in np.flatnonzero(fpred != dpred)
@@ -116,6 +155,9 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
                f"{agreement:.4f} of decisions identical (need {min_agree:.4g}"
                f"{small if min_agree != tolerances.min_agreement else ''}); {len(flipped)} flipped"),
     ]
+    boot = paired_bootstrap(y, fpred, dpred, n_boot=n_boot, level=tolerances.level, groups=patients)
+    checks += [_noninferiority_check("recall", boot, y, patients, tolerances.max_recall_drop),
+               _noninferiority_check("accuracy", boot, y, patients, tolerances.max_accuracy_drop)]
     checks.append(_degenerate_check(y, d_m))
     if reference_metrics is not None:
         checks.append(_reference_check(f_m, d_m, reference_metrics, len(y) == reference_images,
@@ -131,7 +173,8 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
         "agreement": agreement,
         "prob_abs_diff": {"mean": float(diff.mean()), "p99": float(np.quantile(diff, 0.99)), "max": float(diff.max())},
         "mcnemar": metrics.mcnemar(y, fpred, dpred) | {"a": "float", "b": "device"},
-        "bootstrap": paired_bootstrap(y, fpred, dpred, n_boot=n_boot),
+        "bootstrap": boot,
+        "calibration": calibration_change(y, fprob, dprob),
         "flipped": flipped,
         "cases": [{"file": r, "label": int(l), "float_prob": float(a), "device_prob": float(b)}
                   for r, l, a, b in zip(rels, y, fprob, dprob)],  # every image: compare two devices' runs
@@ -243,7 +286,7 @@ REFERENCES = ("auto", "bundle", "twin")
 
 
 def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CLASSES,
-               tolerances: Tolerances = Tolerances(), workers: int | None = None, strict: bool = False,
+               tolerances: Tolerances | dict | None = None, workers: int | None = None, strict: bool = False,
                n_boot: int = 2000, reference: str = "auto", stability: bool = False,
                max_unstable: float | None = None) -> dict:
     """Classify the images under `data` on the device and compare with the float model's decisions.
@@ -253,66 +296,149 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     clinic's own, labeled or not); "auto" takes the bundle's when it holds every image, else the twin.
     stability: also measure input-path stability on the compared images (edgecxr.devices.stability), for the
     device model and the float twin when the bundle has one, gated by max_unstable when given.
+    tolerances: None applies the acceptance criteria in the bundle's manifest; a dict sets some of them, a
+    Tolerances all of them (tightening is applied, loosening too but recorded as a deviation: report["criteria"]).
+    The report is computed from per-image predictions (parity_predictions -> parity_from_predictions), the
+    same path a merge of shards takes (edgecxr.devices.shards).
     """
-    samples = list_site(data, split, classes)
-    source = _reference_source(clf, samples, split, reference, data)
-    if source == "bundle":
-        known, unknown, ref_probs = _in_bundle_reference(clf, samples, split, data)
-    else:
-        known, unknown, ref_probs = samples, [], None
-    t0 = time.perf_counter()
-    results = clf.predict_batch([s.path for s in known], workers=workers, strict=strict)
-    if source == "twin":
-        twin = clf.twin()
-        twin_results = twin.predict_batch([s.path for s in known], workers=workers, strict=strict)
-        ref_probs = {s.rel: r.probability for s, r in zip(known, twin_results) if not isinstance(r, Failure)}
-    elapsed = time.perf_counter() - t0
-    ok = [(s, r) for s, r in zip(known, results) if not isinstance(r, Failure) and s.rel in ref_probs]
-    unreadable = [{"file": s.rel, "error": r.error} for s, r in zip(known, results) if isinstance(r, Failure)]
-    if not ok:
-        raise DataError("no readable images left to compare")
-    rels, labels = [s.rel for s, _ in ok], [s.label for s, _ in ok]
-    float_probs, device_probs = [ref_probs[r] for r in rels], [r.probability for _, r in ok]
-    if source == "bundle":
-        report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot,
-                         reference_images=len(ref_probs), reference_metrics=clf.bundle.reference["metrics"])
-    else:
-        if UNLABELED in labels:
-            report = compare_unlabeled(rels, float_probs, device_probs, clf.threshold, tolerances)
-        else:
-            report = compare(rels, labels, float_probs, device_probs, clf.threshold, tolerances, n_boot=n_boot)
-        report["checks"].append(_coverage_check(len(ok), len(known), tolerances.min_coverage, "images listed"))
-        report["passed"] = all(c["passed"] for c in report["checks"])
-    hashes = {s.rel: sha256_file(s.path) for s, _ in ok}
-    for case in report["cases"]:
-        case["sha256"] = hashes[case["file"]]  # the exact images, so the run can be repeated
-    infer = np.array([r.timings.infer_ms for _, r in ok])
-    data_info = {"root": str(data), "split": split, "images": len(samples), "compared": len(ok),
-                 "labeled": UNLABELED not in labels, "not_in_reference": len(unknown), "unreadable": unreadable,
-                 "files_sha256": files_hash([s for s, _ in ok])}
-    if source == "bundle":
-        data_info.update(reference_images=len(ref_probs), reference_coverage=len(ok) / len(ref_probs),
-                         same_files_as_reference=data_info["files_sha256"] == clf.bundle.reference.get("files_sha256"))
-    report.update({
-        "reference": _reference_info(clf, source),
-        "bundle": _bundle_info(clf),
-        "runtime": clf.runtime,
-        "data": data_info,
-        "timing": {"seconds": elapsed, "images_per_s": len(known) / elapsed if elapsed else 0.0,
-                   "infer_ms_mean": float(infer.mean()), "infer_ms_p50": float(np.median(infer))},
-        "host": host_info(),
-    })
-    report["cpu_path_note"] = path_note((clf.bundle.manifest.get("verified_on") or {}).get("cpu"), report["host"]["cpu"])
-    if unknown:
-        report["data"]["not_in_reference_examples"] = unknown[:5]
+    samples = parity_samples(clf, data, split, classes)
+    predictions = parity_predictions(clf, data, samples, split=split, reference=reference, workers=workers,
+                                     strict=strict)
+    report = parity_from_predictions(predictions, tolerances, n_boot=n_boot, max_unstable=max_unstable)
+    max_unstable = report["criteria"]["applied"]["max_unstable"]
     if stability or max_unstable is not None:
         from edgecxr.devices.stability import measure_stability, stability_check
 
-        report["stability"] = measure_stability(clf, [s.path for s, _ in ok], names=rels, float_clf=clf.twin(),
+        paths = {s.rel: s.path for s in samples}
+        rels = [c["file"] for c in report["cases"]]
+        report["stability"] = measure_stability(clf, [paths[r] for r in rels], names=rels, float_clf=clf.twin(),
                                                 max_unstable=max_unstable, progress=True)
         if max_unstable is not None:
             report["checks"].append(stability_check(report["stability"]))
             report["passed"] = all(c["passed"] for c in report["checks"])
+    return report
+
+
+def parity_samples(clf: Classifier, data, split: str = "test", classes=DEFAULT_CLASSES) -> list:
+    """The images parity compares: those under `data` (see list_site); for a bundle exported on a pooled
+    re-split (`edgecxr split`), whose test images come from every official folder, those of its reference."""
+    ref = clf.bundle.reference
+    if not ref.get("pooled") or not Path(data).is_dir():
+        return list_site(data, split, classes)
+    from edgecxr.data import pooled
+
+    return [s for s in pooled(data, classes) if s.rel in ref["probs"]]
+
+
+def parity_predictions(clf: Classifier, data, samples, *, split: str = "test", reference: str = "auto",
+                       workers: int | None = None, strict: bool = False, shard: tuple[int, int] = (1, 1)) -> dict:
+    """The per-image predictions of parity on shard (I, N) of `samples` (all of them for (1, 1)): a
+    prediction document of edgecxr.devices.shards, the unit `edgecxr device merge` combines."""
+    from edgecxr.devices import shards
+
+    context = parity_context(clf, samples, split, reference, data)
+    mine = shards.select(samples, *shard)
+    t0 = time.perf_counter()
+    records = predict_records(clf, mine, context, workers=workers, strict=strict)
+    return shards.document("parity", context, samples, shard, records, time.perf_counter() - t0, host_info())
+
+
+def parity_context(clf: Classifier, samples, split: str, reference: str, data) -> dict:
+    """What every shard of one parity run shares: the bundle, the float reference, the threshold."""
+    source = _reference_source(clf, samples, split, reference, data)
+    context = {"threshold": float(clf.threshold), "source": source, "reference": _reference_info(clf, source),
+               "bundle": _bundle_info(clf), "runtime": clf.runtime,
+               "verified_cpu": (clf.bundle.manifest.get("verified_on") or {}).get("cpu"),
+               "acceptance": clf.bundle.manifest.get("acceptance"), "data": {"root": str(data), "split": split}}
+    if source == "bundle":
+        _in_bundle_reference(clf, samples, split, data)  # refuses a wrong split, foreign images, other labels
+        ref = clf.bundle.reference
+        context.update(reference_images=len(ref["probs"]), reference_metrics=ref["metrics"],
+                       reference_files_sha256=ref.get("files_sha256"))
+    return context
+
+
+def predict_records(clf: Classifier, indexed, context: dict, *, workers: int | None = None,
+                    strict: bool = False) -> list[dict]:
+    """One record per (index, Sample): the device and float probabilities, the image's hash and timings; an
+    image not in the bundle's reference gets {"not_in_reference": True}, an unreadable one its "error"."""
+    if context["source"] == "bundle":
+        ref_probs = clf.bundle.reference["probs"]
+        known = [(i, s) for i, s in indexed if s.rel in ref_probs]
+    else:
+        known = list(indexed)
+    results = clf.predict_batch([s.path for _, s in known], workers=workers, strict=strict)
+    if context["source"] == "twin":
+        twin = clf.twin().predict_batch([s.path for _, s in known], workers=workers, strict=strict)
+        ref_probs = {s.rel: r.probability for (_, s), r in zip(known, twin) if not isinstance(r, Failure)}
+    compared = {i for i, _ in known}
+    records = [{"index": i, "file": s.rel, "not_in_reference": True} for i, s in indexed if i not in compared]
+    for (i, s), r in zip(known, results):
+        if isinstance(r, Failure):
+            records.append({"index": i, "file": s.rel, "error": r.error})
+        elif s.rel not in ref_probs:
+            records.append({"index": i, "file": s.rel, "no_reference": True})  # the twin could not read it
+        else:
+            t = r.timings
+            records.append({"index": i, "file": s.rel, "sha256": sha256_file(s.path), "label": s.label,
+                            "float_prob": float(ref_probs[s.rel]), "device_prob": float(r.probability),
+                            "decode_ms": t.decode_ms, "preprocess_ms": t.preprocess_ms, "infer_ms": t.infer_ms})
+    return sorted(records, key=lambda r: r["index"])
+
+
+def parity_from_predictions(pred: dict, tolerances=None, *, n_boot: int = 2000, max_unstable=None) -> dict:
+    """The parity report and verdict from a prediction document (one run, or shards merged). tolerances: as
+    for run_parity: the bundle's acceptance criteria (carried in the document) apply unless given."""
+    from edgecxr.devices.criteria import resolve
+
+    ctx, records = pred["context"], pred["records"]
+    given = asdict(tolerances) if isinstance(tolerances, Tolerances) else dict(tolerances or {})
+    given.setdefault("max_unstable", max_unstable)
+    tolerances, _, criteria = resolve(ctx.get("acceptance"), given)
+    ok = [r for r in records if "device_prob" in r]
+    if not ok:
+        raise DataError("no readable images left to compare")
+    listed = [r for r in records if not r.get("not_in_reference")]
+    unknown = [r["file"] for r in records if r.get("not_in_reference")]
+    unreadable = [{"file": r["file"], "error": r["error"]} for r in records if "error" in r]
+    rels, labels = [r["file"] for r in ok], [r["label"] for r in ok]
+    float_probs, device_probs = [r["float_prob"] for r in ok], [r["device_prob"] for r in ok]
+    threshold, source = ctx["threshold"], ctx["source"]
+    if source == "bundle":
+        report = compare(rels, labels, float_probs, device_probs, threshold, tolerances, n_boot=n_boot,
+                         reference_images=ctx["reference_images"], reference_metrics=ctx["reference_metrics"])
+    else:
+        if UNLABELED in labels:
+            report = compare_unlabeled(rels, float_probs, device_probs, threshold, tolerances)
+        else:
+            report = compare(rels, labels, float_probs, device_probs, threshold, tolerances, n_boot=n_boot)
+        report["checks"].append(_coverage_check(len(ok), len(listed), tolerances.min_coverage, "images listed"))
+        report["passed"] = all(c["passed"] for c in report["checks"])
+    for case, r in zip(report["cases"], ok):
+        case["sha256"] = r["sha256"]  # the exact images, so the run can be repeated
+    infer = np.array([r["infer_ms"] for r in ok])
+    elapsed = pred["seconds"]
+    data_info = {"root": ctx["data"]["root"], "split": ctx["data"]["split"], "images": pred["list"]["size"],
+                 "compared": len(ok), "labeled": UNLABELED not in labels, "not_in_reference": len(unknown),
+                 "unreadable": unreadable, "files_sha256": files_hash(rels)}
+    if source == "bundle":
+        data_info.update(reference_images=ctx["reference_images"], reference_coverage=len(ok) / ctx["reference_images"],
+                         same_files_as_reference=data_info["files_sha256"] == ctx["reference_files_sha256"])
+    report.update({
+        "reference": ctx["reference"],
+        "bundle": ctx["bundle"],
+        "runtime": ctx["runtime"],
+        "data": data_info,
+        "timing": {"seconds": elapsed, "images_per_s": len(listed) / elapsed if elapsed else 0.0,
+                   "infer_ms_mean": float(infer.mean()), "infer_ms_p50": float(np.median(infer))},
+        "host": pred["host"],
+        "criteria": criteria,
+    })
+    report["cpu_path_note"] = path_note(ctx["verified_cpu"], report["host"]["cpu"])
+    if unknown:
+        report["data"]["not_in_reference_examples"] = unknown[:5]
+    if pred.get("shards"):
+        report["shards"] = pred["shards"]  # merged: where each shard ran
     return report
 
 
@@ -408,8 +534,13 @@ def format_report(r: dict, max_flips: int = 10) -> str:
         from edgecxr.devices.stability import format_stability
 
         lines.append(format_stability(r["stability"] | {"passed": None}, show=max_flips))  # its check is listed next
+    if r.get("criteria"):
+        from edgecxr.devices.criteria import format_criteria
+
+        lines += format_criteria(r["criteria"])
     for c in r["checks"]:
-        lines.append(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
+        state = "NOT SHOWN" if c.get("status") == "too_small" else "PASS" if c["passed"] else "FAIL"
+        lines.append(f"{state} {c['name']}: {c['message']}")
     cpu = r.get("host", {}).get("cpu")
     if cpu:
         lines.append(r.get("cpu_path_note") or f"CPU path: {cpu['int8_path']} (the bundle does not record where it was verified)")
@@ -423,12 +554,27 @@ def _metric_lines(r: dict) -> list[str]:
     b, mc = r["bootstrap"], r["mcnemar"]
     lines.append(f"agreement {r['agreement']:.4f}; McNemar p={mc['p_value']:.3g} "
                  f"(float-only right {mc['a_only_right']}, device-only right {mc['b_only_right']})")
-    lines.append(f"{int(b['level'] * 100)}% CI recall delta [{b['recall_delta'][0]:+.4f}, {b['recall_delta'][1]:+.4f}], "
+    unit = f"by {b.get('unit', 'image')}" + (f", {b['patients']} patients" if b.get("unit") == "patient" else "")
+    lines.append(f"{int(b['level'] * 100)}% CI ({unit}) recall delta [{b['recall_delta'][0]:+.4f}, {b['recall_delta'][1]:+.4f}], "
                  f"accuracy delta [{b['accuracy_delta'][0]:+.4f}, {b['accuracy_delta'][1]:+.4f}]")
+    if r.get("calibration"):
+        lines.append(format_calibration(r["calibration"]))
     lines.append("subgroups: " + "; ".join(
         f"{g} n={s['n']} acc {s['float_accuracy']:.3f}->{s['device_accuracy']:.3f} flipped {s['flipped']}"
         for g, s in r["subgroups"].items()))
     return lines
+
+
+def _num(v, fmt="+.4f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def format_calibration(c: dict) -> str:
+    """One line: ECE, Brier score and calibration slope, float -> device."""
+    f, d = c["float"], c["device"]
+    return (f"calibration float -> device: ECE {f['ece']:.4f} -> {d['ece']:.4f}, Brier {f['brier']:.4f} -> {d['brier']:.4f}, "
+            f"slope {_num(f['slope'], '.3f')} -> {_num(d['slope'], '.3f')}, intercept {_num(f['intercept'], '.3f')} -> "
+            f"{_num(d['intercept'], '.3f')}")
 
 
 def _unlabeled_lines(r: dict) -> list[str]:

@@ -215,6 +215,12 @@ def check_values(name: str, m: dict) -> None:
         v = ref_metrics.get(key)
         if not (is_number(v) and 0 <= v <= 1):
             fail(f"reference.metrics.{key}", v, "a finite number in [0, 1]")
+    if m.get("acceptance") is not None:  # absent in bundles exported before it: parity applies the defaults
+        from edgecxr.devices.criteria import check_criteria
+
+        problem = check_criteria(name, m["acceptance"])
+        if problem:
+            raise BundleError(f"{problem}; re-export the bundle")
     verified = m.get("verified_on", {})
     if not isinstance(verified, dict) or not isinstance(verified.get("cpu") or {}, dict):
         fail("verified_on", verified, "an object whose 'cpu' is an object or null")

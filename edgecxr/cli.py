@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     "benchmark": "edgecxr.export.benchmark:benchmark",
     "explain": "edgecxr.training.explain:explain",
     "report": "edgecxr.training.report:report",
+    "baseline": "edgecxr.training.baseline:baseline_command",
     "serve": "edgecxr.devices.serve:serve",
     "demo": "edgecxr.demo:demo",
 }
@@ -141,6 +142,9 @@ STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadab
 @click.option("--lr", default=1e-3, show_default=True, help="Learning rate (Adam).")
 @click.option("--augment", default="standard", show_default=True, help="standard | no-flip | strong | none")
 @click.option("--intensity", default=0.0, show_default=True, help="Brightness/contrast/gamma jitter strength.")
+@click.option("--acquisition", default=0.0, show_default=True,
+              help="Share of training images sent through another acquisition path (resampling, blur/sharpening, "
+                   "JPEG re-encoding), e.g. 0.5: makes decisions stable across scanners and exports.")
 @click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
 @click.option("--mixup", default=0.0, show_default=True, help="mixup Beta parameter (e.g. 0.2); 0 = off.")
 @click.option("--label-smoothing", default=0.0, show_default=True, help="Label smoothing of the loss (e.g. 0.1).")
@@ -150,7 +154,8 @@ STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadab
 @click.option("--lung-crop/--no-lung-crop", default=False, show_default=True, help="Fixed lung-region crop.")
 @click.option("--equalize/--no-equalize", default=False, show_default=True, help="Histogram equalization.")
 @click.option("--val-fraction", default=0.1, show_default=True, help="Share of train/ held out, grouped by patient.")
-@click.option("--split-file", type=click.Path(exists=True), help="Reuse the split of an earlier run.")
+@click.option("--split-file", type=click.Path(exists=True),
+              help="Reuse the split of an earlier run, or a pooled re-split from `edgecxr split`.")
 @click.option("--folds", default=0, help="K-fold patient-grouped cross-validation instead of one model.")
 @click.option("--patience", default=8, show_default=True, help="Early-stopping patience (epochs).")
 @click.option("--head-epochs", default=3, show_default=True, help="Frozen-base epochs when weights are pretrained.")
@@ -191,7 +196,9 @@ def train(out, overwrite, classes, **options):
 @click.option("--model", "model_path", type=click.Path(path_type=Path), help="Model (.keras); default: the shipped model.")
 @DATA
 @click.option("--split", default="test", show_default=True, help="train | val | test")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for metrics.json and plots.")
+@click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Take --split from this split file (a pooled re-split from `edgecxr split`, or a run's split.json).")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for metrics.json and plots (required unless --predictions).")
 @click.option("--threshold", type=float, help="Override the model's validation threshold.")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
 @CLASSES
@@ -203,17 +210,73 @@ def train(out, overwrite, classes, **options):
 @click.option("--cam-images", default=100, show_default=True, type=click.IntRange(min=0),
               help="Grad-CAM on a seeded random subset of this many images (0: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def evaluate(model_path, data, split, out, threshold, bootstrap, classes, strict, trust_model, shortcuts, cam_images,
-             overwrite):
-    """Evaluate at the validation-chosen threshold; writes metrics.json (with 95% CIs) and ROC/PR/confusion PNGs."""
+@click.option("--shard", help="I/N: evaluate shard I of N only and write its --predictions (merge the N files with "
+                              "`edgecxr device merge FILES --out DIR`).")
+@click.option("--predictions", type=click.Path(path_type=Path),
+              help="Write the per-image predictions (a shard file) instead of metrics and plots.")
+def evaluate(model_path, data, split, split_file, out, threshold, bootstrap, classes, strict, trust_model, shortcuts,
+             cam_images, overwrite, shard, predictions):
+    """Evaluate at the validation-chosen threshold; writes metrics.json (with 95% CIs) and ROC/PR/confusion PNGs.
+
+    Example: edgecxr evaluate --data data/kermany-cxr-224 --out eval/
+    Sharded: edgecxr evaluate --data D --shard 2/3 --predictions eval-2.json (on each machine), then
+    edgecxr device merge eval-*.json --out eval/ (the metrics.json of `evaluate --no-shortcuts`).
+    """
     from edgecxr.data import parse_classes
+    from edgecxr.devices.shards import parse_shard
     from edgecxr.training.evaluate import evaluate as run, format_metrics
 
+    if (shard and not predictions) or (predictions and out) or not (out or predictions):
+        raise click.UsageError("pass --out DIR, or --predictions FILE (with --shard I/N for one shard)")
     result = run(model_path, data, split, out, threshold=threshold, classes=parse_classes(classes), strict=strict,
                  n_boot=bootstrap, overwrite=overwrite, trust_model=trust_model, shortcuts=shortcuts,
-                 cam_images=cam_images)
+                 cam_images=cam_images, split_file=split_file, shard=parse_shard(shard) if shard else None,
+                 predictions=predictions)
+    if predictions:
+        click.echo(f"shard {shard or '1/1'}: {sum('prob' in r for r in result['records'])} images; written {predictions}")
+        return
     click.echo(format_metrics(result))
     click.echo(f"written to {out}/metrics.json")
+
+
+@main.command()
+@DATA
+@click.option("--ratios", default="0.79,0.05,0.16", show_default=True, help="Shares of train,val,test.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Split file to write.")
+@click.option("--seed", default=0, show_default=True)
+@CLASSES
+@click.option("--overwrite", is_flag=True, help="Replace an existing split file.")
+def split(data, ratios, out, seed, classes, overwrite):
+    """Pool a Kermany-layout folder's train, val and test images and re-split them by patient (stratified, seeded).
+
+    \b
+    Example:
+      edgecxr split --data ../shared/data/kermany-cxr-224 --ratios 0.79,0.05,0.16 --out split.json
+      edgecxr train --data ../shared/data/kermany-cxr-224 --split-file split.json --out runs/pooled
+      edgecxr evaluate --model runs/pooled/model.keras --data ../shared/data/kermany-cxr-224 --split-file split.json --out eval
+    """
+    import json
+
+    from edgecxr.atomic import refuse_overlap, write_text_atomic
+    from edgecxr.data import parse_classes, resplit
+    from edgecxr.errors import DataError
+
+    try:
+        shares = tuple(float(r) for r in ratios.split(","))
+    except ValueError:
+        raise DataError(f"--ratios {ratios!r}: need three numbers train,val,test, e.g. 0.79,0.05,0.16") from None
+    refuse_overlap(out, (data,))
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
+    result = resplit(data, shares, seed=seed, classes=parse_classes(classes))
+    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
+    for name, part in result["summary"].items():
+        origin = ", ".join(f"{n} from {k}/" for k, n in part["from_official"].items() if n)
+        click.echo(f"{name:5s} {part['images']:5d} images ({part['image_share']:.1%}), {part['patients']:5d} patients "
+                   f"({part['patient_share']:.1%}), {part['positive']} positive / {part['negative']} negative; {origin}")
+    click.echo(f"warning: results on this split are not comparable with the official {data}/test split or with "
+               "papers that report on it; no patient is in two parts", err=True)
+    click.echo(f"written to {out}")
 
 
 @main.command()

@@ -228,24 +228,66 @@ def grouped_split(samples: list[Sample], val_fraction: float = 0.1, seed: int = 
     """(train, val): patient-grouped, stratified by class, seeded."""
     if not 0 < val_fraction < 1:
         raise DataError(f"validation fraction must be between 0 and 1, got {val_fraction}")
+    parts = grouped_partition(samples, {"val": val_fraction, "train": 1 - val_fraction}, seed)
+    return parts["train"], parts["val"]
+
+
+def grouped_partition(samples: list[Sample], fractions: dict, seed: int = 0) -> dict:
+    """{name: samples} with about fractions[name] of each class's images, every patient in one part.
+
+    Per class, the patients are shuffled (seeded) and dealt in order: a patient goes to the first part whose
+    cumulative share of that class is not yet reached (so the last part takes the rest)."""
     rng = random.Random(seed)
-    train, val = [], []
+    parts = {name: [] for name in fractions}
     for label, patients in sorted(_patients_by_class(samples).items()):
         rng.shuffle(patients)
-        want = val_fraction * sum(len(p) for p in patients)
+        total = sum(len(p) for p in patients)
+        limits, running = [], 0.0
+        for name, share in fractions.items():
+            running += share
+            limits.append((name, running * total))
         taken = 0
         for items in patients:
-            if taken < want:
-                val += items
-                taken += len(items)
-            else:
-                train += items
-    return sorted(train, key=lambda s: s.rel), sorted(val, key=lambda s: s.rel)
+            name = next((n for n, limit in limits if taken < limit), limits[-1][0])
+            parts[name] += items
+            taken += len(items)
+    return {name: sorted(items, key=lambda s: s.rel) for name, items in parts.items()}
+
+
+def pooled(root, classes=DEFAULT_CLASSES) -> list[Sample]:
+    """Every image of a Kermany-layout folder's official splits together, for a re-split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found; pass a folder laid out as ROOT/{{train,val,test}}/{{{','.join(classes)}}}/")
+    folders = [root / split for split in SPLITS if (root / split).is_dir()]
+    if not folders:
+        raise DataError(f"{root}: no train, val or test folder to pool; expected ROOT/{{train,val,test}}/{{{','.join(classes)}}}/")
+    return [s for folder in folders for s in _list_classes(folder, root, classes)]
 
 
 def save_split(path: Path, train, val, **info) -> None:
     data = {**info, "train": [s.rel for s in train], "val": [s.rel for s in val]}
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def read_split_file(path: Path) -> dict:
+    """A split file written by `edgecxr train` (train, val) or `edgecxr split` (train, val, test of pooled data)."""
+    fix = "pass a split.json written by edgecxr train or edgecxr split"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the split file ({exc.strerror or exc}); {fix}") from None
+    except ValueError as exc:  # bad JSON or not UTF-8
+        raise DataError(f"{path}: not a JSON split file ({exc}); {fix}") from None
+    keys = ("train", "val", "test") if isinstance(data, dict) and data.get("pooled") else ("train", "val")
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list) and all(isinstance(r, str) for r in data[k]) for k in keys):
+        raise DataError(f"{path}: not a split file (needs {', '.join(repr(k) for k in keys)} lists of file paths); {fix}")
+    return data
+
+
+def is_pooled(path) -> bool:
+    return bool(path) and Path(path).is_file() and bool(read_split_file(path).get("pooled"))
 
 
 def apply_split(path: Path, samples: list[Sample], *, subset: bool = False):
@@ -254,16 +296,7 @@ def apply_split(path: Path, samples: list[Sample], *, subset: bool = False):
     subset=True accepts data holding only part of the split (every image of it in the split):
     each image keeps its side, so nothing of the model's training data moves to validation.
     """
-    fix = "pass a split.json written by edgecxr train"
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the split file ({exc.strerror or exc}); {fix}") from None
-    except ValueError as exc:  # bad JSON or not UTF-8
-        raise DataError(f"{path}: not a JSON split file ({exc}); {fix}") from None
-    if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), list) and all(isinstance(r, str) for r in data[k]) for k in ("train", "val")):
-        raise DataError(f"{path}: not a split file (needs 'train' and 'val' lists of file paths); {fix}")
+    data = read_split_file(path)
     by_rel = {s.rel: s for s in samples}
     if subset and by_rel and set(by_rel) <= set(data["train"]) | set(data["val"]):
         return [by_rel[r] for r in data["train"] if r in by_rel], [by_rel[r] for r in data["val"] if r in by_rel]
@@ -273,9 +306,52 @@ def apply_split(path: Path, samples: list[Sample], *, subset: bool = False):
     return [by_rel[r] for r in data["train"]], [by_rel[r] for r in data["val"]]
 
 
+def split_samples(root, split: str, classes=DEFAULT_CLASSES, split_file=None) -> list[Sample]:
+    """The samples of `split` (train, val or test): the official folder, or the part a split file names.
+    A train/validation split file (from `edgecxr train`) divides ROOT/train; a pooled one (`edgecxr split`)
+    re-divides all of ROOT's images."""
+    if not split_file:
+        return list_split(root, split, classes)
+    data = read_split_file(split_file)
+    if not data.get("pooled"):
+        if split == "test":
+            return list_split(root, split, classes)
+        return dict(zip(("train", "val"), apply_split(split_file, list_split(root, "train", classes))))[split]
+    if split not in SPLITS:
+        raise DataError(f"{split_file}: no split {split!r}; the split file has train, val and test")
+    by_rel = {s.rel: s for s in pooled(root, classes)}
+    missing = [r for r in data[split] if r not in by_rel]
+    if missing:
+        raise DataError(f"{split_file}: {len(missing)} files of its {split} split are not in {root} (first: {missing[0]}); "
+                        "pass the data folder the split was made from")
+    return [by_rel[r] for r in data[split]]
+
+
+def resplit(root, ratios: tuple, *, seed: int = 0, classes=DEFAULT_CLASSES) -> dict:
+    """Pool ROOT's official splits and re-split them by patient: the content of a pooled split file."""
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or min(ratios[:2]) <= 0 or abs(sum(ratios) - 1) > 1e-6:
+        raise DataError(f"--ratios {','.join(map(str, ratios))}: need three shares train,val,test that sum to 1 "
+                        "(train and val above 0), e.g. 0.79,0.05,0.16")
+    samples = pooled(root, classes)
+    train, val, test = ratios
+    parts = grouped_partition(samples, {"val": val, "test": test, "train": train}, seed)
+    summary = {name: _part_summary(parts[name], samples) for name in SPLITS}
+    return {"pooled": True, "seed": seed, "ratios": list(ratios), "data": str(root), "grouped_by": "patient",
+            "classes": list(classes), "summary": summary, **{name: [s.rel for s in parts[name]] for name in SPLITS}}
+
+
+def _part_summary(part: list[Sample], everything: list[Sample]) -> dict:
+    patients = {s.patient for s in part}
+    return {"images": len(part), "image_share": len(part) / len(everything), "patients": len(patients),
+            "patient_share": len(patients) / len({s.patient for s in everything}),
+            "positive": sum(s.label == 1 for s in part), "negative": sum(s.label == 0 for s in part),
+            "from_official": {split: sum(s.rel.startswith(split + "/") for s in part) for split in SPLITS}}
+
+
 def files_hash(samples) -> str:
-    """SHA-256 of the sorted relative paths: identifies a file list in provenance records."""
-    return hashlib.sha256("\n".join(sorted(s.rel for s in samples)).encode()).hexdigest()
+    """SHA-256 of the sorted relative paths (of Samples, or the paths themselves): identifies a file list in
+    provenance records."""
+    return hashlib.sha256("\n".join(sorted(getattr(s, "rel", s) for s in samples)).encode()).hexdigest()
 
 
 # -- loading pixels ----------------------------------------------------------

@@ -44,7 +44,8 @@ def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False)
     write_json_atomic(out / "parity.json", report)
     click.echo(format_report(report))
     click.echo(f"\nwritten to {out}: float/metrics.json, bundles/{target}/, parity.json")
-    click.echo(f"next: edgecxr report {out}/float --out {out}/report.html")
+    click.echo(f"next: edgecxr device bench {bundle} --json {out}/bench.json && edgecxr report {out}/float "
+               f"{bundle} {out}/parity.json {out}/bench.json --out {out}/report.html")
     return bool(report["passed"])
 
 

@@ -98,22 +98,106 @@ def binary_metrics(y_true, scores, threshold: float = 0.5) -> dict:
     }
 
 
-def bootstrap_ci(y_true, scores, threshold: float, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals of every metric (resampling images)."""
+def patient_weights(groups, n: int, n_boot: int, rng) -> np.ndarray:
+    """(n_boot, n) how often each image is drawn when whole patients are resampled with replacement.
+
+    groups: one patient id per image (None: every image its own patient, the plain image bootstrap). A
+    patient's images are correlated (several X-rays of one child), so resampling images makes intervals
+    too narrow; drawing patients keeps each one's images together.
+    """
+    codes = np.arange(n) if groups is None else np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
+    n_groups = int(codes.max()) + 1 if n else 0
+    drawn = rng.multinomial(n_groups, np.full(n_groups, 1 / max(n_groups, 1)), size=n_boot)
+    return drawn[:, codes]
+
+
+def count_patients(groups, n: int) -> int:
+    return n if groups is None else len(set(map(str, groups)))
+
+
+def quantile_ci(values, level: float) -> list:
+    """Percentile interval of bootstrap draws (NaN draws left out), [nan, nan] when none is left."""
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    alpha = (1 - level) / 2
+    return [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] if len(v) else [float("nan")] * 2
+
+
+def bootstrap_ci(y_true, scores, threshold: float, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 groups=None) -> dict:
+    """Percentile bootstrap intervals of every metric, resampling patients (groups) or, without groups, images."""
     y_true, scores = np.asarray(y_true).astype(int), np.asarray(scores, np.float64)
-    rng = np.random.default_rng(seed)
+    weights = patient_weights(groups, len(y_true), n_boot, np.random.default_rng(seed))
     draws = {name: [] for name in METRIC_NAMES}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y_true), len(y_true))
+    for w in weights:
+        idx = np.repeat(np.arange(len(y_true)), w)
         m = binary_metrics(y_true[idx], scores[idx], threshold)
         for name in METRIC_NAMES:
-            if not math.isnan(m[name]):
-                draws[name].append(m[name])
-    alpha = (1 - level) / 2
-    return {
-        name: [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] if v else [float("nan")] * 2
-        for name, v in draws.items()
-    }
+            draws[name].append(m[name])
+    return {name: quantile_ci(v, level) for name, v in draws.items()}
+
+
+def bootstrap_info(groups, n: int, n_boot: int, level: float) -> dict:
+    """What an interval resampled: recorded beside it so a reader knows images from patients."""
+    unit = "image" if groups is None else "patient"
+    return {"unit": unit, "patients": count_patients(groups, n), "images": n, "n_boot": n_boot, "level": level}
+
+
+def logit(p):
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def calibration(y_true, scores, *, bins: int = 10) -> dict:
+    """How far predicted probabilities are from observed frequencies.
+
+    ece: expected calibration error over equal-width bins (|mean probability - share positive|, weighted by
+    the bin's images); brier: mean squared error of the probability; slope and intercept: logistic
+    recalibration of the outcome on logit(p) (slope 1, intercept 0 when calibrated; slope < 1 means
+    over-confident). slope/intercept are None when the classes separate perfectly (no finite fit).
+    """
+    y, p = np.asarray(y_true, np.float64), np.asarray(scores, np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+    table = [{"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(np.sum(idx == b)),
+              "mean_prob": float(p[idx == b].mean()), "share_positive": float(y[idx == b].mean())}
+             for b in range(bins) if np.any(idx == b)]
+    ece = sum(r["n"] * abs(r["mean_prob"] - r["share_positive"]) for r in table) / max(len(y), 1)
+    slope, intercept = _logistic_fit(logit(p), y)
+    return {"ece": float(ece), "brier": float(np.mean((p - y) ** 2)) if len(y) else float("nan"),
+            "slope": slope, "intercept": intercept, "bins": table, "n": int(len(y))}
+
+
+def _logistic_fit(x, y, iterations: int = 50):
+    """(slope, intercept) of P(y=1) = sigmoid(a + b x) by Newton's method, (None, None) when it does not converge."""
+    if len(y) < 2 or y.min() == y.max():
+        return None, None
+    beta = np.zeros(2)
+    design = np.column_stack([np.ones_like(x), x])
+    for _ in range(iterations):
+        mu = 1 / (1 + np.exp(-np.clip(design @ beta, -35, 35)))
+        hessian = design.T @ (design * (mu * (1 - mu))[:, None])
+        try:
+            step = np.linalg.solve(hessian, design.T @ (y - mu))
+        except np.linalg.LinAlgError:
+            return None, None
+        beta += step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    else:
+        return None, None
+    if not np.all(np.isfinite(beta)) or abs(beta[1]) > 1e3:
+        return None, None
+    return float(beta[1]), float(beta[0])
+
+
+def small_sample_notes(cm: dict, limit: int = 100) -> list[str]:
+    """'20 normal images: the interval is wide', for each class with fewer than `limit` images."""
+    notes = []
+    for n, what, metric in ((cm["tn"] + cm["fp"], "normal", "specificity"), (cm["tp"] + cm["fn"], "pneumonia", "recall")):
+        if 0 < n < limit:
+            notes.append(f"{n} {what} images: the {metric} interval is wide (one image is {100 / n:.1f} points)")
+    return notes
 
 
 def threshold_rule(target_recall: float | None) -> str:

@@ -66,16 +66,19 @@ def confusion_png(cm: dict, labels, path: Path, title: str = "Confusion matrix")
 
 
 def calibration_png(y_true, scores, path: Path, bins: int = 10) -> None:
+    """Reliability diagram: the share of positives against the mean probability per bin (edgecxr.metrics.calibration)."""
     plt = _plt()
-    y_true, scores = np.asarray(y_true), np.asarray(scores)
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(scores, edges) - 1, 0, bins - 1)
-    mean_pred = [scores[idx == b].mean() for b in range(bins) if np.any(idx == b)]
-    frac_pos = [y_true[idx == b].mean() for b in range(bins) if np.any(idx == b)]
+    cal = metrics.calibration(y_true, scores, bins=bins)
+    mean_pred = [b["mean_prob"] for b in cal["bins"]]
+    frac_pos = [b["share_positive"] for b in cal["bins"]]
+    slope = "n/a" if cal["slope"] is None else f"{cal['slope']:.2f}"
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.plot(mean_pred, frac_pos, marker="o", lw=2)
+    ax.plot(mean_pred, frac_pos, marker="o", lw=2, label=f"ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f}, slope {slope}")
+    for x, y, b in zip(mean_pred, frac_pos, cal["bins"]):
+        ax.annotate(str(b["n"]), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="grey")
     ax.set(xlabel="mean predicted probability", ylabel="fraction positive", title="Calibration", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
     _save(fig, path)
 
 

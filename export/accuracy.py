@@ -22,11 +22,6 @@ def _agreement(probs, float_probs, threshold) -> float:
     return float(np.mean((probs >= threshold) == (float_probs >= threshold)))
 
 
-def _logit(p):
-    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def predicted_agreement(val_probs, val_float_probs, reference_float_probs, threshold, *, z: float = 1.645) -> dict:
     """The decision agreement to expect on the reference (test) images, from the int8 noise seen on validation.
 
@@ -42,8 +37,8 @@ def predicted_agreement(val_probs, val_float_probs, reference_float_probs, thres
     keep = (vf > 0.01) & (vf < 0.99) & (vq > 0.005) & (vq < 0.995)
     if keep.sum() < 20:
         return None
-    noise = np.sort(_logit(vq)[keep] - _logit(vf)[keep])
-    margin = _logit(threshold) - _logit(reference_float_probs)  # the noise that moves each image onto the threshold
+    noise = np.sort(metrics.logit(vq)[keep] - metrics.logit(vf)[keep])
+    margin = metrics.logit(threshold) - metrics.logit(reference_float_probs)  # the noise that moves each image onto the threshold
     below = np.searchsorted(noise, margin, side="left") / len(noise)  # P(noise < margin)
     positive = np.asarray(reference_float_probs) >= threshold
     flip = np.where(positive, below, 1 - below)

@@ -26,7 +26,8 @@ from edgecxr.targets import TARGETS, Target, resolve_targets
 ROW_KEYS = ("target", "base_target", "family", "precision", "int8", "runtime", "provider", "threads", "size_mb",
             "size_gz_mb", "accuracy", "recall", "specificity", "roc_auc", "recall_drop", "accuracy_drop", "agreement",
             "new_fn", "new_fp", "prob_abs_diff_max", "unstable", "stability_n", "p50_ms", "p90_ms", "e2e_p50_ms", "speedup", "passed",
-            "failed_checks", "n", "export_s", "reused", "export_method", "bundle_path", "flipped", "stage", "error")
+            "failed_checks", "n", "export_s", "reused", "export_method", "weight_zeros", "bundle_path", "flipped", "stage",
+            "error")
 EXPORT_TIMES = "export_times.json"
 
 
@@ -51,6 +52,8 @@ def plan_rows(targets=("all",), prune: float | None = None, qat: bool = False) -
         plans.append(RowPlan(f"tflite-int8+prune{prune:g}", TARGETS["tflite-int8"], prune=prune))
     if qat:
         plans.append(RowPlan("tflite-int8+qat", TARGETS["tflite-int8"], qat=True))
+    if prune is not None and qat:  # pruning-preserving QAT: the zeros survive int8
+        plans.append(RowPlan(f"tflite-int8+prune{prune:g}+qat", TARGETS["tflite-int8"], prune=prune, qat=True))
     if not plans:
         raise ConfigError(f"no target given; valid: {', '.join(TARGETS)}, all")
     return plans
@@ -244,7 +247,8 @@ def measure_row(row: dict, bundle: Path, data_root, *, classes, tolerances, runs
     acc = m["optimization"].get("accuracy_control") or {}
     row.update(runtime=f"{rt['name']} {rt['version']}", provider=rt["provider"], threads=rt["threads"],
                size_mb=size.get("bytes", 0) / 2**20, size_gz_mb=size.get("gzip_bytes", 0) / 2**20,
-               export_method=acc.get("method") if acc else None, bundle_path=str(bundle))
+               export_method=acc.get("method") if acc else None, bundle_path=str(bundle),
+               weight_zeros=((m["optimization"].get("prune") or {}).get("int8_weights") or {}).get("sparsity"))
     row["stage"] = "parity"
     parity = run_parity(clf, data_root, classes=classes, tolerances=tolerances, n_boot=n_boot)
     dev, fc = parity["device"], parity["flipped_counts"]

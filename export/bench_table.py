@@ -65,7 +65,11 @@ def format_markdown(result: dict) -> str:
         lines += ["", "+prune rows: decisions at the pruned model's own threshold (re-chosen on validation after "
                   "pruning), parity (agreement, new FN/FP) against the pruned float model, the reference stored in "
                   "their bundle; compare their accuracy/recall/specificity with the float row for the cost of pruning "
-                  "itself. +qat rows are compared with the original float model."]
+                  "itself. +qat rows are compared with the original float model; +prune...+qat rows use "
+                  "tensorflow-model-optimization's pruning-preserving QAT scheme."]
+        lines += [f"- {r['target']}: {_f(r.get('weight_zeros'), '.1%')} of the int8 convolution and dense weights are "
+                  "zero in the bundle (measured in the .tflite file)" for r in result["rows"]
+                  if "+prune" in r["target"] and not r["error"] and r.get("weight_zeros") is not None]
     failed = [r for r in result["rows"] if not r["error"] and not r["passed"]]
     if failed:
         lines += ["", "Parity failures:"]

@@ -16,6 +16,9 @@ from edgecxr.targets import TARGETS
               help=f"Repeatable: {', '.join(TARGETS)} or all.")
 @DATA
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the bundles (OUT/<target>/).")
+@click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Calibration, validation and test images from this split file (a pooled re-split from "
+                   "`edgecxr split`); default: the model's own split.json beside it.")
 @click.option("--calib-count", default=300, show_default=True, help="Calibration images from the train split.")
 @click.option("--prune", type=float, help="Target sparsity (e.g. 0.5): magnitude pruning + fine-tuning.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning for tflite-int8.")

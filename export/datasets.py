@@ -14,6 +14,21 @@ from edgecxr.errors import DataError, ModelError
 MIN_CALIBRATION = 16  # below this the int8 ranges are guesswork
 
 
+def export_splits(data_root, classes, model_path: Path, *, split_file=None, seed: int = 0):
+    """(train, val, test, where val comes from): a split file given on the command line, else the model's own
+    split.json (a pooled re-split there also names the test images), else the official folders."""
+    own = Path(model_path).parent / "split.json"
+    if split_file is None and D.is_pooled(own):
+        split_file = own
+    if split_file is not None:
+        parts = [D.split_samples(data_root, name, classes, split_file) for name in ("train", "val", "test")]
+        kind = "pooled re-split" if D.is_pooled(split_file) else "split file"
+        return (*parts, f"{split_file} ({kind})")
+    test = D.list_split(data_root, "test", classes)
+    train, val, where = train_val(data_root, classes, model_path, seed=seed)
+    return train, val, test, where
+
+
 def train_val(data_root, classes, model_path: Path, *, seed: int = 0):
     """(train, val) of the train split: the model's own split.json when it fits the data, else a grouped 10 % split."""
     samples = D.list_split(data_root, "train", classes)

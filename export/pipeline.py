@@ -22,6 +22,7 @@ from edgecxr.targets import TARGETS, resolve_targets
 
 TWIN_TOLERANCE = 1e-3  # a float32 conversion of the model reproduces its probabilities to about 1e-6
 RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
+RUNTIME_PACKAGES = {"litert": "ai_edge_litert", "onnxruntime": "onnxruntime", "openvino": "openvino"}  # keys of versions()
 VERSION_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
                     "onnxruntime", "openvino", "nncf", "ai-edge-litert", "numpy", "edgecxr")
 
@@ -58,11 +59,11 @@ def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, fin
         raise ConfigError("--finetune-epochs must be at least 1")
 
 
-def _reference(source, test, test_x, test_y):
+def _reference(source, test, test_x, test_y, pooled: bool = False):
     from edgecxr.export.datasets import checked_prob
 
     probs = checked_prob(source.predict(test_x), source.info.output, source.info.positive_index, "test")
-    return {"split": "test", "probs": {s.rel: float(p) for s, p in zip(test, probs)},
+    return {"split": "test", **({"pooled": True} if pooled else {}), "probs": {s.rel: float(p) for s, p in zip(test, probs)},
             "labels": {s.rel: int(y) for s, y in zip(test, test_y)},
             "metrics": metrics.binary_metrics(test_y, probs, source.info.threshold),
             "files_sha256": D.files_hash(test)}
@@ -72,12 +73,13 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
                  max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
                  overrides=None, trust_model: bool = False, seed: int = 0,
-                 qat_fallback: bool = True, signing_key=None, twin: bool = True) -> list[Path]:
+                 qat_fallback: bool = True, signing_key=None, twin: bool = True, split_file=None) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified).
 
     signing_key: an Ed25519 private key file (edgecxr keygen): each bundle gets signature.json.
     twin: ship the float32 model of the same format in twin/ of every other bundle, so that device parity
     can recompute the float reference on a site's own images.
+    split_file: train/val/test from this split file (default: the model's own split.json; see datasets.export_splits).
     """
     from edgecxr.export import datasets as X
     from edgecxr.export.accuracy import Gate
@@ -102,8 +104,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     for t in chosen:
         check_writable(out_dir / t.name, overwrite=overwrite, inputs=(model_path, data_root))
     # Data first: bad folders fail in a second, before TensorFlow starts.
-    test = D.list_split(data_root, "test", classes)
-    train, val, val_source = X.train_val(data_root, classes, Path(model_path), seed=seed)
+    train, val, test, val_source = X.export_splits(data_root, classes, Path(model_path), split_file=split_file, seed=seed)
     need_calib = any(t.calibrated for t in chosen) or qat
     calib = X.calibration_samples(train, calib_count, seed=seed) if need_calib else []
 
@@ -143,7 +144,8 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
                                       for k in ("recall", "specificity", "accuracy", "roc_auc")}
         _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
              f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
-    reference = _reference(source, test, test_x, test_y)
+    reference = _reference(source, test, test_x, test_y,
+                           pooled=D.is_pooled(split_file or Path(model_path).parent / "split.json"))
     t_val = time.time()
     gate = Gate(val_x, val_y, val_probs(source), info.threshold, info.output, info.positive_index,
                 max_recall_drop, max_accuracy_drop, val_source, min_agreement,
@@ -227,9 +229,12 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         twin = _add_twin(target, ctx, tmp, info) if ctx.with_twin and target.precision != "fp32" else None
         if prune_report is not None:
             opt["prune"] = {**prune_report, "gzip_bytes": opt["size"]["gzip_bytes"]}
-            if result["qat"]:
-                opt["prune"]["layers_after_qat"] = "sparsity preserved by the prune-preserving QAT scheme"
+            if target.family == "tflite" and target.int8:
+                from edgecxr.export.runners import int8_weight_sparsity
+
+                opt["prune"]["int8_weights"] = int8_weight_sparsity(tmp / target.model_file)  # measured, not assumed
         manifest = {"target": target.name, "runtime": RUNTIMES[target.family], "model_file": target.model_file,
+                    "acceptance": _acceptance(target, ctx, base),
                     "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
                                                           "positive_index": int(info.positive_index)},
                     **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
@@ -253,23 +258,45 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
     return final
 
 
+def _tolerances(gate):
+    from edgecxr.devices.parity import Tolerances
+
+    return Tolerances(gate.max_recall_drop, gate.max_accuracy_drop, gate.min_agreement)
+
+
+def _acceptance(target, ctx, base: dict) -> dict:
+    """The release criteria written into the manifest: the gate's limits, the test set export parity ran on,
+    and the runtime and CPU that passed them (see edgecxr.devices.criteria)."""
+    from edgecxr.devices.criteria import export_criteria
+
+    runtime = RUNTIMES[target.family]
+    version = base["versions"].get(RUNTIME_PACKAGES[runtime])
+    reference = base["reference"]
+    test = {"split": reference["split"], "images": len(reference["probs"]), "files_sha256": reference.get("files_sha256"),
+            "pneumonia_images": int(sum(reference["labels"].values()))}
+    return export_criteria(_tolerances(ctx.gate), test=test, runtime={"name": runtime, "version": version},
+                           cpu=base["verified_on"]["cpu"])
+
+
 def _export_parity(target, ctx, folder: Path, info) -> dict:
     """Device parity's own check, run at export on the test images the bundle's reference holds.
 
     The validation gate chooses; this only verifies, so a bundle that `edgecxr device parity` would fail
     on this CPU is never written. A failure here refuses the target (no further attempt is tuned on test).
     """
-    from edgecxr.devices.parity import Tolerances, compare
+    from edgecxr.devices.parity import compare
     from edgecxr.export.datasets import to_prob
     from edgecxr.export.runners import Runner
 
     test, test_x, test_y = ctx.test
     gate = ctx.gate
     probs = to_prob(Runner(target.family, folder / target.model_file)(test_x), info.output, info.positive_index)
-    tol = Tolerances(gate.max_recall_drop, gate.max_accuracy_drop, gate.min_agreement)
     rels = [s.rel for s in test]
-    report = compare(rels, test_y, gate.reference_float_probs, probs, info.threshold, tol, n_boot=200)
+    # the same draws as `device parity` (same seed and count): the same predictions get the same verdict
+    report = compare(rels, test_y, gate.reference_float_probs, probs, info.threshold, _tolerances(gate),
+                     groups=[s.patient for s in test])
     summary = {"split": "test", "n": report["n"], "agreement": report["agreement"], "passed": report["passed"],
+               "bootstrap": report["bootstrap"], "calibration_change": report["calibration"]["change"],
                "flipped_counts": report["flipped_counts"], "prob_abs_diff": report["prob_abs_diff"],
                "checks": [{k: c[k] for k in ("name", "value", "limit", "passed")} for c in report["checks"]]}
     if not report["passed"]:

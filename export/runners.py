@@ -23,6 +23,23 @@ def _tflite_interpreter(path_or_bytes):
     return Interpreter(num_threads=2, **kw)
 
 
+def int8_weight_sparsity(model) -> dict:
+    """Share of exact zeros in a TFLite model's int8 convolution and dense weights (the kernels pruning
+    thins out; depthwise kernels, shaped [1, h, w, c], are never pruned and are left out)."""
+    it = _tflite_interpreter(model)
+    zeros = total = 0
+    for d in it.get_tensor_details():
+        shape = tuple(d["shape"])
+        if np.dtype(d["dtype"]) != np.int8 or len(shape) not in (2, 4) or (len(shape) == 4 and shape[0] == 1):
+            continue
+        try:
+            w = it.get_tensor(d["index"])
+        except ValueError:  # an activation tensor, not a constant
+            continue
+        zeros, total = zeros + int(np.count_nonzero(w == 0)), total + int(w.size)
+    return {"sparsity": round(zeros / total, 4) if total else 0.0, "weights": total}
+
+
 class Runner:
     """Batch-at-a-time runner for one model file; .specs() gives the manifest's input/output dicts."""
 

@@ -34,8 +34,9 @@ def sample() -> Path:
 # The tiny test model (32 px, 4-8 channels, 3 epochs) has many test images near its threshold and int8 noise
 # of a few percent: its int8 agreement is 0.98-0.995 depending on the target. Tests that export it to int8
 # check mechanics, not its quantization quality, so they use limits it meets with a clear margin on every CPU
-# (the int8 kernels are CPU-independent; see export/onnx.py, export/openvino.py).
-TINY_INT8_LIMITS = {"max_recall_drop": 0.03, "max_accuracy_drop": 0.03, "min_agreement": 0.95}
+# (the int8 kernels are CPU-independent; see export/onnx.py, export/openvino.py). The margins are also the
+# non-inferiority margins of the patient-level lower bound (about -0.04 for its recall difference).
+TINY_INT8_LIMITS = {"max_recall_drop": 0.08, "max_accuracy_drop": 0.08, "min_agreement": 0.95}
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +55,15 @@ def tiny_run(tmp_path_factory, kermany) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run) -> Path:
     return tiny_run / "model.keras"
+
+
+@pytest.fixture(scope="session")
+def small_kermany(tmp_path_factory, kermany) -> Path:
+    """A Kermany-layout folder of symlinks to 40 real images per class of train/ and test/."""
+    root = tmp_path_factory.mktemp("small") / "data"
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (root / split / cls).mkdir(parents=True)
+            for f in sorted((kermany / split / cls).iterdir())[:40]:
+                (root / split / cls / f.name).symlink_to(f)
+    return root

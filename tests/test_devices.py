@@ -213,9 +213,53 @@ def test_parity_passes_writes_json_and_junit(bundles, kermany, tmp_path):
     assert rep["timing"]["seconds"] < 60
     suite = ET.parse(xml).getroot().find("testsuite")
     cases = suite.findall("testcase")
-    assert [c.get("name") for c in cases] == ["recall_drop", "accuracy_drop", "agreement", "not_degenerate",
-                                              "reference_metrics", "coverage"]
+    assert [c.get("name") for c in cases] == ["recall_drop", "accuracy_drop", "agreement", "recall_noninferiority",
+                                              "accuracy_noninferiority", "not_degenerate", "reference_metrics", "coverage"]
     assert suite.get("failures") == "0" and not any(c.find("failure") is not None for c in cases)
+
+
+def test_bundle_fixes_its_acceptance_criteria_and_parity_applies_them(bundles, kermany, tmp_path):
+    """Export writes the criteria (with the test set's hash, runtime and CPU); parity applies them by default,
+    applies a tighter command line, records a looser one as a deviation, and says when a bundle has none."""
+    folder = bundles["tflite-fp32"]
+    manifest = json.loads((folder / B.MANIFEST).read_text())
+    acc = manifest["acceptance"]
+    assert (acc["max_recall_drop"], acc["max_accuracy_drop"], acc["min_agreement"], acc["level"]) == (0.01, 0.01, 0.98, 0.95)
+    assert acc["test_set"]["images"] == 624 and acc["test_set"]["files_sha256"] == manifest["reference"]["files_sha256"]
+    assert acc["verified_on"]["runtime"]["name"] == "litert" and acc["verified_on"]["runtime"]["version"]
+    assert acc["verified_on"]["cpu"]["int8_path"]
+    out = tmp_path / "p.json"
+    r = cli("device", "parity", folder, "--data", kermany, "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "acceptance criteria (from the bundle): recall margin 0.01" in r.output and "DEVIATION" not in r.output
+    assert "PASS recall_noninferiority" in r.output and "by patient" in r.output
+    rep = json.loads(out.read_text())
+    assert rep["criteria"]["source"] == "bundle" and rep["criteria"]["deviations"] == []
+    assert rep["bootstrap"]["unit"] == "patient" and rep["bootstrap"]["patients"] < 624
+    assert rep["calibration"]["change"]["brier"] == pytest.approx(0, abs=1e-6)  # float32 = float
+    r = cli("device", "parity", folder, "--data", kermany, "--min-agreement", "0.9", "--max-recall-drop", "0.005",
+            "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "DEVIATION from the bundle's criteria: decision agreement loosened from 0.98 (the bundle's) to 0.9" in r.output
+    assert "tightened on the command line: recall non-inferiority margin 0.01 -> 0.005" in r.output
+    crit = json.loads(out.read_text())["criteria"]
+    assert [d["criterion"] for d in crit["deviations"]] == ["min_agreement"] and crit["applied"]["max_recall_drop"] == 0.005
+    old = tmp_path / "old"  # a bundle exported before the criteria: still readable, the defaults, said so
+    shutil.copytree(folder, old)
+    for key in ("format", "version", "files", "sha256", "digest", "acceptance"):
+        manifest.pop(key)
+    shutil.rmtree(old / "twin", ignore_errors=True)
+    manifest["twin"] = None
+    B.finalize(old, manifest)
+    r = cli("device", "parity", old, "--data", kermany)
+    assert r.exit_code == 0, r.output
+    assert "acceptance criteria (defaults)" in r.output and "records no acceptance criteria" in r.output
+    bad = json.loads((old / B.MANIFEST).read_text())
+    for key in ("format", "version", "files", "sha256", "digest"):
+        bad.pop(key)
+    bad["acceptance"] = {**acc, "min_agreement": 1.5}
+    with pytest.raises(BundleError, match="acceptance.min_agreement"):
+        B.finalize(old, bad)
 
 
 def test_parity_on_the_sample_subset(bundles, sample):
@@ -271,8 +315,8 @@ def test_compare_checks_coverage_only_when_the_reference_size_is_given():
 
     rels = ["test/NORMAL/IM-0001-0001.jpeg", "test/PNEUMONIA/person1_bacteria_1.jpeg"]
     args = (rels, [0, 1], [0.1, 0.9], [0.1, 0.9], 0.5)
-    assert [c["name"] for c in compare(*args, n_boot=50)["checks"]] == ["recall_drop", "accuracy_drop", "agreement",
-                                                                        "not_degenerate"]
+    assert [c["name"] for c in compare(*args, n_boot=50)["checks"]] == [
+        "recall_drop", "accuracy_drop", "agreement", "recall_noninferiority", "accuracy_noninferiority", "not_degenerate"]
     rep = compare(*args, n_boot=50, reference_images=4)
     assert rep["passed"] is False and rep["checks"][-1]["name"] == "coverage" and rep["checks"][-1]["value"] == 0.5
     assert "compared 2 of 4 reference images (50.0 %), below --min-coverage 1.0" in rep["checks"][-1]["message"]

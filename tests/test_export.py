@@ -317,6 +317,49 @@ def test_prune_reaches_sparsity_and_rechooses_the_threshold(tiny_model, kermany,
     assert metrics.choose_threshold([s.label for s in val], probs) == pytest.approx(m["threshold"], abs=1e-3)
 
 
+def test_pruning_preserving_qat_keeps_the_zeros_in_the_int8_file(kermany):
+    """qat(pruned=True), what `export --prune S --qat` runs: tensorflow-model-optimization's pruning-preserving
+    scheme; the zeros are counted in the converted int8 .tflite. (A MobileNetV2: tfmot cannot quantize the
+    tiny CNN's BatchNorm after ReLU.)"""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from edgecxr.export.optimize import qat
+    from edgecxr.export.runners import int8_weight_sparsity
+    from edgecxr.training.models import build_model
+
+    model, _ = build_model("tiny_mobilenet_v2", size=48)
+    for layer in model.layers:  # magnitude-prune every 1x1 convolution and dense kernel to 50 %
+        kind = type(layer).__name__
+        if kind == "Dense" or kind == "Conv2D" and layer.kernel.shape[0] == 1:
+            w = layer.kernel.numpy()
+            w[np.abs(w) < np.median(np.abs(w))] = 0
+            layer.kernel.assign(w)
+    samples = list_split(kermany, "test")[::20]
+    x = np.stack([np.asarray(Image.open(s.path).convert("RGB").resize((48, 48)), np.float32) / 127.5 - 1
+                  for s in samples])
+    labels = np.array([s.label for s in samples])
+    source = SimpleNamespace(info=SimpleNamespace(output="sigmoid", positive_index=1), out_dim=1)
+    qmodel = qat(model, source, x, labels, 1, pruned=True, lr=1e-3)
+    converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    measured = int8_weight_sparsity(converter.convert())
+    assert measured["weights"] > 10000 and measured["sparsity"] >= 0.45, measured
+
+
+def test_int8_weight_sparsity_counts_zeros_of_an_unpruned_model_as_few(tiny_model, tmp_path):
+    from edgecxr.export.loading import load_source
+    from edgecxr.export.runners import int8_weight_sparsity
+    from edgecxr.export import tflite
+
+    source = load_source(tiny_model)
+    calib = np.random.default_rng(0).uniform(-1, 1, (16, *source.spec.input_shape)).astype(np.float32)
+    measured = int8_weight_sparsity(tflite.convert(source, "int8", calib))
+    assert measured["weights"] > 1000 and measured["sparsity"] < 0.1
+
+
 def test_gate_refuses_int8_that_flips_decisions_even_when_recall_and_accuracy_hold():
     """Twelve of 100 decisions flip, as many each way: recall and accuracy are unchanged, agreement is 0.88."""
     from edgecxr.export.accuracy import Gate

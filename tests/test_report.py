@@ -159,7 +159,8 @@ def report_html(report_dirs, tmp_path_factory) -> Path:
 
 def test_report_is_one_self_contained_file(report_html):
     text = report_html.read_text()
-    assert list(report_html.parent.iterdir()) == [report_html]  # nothing else written, no temp left
+    # nothing else written, no temp left: the page and its JSON twin
+    assert sorted(report_html.parent.iterdir()) == [report_html, report_html.with_suffix(".json")]
     links = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']*)', text, re.I)
     assert links and all(l.startswith(("data:", "#")) for l in links), [l[:40] for l in links]
     assert "url(" not in text and "@import" not in text and "<script" not in text
@@ -184,22 +185,83 @@ def _chromium():
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
-def test_report_renders_in_headless_chromium(report_html, tmp_path):
+def _screenshot(page: Path, tmp_path: Path, height: int) -> np.ndarray:
+    """The page as headless Chromium draws it, 1200 px wide (skips when Chromium is not installed)."""
     browser = _chromium()
     if browser is None:
         pytest.skip("Chromium not installed (apt-get install -y chromium; .ci/extra_setup.sh does it in CI)")
     shot = tmp_path / "shot.png"
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-           report_html.resolve().as_uri()]
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", f"--window-size=1200,{height}",
+           page.resolve().as_uri()]
     subprocess.run(cmd, check=True, capture_output=True, timeout=180)
     from PIL import Image
 
-    img = np.asarray(Image.open(shot).convert("RGB"), np.int16)
-    assert img.shape[:2] == (2000, 1200)
+    return np.asarray(Image.open(shot).convert("RGB"), np.int16)
+
+
+def test_report_renders_in_headless_chromium(report_html, tmp_path):
+    img = _screenshot(report_html, tmp_path, 4000)  # the verification record comes before the curves
+    assert img.shape[:2] == (4000, 1200)
     assert img.std() > 20, "screenshot is blank"
     # The curves: matplotlib's default blue line (#1f77b4) must show in the plot area below the headline.
     r, g, b = img[800:, :, 0], img[800:, :, 1], img[800:, :, 2]
     blue = (abs(r - 31) < 40) & (abs(g - 119) < 40) & (abs(b - 180) < 40)
     assert blue.sum() > 300, f"no curve colour in the screenshot ({blue.sum()} blue pixels)"
+
+
+# -- the evidence record (issue 14) -------------------------------------------------------------
+@pytest.fixture(scope="session")
+def evidence(report_dirs, int8_bundle, sample, tmp_path_factory) -> Path:
+    """The full record from JSON files given directly: evaluate metrics.json, a bundle, device parity and bench."""
+    run, _ = report_dirs
+    root = tmp_path_factory.mktemp("evidence")
+    parity, bench = root / "parity.json", root / "bench.json"
+    r = CliRunner().invoke(main, ["device", "parity", str(int8_bundle), "--data", str(sample), "--min-coverage", "0",
+                                  "--json", str(parity)])
+    assert r.exit_code in (0, 1), r.output  # the tiny model's int8 verdict is not the point here
+    assert "DEVIATION from the bundle's criteria: coverage of the reference images loosened from 1.0" in r.output
+    _run(["device", "bench", int8_bundle, "--data", sample, "--runs", 20, "--warmup", 2, "--json", bench])
+    out = root / "out" / "evidence.html"
+    _run(["report", run / "eval-test" / "metrics.json", int8_bundle / "manifest.json", parity, bench,
+          "--out", out, "--gallery", "1", "--no-maps"])
+    return out
+
+
+def test_evidence_record_reads_as_a_verification_record(evidence, int8_bundle):
+    text = evidence.read_text()
+    rec = json.loads(evidence.with_suffix(".json").read_text())
+    manifest = json.loads((int8_bundle / "manifest.json").read_text())
+    for needle in ("Verdict", "Intended use and input domain", "Acceptance criteria", "Fixed at export",
+                   "Data and hashes", manifest["sha256"], manifest["reference"]["files_sha256"],
+                   "Device results", "bootstrap by patient", "recall_noninferiority", "Subgroups", "Calibration",
+                   "Brier score", "Latency and memory on the device", "cold start s", "peak RSS MB",
+                   "Runtimes and CPU", "int8 path", "DEVIATION", "resampling the", "50 normal images: the specificity "
+                   "interval is wide", "Decisions that changed" if rec["parity"][0]["flipped"] else "Cases to look at"):
+        assert needle in text, needle
+    assert rec["criteria"]["source"] == "bundle" and rec["criteria"]["bundle"]["min_coverage"] == 1.0
+    assert [d["criterion"] for d in rec["criteria"]["deviations"]] == ["min_coverage"]
+    assert rec["verdict"]["passed"] == rec["parity"][0]["passed"]
+    assert any("DEVIATION" in reason for reason in rec["verdict"]["reasons"])
+    assert rec["results"][0]["ci_info"]["unit"] == "patient" and rec["results"][0]["data"]["root"]
+    assert 0 <= rec["results"][0]["calibration"]["ece"] <= 1 and rec["results"][0]["calibration"]["brier"] > 0
+    assert rec["bench"][0]["peak_rss_mb"] > 0 and rec["bench"][0]["cold_start_s"] > 0
+    assert rec["bundles"][0]["acceptance"]["test_set"]["images"] == 624
+    assert "50 normal images: the specificity interval is wide (one image is 2.0 points)" in rec["parity"][0]["small_samples"]
+
+
+def test_report_refuses_a_json_file_it_cannot_read(tmp_path):
+    odd = tmp_path / "odd.json"
+    odd.write_text('{"hello": 1}')
+    r = CliRunner().invoke(main, ["report", str(odd), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 2 and "odd.json: not a file `edgecxr report` reads" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "r.html").exists()
+
+
+def test_evidence_page_renders_in_headless_chromium(evidence, tmp_path):
+    img = _screenshot(evidence, tmp_path, 3000)
+    assert img.shape[:2] == (3000, 1200) and img.std() > 20, "screenshot is blank"
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    table_head = (abs(r - 0xEE) < 4) & (abs(g - 0xF2) < 4) & (abs(b - 0xF6) < 4)  # th background: tables drew
+    assert table_head.sum() > 2000, table_head.sum()

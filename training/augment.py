@@ -15,6 +15,7 @@ class Augment:
     zoom: float = 0.0  # scale uniform in [1-z, 1+z], each axis
     flip: bool = False  # horizontal flip with probability 0.5
     intensity: float = 0.0  # brightness/contrast/gamma jitter strength
+    acquisition: float = 0.0  # share of images given another acquisition path (resampling, blur/sharpen, JPEG)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,10 +33,12 @@ PRESETS = {
 }
 
 
-def get_preset(name: str, intensity: float = 0.0) -> Augment:
+def get_preset(name: str, intensity: float = 0.0, acquisition: float = 0.0) -> Augment:
     if name not in PRESETS:
         raise ConfigError(f"unknown augmentation preset {name!r}; valid: {', '.join(PRESETS)}")
-    return Augment(**{**PRESETS[name].to_dict(), "intensity": intensity})
+    if not 0 <= acquisition <= 1:
+        raise ConfigError(f"--acquisition {acquisition} is a share of images between 0 and 1, e.g. 0.5")
+    return Augment(**{**PRESETS[name].to_dict(), "intensity": intensity, "acquisition": acquisition})
 
 
 def augment_batch(tf, images, aug: Augment, seed=None):
@@ -43,6 +46,16 @@ def augment_batch(tf, images, aug: Augment, seed=None):
     if not aug.active:
         return images
     batch = tf.shape(images)[0]
+    geometric = aug.rotation or aug.shift or aug.shear or aug.zoom or aug.flip
+    warped = _warp(tf, images, aug, batch) if geometric else images
+    if aug.intensity:
+        warped = _jitter_intensity(tf, warped, aug.intensity, batch)
+    if aug.acquisition:
+        warped = acquisition_path(tf, warped, aug.acquisition)
+    return warped
+
+
+def _warp(tf, images, aug: Augment, batch):
     size = tf.cast(tf.shape(images)[1], tf.float32)
 
     def uniform(limit):
@@ -67,13 +80,10 @@ def augment_batch(tf, images, aug: Augment, seed=None):
     y0 = centre - (ic * ox + id_ * oy)
     zeros = tf.zeros([batch])
     transforms = tf.stack([ia, ib, x0, ic, id_, y0, zeros, zeros], axis=1)
-    warped = tf.raw_ops.ImageProjectiveTransformV3(
+    return tf.raw_ops.ImageProjectiveTransformV3(
         images=images[..., None], transforms=transforms, output_shape=tf.shape(images)[1:3],
         fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST",
     )[..., 0]
-    if aug.intensity:
-        warped = _jitter_intensity(tf, warped, aug.intensity, batch)
-    return warped
 
 
 def _jitter_intensity(tf, images, strength, batch):
@@ -86,3 +96,50 @@ def _jitter_intensity(tf, images, strength, batch):
     x = (x - mean) * (1.0 + tf.random.uniform(shape, -strength, strength)) + mean
     x = x + tf.random.uniform(shape, -strength, strength) * 0.5
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+# -- the acquisition path: what another scanner, PACS export or viewer does to the same X-ray ---------------
+RESAMPLE_METHODS = ("bilinear", "bicubic", "area", "lanczos3", "nearest")
+
+
+def acquisition_path(tf, images, share: float):
+    """For a random `share` of a batch (B, H, W) in 0..255: resampling through another size and kernel,
+    blur or sharpening, and JPEG re-encoding at quality 60-95 (the variants `edgecxr device stability`
+    measures); the other images pass unchanged."""
+    batch = tf.shape(images)[0]
+    varied = _resample(tf, images)
+    varied = _blur_or_sharpen(tf, varied, batch)
+    varied = _jpeg_reencode(tf, varied)
+    chosen = tf.random.uniform([batch, 1, 1]) < share
+    return tf.where(chosen, varied, images)
+
+
+def _resample(tf, images):
+    """Down or up to 0.6-1.6 times the size with a random kernel, then back with bilinear (one draw per batch)."""
+    size = tf.shape(images)[1:3]
+    factor = tf.random.uniform([], 0.6, 1.6)
+    middle = tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32)
+    x = images[..., None]
+    pick = tf.random.uniform([], 0, len(RESAMPLE_METHODS), dtype=tf.int32)
+    branches = [lambda m=m: tf.image.resize(x, middle, method=m, antialias=True) for m in RESAMPLE_METHODS]
+    x = tf.switch_case(pick, branches)
+    x = tf.image.resize(x, size, method="bilinear")
+    return tf.clip_by_value(x[..., 0], 0.0, 255.0)
+
+
+def _blur_or_sharpen(tf, images, batch):
+    """x + a (x - blur(x)), a uniform in [-0.8, 0.8]: a < 0 blurs, a > 0 sharpens (unsharp mask)."""
+    kernel = tf.constant([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16.0
+    x = images[..., None]
+    blurred = tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC"),
+                           kernel[:, :, None, None], strides=1, padding="VALID")
+    amount = tf.random.uniform([batch, 1, 1, 1], -0.8, 0.8)
+    return tf.clip_by_value(x + amount * (x - blurred), 0.0, 255.0)[..., 0]
+
+
+def _jpeg_reencode(tf, images):
+    def one(image):
+        encoded = tf.image.random_jpeg_quality(tf.cast(tf.round(image), tf.uint8)[..., None], 60, 95)
+        return tf.cast(encoded[..., 0], tf.float32)
+
+    return tf.map_fn(one, images, fn_output_signature=tf.float32)

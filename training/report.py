@@ -1,12 +1,14 @@
-"""`edgecxr report`: one self-contained HTML page (images inlined) a clinician can read.
+"""`edgecxr report`: one self-contained HTML page (images inlined) a clinician can read, and its JSON twin:
+the verification record of a bundle.
 
     edgecxr report runs/mnv2 runs/mnv2-test --out report.html     # training run + evaluate folder
     edgecxr report bench/ --out report.html                        # benchmark folder (parity table)
+    edgecxr report test-eval/metrics.json bundles/tflite-int8 parity.json bench.json --out evidence.html
 
-Each folder may be a training run (model.keras, val_predictions.npz, history.csv),
-an evaluate folder (metrics.json, predictions.npz), a benchmark folder
-(benchmark.json) or hold parity JSON files (`edgecxr device parity --json`);
-their direct subfolders are searched too. What is missing is said, not faked.
+Each path may be a training run (model.keras, val_predictions.npz, history.csv), an evaluate folder
+(metrics.json, predictions.npz) or its metrics.json, a bundle folder or its manifest.json, a benchmark
+folder (benchmark.json), or parity / bench JSON files (`edgecxr device parity --json`, `device bench --json`),
+given directly or inside a folder; direct subfolders are searched too. What is missing is said, not faked.
 """
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ class Found:
     bench: list = field(default_factory=list)  # parity table rows
     parity: list = field(default_factory=list)  # parity reports (with flipped cases)
     notes: list = field(default_factory=list)  # what is missing
+    manifests: dict = field(default_factory=dict)  # bundle folder -> its manifest
+    device_bench: list = field(default_factory=list)  # `edgecxr device bench --json` results
+    seen: set = field(default_factory=set)  # files already read (a file given and its folder too)
 
 
 def _json(path: Path):
@@ -85,25 +90,76 @@ def _scan(folder: Path, found: Found) -> None:
     if (folder / "history.csv").is_file() and found.history is None:
         found.history = _read_history(folder / "history.csv")
     if (folder / "metrics.json").is_file() and (folder / "predictions.npz").is_file():
-        m = _json(folder / "metrics.json") or {}
-        y, p, rel = _npz(folder / "predictions.npz")
-        found.sections.append(Section(f"{str(m.get('split', 'evaluated')).capitalize()} set ({folder.name})", folder,
-                                      y, p, rel, float(m.get("threshold", 0.5)), m.get("threshold_method", ""), m))
-        if m.get("model") and found.model is None and Path(m["model"]).is_file():
-            found.model = Path(m["model"])
-    bench = _json(folder / "benchmark.json") if (folder / "benchmark.json").is_file() else None
-    if isinstance(bench, dict):
-        found.bench += [dict(r) for r in bench.get("rows", [])]
-        found.parity += [r for r in bench.get("rows", []) if isinstance(r, dict) and r.get("flipped")]
-        if bench.get("data"):
-            found.data_roots.append(Path(bench["data"]))
+        _add_evaluate(folder / "metrics.json", found)
     for path in sorted(folder.glob("*.json")):
-        r = _json(path)
-        if isinstance(r, dict) and "agreement" in r and isinstance(r.get("device"), dict):
-            found.parity.append(r)
-            found.bench.append(_parity_row(r))
-            if r.get("data", {}).get("root"):
-                found.data_roots.append(Path(r["data"]["root"]))
+        if path.name != "metrics.json":
+            _add_json(path, _json(path), found, given=False)
+
+
+def _kind(r) -> str | None:
+    """What a JSON file is: evaluate, manifest, parity, bench (device bench) or benchmark, else None."""
+    if not isinstance(r, dict):
+        return None
+    if r.get("format") == "edgecxr-bundle":
+        return "manifest"
+    if "agreement" in r and isinstance(r.get("device"), dict):
+        return "parity"
+    if "latency_ms" in r and "bare_invoke_ms" in r:
+        return "bench"
+    if isinstance(r.get("rows"), list):
+        return "benchmark"
+    if "confusion" in r and "split" in r and "threshold" in r:
+        return "evaluate"
+    return None
+
+
+def _add_evaluate(path: Path, found: Found) -> None:
+    if path.resolve() in found.seen:
+        return
+    found.seen.add(path.resolve())
+    folder = path.parent
+    if not (folder / "predictions.npz").is_file():
+        raise EdgecxrError(f"{path}: no predictions.npz beside this evaluate metrics.json; pass the folder "
+                           "`edgecxr evaluate --out` wrote, unchanged")
+    m = _json(path) or {}
+    y, p, rel = _npz(folder / "predictions.npz")
+    found.sections.append(Section(f"{str(m.get('split', 'evaluated')).capitalize()} set ({folder.name})", folder,
+                                  y, p, rel, float(m.get("threshold", 0.5)), m.get("threshold_method", ""), m))
+    if m.get("model") and found.model is None and Path(m["model"]).is_file():
+        found.model = Path(m["model"])
+    if (m.get("data") or {}).get("root"):
+        found.data_roots.append(Path(m["data"]["root"]))
+
+
+def _add_json(path: Path, r, found: Found, *, given: bool) -> None:
+    """One JSON file by what it holds; a file given by name that holds nothing usable is an error."""
+    kind = _kind(r)
+    if kind is None:
+        if given:
+            raise EdgecxrError(f"{path}: not a file `edgecxr report` reads; pass an evaluate metrics.json, a bundle "
+                               "manifest.json, or the JSON of `device parity --json`, `device bench --json` or `benchmark`")
+        return
+    if kind == "evaluate":  # inside a folder, only metrics.json beside its predictions.npz counts (see _scan)
+        if given:
+            _add_evaluate(path, found)
+        return
+    if path.resolve() in found.seen:
+        return
+    found.seen.add(path.resolve())
+    if kind == "manifest":
+        found.manifests[str(path.parent.resolve())] = r
+    elif kind == "bench":
+        found.device_bench.append(r)
+    elif kind == "benchmark":
+        found.bench += [dict(row) for row in r.get("rows", [])]
+        found.parity += [row for row in r.get("rows", []) if isinstance(row, dict) and row.get("flipped")]
+        if r.get("data"):
+            found.data_roots.append(Path(r["data"]))
+    else:
+        found.parity.append(r)
+        found.bench.append(_parity_row(r))
+        if r.get("data", {}).get("root"):
+            found.data_roots.append(Path(r["data"]["root"]))
 
 
 def _parity_row(r: dict) -> dict:
@@ -119,21 +175,39 @@ def _parity_row(r: dict) -> dict:
     return row
 
 
-def collect(folders, model: Path | None = None) -> Found:
+def collect(paths, model: Path | None = None) -> Found:
+    from edgecxr.data import patient_id
+
     found = Found(model=Path(model) if model else None)
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise EdgecxrError(f"{folder}: not a folder; pass a training run, an evaluate or a benchmark folder")
-        _scan(folder, found)
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for path in map(Path, paths):
+        if path.is_file():
+            if path.suffix.lower() != ".json":
+                raise EdgecxrError(f"{path}: not a folder or a JSON file; pass a training run, an evaluate, bundle or "
+                                   "benchmark folder, or a JSON file")
+            _add_json(path, _json(path), found, given=True)
+            continue
+        if not path.is_dir():
+            raise EdgecxrError(f"{path}: not found; pass a folder or a JSON file")
+        _scan(path, found)
+        for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
             _scan(sub, found)
-    if not (found.sections or found.bench):
-        raise EdgecxrError(f"nothing to report in {', '.join(map(str, folders))}: no val_predictions.npz, "
-                           "predictions.npz + metrics.json, benchmark.json or parity JSON found")
+    if not (found.sections or found.bench or found.device_bench or found.manifests):
+        raise EdgecxrError(f"nothing to report in {', '.join(map(str, paths))}: no val_predictions.npz, "
+                           "predictions.npz + metrics.json, bundle manifest, benchmark.json, parity or bench JSON found")
+    for r in found.parity:  # the bundle a parity run checked: its criteria, hashes and versions
+        folder = Path((r.get("bundle") or {}).get("path") or "")
+        if str(folder) != "." and str(folder.resolve()) not in found.manifests and (folder / "manifest.json").is_file():
+            manifest = _json(folder / "manifest.json")
+            if _kind(manifest) == "manifest":
+                found.manifests[str(folder.resolve())] = manifest
     for s in found.sections:
-        s.m = {**metrics.binary_metrics(s.y, s.prob, s.threshold), "ci": s.m.get("ci") or
-               metrics.bootstrap_ci(s.y, s.prob, s.threshold, n_boot=500), "shortcuts": s.m.get("shortcuts")}
+        recorded = s.m.get("ci_info")
+        groups = [patient_id(Path(r).name) for r in s.rel]
+        ci = s.m.get("ci") if recorded else metrics.bootstrap_ci(s.y, s.prob, s.threshold, n_boot=500, groups=groups)
+        s.m = {**metrics.binary_metrics(s.y, s.prob, s.threshold), "ci": ci, "shortcuts": s.m.get("shortcuts"),
+               "ci_info": recorded or metrics.bootstrap_info(groups, len(s.y), 500, 0.95),
+               "calibration": s.m.get("calibration") or metrics.calibration(s.y, s.prob),
+               **{k: s.m[k] for k in ("data", "model_sha256", "model") if k in s.m}}
     found.sections.sort(key=lambda s: (s.title.startswith("Validation"), s.title))  # test first
     if found.model is not None:
         from edgecxr.modelinfo import load_info
@@ -144,10 +218,16 @@ def collect(folders, model: Path | None = None) -> Found:
 
 def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gallery: int = 6,
                  maps: bool = True, title: str = "Pneumonia classifier report") -> Path:
-    from edgecxr.atomic import refuse_overlap, write_text_atomic
+    """Write the HTML page to `out` and its JSON twin (the verification record) beside it, OUT with .json."""
+    from edgecxr.atomic import refuse_overlap, write_json_atomic, write_text_atomic
+    from edgecxr.training.evidence import build_record
 
     found = collect(folders, model)
+    twin = Path(out).with_suffix(".json")
+    if Path(out).suffix.lower() == ".json":
+        raise EdgecxrError(f"--out {out}: name the HTML file (e.g. report.html); its JSON twin is written beside it")
     refuse_overlap(out, (*folders, model, bundle, data))
+    refuse_overlap(twin, (*folders, model, bundle, data))
     roots = [Path(data)] if data else []
     roots += found.data_roots
     if bundle is not None and not any((r.get("bundle") or {}).get("path") == str(bundle) for r in found.parity):
@@ -161,14 +241,20 @@ def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gall
             r["bundle"]["path"] = str(bundle)
             found.parity.insert(0, r)
             found.bench.insert(0, _parity_row(r))
-    html_text = render(found, roots=roots, mapper=Mapper(found.model, maps), gallery=gallery, title=title, sources=folders)
+    if bundle is not None and (Path(bundle) / "manifest.json").is_file():
+        found.manifests.setdefault(str(Path(bundle).resolve()), _json(Path(bundle) / "manifest.json"))
+    record = build_record(found, title=title, sources=folders)
+    html_text = render(found, roots=roots, mapper=Mapper(found.model, maps), gallery=gallery, title=title,
+                       sources=folders, record=record)
+    write_json_atomic(twin, record)
     write_text_atomic(out, html_text)
     return out
 
 
 @click.command()
-@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write; its JSON twin (the same record) goes beside it with .json.")
 @click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path),
               help="Float model for Grad-CAM maps (default: the run's model.keras or the evaluated model).")
 @click.option("--bundle", type=click.Path(exists=True, path_type=Path),
@@ -178,8 +264,14 @@ def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gall
 @click.option("--gallery", default=6, show_default=True, help="Cases shown per gallery group.")
 @click.option("--maps/--no-maps", default=True, show_default=True, help="Draw Grad-CAM/occlusion maps (slower).")
 @click.option("--title", default="Pneumonia classifier report", show_default=True)
-def report(folders, out, model_path, bundle, data, gallery, maps, title):
-    """Write one self-contained HTML report from training, evaluate and benchmark FOLDERS."""
+def report(paths, out, model_path, bundle, data, gallery, maps, title):
+    """Write one self-contained HTML report (and its JSON twin) from PATHS: training run, evaluate, bundle and
+    benchmark folders, or JSON files (evaluate metrics.json, bundle manifest.json, device parity and device
+    bench JSON). With a bundle and its parity it reads as the bundle's verification record.
+
+    Example: edgecxr report eval-test/metrics.json bundles/tflite-int8 parity.json bench.json --out evidence.html
+    """
     t0 = time.time()
-    build_report(folders, out, model=model_path, bundle=bundle, data=data, gallery=gallery, maps=maps, title=title)
-    click.echo(f"report written to {out} ({out.stat().st_size / 1024:.0f} KB, {time.time() - t0:.0f} s)")
+    build_report(paths, out, model=model_path, bundle=bundle, data=data, gallery=gallery, maps=maps, title=title)
+    click.echo(f"report written to {out} ({out.stat().st_size / 1024:.0f} KB, {time.time() - t0:.0f} s) "
+               f"and {out.with_suffix('.json')}")

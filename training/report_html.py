@@ -207,7 +207,16 @@ def _headline(s: Section, labels) -> str:
             f'of <b>{pos}</b> with {html.escape(labels[1].lower())}, the model flagged <b>{cm["tp"]}</b> and missed '
             f'<b>{cm["fn"]}</b>; of <b>{neg}</b> {html.escape(labels[0].lower())} X-rays it cleared <b>{cm["tn"]}</b> and '
             f'wrongly flagged <b>{cm["fp"]}</b>. Decision threshold {s.threshold:.3f} '
-            f'({html.escape(s.method or "method not recorded")}). Intervals are 95% bootstrap intervals over images.</p>')
+            f'({html.escape(s.method or "method not recorded")}). {_interval_words(m)}</p>'
+            + "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in metrics.small_sample_notes(cm)))
+
+
+def _interval_words(m: dict) -> str:
+    info = m.get("ci_info") or {}
+    if info.get("unit") == "patient":
+        return (f"Intervals are {100 * info['level']:.0f}% bootstrap intervals resampling the {info['patients']} patients "
+                f"(their {info['images']} X-rays kept together).")
+    return "Intervals are 95% bootstrap intervals over images."
 
 
 def _count(n, word: str) -> str:
@@ -318,7 +327,9 @@ figure img{max-width:100%;height:auto}.grid figure img{width:480px;border:1px so
 nav a{margin-right:14px;color:#0b5394}"""
 
 
-def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sources) -> str:
+def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sources, record: dict | None = None) -> str:
+    from edgecxr.training.evidence import record_html
+
     labels = found.info.labels if found.info else ("NORMAL", "PNEUMONIA")
     notes = list(found.notes)
     body = []
@@ -333,6 +344,10 @@ def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sou
     else:
         body.append(f"<h2 id='summary'>Summary</h2>{_findings(found)}")
         notes.append("the float model's own metrics and curves (add a training run or `edgecxr evaluate` folder)")
+    if record is not None:
+        body.append(record_html(record))
+        if not record["bench"]:
+            notes.append("latency and memory on the device (add `edgecxr device bench --json FILE`)")
     with tempfile.TemporaryDirectory() as tmp:
         for s in found.sections:
             figs = "".join(f"<figure>{_img(b, name)}<figcaption><b>{name}.</b> {html.escape(cap)}</figcaption></figure>"
@@ -359,7 +374,10 @@ def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sou
     if notes:
         body.append("<h2 id='missing'>Not in this report</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     model = f"model {html.escape(str(found.model))}" + (f" ({html.escape(found.info.arch)})" if found.info else "") if found.model else "no float model found"
-    nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (("summary", "Summary"), ("training", "Training"),
+    nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (("summary", "Summary"), ("verdict", "Verdict"),
+                                                          ("criteria", "Criteria"), ("data", "Data"), ("results", "Results"),
+                                                          ("calibration", "Calibration"), ("latency", "Latency"),
+                                                          ("versions", "Runtimes"), ("training", "Training"),
                                                           ("parity", "Devices"), ("cases", "Cases"), ("missing", "Missing"))
                   if f"id='{a}'" in "".join(body))
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -33,6 +33,7 @@ class TrainConfig:
     lr: float = 1e-3
     augment: str = "standard"
     intensity: float = 0.0
+    acquisition: float = 0.0  # share of training images sent through another acquisition path
     loss: str = "bce"  # bce | focal
     class_weights: bool = True
     weights: str = "none"  # none | imagenet | PATH
@@ -62,7 +63,7 @@ class TrainConfig:
 
     def validate(self):
         get_entry(self.arch)
-        get_preset(self.augment)
+        get_preset(self.augment, self.intensity, self.acquisition)
         if self.loss not in ("bce", "focal"):
             raise ConfigError(f"unknown loss {self.loss!r}; valid: bce, focal")
         if self.epochs < 1 or self.batch_size < 1:
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ConfigError(f"--mixup {self.mixup} must be 0 (off) or a positive Beta parameter, e.g. 0.2")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 0.5), e.g. 0.1")
+        if self.folds and self.split_file:
+            raise ConfigError("--folds makes its own patient-grouped folds of train/; leave out --split-file")
         if not 0 <= self.swa <= self.epochs:
             raise ConfigError(f"--swa {self.swa} must be between 0 and --epochs ({self.epochs})")
 
@@ -260,7 +263,7 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
     labels = np.array([s.label for s in train], np.int32)
     print(f"train: {len(train)} images ({int(labels.sum())} positive), validation: {len(val)} "
           f"({sum(s.label for s in val)} positive), {len({s.patient for s in val})} patients", file=sys.stderr)
-    aug = get_preset(cfg.augment, cfg.intensity)
+    aug = get_preset(cfg.augment, cfg.intensity, cfg.acquisition)
     weights = class_weights(labels) if cfg.class_weights else None
 
     def train_batches(shard, batch):  # with mixup or class weights the dataset carries the weights
@@ -351,7 +354,8 @@ def _train_to(tf, keras, strategy, cfg: TrainConfig, out: Path, overwrite: bool,
     if cfg.mixed_precision and tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     spec = cfg.spec()
-    samples = D.list_split(cfg.data, "train", cfg.classes)
+    pooled = D.is_pooled(cfg.split_file)
+    samples = D.pooled(cfg.data, cfg.classes) if pooled else D.list_split(cfg.data, "train", cfg.classes)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
         spec.save(tmp / "preprocess.json")
@@ -363,7 +367,7 @@ def _train_to(tf, keras, strategy, cfg: TrainConfig, out: Path, overwrite: bool,
         else:
             train_s, val_s = D.grouped_split(samples, cfg.val_fraction, cfg.seed)
         D.save_split(tmp / "split.json", train_s, val_s, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                     data=str(cfg.data), grouped_by="patient")
+                     data=str(cfg.data), grouped_by="patient", **_pooled_test(cfg.split_file) if pooled else {})
         start = time.time()
         model, (y_val, p_val, val_s), threshold, val_metrics, history = _train_one(
             tf, keras, cfg, spec, train_s, val_s, strategy, backup)
@@ -385,6 +389,12 @@ def _train_to(tf, keras, strategy, cfg: TrainConfig, out: Path, overwrite: bool,
               f"specificity {val_metrics['specificity']:.4f} auc {val_metrics['roc_auc']:.4f} "
               f"at threshold {threshold:.4f}", file=sys.stderr)
     return out
+
+
+def _pooled_test(split_file) -> dict:
+    """The pooled split's test list travels in the run's split.json, so export and evaluate find it."""
+    data = D.read_split_file(split_file)
+    return {"pooled": True, "ratios": data.get("ratios"), "test": data["test"]}
 
 
 def _cross_validate(tf, keras, cfg, spec, samples, tmp: Path, strategy, backup: Backup | None = None):
