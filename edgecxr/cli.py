@@ -166,11 +166,24 @@ STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadab
               help="Average the weights of the last N epochs, then re-estimate BatchNorm statistics on plain training images.")
 @click.option("--target-recall", type=float, help="Pick the threshold reaching this validation recall (default: Youden's J).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to cache the decoded training images in (later epochs and runs read them back).")
+@click.option("--in-memory", is_flag=True,
+              help="Decode all images into memory before training (small sets; memory grows with the data). "
+                   "Default: streamed from disk.")
+@click.option("--backup/--no-backup", default=True, show_default=True,
+              help="Back up each epoch; a killed run started again with the same command resumes there.")
+@click.option("--backup-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the backup goes (default: OUT.backup beside the run folder; shared by all workers).")
 @CLASSES
 @STRICT
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def train(out, overwrite, classes, **options):
-    """Train a classifier; writes model, spec, split, history, curves and validation metrics."""
+    """Train a classifier; writes model, spec, split, history, curves and validation metrics.
+
+    Example: edgecxr train --arch mobilenet_v2 --data data/kermany-cxr-224 --out runs/mnv2 --cache /tmp/cxr-cache
+
+    With TF_CONFIG set, every worker runs the same command and only the chief writes --out (see README)."""
     from edgecxr.data import parse_classes
     from edgecxr.training.train import TrainConfig, train as run
 

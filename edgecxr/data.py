@@ -282,7 +282,7 @@ def read_split_file(path: Path) -> dict:
     keys = ("train", "val", "test") if isinstance(data, dict) and data.get("pooled") else ("train", "val")
     if not isinstance(data, dict) or not all(
             isinstance(data.get(k), list) and all(isinstance(r, str) for r in data[k]) for k in keys):
-        raise DataError(f"{path}: not a split file (needs {', '.join(repr(k) for k in keys)} lists of file paths); {fix}")
+        raise DataError(f"{path}: not a split file (needs {' and '.join(repr(k) for k in keys)} lists of file paths); {fix}")
     return data
 
 

@@ -13,12 +13,14 @@ import numpy as np
 from edgecxr import data as D
 from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
-from edgecxr.errors import ConfigError
+from edgecxr.errors import ConfigError, DataError, EdgecxrError
 from edgecxr.modelinfo import ModelInfo, save_info
 from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
 from edgecxr.training import import_tf
 from edgecxr.training.augment import Augment, augment_batch, get_preset
+from edgecxr.training.distribute import Backup, distribute, get_strategy, is_chief
 from edgecxr.training.models import build_model, get_entry
+from edgecxr.training.stream import Inputs
 
 
 @dataclass
@@ -53,6 +55,10 @@ class TrainConfig:
     mixup: float = 0.0  # Beta(a, a) mixing of image pairs and their labels; 0 = off
     label_smoothing: float = 0.0
     strict: bool = False
+    cache: str | None = None  # folder for the decoded training images (tf.data cache)
+    in_memory: bool = False  # decode every image into one array first (small sets); default: streamed
+    backup: bool = True  # BackupAndRestore: a restarted run resumes at its last finished epoch
+    backup_dir: str | None = None  # default: OUT.backup beside the run folder
     extra: dict = field(default_factory=dict)
 
     def validate(self):
@@ -79,17 +85,6 @@ class TrainConfig:
                               crop=LUNG_CROP if self.lung_crop else None, equalize=self.equalize)
 
 
-def get_strategy(tf):
-    """Several machines (TF_CONFIG), several GPUs, or the default (one GPU or the CPU)."""
-    import os
-
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
 def make_dataset(tf, pixels, labels, spec: PreprocessSpec, batch_size: int, aug: Augment | None = None,
                  shuffle: bool = False, seed: int = 0, mixup: float = 0.0, weights: dict | None = None):
     """uint8 pixels (N, H, W) -> batches of model inputs; the same scaling as PreprocessSpec.scale_pixels.
@@ -97,6 +92,13 @@ def make_dataset(tf, pixels, labels, spec: PreprocessSpec, batch_size: int, aug:
     ds = tf.data.Dataset.from_tensor_slices((pixels, labels.astype(np.float32)))
     if shuffle:
         ds = ds.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+    return batch_inputs(tf, ds, spec, batch_size, aug, mixup=mixup, weights=weights)
+
+
+def batch_inputs(tf, ds, spec: PreprocessSpec, batch_size: int, aug: Augment | None = None, *, mixup: float = 0.0,
+                 weights: dict | None = None, with_weights: bool = False):
+    """(uint8 pixels (H, W), label) elements -> batches of model inputs. With `with_weights` (or mixup) batches
+    carry per-image class weights, (x, y, w): what Keras class_weight does, which distributed datasets lack."""
     ds = ds.batch(batch_size)
 
     def to_input(x, y):
@@ -107,6 +109,9 @@ def make_dataset(tf, pixels, labels, spec: PreprocessSpec, batch_size: int, aug:
         x = tf.repeat(x[..., None], spec.channels, axis=-1)
         if mixup:
             return _mix(tf, x, y, mixup, weights or {0: 1.0, 1: 1.0})
+        if with_weights:
+            w = weights or {0: 1.0, 1: 1.0}
+            return x, y, y * np.float32(w[1]) + (1 - y) * np.float32(w[0])
         return x, y
 
     return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -135,11 +140,15 @@ def recalibrate_bn(tf, keras, model, pixels, spec: PreprocessSpec, batch_size: i
     Trained with zoom/shift augmentation, the moving averages describe augmented images, but the
     model is only ever run on plain ones. Returns the number of BatchNorm layers updated.
     """
+    return _recalibrate(keras, model, (x for x, _ in make_dataset(tf, pixels, np.zeros(len(pixels)), spec, batch_size)))
+
+
+def _recalibrate(keras, model, batches) -> int:
     # frozen layers (a pretrained base) run in inference mode and keep their statistics
     layers = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization) and m.trainable]
     saved = [layer.momentum for layer in layers]
     seen = 0
-    for x, _ in make_dataset(tf, pixels, np.zeros(len(pixels)), spec, batch_size):
+    for x in batches:
         n = int(x.shape[0])
         for layer in layers:
             layer.momentum = seen / (seen + n)  # running mean over every image seen so far
@@ -189,22 +198,32 @@ def _weight_averager(keras, epochs: int, last: int):
     return Averager()
 
 
-def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights):
+def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = None, skipped=None):
+    """Train on (dataset, steps or None) pairs (class weights travel in the datasets); with `backup`, each
+    phase resumes from its last epoch."""
     verbose = 1 if sys.stderr.isatty() else 2
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-6, verbose=1),
     ]
+    if skipped is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: skipped.report()))
     # the averager runs after EarlyStopping has restored its best weights, in the last phase only
     last_phase = [_weight_averager(keras, cfg.epochs, cfg.swa)] if cfg.swa else []
     history: dict[str, list] = {}
 
-    def run(epochs, lr, extra=()):
-        _compile(keras, model, cfg, lr)
-        h = model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=None if cfg.mixup else weights,
-                      callbacks=callbacks + list(extra), verbose=verbose)
-        for k, v in h.history.items():
-            history.setdefault(k, []).extend(float(x) for x in v)
+    def run(epochs, lr, extra=(), phase="phase1"):
+        with model.distribute_strategy.scope():
+            _compile(keras, model, cfg, lr)
+        every = callbacks + list(extra)
+        h = model.fit(train_ds[0], steps_per_epoch=train_ds[1], validation_data=val_ds[0], validation_steps=val_ds[1],
+                      epochs=epochs, callbacks=backup.callbacks(keras, phase, every) if backup else every,
+                      verbose=verbose)
+        done = backup.resumed(phase, h.epoch) if backup else {}
+        skipped_epochs = len(next(iter(done.values()), []))
+        for k in dict.fromkeys([*done, *h.history]):
+            earlier = done.get(k, [float("nan")] * skipped_epochs)
+            history.setdefault(k, []).extend(float(x) for x in earlier + list(h.history.get(k, [])))
 
     if cfg.weights != "none" and base is not model:
         base.trainable = False  # phase 1: train the new head on a frozen pretrained base
@@ -215,7 +234,7 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights):
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
-        run(cfg.epochs, cfg.lr / 10, last_phase)  # phase 2: fine-tune the last layers
+        run(cfg.epochs, cfg.lr / 10, last_phase, "phase2")  # phase 2: fine-tune the last layers
     else:
         run(cfg.epochs, cfg.lr, last_phase)
     return history
@@ -237,34 +256,100 @@ def _write_history(history: dict, path: Path) -> None:
             writer.writerow([i + 1, *(history[k][i] for k in keys)])
 
 
-def _train_one(tf, keras, cfg, spec, train, val):
-    """Train on `train`, pick the threshold on `val`; returns (model, val_probs, threshold, val_metrics, history)."""
-    x_train, y_train, _, _ = D.load_pixels(train, spec, strict=cfg.strict, progress="loading train")
-    x_val, y_val, _, _ = D.load_pixels(val, spec, strict=cfg.strict, progress="loading validation")
-    print(f"train: {len(y_train)} images ({int(y_train.sum())} positive), validation: {len(y_val)} "
-          f"({int(y_val.sum())} positive), {len({s.patient for s in val})} patients", file=sys.stderr)
+def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None = None):
+    """Train on `train`, pick the threshold on `val`; returns (model, (y_val, val_probs, kept_val), threshold,
+    val_metrics, history). Images are streamed from disk (or loaded first, --in-memory)."""
+    inputs = Inputs(tf, spec, strict=cfg.strict, seed=cfg.seed, cache=cfg.cache, in_memory=cfg.in_memory)
+    labels = np.array([s.label for s in train], np.int32)
+    print(f"train: {len(train)} images ({int(labels.sum())} positive), validation: {len(val)} "
+          f"({sum(s.label for s in val)} positive), {len({s.patient for s in val})} patients", file=sys.stderr)
     aug = get_preset(cfg.augment, cfg.intensity, cfg.acquisition)
-    weights = class_weights(y_train) if cfg.class_weights else None
-    train_ds = make_dataset(tf, x_train, y_train, spec, cfg.batch_size, aug, shuffle=True, seed=cfg.seed,
-                            mixup=cfg.mixup, weights=weights)  # with mixup the dataset carries the weights
-    val_ds = make_dataset(tf, x_val, y_val, spec, cfg.batch_size)
+    weights = class_weights(labels) if cfg.class_weights else None
+
+    def train_batches(shard, batch):  # with mixup or class weights the dataset carries the weights
+        return batch_inputs(tf, _xy(inputs.elements(train, "train", shuffle=True, shard=shard)), spec, batch, aug,
+                            mixup=cfg.mixup, weights=weights, with_weights=weights is not None)
+
+    def val_batches(shard, batch):
+        return batch_inputs(tf, _xy(inputs.elements(val, "validation", shard=shard)), spec, batch)
+
+    train_ds = distribute(tf, strategy, train_batches, cfg.batch_size, len(train))
+    val_ds = distribute(tf, strategy, val_batches, cfg.batch_size, len(val))
     options = {"alpha": cfg.alpha} if cfg.alpha is not None else {}
-    with get_strategy(tf).scope():
+    with strategy.scope():
         model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum, **options)
-    history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, weights)
-    if cfg.swa:
-        recalibrate_bn(tf, keras, model, x_train, spec)
-    probs = predict_probs(tf, model, x_val, spec)
+    with inputs.skipped.raising(tf, train):
+        history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup, inputs.skipped)
+    with inputs.skipped.raising(tf, val):
+        if cfg.swa:
+            plain = batch_inputs(tf, _xy(inputs.elements(train, "train")), spec, 64)
+            _recalibrate(keras, model, (x for x, _ in plain))
+        y_val, probs, kept = _validation_probs(tf, model, inputs.elements(val, "validation"), spec, val)
+    inputs.skipped.report()
     threshold = metrics.choose_threshold(y_val, probs, target_recall=cfg.target_recall)
-    return model, (y_val, probs), threshold, metrics.binary_metrics(y_val, probs, threshold), history
+    return model, (y_val, probs, kept), threshold, metrics.binary_metrics(y_val, probs, threshold), history
+
+
+def _xy(elements):
+    return elements.map(lambda x, y, i: (x, y))
+
+
+def _validation_probs(tf, model, elements, spec, samples, batch_size: int = 64):
+    """(labels, probabilities, samples) of the readable validation images, in order. The model is called
+    directly (not predict): every worker of a multi-worker run holds the same weights and predicts alone."""
+    probs, labels, index = [], [], []
+    # the label slot carries (label, index) through the same scaling as training: no mixup, no weights
+    for x, (y, i) in batch_inputs(tf, elements.map(lambda x, y, i: (x, (y, i))), spec, batch_size):
+        probs.append(np.asarray(model(x, training=False), np.float64).reshape(-1))
+        labels.append(y.numpy())
+        index.append(i.numpy())
+    if not probs:
+        raise DataError("no readable validation images left after skipping unreadable files")
+    kept = [samples[int(i)] for i in np.concatenate(index)]
+    return np.concatenate(labels).astype(np.int32), np.concatenate(probs), kept
 
 
 def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
-    """Train and write a complete run directory at `out` (or nothing, on failure)."""
+    """Train and write a complete run directory at `out` (or nothing, on failure).
+
+    With several workers (TF_CONFIG) every worker runs this; only the chief writes `out`, the others write
+    to a temporary folder that is removed. With cfg.backup, a run killed part-way and started again with the
+    same command resumes at its last finished epoch (the backup folder is removed when the run is complete).
+    """
     cfg.validate()
-    weights = cfg.weights if cfg.weights not in ("none", "imagenet") else None
-    check_writable(out, overwrite=overwrite, inputs=(cfg.data, cfg.split_file, weights))
+    out = Path(out)
     tf, keras = import_tf()
+    strategy = get_strategy(tf)  # before any other TensorFlow op
+    chief = is_chief(strategy)
+    weights = cfg.weights if cfg.weights not in ("none", "imagenet") else None
+    if chief:
+        check_writable(out, overwrite=overwrite, inputs=(cfg.data, cfg.split_file, weights))
+    backup = Backup(cfg.backup_dir or out.parent / f"{out.name}.backup", chief) if cfg.backup else None
+    try:
+        if backup:
+            backup.check(asdict(cfg))
+        if chief:
+            _train_to(tf, keras, strategy, cfg, out, overwrite, backup)
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="edgecxr-worker-") as tmp:  # the same work, kept nowhere
+                _train_to(tf, keras, strategy, cfg, Path(tmp) / out.name, False, backup)
+    except BaseException as exc:
+        if backup and chief:
+            backup.discard_if_unused()
+        if isinstance(exc, tf.errors.UnavailableError):  # several workers: one of them stopped
+            where = f" from {backup.folder}" if backup else " (from the start: --no-backup)"
+            raise EdgecxrError(f"a training worker was lost (a collective operation failed: {type(exc).__name__}); "
+                               f"start every worker again with the same command: training resumes at the last "
+                               f"finished epoch{where}") from None
+        raise
+    if backup and chief:
+        backup.remove()
+    return out
+
+
+def _train_to(tf, keras, strategy, cfg: TrainConfig, out: Path, overwrite: bool, backup: Backup | None):
     tf.keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision and tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -275,7 +360,7 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
         (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list) + "\n")
         spec.save(tmp / "preprocess.json")
         if cfg.folds:
-            _cross_validate(tf, keras, cfg, spec, samples, tmp)
+            _cross_validate(tf, keras, cfg, spec, samples, tmp, strategy, backup)
             return out
         if cfg.split_file:
             train_s, val_s = D.apply_split(Path(cfg.split_file), samples)
@@ -284,9 +369,12 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
         D.save_split(tmp / "split.json", train_s, val_s, seed=cfg.seed, val_fraction=cfg.val_fraction,
                      data=str(cfg.data), grouped_by="patient", **_pooled_test(cfg.split_file) if pooled else {})
         start = time.time()
-        model, (y_val, p_val), threshold, val_metrics, history = _train_one(tf, keras, cfg, spec, train_s, val_s)
+        model, (y_val, p_val, val_s), threshold, val_metrics, history = _train_one(
+            tf, keras, cfg, spec, train_s, val_s, strategy, backup)
         val_metrics["train_seconds"] = round(time.time() - start, 1)
         val_metrics["epochs_run"] = len(next(iter(history.values())))
+        if backup and backup.resumed_at:
+            val_metrics["resumed_at_epoch"] = backup.resumed_at
         _save_inference_model(keras, model, tmp / "model.keras")
         method = metrics.threshold_rule(cfg.target_recall)
         save_info(tmp / "model.keras", ModelInfo(preprocess=spec, labels=cfg.classes, threshold=threshold,
@@ -309,14 +397,16 @@ def _pooled_test(split_file) -> dict:
     return {"pooled": True, "ratios": data.get("ratios"), "test": data["test"]}
 
 
-def _cross_validate(tf, keras, cfg, spec, samples, tmp: Path):
+def _cross_validate(tf, keras, cfg, spec, samples, tmp: Path, strategy, backup: Backup | None = None):
     folds = D.grouped_kfold(samples, cfg.folds, cfg.seed)
     results = []
     for i, val_s in enumerate(folds):
         val_rel = {s.rel for s in val_s}
         train_s = [s for s in samples if s.rel not in val_rel]
         print(f"fold {i + 1}/{cfg.folds}", file=sys.stderr)
-        *_, m, history = _train_one(tf, keras, cfg, spec, train_s, val_s)
+        if backup:
+            backup.prefix = f"fold{i + 1}-"
+        *_, m, history = _train_one(tf, keras, cfg, spec, train_s, val_s, strategy, backup)
         _write_history(history, tmp / f"history_fold{i + 1}.csv")
         results.append(m)
     names = ("accuracy", "recall", "specificity", "f1", "roc_auc", "pr_auc")
