@@ -285,7 +285,8 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     from edgecxr.data import parse_classes
     from edgecxr.devices.parity import run_parity
 
-    _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address)
+    _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address,
+                        ray_ignores={"--strict": strict, "--workers": workers, "--device": device_name})
     _check_outputs((bundle, data), json=json_file, junit=junit_file, predictions=predictions_file)
     tol = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
            "min_agreement": min_agreement, "min_coverage": min_coverage}
@@ -305,20 +306,27 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     _write_parity(report, show, json_file, junit_file)
 
 
-def _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address) -> None:
+def _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address,
+                        ray_ignores: dict) -> None:
+    from edgecxr.errors import ConfigError
+
     if shard and not predictions_file:
-        raise click.UsageError("--shard needs --predictions FILE (where the shard's per-image predictions go)")
+        raise ConfigError("--shard needs --predictions FILE (where the shard's per-image predictions go)")
     if predictions_file and (json_file or junit_file or stability or max_unstable is not None or ray_address):
-        raise click.UsageError("--shard/--predictions write per-image predictions only: pass --json/--junit to "
-                               "`edgecxr device merge`, and run --stability or --ray without --predictions")
+        raise ConfigError("--shard/--predictions write per-image predictions only: pass --json/--junit to "
+                          "`edgecxr device merge`, and run --stability or --ray without --predictions")
+    unsupported = [name for name, value in {**ray_ignores, "--stability": stability,
+                                            "--max-unstable": max_unstable is not None}.items() if value]
+    if ray_address and unsupported:
+        raise ConfigError(f"--ray does not support {', '.join(unsupported)}: run those without --ray")
 
 
 def _write_shard(clf, data, split, classes, reference, workers, strict, shard, predictions_file):
     from edgecxr.devices import shards
     from edgecxr.devices.parity import parity_predictions, parity_samples
 
-    doc = parity_predictions(clf, data, parity_samples(clf, data, split, classes), split=split, reference=reference,
-                             workers=workers, strict=strict, shard=shard)
+    doc = parity_predictions(clf, data, parity_samples(clf, data, split, classes, reference), split=split,
+                             reference=reference, workers=workers, strict=strict, shard=shard)
     shards.write(predictions_file, doc)
     done = sum(1 for r in doc["records"] if "device_prob" in r)
     click.echo(f"shard {shard[0]}/{shard[1]}: {done} of {len(doc['records'])} images compared in "
@@ -359,16 +367,23 @@ def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage
     """
     from edgecxr.devices import shards
     from edgecxr.devices.parity import parity_from_predictions
+    from edgecxr.errors import ConfigError
 
     _check_outputs(files, json=json_file, junit=junit_file)
     doc = shards.merge(files)
     if doc["task"] == "evaluate":
         from edgecxr.training.evaluate import write_merged
 
-        if out is None:
-            raise click.UsageError("evaluate shards: pass --out DIR for the merged metrics")
-        write_merged(doc, Path(out), overwrite=overwrite)
+        ignored = [n for n, v in {"--json": json_file, "--junit": junit_file, "--max-recall-drop": max_recall_drop,
+                                  "--max-accuracy-drop": max_accuracy_drop, "--min-agreement": min_agreement,
+                                  "--min-coverage": min_coverage}.items() if v is not None]
+        if out is None or ignored:
+            raise ConfigError("evaluate shards: pass --out DIR for the merged metrics"
+                              + (f" (not {', '.join(ignored)}: those are for parity shards)" if ignored else ""))
+        write_merged(doc, Path(out), overwrite=overwrite, inputs=files)
         sys.exit(0)
+    if out is not None or overwrite:
+        raise ConfigError("parity shards: --out/--overwrite are for evaluate shards; pass --json/--junit")
     tol = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
            "min_agreement": min_agreement, "min_coverage": min_coverage}
     _write_parity(parity_from_predictions(doc, tol), show, json_file, junit_file)

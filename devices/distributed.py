@@ -55,7 +55,7 @@ def parity_ray(bundle, data, *, split: str = "test", classes=DEFAULT_CLASSES, to
     from edgecxr.devices.parity import host_info, parity_context, parity_from_predictions, parity_samples
 
     clf = Classifier.load(bundle, runtime=runtime, threads=threads, trusted_key=trusted_key)
-    samples = parity_samples(clf, data, split, classes)
+    samples = parity_samples(clf, data, split, classes, reference)
     context = parity_context(clf, samples, split, reference, data)
     started = _connect(address)
     try:

@@ -301,7 +301,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     The report is computed from per-image predictions (parity_predictions -> parity_from_predictions), the
     same path a merge of shards takes (edgecxr.devices.shards).
     """
-    samples = parity_samples(clf, data, split, classes)
+    samples = parity_samples(clf, data, split, classes, reference)
     predictions = parity_predictions(clf, data, samples, split=split, reference=reference, workers=workers,
                                      strict=strict)
     report = parity_from_predictions(predictions, tolerances, n_boot=n_boot, max_unstable=max_unstable)
@@ -319,15 +319,17 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     return report
 
 
-def parity_samples(clf: Classifier, data, split: str = "test", classes=DEFAULT_CLASSES) -> list:
+def parity_samples(clf: Classifier, data, split: str = "test", classes=DEFAULT_CLASSES, reference: str = "auto") -> list:
     """The images parity compares: those under `data` (see list_site); for a bundle exported on a pooled
-    re-split (`edgecxr split`), whose test images come from every official folder, those of its reference."""
-    ref = clf.bundle.reference
-    if not ref.get("pooled") or not Path(data).is_dir():
-        return list_site(data, split, classes)
-    from edgecxr.data import pooled
+    re-split (`edgecxr split`), whose test images come from every official folder, those of its reference
+    when `data` is a data root holding them (a site's own folder, or --reference twin, is listed as usual)."""
+    from edgecxr.data import SPLITS, pooled
 
-    return [s for s in pooled(data, classes) if s.rel in ref["probs"]]
+    ref = clf.bundle.reference
+    root = Path(data)
+    if not ref.get("pooled") or reference == "twin" or not any((root / s).is_dir() for s in SPLITS):
+        return list_site(data, split, classes)
+    return [s for s in pooled(data, classes) if s.rel in ref["probs"]] or list_site(data, split, classes)
 
 
 def parity_predictions(clf: Classifier, data, samples, *, split: str = "test", reference: str = "auto",
@@ -380,7 +382,7 @@ def predict_records(clf: Classifier, indexed, context: dict, *, workers: int | N
             records.append({"index": i, "file": s.rel, "no_reference": True})  # the twin could not read it
         else:
             t = r.timings
-            records.append({"index": i, "file": s.rel, "sha256": sha256_file(s.path), "label": s.label,
+            records.append({"index": i, "file": s.rel, "sha256": sha256_file(s.path), "label": s.label, "patient": s.patient,
                             "float_prob": float(ref_probs[s.rel]), "device_prob": float(r.probability),
                             "decode_ms": t.decode_ms, "preprocess_ms": t.preprocess_ms, "infer_ms": t.infer_ms})
     return sorted(records, key=lambda r: r["index"])
@@ -402,16 +404,19 @@ def parity_from_predictions(pred: dict, tolerances=None, *, n_boot: int = 2000, 
     unknown = [r["file"] for r in records if r.get("not_in_reference")]
     unreadable = [{"file": r["file"], "error": r["error"]} for r in records if "error" in r]
     rels, labels = [r["file"] for r in ok], [r["label"] for r in ok]
+    patients = [r.get("patient") or patient_id(Path(r["file"]).name) for r in ok]  # a CSV's patient_id column
     float_probs, device_probs = [r["float_prob"] for r in ok], [r["device_prob"] for r in ok]
     threshold, source = ctx["threshold"], ctx["source"]
     if source == "bundle":
         report = compare(rels, labels, float_probs, device_probs, threshold, tolerances, n_boot=n_boot,
-                         reference_images=ctx["reference_images"], reference_metrics=ctx["reference_metrics"])
+                         reference_images=ctx["reference_images"], reference_metrics=ctx["reference_metrics"],
+                         groups=patients)
     else:
         if UNLABELED in labels:
             report = compare_unlabeled(rels, float_probs, device_probs, threshold, tolerances)
         else:
-            report = compare(rels, labels, float_probs, device_probs, threshold, tolerances, n_boot=n_boot)
+            report = compare(rels, labels, float_probs, device_probs, threshold, tolerances, n_boot=n_boot,
+                             groups=patients)
         report["checks"].append(_coverage_check(len(ok), len(listed), tolerances.min_coverage, "images listed"))
         report["passed"] = all(c["passed"] for c in report["checks"])
     for case, r in zip(report["cases"], ok):

@@ -98,6 +98,34 @@ def _check_shape(path: Path, doc: dict) -> None:
     if not ok:
         raise DataError(f"{path}: prediction file with inconsistent shard, list or record indices (edited?); "
                         "re-run that shard")
+    _check_fields(path, doc)
+
+
+# what a merge reads: the context keys and the fields of a compared image's record, per task
+REQUIRED = {
+    "parity": ({"threshold", "source", "reference", "bundle", "runtime", "data"},
+               {"file": str, "label": int, "float_prob": (int, float), "device_prob": (int, float), "sha256": str,
+                "infer_ms": (int, float)}, "device_prob"),
+    "evaluate": ({"model", "threshold", "threshold_method", "labels", "n_boot", "prob_dtype", "data"},
+                 {"file": str, "label": int, "prob": (int, float)}, "prob"),
+}
+
+
+def _check_fields(path: Path, doc: dict) -> None:
+    if doc.get("task") not in REQUIRED:
+        raise DataError(f"{path}: prediction file of an unknown task {doc.get('task')!r}; re-run that shard")
+    context_keys, fields, marker = REQUIRED[doc["task"]]
+    missing = sorted(context_keys - set(doc["context"]))
+    if missing:
+        raise DataError(f"{path}: prediction file without context {missing[0]!r} (truncated or edited); re-run that shard")
+    for record in doc["records"]:
+        if not isinstance(record, dict) or marker not in record:
+            continue
+        bad = next((k for k, t in fields.items() if not isinstance(record.get(k), t) or isinstance(record.get(k), bool)),
+                   None)
+        if bad:
+            raise DataError(f"{path}: record {record.get('index')} has no valid {bad!r} (truncated or edited); "
+                            "re-run that shard")
 
 
 def merge(paths) -> dict:

@@ -227,7 +227,9 @@ def evaluate(model_path, data, split, split_file, out, threshold, bootstrap, cla
     from edgecxr.training.evaluate import evaluate as run, format_metrics
 
     if (shard and not predictions) or (predictions and out) or not (out or predictions):
-        raise click.UsageError("pass --out DIR, or --predictions FILE (with --shard I/N for one shard)")
+        from edgecxr.errors import ConfigError
+
+        raise ConfigError("pass --out DIR, or --predictions FILE (with --shard I/N for one shard)")
     result = run(model_path, data, split, out, threshold=threshold, classes=parse_classes(classes), strict=strict,
                  n_boot=bootstrap, overwrite=overwrite, trust_model=trust_model, shortcuts=shortcuts,
                  cam_images=cam_images, split_file=split_file, shard=parse_shard(shard) if shard else None,

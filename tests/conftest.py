@@ -36,7 +36,7 @@ def sample() -> Path:
 # check mechanics, not its quantization quality, so they use limits it meets with a clear margin on every CPU
 # (the int8 kernels are CPU-independent; see export/onnx.py, export/openvino.py). The margins are also the
 # non-inferiority margins of the patient-level lower bound (about -0.04 for its recall difference).
-TINY_INT8_LIMITS = {"max_recall_drop": 0.08, "max_accuracy_drop": 0.08, "min_agreement": 0.95}
+TINY_INT8_LIMITS = {"max_recall_drop": 0.08, "max_accuracy_drop": 0.08, "min_agreement": 0.9}
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,26 @@ def test_acquisition_share_zero_leaves_images_and_share_half_changes_some(tf, xr
 def test_acquisition_share_outside_0_1_is_refused(share):
     with pytest.raises(ConfigError, match="--acquisition"):
         get_preset("standard", 0.0, share)
+
+
+def test_acquisition_reaches_the_training_batches(tf, xrays):
+    """In the tf.data graph the training pipeline builds (batch_inputs), not only eagerly."""
+    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.training.train import batch_inputs
+
+    spec = PreprocessSpec(size=224, channels=1, scale=1.0, offset=0.0)
+    ds = tf.data.Dataset.from_tensor_slices((xrays.astype(np.uint8), np.zeros(len(xrays), np.float32)))
+    plain = next(iter(batch_inputs(tf, ds, spec, len(xrays))))[0].numpy()[..., 0]
+    varied = next(iter(batch_inputs(tf, ds, spec, len(xrays), get_preset("none", 0.0, 1.0))))[0].numpy()[..., 0]
+    np.testing.assert_array_equal(plain, xrays.astype(np.uint8))
+    assert (np.abs(varied - plain).reshape(len(xrays), -1).mean(axis=1) > 0.2).all()
+
+
+def test_training_with_acquisition_records_it(small_kermany, tmp_path):
+    import json
+
+    from edgecxr.training.train import TrainConfig, train
+
+    run = train(TrainConfig(arch="tiny_cnn", data=str(small_kermany), epochs=1, augment="none", acquisition=1.0),
+                tmp_path / "run")
+    assert json.loads((run / "config.json").read_text())["acquisition"] == 1.0 and (run / "model.keras").is_file()

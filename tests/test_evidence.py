@@ -31,7 +31,11 @@ def test_patient_bootstrap_is_wider_than_the_image_bootstrap_on_clustered_images
     w1 = metrics.patient_weights(unique, len(y), 5, np.random.default_rng(3))
     w2 = metrics.patient_weights(None, len(y), 5, np.random.default_rng(3))
     assert w1.shape == (5, len(y)) and (w1.sum(axis=1) == len(y)).all()
-    assert np.array_equal(np.sort(w1, axis=1), np.sort(w2, axis=1)) or w1.sum() == w2.sum()
+    assert w2.shape == w1.shape and (w1 >= 0).all() and (w1 == np.round(w1)).all()
+    by_unique = metrics.bootstrap_ci(y, s, 0.5, n_boot=400, groups=unique)
+    for name in ("accuracy", "recall", "specificity"):
+        width_unique, width_image = by_unique[name][1] - by_unique[name][0], by_image[name][1] - by_image[name][0]
+        assert abs(width_unique - width_image) < 0.35 * width_image, (name, width_unique, width_image)
     # a patient's images are always drawn together
     w = metrics.patient_weights(groups, len(y), 50, np.random.default_rng(1))
     assert (w[:, 0] == w[:, 3]).all() and (w[:, 4] == w[:, 7]).all()

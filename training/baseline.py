@@ -163,6 +163,9 @@ def split_samples(data_root, classes, model_path: Path, split_file: Path | None,
         split_file = Path(split_file) if split_file else Path(model_path).parent / "split.json"
         if not split_file.is_file():
             raise DataError(f"{split_file}: split file not found; pass --split-file PATH or --val-fraction 0.1")
+        if D.is_pooled(split_file):  # `edgecxr split`: train, val and test of the pooled images
+            train, val = (D.split_samples(data_root, part, classes, split_file) for part in ("train", "val"))
+            return train, val, f"{shown(split_file)} (pooled re-split of {data_root}; not the official test split)"
         try:
             train, val = D.apply_split(split_file, samples, subset=True)
         except DataError as exc:
@@ -182,10 +185,10 @@ def shown(path: Path) -> str:
     return f"edgecxr/{resolved.relative_to(package).as_posix()}" if resolved.is_relative_to(package) else str(path)
 
 
-def load_sets(data_root, classes, spec, train_s, val_s, strict: bool):
+def load_sets(data_root, classes, spec, train_s, val_s, strict: bool, split_file=None):
     """{'train'|'val'|'test': (pixels, labels, kept samples)} preprocessed with spec, and 'skipped': the
-    unreadable test images as `edgecxr evaluate` lists them."""
-    test_s = D.list_split(data_root, "test", classes)
+    unreadable test images as `edgecxr evaluate` lists them. The test images: a pooled split file's, else test/."""
+    test_s = D.split_samples(data_root, "test", classes, split_file if D.is_pooled(split_file) else None)
     out = {}
     for name, samples in (("train", train_s), ("val", val_s), ("test", test_s)):
         pixels, labels, kept, bad = D.load_pixels(samples, spec, strict=strict, progress=f"loading {name}")
@@ -217,7 +220,9 @@ def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, mode
     model_path, spec = model_spec(model_path, size)
     cnn_row = load_cnn_row(Path(cnn)) if cnn else None
     train_s, val_s, how = split_samples(data_root, classes, model_path, split_file, val_fraction, seed)
-    sets = load_sets(data_root, classes, spec, train_s, val_s, strict)
+    own = Path(model_path).parent / "split.json"
+    pooled = split_file or (own if val_fraction is None and D.is_pooled(own) else None)
+    sets = load_sets(data_root, classes, spec, train_s, val_s, strict, pooled)
     if cnn_row and cnn_row["n"] != len(sets["test"][1]):
         print(f"warning: the CNN row ({cnn}) was measured on {cnn_row['n']} images, the baselines on "
               f"{len(sets['test'][1])}: not the same test set", file=sys.stderr)
@@ -251,7 +256,9 @@ def evaluate_one(name, kind, x, sets, seed, n_boot, spec, how, size) -> dict:
     p_val, p_test, seconds = fit_scores(name, x["train"], y_train, x["val"], y_val, x["test"], seed)
     thr = metrics.choose_threshold(y_val, p_val)
     result = metrics.binary_metrics(y_test, p_test, thr)
-    result["ci"] = metrics.bootstrap_ci(y_test, p_test, thr, n_boot=n_boot)
+    patients = [s.patient for s in sets["test"][2]]  # intervals by patient, as `edgecxr evaluate`'s
+    result["ci"] = metrics.bootstrap_ci(y_test, p_test, thr, n_boot=n_boot, groups=patients)
+    result["ci_info"] = metrics.bootstrap_info(patients, len(y_test), n_boot, 0.95)
     result["at_0.5"] = metrics.binary_metrics(y_test, p_test, 0.5)
     result.update(threshold_method=metrics.threshold_rule(None), split="test",
                   model=f"{name} ({MODEL_NAMES[name]}) on {describe_features(kind, size)}",

@@ -51,6 +51,8 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
         raise ModelError(f"{model_path}: no {model_path.with_suffix('.json').name} beside it; evaluate needs an edgecxr model "
                          "(for other models use `edgecxr export` with --input-size/--scale/--offset flags)")
     model = load_model(model_path, trust=trust_model)
+    own = model_path.parent / "split.json"
+    split_file = split_file or (own if D.is_pooled(own) else None)  # a model trained on a pooled re-split
     samples = D.split_samples(data_root, split, classes, split_file)
     if D.is_pooled(split_file):
         print(f"note: {split} of the pooled re-split {split_file}: not comparable with the official test split",
@@ -115,10 +117,10 @@ def _write_out(out, overwrite, result, labels, probs, rels, class_labels) -> Non
         plots.calibration_png(labels, probs, tmp / "calibration.png")
 
 
-def write_merged(doc: dict, out: Path, *, overwrite: bool = False) -> dict:
+def write_merged(doc: dict, out: Path, *, overwrite: bool = False, inputs=()) -> dict:
     """metrics.json and figures from merged evaluate shards: what `evaluate --no-shortcuts` writes unsharded
     (the shortcut check needs the model and the pixels)."""
-    check_writable(Path(out), overwrite=overwrite)
+    check_writable(Path(out), overwrite=overwrite, inputs=inputs)  # never over the shard files themselves
     ctx, records = doc["context"], doc["records"]
     ok = [r for r in records if "prob" in r]
     labels = np.array([r["label"] for r in ok])
