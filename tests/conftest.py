@@ -32,7 +32,8 @@ def sample() -> Path:
 
 
 # The tiny test model (32 px, 4-8 channels, 3 epochs) has many test images near its threshold and int8 noise
-# of a few percent: its int8 agreement is 0.98-0.995 depending on the target. Tests that export it to int8
+# of a few percent: its int8 agreement is 0.95-0.995 depending on the target and on how it was trained (0.949
+# for tflite-int8 since training streams its images). Tests that export it to int8
 # check mechanics, not its quantization quality, so they use limits it meets with a clear margin on every CPU
 # (the int8 kernels are CPU-independent; see export/onnx.py, export/openvino.py). The margins are also the
 # non-inferiority margins of the patient-level lower bound (about -0.04 for its recall difference).
