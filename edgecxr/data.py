@@ -306,6 +306,13 @@ def apply_split(path: Path, samples: list[Sample], *, subset: bool = False):
     return [by_rel[r] for r in data["train"]], [by_rel[r] for r in data["val"]]
 
 
+def model_split_file(model_path, given=None):
+    """The split file a model's images follow: `given`, else the model's own split.json when it is a pooled
+    re-split (its test images are not ROOT/test), else None (the official folders)."""
+    own = Path(model_path).parent / "split.json"
+    return given if given else (own if is_pooled(own) else None)
+
+
 def split_samples(root, split: str, classes=DEFAULT_CLASSES, split_file=None) -> list[Sample]:
     """The samples of `split` (train, val or test): the official folder, or the part a split file names.
     A train/validation split file (from `edgecxr train`) divides ROOT/train; a pooled one (`edgecxr split`)

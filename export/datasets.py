@@ -17,9 +17,7 @@ MIN_CALIBRATION = 16  # below this the int8 ranges are guesswork
 def export_splits(data_root, classes, model_path: Path, *, split_file=None, seed: int = 0):
     """(train, val, test, where val comes from): a split file given on the command line, else the model's own
     split.json (a pooled re-split there also names the test images), else the official folders."""
-    own = Path(model_path).parent / "split.json"
-    if split_file is None and D.is_pooled(own):
-        split_file = own
+    split_file = D.model_split_file(model_path, split_file)
     if split_file is not None:
         parts = [D.split_samples(data_root, name, classes, split_file) for name in ("train", "val", "test")]
         kind = "pooled re-split" if D.is_pooled(split_file) else "split file"

@@ -145,7 +145,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
         _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
              f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
     reference = _reference(source, test, test_x, test_y,
-                           pooled=D.is_pooled(split_file or Path(model_path).parent / "split.json"))
+                           pooled=D.is_pooled(D.model_split_file(model_path, split_file)))
     t_val = time.time()
     gate = Gate(val_x, val_y, val_probs(source), info.threshold, info.output, info.positive_index,
                 max_recall_drop, max_accuracy_drop, val_source, min_agreement,

@@ -220,8 +220,7 @@ def baseline(data_root: Path, out: Path, *, model_path: Path | None = None, mode
     model_path, spec = model_spec(model_path, size)
     cnn_row = load_cnn_row(Path(cnn)) if cnn else None
     train_s, val_s, how = split_samples(data_root, classes, model_path, split_file, val_fraction, seed)
-    own = Path(model_path).parent / "split.json"
-    pooled = split_file or (own if val_fraction is None and D.is_pooled(own) else None)
+    pooled = None if val_fraction is not None else D.model_split_file(model_path, split_file)
     sets = load_sets(data_root, classes, spec, train_s, val_s, strict, pooled)
     if cnn_row and cnn_row["n"] != len(sets["test"][1]):
         print(f"warning: the CNN row ({cnn}) was measured on {cnn_row['n']} images, the baselines on "

@@ -51,8 +51,7 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
         raise ModelError(f"{model_path}: no {model_path.with_suffix('.json').name} beside it; evaluate needs an edgecxr model "
                          "(for other models use `edgecxr export` with --input-size/--scale/--offset flags)")
     model = load_model(model_path, trust=trust_model)
-    own = model_path.parent / "split.json"
-    split_file = split_file or (own if D.is_pooled(own) else None)  # a model trained on a pooled re-split
+    split_file = D.model_split_file(model_path, split_file)  # a model trained on a pooled re-split follows it
     samples = D.split_samples(data_root, split, classes, split_file)
     if D.is_pooled(split_file):
         print(f"note: {split} of the pooled re-split {split_file}: not comparable with the official test split",
