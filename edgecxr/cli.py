@@ -33,7 +33,7 @@ class Group(click.Group):
     """Loads stage commands lazily; turns every error into one line on stderr and its exit code (edgecxr.errors)."""
 
     def list_commands(self, ctx):
-        return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._lazy(n)})
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
 
     def get_command(self, ctx, name):
         return super().get_command(ctx, name) or self._lazy(name)
@@ -47,8 +47,8 @@ class Group(click.Group):
         module, attr = LAZY_COMMANDS[name].split(":")
         try:
             return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            return None  # that stage is not built or not installed
+        except (ImportError, AttributeError) as exc:  # a stage not installed, or broken: say which and why
+            return _unavailable(name, module, exc)
 
     def invoke(self, ctx):
         previous = _exit_on_sigterm()
@@ -76,6 +76,20 @@ class Group(click.Group):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _unavailable(name: str, module: str, exc: Exception) -> click.Command:
+    """A placeholder for a stage command that does not import: its help line and its run say why."""
+    reason = f"{name} is unavailable: {module} does not import ({type(exc).__name__}: {first_line(exc, 120)})"
+    hint = ("; install the stage's extra (pip install 'edgecxr[all]')" if isinstance(exc, ModuleNotFoundError)
+            else "; this is a bug in edgecxr, please report it")
+
+    def run(args):
+        click.echo(f"error: {reason}{hint}", err=True)
+        sys.exit(EXIT_USAGE)
+
+    return click.Command(name, callback=run, help=f"(unavailable) {reason}.", short_help=f"(unavailable: {type(exc).__name__})",
+                         params=[click.Argument(["args"], nargs=-1)], context_settings={"ignore_unknown_options": True})
 
 
 def _exit_on_sigterm():
@@ -121,8 +135,20 @@ def os_error_message(exc: OSError) -> str:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgecxr")
-def main():
-    """Train, export and verify chest X-ray pneumonia classifiers for edge devices."""
+@click.option("--verbose", is_flag=True, help="Keep TensorFlow's, NNCF's and the converters' own log lines.")
+def main(verbose):
+    """Train, export and verify chest X-ray pneumonia classifiers for edge devices.
+
+    \b
+    edgecxr demo --out demo                      # the shipped model, the shipped sample
+    edgecxr export --target tflite-int8 --data ../shared/data/kermany-cxr-224 --out bundles
+    edgecxr device parity bundles/tflite-int8 --data ../shared/data/kermany-cxr-224
+    """
+    if verbose:
+        os.environ["EDGECXR_VERBOSE"] = "1"
+    from edgecxr.quiet import quiet_frameworks
+
+    quiet_frameworks()
 
 
 DATA = click.option("--data", "data", required=True, type=click.Path(path_type=Path),

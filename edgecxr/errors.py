@@ -58,6 +58,10 @@ def require(module: str, extra: str):
     import importlib
 
     try:
+        if module == "tensorflow":
+            from edgecxr.quiet import import_tensorflow
+
+            return import_tensorflow()
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(

@@ -8,7 +8,10 @@ Heavy frameworks (TensorFlow, ONNX, OpenVINO, NNCF) are imported only when used.
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from edgecxr.quiet import quiet_frameworks  # noqa: E402
+
+quiet_frameworks()
 
 from edgecxr.export.datasets import calibration_samples, to_prob  # noqa: E402
 from edgecxr.export.loading import ModelOverrides, load_source  # noqa: E402

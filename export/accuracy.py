@@ -161,7 +161,7 @@ def nncf_accuracy_control(model, gate: Gate, calib_x: np.ndarray, raw_fn, input_
     """
     import nncf
 
-    from edgecxr.export.openvino import cpu_independent
+    from edgecxr.export.openvino import cpu_independent, ignored_scope
 
     wrap = (lambda x: {input_name: x}) if input_name else (lambda x: x)  # noqa: E731
     calib = nncf.Dataset([wrap(calib_x[i:i + 1].astype(np.float32)) for i in range(len(calib_x))])
@@ -169,7 +169,8 @@ def nncf_accuracy_control(model, gate: Gate, calib_x: np.ndarray, raw_fn, input_
     return nncf.quantize_with_accuracy_control(
         model, calibration_dataset=calib, validation_dataset=val, validation_fn=gate.nncf_metric(raw_fn),
         max_drop=gate.nncf_max_drop(), drop_type=nncf.DropType.ABSOLUTE,
-        subset_size=len(calib_x), advanced_quantization_parameters=cpu_independent())
+        subset_size=len(calib_x), advanced_quantization_parameters=cpu_independent(),
+        **({} if input_name else {"ignored_scope": ignored_scope(model)}))
 
 
 def tflite_recover(source, gate: Gate, calib_x: np.ndarray, run_fn, *, max_float_layers: int = 16):

@@ -19,7 +19,8 @@ from edgecxr.targets import TARGETS
 @click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Calibration, validation and test images from this split file (a pooled re-split from "
                    "`edgecxr split`); default: the model's own split.json beside it.")
-@click.option("--calib-count", default=300, show_default=True, help="Calibration images from the train split.")
+@click.option("--calib-count", type=int, default=None,
+              help="Calibration images from the train split [default: 300, or every train image when there are fewer].")
 @click.option("--prune", type=float, help="Target sparsity (e.g. 0.5): magnitude pruning + fine-tuning.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning for tflite-int8.")
 @click.option("--qat-fallback/--no-qat-fallback", default=True, show_default=True,

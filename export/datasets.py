@@ -12,6 +12,7 @@ from edgecxr import data as D
 from edgecxr.errors import DataError, ModelError
 
 MIN_CALIBRATION = 16  # below this the int8 ranges are guesswork
+DEFAULT_CALIBRATION = 300
 
 
 def export_splits(data_root, classes, model_path: Path, *, split_file=None, seed: int = 0):
@@ -42,6 +43,17 @@ def train_val(data_root, classes, model_path: Path, *, seed: int = 0):
                   file=sys.stderr)
     train, val = D.grouped_split(samples, 0.1, seed)
     return train, val, f"patient-grouped 10 % of {data_root}/train (seed {seed})"
+
+
+def default_calibration_count(train) -> int:
+    """DEFAULT_CALIBRATION images, or as many as the train split holds half per class (said on stderr)."""
+    balanced = 2 * min(sum(s.label == label for s in train) for label in (0, 1))
+    if balanced >= DEFAULT_CALIBRATION:
+        return DEFAULT_CALIBRATION
+    if balanced >= MIN_CALIBRATION:
+        print(f"note: calibration uses {balanced} train images, half per class (fewer than the usual "
+              f"{DEFAULT_CALIBRATION}: all the train split has)", file=sys.stderr)
+    return max(balanced, MIN_CALIBRATION)  # below MIN_CALIBRATION, calibration_samples says what to do
 
 
 def calibration_samples(train, count: int, *, seed: int = 0):

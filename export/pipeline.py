@@ -69,7 +69,7 @@ def _reference(source, test, test_x, test_y, pooled: bool = False):
             "files_sha256": D.files_hash(test)}
 
 
-def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 300, prune: float | None = None,
+def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | None = None, prune: float | None = None,
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
                  max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
                  overrides=None, trust_model: bool = False, seed: int = 0,
@@ -80,6 +80,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     twin: ship the float32 model of the same format in twin/ of every other bundle, so that device parity
     can recompute the float reference on a site's own images.
     split_file: train/val/test from this split file (default: the model's own split.json; see datasets.export_splits).
+    calib_count: calibration images (default: DEFAULT_CALIBRATION, or the whole train split when it is smaller).
     """
     from edgecxr.export import datasets as X
     from edgecxr.export.accuracy import Gate
@@ -106,6 +107,8 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int = 
     # Data first: bad folders fail in a second, before TensorFlow starts.
     train, val, test, val_source = X.export_splits(data_root, classes, Path(model_path), split_file=split_file, seed=seed)
     need_calib = any(t.calibrated for t in chosen) or qat
+    if need_calib and calib_count is None:
+        calib_count = X.default_calibration_count(train)
     calib = X.calibration_samples(train, calib_count, seed=seed) if need_calib else []
 
     source = load_source(model_path, overrides, trust=trust_model)

@@ -137,11 +137,29 @@ def test_empty_and_small_calibration_folders(tiny_model, sample, tmp_path):
             (root / split / cls).mkdir(parents=True)
     with pytest.raises(DataError, match="no images"):
         export_model(tiny_model, ["tflite-int8"], root, tmp_path / "o")
-    with pytest.raises(DataError, match="calibration needs 300 images"):  # the sample has 32 train images
-        export_model(tiny_model, ["tflite-int8"], sample, tmp_path / "o")
+    with pytest.raises(DataError, match="calibration needs 300 images"):  # the sample has 128 train images
+        export_model(tiny_model, ["tflite-int8"], sample, tmp_path / "o", calib_count=300)
     with pytest.raises(DataError, match="too small"):
         export_model(tiny_model, ["tflite-int8"], sample, tmp_path / "o", calib_count=4)
     assert not (tmp_path / "o").exists()
+
+
+def test_default_calibration_is_what_a_small_train_split_holds(capsys):
+    """Without --calib-count: 300, or as many as the train split holds half per class (said on stderr)."""
+    from edgecxr.data import Sample
+    from edgecxr.export.datasets import calibration_samples, default_calibration_count
+
+    def train(normal, pneumonia):
+        return [Sample(Path(f"/x/p{i}.jpeg"), f"p{i}.jpeg", int(i >= normal), f"p{i}") for i in range(normal + pneumonia)]
+
+    assert default_calibration_count(train(400, 900)) == 300
+    assert capsys.readouterr().err == ""
+    small = train(40, 71)
+    assert default_calibration_count(small) == 80 and "uses 80 train images" in capsys.readouterr().err
+    chosen = calibration_samples(small, 80)
+    assert sorted(s.label for s in chosen) == [0] * 40 + [1] * 40
+    with pytest.raises(DataError, match="images of class 0"):  # 5 normal images cannot calibrate half of 16
+        calibration_samples(train(5, 50), default_calibration_count(train(5, 50)))
 
 
 def _save_tf_keras(path, build):

@@ -220,6 +220,22 @@ def test_ray_equals_single_process(tiny_bundles, kermany):
     assert json.loads(json.dumps(comparable(distributed))) == json.loads(json.dumps(comparable(single)))
 
 
+def assert_same_numbers(a, b, tol, where="metrics"):
+    """a == b, except that floats need only agree within tol."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_numbers(a[key], b[key], tol, f"{where}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_numbers(x, y, tol, f"{where}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert abs(a - b) <= tol, f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
 def test_evaluate_shards_merged_equal_the_single_run(tiny_model, kermany, tmp_path):
     """`evaluate --shard I/N --predictions` on the 624 test images, merged: the unsharded metrics.json."""
     r = cli("evaluate", "--model", tiny_model, "--data", kermany, "--out", tmp_path / "single", "--no-shortcuts",
@@ -235,7 +251,10 @@ def test_evaluate_shards_merged_equal_the_single_run(tiny_model, kermany, tmp_pa
     assert m.exit_code == 0, m.output
     single = json.loads((tmp_path / "single" / "metrics.json").read_text())
     merged = json.loads((tmp_path / "merged" / "metrics.json").read_text())
-    assert single["n"] == 624 and merged == single
+    # TensorFlow's float kernels depend on the batch a shard puts an image in, at about 1e-9 on some CPUs
+    # (AVX2 without VNNI): numbers agree to 1e-6, counts and everything else exactly
+    assert single["n"] == 624
+    assert_same_numbers(merged, single, tol=1e-6)
     assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
     one_error_line(cli("device", "merge", files[0], files[2], "--out", tmp_path / "m2"), "2/3 missing")
     assert cli("evaluate", "--model", tiny_model, "--data", kermany, "--shard", "1/3").exit_code == 2

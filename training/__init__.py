@@ -6,7 +6,10 @@ only with it, so TF_USE_LEGACY_KERAS=1 is set before TensorFlow is imported.
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from edgecxr.quiet import quiet_frameworks  # noqa: E402
+
+quiet_frameworks()
 
 
 def import_tf():
