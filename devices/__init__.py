@@ -15,7 +15,7 @@ _LAZY = {
     "Prediction": "edgecxr.devices.classifier",
     "Failure": "edgecxr.devices.classifier",
     "Timings": "edgecxr.devices.classifier",
-    "RUNTIMES": "edgecxr.devices.runtimes",
+    "RUNTIMES": "edgecxr.runtimes",
     "run_parity": "edgecxr.devices.parity",
     "run_bench": "edgecxr.devices.bench",
 }

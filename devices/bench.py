@@ -22,7 +22,7 @@ from edgecxr.data import list_split
 from edgecxr.errors import DataError, EdgecxrError
 
 from edgecxr.devices.classifier import Classifier
-from edgecxr.devices.runtimes import runtime_notes
+from edgecxr.runtimes import runtime_notes
 
 SAMPLE = Path(__file__).resolve().parents[1] / "edgecxr" / "sample"
 if not SAMPLE.is_dir():  # installed (non-editable): the sample ships inside the edgecxr package

@@ -32,7 +32,7 @@ from edgecxr.domain import check_domain
 from edgecxr.errors import ConfigError, EdgecxrError, ImageError, ModelError
 from edgecxr.images import decode_image, to_gray
 
-from edgecxr.devices.runtimes import Session, open_session
+from edgecxr.runtimes import Session, dequantize, is_nchw, open_session, quantize_input
 
 KINDS = ("sigmoid", "softmax", "logits")
 
@@ -119,7 +119,7 @@ class Classifier:
         # NCHW models (some ONNX exports) get the channel axis moved in front.
         shape = session.input_shape
         c = self.spec.channels
-        self._nchw = len(shape) == 4 and shape[1] == c and shape[-1] != c
+        self._nchw = is_nchw(shape, c)
         dims = (shape[2], shape[3], shape[1]) if self._nchw else tuple(shape[1:])
         if len(shape) != 4 or any(d not in (None, -1, w) for d, w in zip(dims, self.spec.input_shape)):
             raise ModelError(f"{bundle.path}: its model takes input {tuple(shape)} but its preprocessing spec makes "
@@ -135,7 +135,7 @@ class Classifier:
              device: str | None = None, trusted_key=None) -> "Classifier":
         """Verify `bundle` (folder or .zip) and open its model.
 
-        runtime: a name from edgecxr.devices.runtimes.RUNTIMES (default: the first installed one
+        runtime: a name from edgecxr.runtimes.RUNTIMES (default: the first installed one
         for the bundle's family); threads: runtime CPU threads; device: OpenVINO device
         (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt); trusted_key: a public key
         file (default: $EDGECXR_TRUSTED_KEY): the bundle must be signed by it.
@@ -225,11 +225,7 @@ class Classifier:
         return self._layout(self._quantize(np.asarray(x, np.float32)))
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
-        if self._in_q is not None and self._in_dtype.kind in "iu":
-            scale, zero = self._in_q
-            info = np.iinfo(self._in_dtype)
-            return np.clip(np.round(x / np.float32(scale)) + zero, info.min, info.max).astype(self._in_dtype)
-        return x.astype(self._in_dtype, copy=False)
+        return quantize_input(x, self._in_q, self._in_dtype)
 
     def _layout(self, x: np.ndarray) -> np.ndarray:
         x = x[None]
@@ -239,10 +235,7 @@ class Classifier:
 
     def probability(self, raw: np.ndarray) -> float:
         """Raw model output -> probability of the positive class."""
-        y = np.asarray(raw).reshape(-1).astype(np.float64)
-        if self._out_q is not None and np.asarray(raw).dtype.kind in "iu":
-            scale, zero = self._out_q
-            y = (y - zero) * scale
+        y = dequantize(raw, self._out_q).reshape(-1)
         if self.kind == "sigmoid":
             p = y[self.positive_index] if y.size > 1 else y[0]
         elif self.kind == "softmax":

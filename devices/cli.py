@@ -111,7 +111,7 @@ def device():
 @device.command()
 def runtimes():
     """List the device runtimes and whether each is installed."""
-    from edgecxr.devices.runtimes import list_runtimes
+    from edgecxr.runtimes import list_runtimes
 
     for r in list_runtimes():
         state = "installed" if r["installed"] else f"not installed (pip install 'edgecxr[{r['extra']}]')"
@@ -160,7 +160,7 @@ def _run_help() -> str:
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
 def run(bundle, paths, runtime, threads, device_name, trusted_key, as_json, as_csv, workers, strict):
     from edgecxr.devices.classifier import Failure
-    from edgecxr.devices.runtimes import runtime_notes
+    from edgecxr.runtimes import runtime_notes
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")

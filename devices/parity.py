@@ -20,7 +20,7 @@ from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, pati
 from edgecxr.errors import ConfigError, DataError
 
 from edgecxr.devices.classifier import Classifier, Failure
-from edgecxr.devices.runtimes import runtime_notes
+from edgecxr.runtimes import runtime_notes
 
 COMPARED = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc")
 FLIP_ORDER = {"new_false_negative": 0, "new_false_positive": 1, "fixed_false_negative": 2, "fixed_false_positive": 3}

@@ -44,7 +44,7 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
                   stability_images: int = 64) -> dict:
     """Export/reuse, parity-check and time every planned row; writes OUT/benchmark.json and .md; returns the result."""
     from edgecxr.devices.parity import Tolerances
-    from edgecxr.devices.runtimes import default_threads
+    from edgecxr.runtimes import default_threads
     from edgecxr.export.pipeline import versions
     from edgecxr.modelinfo import default_model_path
 

@@ -54,7 +54,6 @@ class _Model:
 
     def __init__(self, kind: str, path: str, batch: int, threads: int, precision: str):
         self.kind = kind
-        shape_hint = None
         if kind == "keras":
             import tensorflow as tf
 
@@ -65,68 +64,24 @@ class _Model:
             fn = load_source(path).fn
             self.runtime = f"tensorflow {tf.__version__}"
             self.run = lambda x: np.asarray(fn(x))  # noqa: E731
-        elif kind == "tflite":
-            try:
-                from ai_edge_litert.interpreter import Interpreter
-                import ai_edge_litert
-
-                self.runtime = f"litert {getattr(ai_edge_litert, '__version__', '?')}"
-            except ImportError:
-                import tensorflow as tf
-
-                Interpreter, self.runtime = tf.lite.Interpreter, f"tf-lite {tf.__version__}"
-            it = Interpreter(model_path=path, num_threads=threads)
-            inp = it.get_input_details()[0]
-            if int(inp["shape"][0]) != batch:
-                it.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]], strict=False)
-            it.allocate_tensors()
-            inp, out = it.get_input_details()[0], it.get_output_details()[0]
-            scale, zero = inp.get("quantization", (0.0, 0))
-            dtype = np.dtype(inp["dtype"])
-
-            def run(x):
-                if scale and dtype.kind in "iu":
-                    info = np.iinfo(dtype)
-                    x = np.clip(np.round(x / scale) + zero, info.min, info.max)
-                it.set_tensor(inp["index"], x.astype(dtype))
-                it.invoke()
-                return it.get_tensor(out["index"])
-
-            self.run = run
-        elif kind == "onnx":
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-            first = sess.get_inputs()[0]
-            dim = first.shape[0]
-            if isinstance(dim, int) and dim > 0 and dim != batch:
-                raise _NotResizable(f"the ONNX input has a fixed batch of {dim} (export it with a dynamic batch axis)")
-            shape_hint = first.shape
-            name, out = first.name, sess.get_outputs()[0].name
-            self.runtime = f"onnxruntime {ort.__version__}"
-            self.run = lambda x: sess.run([out], {name: x})[0]  # noqa: E731
-        elif kind == "openvino":
-            import openvino as ov
-
-            core = ov.Core()
-            model = core.read_model(path)
-            shape = model.inputs[0].get_partial_shape()
-            shape_hint = [d.get_length() if d.is_static else -1 for d in shape]
-            if shape[0].is_dynamic or shape[0].get_length() != batch:
-                model.reshape({model.inputs[0]: ov.PartialShape([batch, *shape_hint[1:]])})
-            config = {"INFERENCE_NUM_THREADS": threads}
-            if precision in ("fp32", "fp16"):
-                config["INFERENCE_PRECISION_HINT"] = "f32"  # as the device classifier does
-            compiled = core.compile_model(model, "CPU", config)
-            request, port = compiled.create_infer_request(), compiled.outputs[0]
-            self.runtime = f"openvino {ov.__version__.split('-')[0]}"
-            self.run = lambda x: request.infer({0: x})[port]  # noqa: E731
+            self.nchw = False
         else:
+            self._open_runtime(kind, path, batch, threads, precision)
+
+    def _open_runtime(self, kind, path, batch, threads, precision):
+        """A bundle model through the device's runtime layer, its batch axis resized where the runtime can."""
+        from edgecxr.runtimes import build_runtime, is_nchw, open_session, quantize_input
+
+        if kind not in ("tflite", "onnx", "openvino"):
             raise ValueError(kind)
-        # NCHW exports (some ONNX converters) get the channel axis moved in front
-        self.nchw = bool(shape_hint and len(shape_hint) == 4 and shape_hint[1] in (1, 3) and shape_hint[-1] not in (1, 3))
+        session = open_session(path, kind, runtime=build_runtime(kind), threads=threads, precision=precision, batch=batch)
+        fixed = session.input_shape[0]
+        if fixed is not None and fixed != batch:
+            raise _NotResizable(f"the {kind} input has a fixed batch of {fixed} (export it with a dynamic batch axis)")
+        self.runtime = f"{session.runtime} {session.version}"
+        q_in, dtype = session.quantization[0], session.input_dtype
+        self.run = lambda x: session.run(quantize_input(x, q_in, dtype))  # noqa: E731
+        self.nchw = is_nchw(session.input_shape, 3) or is_nchw(session.input_shape, 1)
 
 
 class _NotResizable(Exception):
@@ -380,7 +335,7 @@ def main(argv=None) -> int:
 
 
 def _threads() -> int:
-    from edgecxr.devices.runtimes import default_threads
+    from edgecxr.runtimes import default_threads
 
     return default_threads()
 

@@ -94,7 +94,7 @@ def test_provider_is_the_delegate_that_really_ran(bundles):
 
     from ai_edge_litert import interpreter as litert
 
-    from edgecxr.devices.runtimes import TFLiteSession, runtime_notes
+    from edgecxr.runtimes import TFLiteSession, runtime_notes
 
     model = bundles["tflite-int8"] / "model.tflite"
     with_xnnpack = TFLiteSession(litert.Interpreter, model, runtime="litert", version="x",
@@ -713,7 +713,7 @@ def test_openvino_kernel_failure_is_one_error_at_load(monkeypatch):
     """OpenVINO's ARM int8 convolutions fail on their first call on CPUs without dot-product instructions (a
     Raspberry Pi 4): the session runs once at load, so that is one clear error, not a failure per image."""
     from edgecxr import cpu
-    from edgecxr.devices.runtimes import OpenVinoSession
+    from edgecxr.runtimes import OpenVinoSession
     from edgecxr.errors import ModelError
 
     class Failing:

@@ -408,7 +408,7 @@ def test_exit_codes_are_defined():
 
 
 def test_a_crash_is_one_line_and_exit_3(monkeypatch):
-    import edgecxr.devices.runtimes as R
+    import edgecxr.runtimes as R
 
     def crash():
         raise ZeroDivisionError("division by zero\n  second line")

@@ -1,9 +1,11 @@
-"""The device-runtime registry: one table that the classifier, the CLI and the benchmark read.
+"""The runtime layer: the only module that opens LiteRT / TFLite, ONNX Runtime and OpenVINO.
 
-Each runtime opens a bundle's model file and returns a ``Session`` with one job:
-``run(x)`` feeds one input tensor (already in the model's dtype and layout) and
-returns the raw output array. Runtimes are imported only when a session is
-opened, and TensorFlow only for the ``tf-lite`` runtime, never to probe.
+The device classifier, the export gate, the benchmark and the scaling study all open models here, so
+the export gate runs the code the device runs. Each runtime opens a model (a file, the bytes of one, or
+an in-memory OpenVINO model) and returns a ``Session``: ``run(x)`` feeds one input tensor (already in the
+model's dtype and layout) and returns the raw output; ``run_float(session, x)`` takes float inputs,
+quantizes them exactly as the device does, and returns float outputs. Runtimes are imported only when a
+session is opened, and TensorFlow only for the ``tf-lite`` runtime, never to probe. No TensorFlow needed.
 
 =============  ========  ============================================================
 name           family    notes
@@ -47,10 +49,13 @@ class Runtime:
         except (ImportError, ValueError):
             return False
 
-    def open(self, model_path: Path, *, threads: int | None = None, device: str | None = None,
-             precision: str | None = None) -> "Session":
-        """precision: the bundle target's precision; OpenVINO runs every bundle in f32 on CPU."""
-        return self.opener(Path(model_path), threads=threads, device=device, precision=precision)
+    def open(self, model, *, threads: int | None = None, device: str | None = None,
+             precision: str | None = None, batch: int | None = None) -> "Session":
+        """model: a file, the bytes of one, or an openvino.Model; precision: the bundle target's precision
+        (OpenVINO runs every model in f32 on CPU); batch: resize a fixed batch axis to this size."""
+        if isinstance(model, (str, os.PathLike)):
+            model = Path(model)
+        return self.opener(model, threads=threads, device=device, precision=precision, batch=batch)
 
 
 class Session:
@@ -63,6 +68,12 @@ class Session:
     input_dtype: np.dtype
     input_shape: tuple  # with the batch dimension; None for dynamic dims
     note: str = ""
+    # (scale, zero_point) of the input and the output tensor as the model file holds them; None when float
+    quantization: tuple = (None, None)
+
+    def specs(self) -> tuple[dict, dict]:
+        """The manifest's input and output dicts: name, shape (-1 for dynamic), dtype, quantization."""
+        raise NotImplementedError
 
     def run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -98,23 +109,33 @@ def _check_threads(threads):
 
 
 # -- TFLite family ------------------------------------------------------------
+def _tflite_quant(detail) -> tuple | None:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return (float(scale), int(zero)) if scale else None
+
+
 class TFLiteSession(Session):
-    def __init__(self, interpreter_cls, model_path: Path, *, runtime: str, version: str, provider: str,
-                 threads: int | None, note: str = ""):
+    def __init__(self, interpreter_cls, model, *, runtime: str, version: str, provider: str,
+                 threads: int | None, note: str = "", batch: int | None = None):
         _check_threads(threads)
+        source = "<model bytes>" if isinstance(model, bytes) else model
+        kw = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
         try:
-            self.interpreter = interpreter_cls(model_path=str(model_path), num_threads=threads)
+            self.interpreter = interpreter_cls(num_threads=threads, **kw)
+            inp = self.interpreter.get_input_details()
+            if batch and len(inp) == 1 and int(inp[0]["shape"][0]) != batch:
+                self.interpreter.resize_tensor_input(inp[0]["index"], [batch, *inp[0]["shape"][1:]], strict=False)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{model_path}: {runtime} cannot load this model ({exc})") from None
+            raise ModelError(f"{source}: {runtime} cannot load this model ({exc})") from None
         inp = self.interpreter.get_input_details()
         out = self.interpreter.get_output_details()
         if len(inp) != 1 or len(out) != 1:
-            raise ModelError(f"{model_path}: expected one input and one output, found {len(inp)} and {len(out)}")
+            raise ModelError(f"{source}: expected one input and one output, found {len(inp)} and {len(out)}")
+        self._details = (inp[0], out[0])
         self._in, self._out = inp[0]["index"], out[0]["index"]
         self.input_dtype = np.dtype(inp[0]["dtype"])
-        # (scale, zero_point) of the input and output tensors as the model file holds them
-        self.quantization = tuple(tuple(float(v) for v in d[0]["quantization"]) for d in (inp, out))
+        self.quantization = (_tflite_quant(inp[0]), _tflite_quant(out[0]))
         self.input_shape = tuple(int(v) for v in inp[0]["shape"])
         self.runtime, self.version, self.threads, self.note = runtime, version, threads, note
         self.provider, missing = _tflite_delegation(self.interpreter, provider)
@@ -125,6 +146,12 @@ class TFLiteSession(Session):
         self.interpreter.set_tensor(self._in, x)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out)
+
+    def specs(self):
+        return tuple({"name": d["name"], "shape": [int(v) for v in d["shape_signature"]],
+                      "dtype": np.dtype(d["dtype"]).name,
+                      "quantization": dict(zip(("scale", "zero_point"), q)) if (q := _tflite_quant(d)) else None}
+                     for d in self._details)
 
     def bare_loop(self, x, runs):
         self.interpreter.set_tensor(self._in, x)
@@ -146,16 +173,16 @@ def _tflite_delegation(interpreter, expected: str) -> tuple[str, str]:
                                    "(slower, and int8 results may differ from XNNPACK's)")
 
 
-def _open_litert(model_path, *, threads=None, device=None, precision=None):
+def _open_litert(model_path, *, threads=None, device=None, precision=None, batch=None):
     from ai_edge_litert import interpreter as litert
     import ai_edge_litert
 
     version = getattr(ai_edge_litert, "__version__", "unknown")
     return TFLiteSession(litert.Interpreter, model_path, runtime="litert", version=version,
-                         provider="XNNPACK (CPU)", threads=threads)
+                         provider="XNNPACK (CPU)", threads=threads, batch=batch)
 
 
-def _open_tflite_runtime(model_path, *, threads=None, device=None, precision=None):
+def _open_tflite_runtime(model_path, *, threads=None, device=None, precision=None, batch=None):
     try:
         from tflite_runtime import interpreter as tflite
         import tflite_runtime
@@ -167,15 +194,15 @@ def _open_tflite_runtime(model_path, *, threads=None, device=None, precision=Non
     warnings.warn(note, stacklevel=3)
     return TFLiteSession(tflite.Interpreter, model_path, runtime="tflite-runtime",
                          version=getattr(tflite_runtime, "__version__", "unknown"),
-                         provider="builtin CPU kernels", threads=threads, note=note)
+                         provider="builtin CPU kernels", threads=threads, note=note, batch=batch)
 
 
-def _open_tf_lite(model_path, *, threads=None, device=None, precision=None):
+def _open_tf_lite(model_path, *, threads=None, device=None, precision=None, batch=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf = importlib.import_module("tensorflow")
     return TFLiteSession(tf.lite.Interpreter, model_path, runtime="tf-lite", version=tf.__version__,
                          provider="XNNPACK (CPU)", threads=threads,
-                         note="TensorFlow's bundled interpreter; a device needs only ai-edge-litert")
+                         note="TensorFlow's bundled interpreter; a device needs only ai-edge-litert", batch=batch)
 
 
 # -- ONNX Runtime -------------------------------------------------------------
@@ -184,10 +211,15 @@ ORT_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "
                "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
 
 
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+             "tensor(float16)": np.float16}
+
+
 class OrtSession(Session):
-    def __init__(self, model_path: Path, *, threads=None, device=None, precision=None):
+    def __init__(self, model_path, *, threads=None, device=None, precision=None, batch=None):
         import onnxruntime as ort
 
+        source, model_path = model_path, "<model bytes>" if isinstance(model_path, bytes) else model_path
         _check_threads(threads)
         available = ort.get_available_providers()
         if device:
@@ -203,16 +235,16 @@ class OrtSession(Session):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+            self.session = ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
+                                                providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelError(f"{model_path}: onnxruntime cannot load this model ({exc})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelError(f"{model_path}: expected one input, found {len(inputs)}")
         self._in, self._out = inputs[0].name, outputs[0].name
-        types = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-                 "tensor(float16)": np.float16}
-        self.input_dtype = np.dtype(types.get(inputs[0].type, np.float32))
+        self._ports = (inputs[0], outputs[0])
+        self.input_dtype = np.dtype(ORT_TYPES.get(inputs[0].type, np.float32))
         self.input_shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape)
         self.runtime, self.version, self.threads = "onnxruntime", ort.__version__, threads
         self.provider = self.session.get_providers()[0]
@@ -221,6 +253,11 @@ class OrtSession(Session):
 
     def run(self, x):
         return self.session.run([self._out], {self._in: x})[0]
+
+    def specs(self):
+        return tuple({"name": t.name, "shape": [d if isinstance(d, int) and d > 0 else -1 for d in t.shape],
+                      "dtype": np.dtype(ORT_TYPES[t.type]).name if t.type in ORT_TYPES else t.type, "quantization": None}
+                     for t in self._ports)
 
     def bare_loop(self, x, runs):
         feed, names, run = {self._in: x}, [self._out], self.session.run
@@ -244,7 +281,7 @@ def _openvino_provider(core, compiled, device: str) -> str:
 
 
 class OpenVinoSession(Session):
-    def __init__(self, model_path: Path, *, threads=None, device=None, precision=None):
+    def __init__(self, model_path, *, threads=None, device=None, precision=None, batch=None):
         import openvino as ov
 
         _check_threads(threads)
@@ -257,8 +294,16 @@ class OpenVinoSession(Session):
             # The export gate ran f32. CPUs with bf16/AMX would otherwise run bf16, ARM f16 (int8 bundles too,
             # in their float parts): answers that drift from the verified ones and differ between CPUs.
             config["INFERENCE_PRECISION_HINT"] = "f32"
+        source = model_path
+        if isinstance(source, ov.Model):  # error messages name it
+            model_path = f"<OpenVINO model {source.get_friendly_name()}>"
         try:
-            compiled = core.compile_model(core.read_model(str(model_path)), device, config)
+            model = source if isinstance(source, ov.Model) else core.read_model(str(source))
+            if batch:
+                shape = model.inputs[0].get_partial_shape()
+                model.reshape({model.inputs[0]: ov.PartialShape([batch, *list(shape)[1:]])})
+            self._model = model
+            compiled = core.compile_model(model, device, config)
         except Exception as exc:
             raise ModelError(f"{model_path}: OpenVINO cannot compile this model for {device} ({exc})") from None
         if len(compiled.inputs) != 1:
@@ -279,7 +324,7 @@ class OpenVinoSession(Session):
         if any(d is None for d in self.input_shape[1:]):
             return
         try:
-            self.request.infer({0: np.zeros((1, *self.input_shape[1:]), self.input_dtype)})
+            self.request.infer({0: np.zeros((self.input_shape[0] or 1, *self.input_shape[1:]), self.input_dtype)})
         except RuntimeError as exc:
             from edgecxr.cpu import cpu_info
 
@@ -294,11 +339,55 @@ class OpenVinoSession(Session):
     def run(self, x):
         return self.request.infer({0: x})[self._out]
 
+    def specs(self):
+        return tuple({"name": port.get_any_name(),
+                      "shape": [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()],
+                      "dtype": np.dtype(port.get_element_type().to_dtype()).name, "quantization": None}
+                     for port in (self._model.inputs[0], self._model.outputs[0]))
+
     def bare_loop(self, x, runs):
         import openvino as ov
 
         self.request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x)))
         return _timed_loop(self.request.infer, runs)
+
+
+# -- float in, float out: what the device does around the runtime call ----------------
+def is_nchw(shape, channels: int) -> bool:
+    """Channels-first input (some ONNX exports): the channel count sits in front and not at the end."""
+    return len(shape) == 4 and shape[1] == channels and shape[-1] != channels
+
+
+def quantize_input(x: np.ndarray, quantization, dtype) -> np.ndarray:
+    """float -> the model's input dtype. Integer inputs: round(x / scale) + zero_point in float32, then
+    clipped, exactly as the device classifier's 256-entry table does it."""
+    dtype = np.dtype(dtype)
+    if quantization is None or dtype.kind not in "iu":
+        return np.asarray(x).astype(dtype, copy=False)
+    scale, zero = quantization
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.asarray(x, np.float32) / np.float32(scale)) + zero, info.min, info.max).astype(dtype)
+
+
+def dequantize(y: np.ndarray, quantization) -> np.ndarray:
+    """The model's raw output -> float64 (integer outputs through their scale and zero point)."""
+    y = np.asarray(y)
+    if quantization is not None and y.dtype.kind in "iu":
+        scale, zero = quantization
+        return (y.astype(np.float64) - zero) * scale
+    return y.astype(np.float64)
+
+
+def run_float(session: Session, x: np.ndarray, channels: int | None = None) -> np.ndarray:
+    """Float NHWC inputs (N, H, W, C) -> float outputs (N, K), one image per call as the device runs them."""
+    channels = channels or x.shape[-1]
+    nchw = is_nchw(session.input_shape, channels)
+    q_in, q_out = session.quantization
+    outs = []
+    for i in range(len(x)):
+        xi = quantize_input(x[i:i + 1], q_in, session.input_dtype)
+        outs.append(dequantize(session.run(np.ascontiguousarray(xi.transpose(0, 3, 1, 2) if nchw else xi)), q_out).reshape(-1))
+    return np.stack(outs) if outs else np.zeros((0, 1))
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -338,6 +427,14 @@ def pick_runtime(family: str, name: str | None = None) -> Runtime:
     raise MissingDependencyError(f"no runtime for {family} bundles is installed; {extras}")
 
 
+def build_runtime(family: str) -> str | None:
+    """The runtime the export gate and the benchmarks use on the build machine: LiteRT, as a device does
+    (TensorFlow's interpreter when LiteRT is missing), never tflite-runtime 2.14; None: the first installed."""
+    if family != "tflite":
+        return None
+    return "litert" if RUNTIMES["litert"].available() else "tf-lite"
+
+
 def default_threads() -> int:
     """All cores up to 4 (a Pi 4/5 has 4): recorded in every result, so runs are comparable."""
     try:
@@ -347,8 +444,8 @@ def default_threads() -> int:
     return max(1, min(4, cores))
 
 
-def open_session(model_path: Path, family: str, *, runtime: str | None = None, threads: int | None = None,
-                 device: str | None = None, precision: str | None = None) -> Session:
+def open_session(model_path, family: str, *, runtime: str | None = None, threads: int | None = None,
+                 device: str | None = None, precision: str | None = None, batch: int | None = None) -> Session:
     """Open `model_path` with the chosen (or first installed) runtime of `family`.
 
     threads defaults to default_threads().
@@ -357,13 +454,14 @@ def open_session(model_path: Path, family: str, *, runtime: str | None = None, t
     """
     threads = threads or default_threads()
     if runtime:
-        return pick_runtime(family, runtime).open(model_path, threads=threads, device=device, precision=precision)
+        return pick_runtime(family, runtime).open(model_path, threads=threads, device=device, precision=precision,
+                                                  batch=batch)
     errors = []
     for candidate in runtimes_for(family):
         if not candidate.available():
             continue
         try:
-            return candidate.open(model_path, threads=threads, device=device, precision=precision)
+            return candidate.open(model_path, threads=threads, device=device, precision=precision, batch=batch)
         except MissingDependencyError as exc:
             errors.append(str(exc))
     if errors:
