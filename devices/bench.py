@@ -9,7 +9,6 @@ call with the runner in the same run, so ``overhead_pct`` compares like with lik
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -149,7 +148,7 @@ def run_bench(clf: Classifier, *, data=None, split: str = "test", warmup: int = 
         result.update(cold_start(clf.bundle.path, paths[0], runtime=clf.runtime["name"], threads=clf.session.threads,
                                  device=clf.device))
     result["peak_rss_mb"] = peak_rss_mb()
-    from edgecxr.devices.parity import host_info
+    from edgecxr.cpu import host_info
 
     result["host"] = host_info()
     return result

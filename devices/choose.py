@@ -40,7 +40,8 @@ def rank(bundles, data, *, tolerances, runs: int = 100, warmup: int = 10, thread
     """{"rows": [...], "choice": row | None, "host": ...}: every bundle's parity here, passing ones timed."""
     from edgecxr.devices.bench import run_bench
     from edgecxr.devices.classifier import Classifier
-    from edgecxr.devices.parity import host_info, run_parity
+    from edgecxr.cpu import host_info
+    from edgecxr.devices.parity import run_parity
 
     rows = []
     for path in bundles:

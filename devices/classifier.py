@@ -34,7 +34,7 @@ from edgecxr.images import decode_image, to_gray
 
 from edgecxr.runtimes import Session, dequantize, is_nchw, open_session, quantize_input
 
-KINDS = ("sigmoid", "softmax", "logits")
+from edgecxr.modelinfo import OUTPUT_KINDS as KINDS  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ class ShardSpec(click.ParamType):
     name = "I/N"
 
     def convert(self, value, param, ctx):
-        from edgecxr.devices.shards import parse_shard
+        from edgecxr.shards import parse_shard
 
         if isinstance(value, tuple):
             return value
@@ -322,7 +322,7 @@ def _check_parity_modes(shard, predictions_file, json_file, junit_file, stabilit
 
 
 def _write_shard(clf, data, split, classes, reference, workers, strict, shard, predictions_file):
-    from edgecxr.devices import shards
+    from edgecxr import shards
     from edgecxr.devices.parity import parity_predictions, parity_samples
 
     doc = parity_predictions(clf, data, parity_samples(clf, data, split, classes, reference), split=split,
@@ -365,7 +365,7 @@ def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage
 
     Example: edgecxr device merge shard-1.json shard-2.json shard-3.json --json parity.json --junit parity.xml
     """
-    from edgecxr.devices import shards
+    from edgecxr import shards
     from edgecxr.devices.parity import parity_from_predictions
     from edgecxr.errors import ConfigError
 
@@ -413,7 +413,7 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
     larger, 2 for errors.
     """
     from edgecxr.atomic import write_json_atomic
-    from edgecxr.devices.parity import host_info
+    from edgecxr.cpu import host_info
     from edgecxr.devices.stability import format_stability, image_files, match_pairs, measure_stability
 
     pairs = pairs or ()
@@ -455,7 +455,7 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     from edgecxr.atomic import write_json_atomic
     from edgecxr.devices.bench import SAMPLE
     from edgecxr.devices.choose import find_bundles, format_choice, rank
-    from edgecxr.devices.parity import Tolerances
+    from edgecxr.criteria import Tolerances
 
     _check_outputs((*bundles, data), json=json_file)
     found = find_bundles(bundles)

@@ -50,9 +50,10 @@ def parity_ray(bundle, data, *, split: str = "test", classes=DEFAULT_CLASSES, to
     called); "auto" or "ray://HOST:PORT" joins a cluster. workers: classifier actors (default: the
     cluster's CPUs, one each). threads: the runtime's threads per worker.
     """
-    from edgecxr.devices import shards
+    from edgecxr import shards
     from edgecxr.devices.classifier import Classifier
-    from edgecxr.devices.parity import host_info, parity_context, parity_from_predictions, parity_samples
+    from edgecxr.cpu import host_info
+    from edgecxr.devices.parity import parity_context, parity_from_predictions, parity_samples
 
     clf = Classifier.load(bundle, runtime=runtime, threads=threads, trusted_key=trusted_key)
     samples = parity_samples(clf, data, split, classes, reference)

@@ -5,18 +5,17 @@ chosen on validation), never re-tuned on the device.
 """
 from __future__ import annotations
 
-import platform
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from edgecxr import __version__, metrics
-from edgecxr.cpu import cpu_info, path_note
+from edgecxr import metrics
+from edgecxr.cpu import host_info, path_note
 from edgecxr.bundle import sha256_file
 from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id, subgroup
+from edgecxr.criteria import Tolerances  # noqa: F401  (re-exported for callers of parity)
 from edgecxr.errors import ConfigError, DataError
 
 from edgecxr.devices.classifier import Classifier, Failure
@@ -24,15 +23,6 @@ from edgecxr.runtimes import runtime_notes
 
 COMPARED = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc")
 FLIP_ORDER = {"new_false_negative": 0, "new_false_positive": 1, "fixed_false_negative": 2, "fixed_false_positive": 3}
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    max_recall_drop: float = 0.01
-    max_accuracy_drop: float = 0.01
-    min_agreement: float = 0.98
-    min_coverage: float = 1.0  # share of the bundle's reference images that must be compared
-    level: float = 0.95  # confidence level of the intervals; non-inferiority is judged on their lower bound
 
 
 def _metrics(y, p, threshold) -> dict:
@@ -299,7 +289,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     tolerances: None applies the acceptance criteria in the bundle's manifest; a dict sets some of them, a
     Tolerances all of them (tightening is applied, loosening too but recorded as a deviation: report["criteria"]).
     The report is computed from per-image predictions (parity_predictions -> parity_from_predictions), the
-    same path a merge of shards takes (edgecxr.devices.shards).
+    same path a merge of shards takes (edgecxr.shards).
     """
     samples = parity_samples(clf, data, split, classes, reference)
     predictions = parity_predictions(clf, data, samples, split=split, reference=reference, workers=workers,
@@ -335,8 +325,8 @@ def parity_samples(clf: Classifier, data, split: str = "test", classes=DEFAULT_C
 def parity_predictions(clf: Classifier, data, samples, *, split: str = "test", reference: str = "auto",
                        workers: int | None = None, strict: bool = False, shard: tuple[int, int] = (1, 1)) -> dict:
     """The per-image predictions of parity on shard (I, N) of `samples` (all of them for (1, 1)): a
-    prediction document of edgecxr.devices.shards, the unit `edgecxr device merge` combines."""
-    from edgecxr.devices import shards
+    prediction document of edgecxr.shards, the unit `edgecxr device merge` combines."""
+    from edgecxr import shards
 
     context = parity_context(clf, samples, split, reference, data)
     mine = shards.select(samples, *shard)
@@ -391,7 +381,7 @@ def predict_records(clf: Classifier, indexed, context: dict, *, workers: int | N
 def parity_from_predictions(pred: dict, tolerances=None, *, n_boot: int = 2000, max_unstable=None) -> dict:
     """The parity report and verdict from a prediction document (one run, or shards merged). tolerances: as
     for run_parity: the bundle's acceptance criteria (carried in the document) apply unless given."""
-    from edgecxr.devices.criteria import resolve
+    from edgecxr.criteria import resolve
 
     ctx, records = pred["context"], pred["records"]
     given = asdict(tolerances) if isinstance(tolerances, Tolerances) else dict(tolerances or {})
@@ -498,21 +488,6 @@ def _bundle_info(clf: Classifier) -> dict:
             "created": m.get("created"), "versions": m.get("versions", {})}
 
 
-def host_info() -> dict:
-    info = {"edgecxr": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine(), "numpy": np.__version__, "cpu": cpu_info()}
-    try:
-        import PIL
-
-        info["pillow"] = PIL.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    model = Path("/proc/device-tree/model")  # Raspberry Pi / Jetson board name
-    if model.is_file():
-        info["board"] = model.read_bytes().rstrip(b"\0").decode(errors="replace")
-    return info
-
-
 def format_report(r: dict, max_flips: int = 10) -> str:
     """The human summary printed by `edgecxr device parity`."""
     rt = r["runtime"]
@@ -540,7 +515,7 @@ def format_report(r: dict, max_flips: int = 10) -> str:
 
         lines.append(format_stability(r["stability"] | {"passed": None}, show=max_flips))  # its check is listed next
     if r.get("criteria"):
-        from edgecxr.devices.criteria import format_criteria
+        from edgecxr.criteria import format_criteria
 
         lines += format_criteria(r["criteria"])
     for c in r["checks"]:

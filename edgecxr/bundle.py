@@ -216,7 +216,7 @@ def check_values(name: str, m: dict) -> None:
         if not (is_number(v) and 0 <= v <= 1):
             fail(f"reference.metrics.{key}", v, "a finite number in [0, 1]")
     if m.get("acceptance") is not None:  # absent in bundles exported before it: parity applies the defaults
-        from edgecxr.devices.criteria import check_criteria
+        from edgecxr.criteria import check_criteria
 
         problem = check_criteria(name, m["acceptance"])
         if problem:

@@ -21,8 +21,8 @@ LAZY_COMMANDS = {
     "export": "edgecxr.export.cli:export",
     "device": "edgecxr.devices.cli:device",
     "benchmark": "edgecxr.export.benchmark:benchmark",
-    "explain": "edgecxr.training.explain:explain",
-    "report": "edgecxr.training.report:report",
+    "explain": "edgecxr.reports.explain:explain",
+    "report": "edgecxr.reports.report:report",
     "baseline": "edgecxr.training.baseline:baseline_command",
     "serve": "edgecxr.devices.serve:serve",
     "demo": "edgecxr.demo:demo",
@@ -249,7 +249,7 @@ def evaluate(model_path, data, split, split_file, out, threshold, bootstrap, cla
     edgecxr device merge eval-*.json --out eval/ (the metrics.json of `evaluate --no-shortcuts`).
     """
     from edgecxr.data import parse_classes
-    from edgecxr.devices.shards import parse_shard
+    from edgecxr.shards import parse_shard
     from edgecxr.training.evaluate import evaluate as run, format_metrics
 
     if (shard and not predictions) or (predictions and out) or not (out or predictions):

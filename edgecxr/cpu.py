@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import platform
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -115,3 +116,23 @@ def path_note(exported: dict | None, here: dict) -> str | None:
         return f"CPU path: {here['int8_path']}, the same as on the machine that exported the bundle"
     return (f"CPU path: {here['int8_path']} here, {exported['int8_path']} where the bundle was exported: "
             "the runtime's kernels differ, so this result was not known in advance")
+
+
+def host_info() -> dict:
+    """What a report records about the machine it ran on: versions, CPU (cpu_info), board name."""
+    import numpy as np
+
+    from edgecxr import __version__
+
+    info = {"edgecxr": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "machine": platform.machine(), "numpy": np.__version__, "cpu": cpu_info()}
+    try:
+        import PIL
+
+        info["pillow"] = PIL.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    model = Path("/proc/device-tree/model")  # Raspberry Pi / Jetson board name
+    if model.is_file():
+        info["board"] = model.read_bytes().rstrip(b"\0").decode(errors="replace")
+    return info

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgecxr.errors import ConfigError, ModelError
 from edgecxr.preprocess import PreprocessSpec
 
@@ -93,3 +95,36 @@ def default_model_path() -> Path:
     if not path.exists():
         raise ModelError(f"the shipped default model is missing ({path}); reinstall edgecxr or pass --model PATH")
     return path
+
+
+def to_prob(raw: np.ndarray, kind: str, positive_index: int) -> np.ndarray:
+    """Raw model output (N, K) -> probability of the positive class (N,)."""
+    raw = np.asarray(raw, np.float64).reshape(len(raw), -1)
+    if raw.shape[1] == 1:
+        v = raw[:, 0]
+        return v if kind == "sigmoid" else 1.0 / (1.0 + np.exp(-v))
+    if kind == "logits":
+        z = raw - raw.max(axis=1, keepdims=True)
+        raw = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return raw[:, positive_index]
+
+
+def checked_prob(raw: np.ndarray, kind: str, positive_index: int, what: str, *, fix: str = "pass --output logits",
+                 use: str = "exported") -> np.ndarray:
+    """to_prob of a float model's outputs, refusing outputs its declared kind cannot produce
+    (raw logits declared 'sigmoid' would be taken as "probabilities" of -57). fix: how to declare the
+    kind (export's flag; evaluate's sidecar); use: what the model cannot be."""
+    raw = np.asarray(raw, np.float64).reshape(len(raw), -1)
+    bad = ~np.isfinite(raw).all(axis=1)
+    if bad.any():
+        raise ModelError(f"the model outputs NaN or infinity on {int(bad.sum())} of the {len(raw)} {what} images; "
+                         f"fix the model, it cannot be {use}")
+    lo, hi = float(raw.min()), float(raw.max())
+    if kind in ("sigmoid", "softmax") and (lo < -1e-6 or hi > 1 + 1e-6):
+        raise ModelError(f"output kind '{kind}' declares probabilities, but the model outputs {lo:.4g} to {hi:.4g} "
+                         f"on the {what} images (raw logits?); {fix}")
+    if kind == "softmax" and np.abs(raw.sum(axis=1) - 1).max() > 1e-3:
+        raise ModelError(f"output kind 'softmax' declares probabilities that sum to 1, but the model's outputs sum to "
+                         f"{float(raw.sum(axis=1).min()):.4g} to {float(raw.sum(axis=1).max()):.4g} on the {what} images; "
+                         f"{fix}")
+    return to_prob(raw, kind, positive_index)

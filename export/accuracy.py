@@ -15,7 +15,7 @@ import numpy as np
 from edgecxr import metrics
 from edgecxr.devices.parity import small_set_limits
 from edgecxr.errors import GateFailed
-from edgecxr.export.datasets import to_prob
+from edgecxr.modelinfo import to_prob
 
 
 def _agreement(probs, float_probs, threshold) -> float:

@@ -43,7 +43,7 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
                   scaling_archs=None, scaling_targets=None, train_images: int = 200, command: str | None = None,
                   stability_images: int = 64) -> dict:
     """Export/reuse, parity-check and time every planned row; writes OUT/benchmark.json and .md; returns the result."""
-    from edgecxr.devices.parity import Tolerances
+    from edgecxr.criteria import Tolerances
     from edgecxr.runtimes import default_threads
     from edgecxr.export.pipeline import versions
     from edgecxr.modelinfo import default_model_path
@@ -240,7 +240,7 @@ def _command_line() -> str:
 def benchmark(model_path, data, out, targets, max_recall_drop, max_accuracy_drop, min_agreement, fail_on_parity,
               classes, scaling_archs, scaling_targets, **options):
     """Export every target, re-check parity on the test set on this device, time it: one table."""
-    from edgecxr.devices.parity import Tolerances
+    from edgecxr.criteria import Tolerances
 
     archs = None if not scaling_archs else tuple(a for a in scaling_archs if a != "none")
     result = run_benchmark(model_path, data, out, targets=targets or ("all",), classes=D.parse_classes(classes),

@@ -60,7 +60,7 @@ def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, fin
 
 
 def _reference(source, test, test_x, test_y, pooled: bool = False):
-    from edgecxr.export.datasets import checked_prob
+    from edgecxr.modelinfo import checked_prob
 
     probs = checked_prob(source.predict(test_x), source.info.output, source.info.positive_index, "test")
     return {"split": "test", **({"pooled": True} if pooled else {}), "probs": {s.rel: float(p) for s, p in zip(test, probs)},
@@ -262,15 +262,15 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
 
 
 def _tolerances(gate):
-    from edgecxr.devices.parity import Tolerances
+    from edgecxr.criteria import Tolerances
 
     return Tolerances(gate.max_recall_drop, gate.max_accuracy_drop, gate.min_agreement)
 
 
 def _acceptance(target, ctx, base: dict) -> dict:
     """The release criteria written into the manifest: the gate's limits, the test set export parity ran on,
-    and the runtime and CPU that passed them (see edgecxr.devices.criteria)."""
-    from edgecxr.devices.criteria import export_criteria
+    and the runtime and CPU that passed them (see edgecxr.criteria)."""
+    from edgecxr.criteria import export_criteria
 
     runtime = RUNTIMES[target.family]
     version = base["versions"].get(RUNTIME_PACKAGES[runtime])
@@ -288,7 +288,7 @@ def _export_parity(target, ctx, folder: Path, info) -> dict:
     on this CPU is never written. A failure here refuses the target (no further attempt is tuned on test).
     """
     from edgecxr.devices.parity import compare
-    from edgecxr.export.datasets import to_prob
+    from edgecxr.modelinfo import to_prob
     from edgecxr.export.runners import Runner
 
     test, test_x, test_y = ctx.test
@@ -314,7 +314,7 @@ def _add_twin(target, ctx, folder: Path, info) -> dict | None:
     """Copy the float32 model of the target's family into folder/twin/ when it reproduces the bundle's float
     reference on the test images (it is the same model, converted): `device parity` then recomputes the
     reference on images the bundle has none for. Returns the manifest's `twin` entry."""
-    from edgecxr.export.datasets import to_prob
+    from edgecxr.modelinfo import to_prob
     from edgecxr.export.runners import Runner
 
     fp32 = TARGETS[f"{target.family}-fp32"]

@@ -13,7 +13,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("openvino")
 
-from edgecxr.devices.parity import Tolerances  # noqa: E402
+from edgecxr.criteria import Tolerances  # noqa: E402
 from edgecxr.targets import TARGETS  # noqa: E402
 
 TARGET_NAMES = ["tflite-fp32", "tflite-int8", "onnx-int8", "openvino-fp32"]

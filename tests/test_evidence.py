@@ -132,8 +132,8 @@ def test_parity_reports_the_calibration_change():
 
 
 def test_criteria_come_from_the_bundle_and_loosening_is_a_deviation():
-    from edgecxr.devices.criteria import check_criteria, format_criteria, resolve
-    from edgecxr.devices.parity import Tolerances
+    from edgecxr.criteria import check_criteria, format_criteria, resolve
+    from edgecxr.criteria import Tolerances
 
     acceptance = {"max_recall_drop": 0.02, "max_accuracy_drop": 0.01, "min_agreement": 0.98, "min_coverage": 1.0,
                   "level": 0.95, "max_unstable": None, "test_set": {"files_sha256": "ab"}}

@@ -145,7 +145,7 @@ def _layer(cfg, cls):
     ("duplicate-key", "twice"),
 ])
 def test_model_config_walk(plain_h5, tmp_path, case, expect):
-    from edgecxr.export.loading import check_safe
+    from edgecxr.kerasfile import check_safe
 
     path = tmp_path / "m.h5"
     shutil.copy(plain_h5, path)
@@ -171,7 +171,7 @@ def test_model_config_walk(plain_h5, tmp_path, case, expect):
 
 
 def test_shipped_and_keras3_models_pass_the_walk(tmp_path):
-    from edgecxr.export.loading import check_safe
+    from edgecxr.kerasfile import check_safe
     from edgecxr.modelinfo import default_model_path
 
     check_safe(default_model_path(), trust=False)
@@ -529,7 +529,7 @@ DEEP = "[" * 200_000 + "]" * 200_000
 
 def test_deeply_nested_manifest_and_model_config_are_one_line(bundle_dir, plain_h5, sample, tmp_path):
     """[[[[... 200k levels deep ended in `internal error: RecursionError`, exit 3."""
-    from edgecxr.export.loading import check_safe
+    from edgecxr.kerasfile import check_safe
 
     folder = tmp_path / "bundle"
     shutil.copytree(bundle_dir, folder)
@@ -607,7 +607,7 @@ def test_nested_compile_configs_are_walked(keras3_model, tmp_path, loss):
     """Keras 3 compiles a nested model from its compile_config even with compile=False: the walk skipped it.
     The model's own compile_config (never deserialized) is still not walked: a shipped model's names its
     optimizer and metrics."""
-    from edgecxr.export.loading import check_safe
+    from edgecxr.kerasfile import check_safe
 
     def rewrite(change) -> Path:
         path = tmp_path / f"{loss}-{len(list(tmp_path.iterdir()))}.keras"
@@ -638,7 +638,7 @@ def test_a_config_bomb_in_a_keras_file_is_refused_uninflated(keras3_model, tmp_p
     """A 1.5 MB .keras whose config.json inflated to 1.6 GB took 3.7 GB: refused from the zip header."""
     import tracemalloc
 
-    from edgecxr.export.loading import MAX_CONFIG, check_safe
+    from edgecxr.kerasfile import MAX_CONFIG, check_safe
 
     bomb = tmp_path / "bomb.keras"
     with zipfile.ZipFile(keras3_model) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:

@@ -61,7 +61,7 @@ def test_gradcam_finds_conv_inside_nested_base():
 
 # -- occlusion -------------------------------------------------------------------------------
 def test_occlusion_finds_the_region_the_model_uses():
-    from edgecxr.devices.occlusion import normalize, occlusion_map
+    from edgecxr.occlusion import normalize, occlusion_map
 
     x = np.full((50, 50, 3), 0.8, np.float32)
     calls = []
@@ -82,7 +82,7 @@ def test_occlusion_finds_the_region_the_model_uses():
 
 
 def test_occlusion_module_needs_no_tensorflow():
-    code = ("import sys, numpy as np; from edgecxr.devices import occlusion as o; "
+    code = ("import sys, numpy as np; from edgecxr import occlusion as o; "
             "d, b = o.occlusion_map(lambda b: b.mean(axis=(1, 2, 3)), np.ones((16, 16, 1), 'f4'), fill=0.0); "
             "o.overlay(np.zeros((16, 16), 'u1'), o.normalize(d)); assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from conftest import TINY_INT8_LIMITS
 from edgecxr.cli import main
 from edgecxr.data import Sample, list_site
-from edgecxr.devices import shards
+from edgecxr import shards
 from edgecxr.errors import ConfigError, DataError
 
 LIMITS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_INT8_LIMITS.items()]

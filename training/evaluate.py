@@ -12,10 +12,10 @@ from edgecxr import data as D
 from edgecxr import metrics, plots
 from edgecxr.atomic import atomic_dir, check_writable, refuse_overlap
 from edgecxr.bundle import sha256_file
-from edgecxr.devices import shards
-from edgecxr.devices.parity import host_info
+from edgecxr import shards
+from edgecxr.cpu import host_info
 from edgecxr.errors import ConfigError, ModelError
-from edgecxr.export.datasets import checked_prob
+from edgecxr.modelinfo import checked_prob
 from edgecxr.modelinfo import ModelInfo, check_threshold, default_model_path, info_path, load_info
 from edgecxr.training import import_tf
 from edgecxr.training.train import predict_probs
@@ -23,7 +23,7 @@ from edgecxr.training.train import predict_probs
 
 def load_model(path: Path, *, trust: bool = False):
     """Load a Keras model (tf_keras or Keras 3) without running code from the file unless trusted."""
-    from edgecxr.export.loading import load_keras
+    from edgecxr.kerasfile import load_keras
 
     import_tf()
     return load_keras(path, trust)[0]

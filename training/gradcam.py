@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecxr.devices.occlusion import overlay, resize_map  # noqa: F401  (re-exported)
+from edgecxr.occlusion import overlay, resize_map  # noqa: F401  (re-exported)
 from edgecxr.errors import ModelError
 from edgecxr.training import import_tf
 

@@ -68,7 +68,7 @@ def shortcut_check(model, spec, pixels, labels, probs, threshold: float, *, kind
     probs: its probabilities on the unmasked pixels; cam_images: Grad-CAM on a seeded random subset
     of that many images (None or 0: all of them).
     """
-    from edgecxr.export.datasets import to_prob
+    from edgecxr.modelinfo import to_prob
     from edgecxr.training import import_tf
     from edgecxr.training.gradcam import gradcam_batch
     from edgecxr.training.train import predict_probs

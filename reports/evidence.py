@@ -1,6 +1,6 @@
 """The verification record of `edgecxr report`: what was tested, against which criteria fixed in advance, on
 which data, with which result, on which runtime and CPU. `build_record` makes the JSON twin; `record_html`
-renders its sections for the page (edgecxr.training.report_html)."""
+renders its sections for the page (edgecxr.reports.html)."""
 from __future__ import annotations
 
 import html

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgecxr import metrics
 from edgecxr.errors import EdgecxrError
-from edgecxr.training.report_html import Mapper, render
+from edgecxr.reports.html import Mapper, render
 
 
 @dataclass
@@ -220,7 +220,7 @@ def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gall
                  maps: bool = True, title: str = "Pneumonia classifier report") -> Path:
     """Write the HTML page to `out` and its JSON twin (the verification record) beside it, OUT with .json."""
     from edgecxr.atomic import refuse_overlap, write_json_atomic, write_text_atomic
-    from edgecxr.training.evidence import build_record
+    from edgecxr.reports.evidence import build_record
 
     found = collect(folders, model)
     twin = Path(out).with_suffix(".json")

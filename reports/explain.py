@@ -33,7 +33,7 @@ class Explanation:
         return self.labels[1] if self.prob >= self.threshold else self.labels[0]
 
     def overlay(self) -> np.ndarray:
-        from edgecxr.devices.occlusion import overlay
+        from edgecxr.occlusion import overlay
 
         return overlay(self.gray, self.heat)
 
@@ -60,7 +60,7 @@ class FloatExplainer:
 
             heat, prob = gradcam(self.model, x, positive_index=info.positive_index, threshold=info.threshold)
         else:
-            from edgecxr.devices.occlusion import grey_value, normalize, occlusion_map
+            from edgecxr.occlusion import grey_value, normalize, occlusion_map
 
             predict = lambda b: self.model.predict(b, verbose=0).reshape(len(b), -1)[:, info.positive_index]  # noqa: E731
             drop, prob = occlusion_map(predict, x, fill=grey_value(spec), **kw)
@@ -79,7 +79,7 @@ class BundleExplainer:
     def explain(self, image, method: str = "occlusion", **kw) -> Explanation:
         if method != "occlusion":
             raise ConfigError("a bundle has no gradients: Grad-CAM needs the float model (--model); use --method occlusion")
-        from edgecxr.devices.occlusion import explain_bundle, normalize
+        from edgecxr.occlusion import explain_bundle, normalize
 
         clf = self.clf
         img = clf.spec.read(image) if isinstance(image, (str, Path)) else image

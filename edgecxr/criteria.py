@@ -7,11 +7,19 @@ silent. Bundles exported before the field get the defaults, and the report says 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 
 from edgecxr.errors import ConfigError
 
-from edgecxr.devices.parity import Tolerances
+
+@dataclass(frozen=True)
+class Tolerances:
+    max_recall_drop: float = 0.01
+    max_accuracy_drop: float = 0.01
+    min_agreement: float = 0.98
+    min_coverage: float = 1.0  # share of the bundle's reference images that must be compared
+    level: float = 0.95  # confidence level of the intervals; non-inferiority is judged on their lower bound
+
 
 # criterion -> True when a larger value is stricter
 STRICTER_WHEN_LARGER = {"max_recall_drop": False, "max_accuracy_drop": False, "min_agreement": True,

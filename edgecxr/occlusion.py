@@ -5,7 +5,7 @@ Model-agnostic (no gradients, no TensorFlow): it needs only a predict function
 on any bundle, int8 included, with the device runtime:
 
     from edgecxr.devices import Classifier
-    from edgecxr.devices.occlusion import explain_bundle
+    from edgecxr.occlusion import explain_bundle
     heat, prob = explain_bundle(Classifier.load("bundles/tflite-int8"), "chest.jpeg")
 
 The map is the drop in probability when a region is hidden: positive where the

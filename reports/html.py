@@ -14,7 +14,7 @@ from edgecxr import metrics
 from edgecxr.errors import EdgecxrError
 
 if TYPE_CHECKING:
-    from edgecxr.training.report import Found, Section
+    from edgecxr.reports.report import Found, Section
 
 PARITY_COLUMNS = ("target", "runtime", "size_mb", "accuracy", "recall", "specificity", "roc_auc", "agreement",
                   "new_fn", "new_fp", "p50_ms", "passed")
@@ -65,7 +65,7 @@ class Mapper:
 
     def _explainer(self):
         if self._float is None and self.enabled and self.model is not None and self.problem is None:
-            from edgecxr.training.explain import FloatExplainer
+            from edgecxr.reports.explain import FloatExplainer
 
             try:
                 self._float = FloatExplainer(self.model)
@@ -80,7 +80,7 @@ class Mapper:
     def occlusion(self, bundle, path: Path):
         if not self.enabled:
             return None
-        from edgecxr.training.explain import BundleExplainer
+        from edgecxr.reports.explain import BundleExplainer
 
         key = str(bundle)
         if key not in self._bundles:
@@ -107,7 +107,7 @@ def _card(title: str, rel: str, images: list[tuple[str, bytes]], lines: list[str
 
 
 def _xray_and_maps(path: Path, mapper: Mapper, bundle=None) -> list[tuple[str, bytes]]:
-    from edgecxr.training.explain import png_bytes
+    from edgecxr.reports.explain import png_bytes
 
     images = []
     g = mapper.gradcam(path) if path else None
@@ -328,7 +328,7 @@ nav a{margin-right:14px;color:#0b5394}"""
 
 
 def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sources, record: dict | None = None) -> str:
-    from edgecxr.training.evidence import record_html
+    from edgecxr.reports.evidence import record_html
 
     labels = found.info.labels if found.info else ("NORMAL", "PNEUMONIA")
     notes = list(found.notes)
