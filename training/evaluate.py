@@ -45,14 +45,14 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
         refuse_overlap(Path(predictions), (model_path, data_root), "--predictions")
         if Path(predictions).is_dir():
             raise ConfigError(f"--predictions {predictions}: is a folder; pass a file path")
-    tf, _ = import_tf()
     info = load_info(model_path)
     if info is None:
         raise ModelError(f"{model_path}: no {model_path.with_suffix('.json').name} beside it; evaluate needs an edgecxr model "
                          "(for other models use `edgecxr export` with --input-size/--scale/--offset flags)")
-    model = load_model(model_path, trust=trust_model)
     split_file = D.model_split_file(model_path, split_file)  # a model trained on a pooled re-split follows it
-    samples = D.split_samples(data_root, split, classes, split_file)
+    samples = D.split_samples(data_root, split, classes, split_file)  # a wrong --data fails before TensorFlow starts
+    tf, _ = import_tf()
+    model = load_model(model_path, trust=trust_model)
     if D.is_pooled(split_file):
         print(f"note: {split} of the pooled re-split {split_file}: not comparable with the official test split",
               file=sys.stderr)

@@ -78,6 +78,8 @@ class TrainConfig:
             raise ConfigError("--folds makes its own patient-grouped folds of train/; leave out --split-file")
         if not 0 <= self.swa <= self.epochs:
             raise ConfigError(f"--swa {self.swa} must be between 0 and --epochs ({self.epochs})")
+        if not D.is_pooled(self.split_file):  # a wrong --data fails in a second, before TensorFlow starts
+            D.list_split(self.data, "train", self.classes)
 
     def spec(self) -> PreprocessSpec:
         base = get_entry(self.arch).spec
