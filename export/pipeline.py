@@ -6,6 +6,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -82,16 +83,44 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
     split_file: train/val/test from this split file (default: the model's own split.json; see datasets.export_splits).
     calib_count: calibration images (default: DEFAULT_CALIBRATION, or the whole train split when it is smaller).
     """
-    from edgecxr.export import datasets as X
-    from edgecxr.export.accuracy import Gate
-    from edgecxr.export.build import Context
-    from edgecxr.export.loading import keras_source, load_source
-    from edgecxr.export.optimize import prune as run_prune, qat as run_qat
-
     start = time.time()
+    chosen, signing_key, out_dir = _check_request(targets, out_dir, model_path, data_root, prune, qat, overwrite,
+                                                  signing_key, (max_recall_drop, max_accuracy_drop, min_agreement,
+                                                                finetune_epochs, overrides))
+    data = _load_data(model_path, data_root, classes, split_file, seed, chosen, prune, qat, calib_count, overrides,
+                      trust_model)
+    source, prune_report = data.source, None
+    if prune:
+        source, prune_report = _prune(source, data, prune, finetune_epochs, seed)
+    reference = _reference(source, data.test, data.test_x, data.test_y,
+                           pooled=D.is_pooled(D.model_split_file(model_path, split_file)))
+    gate, predict_s = _gate(source, data, reference, max_recall_drop, max_accuracy_drop, min_agreement)
+    make_qat = _qat_maker(source, data, finetune_epochs, bool(prune), seed, predict_s)
+    qat_source = make_qat() if qat and any(t.family == "tflite" and t.int8 for t in chosen) else None
+    base = _manifest_base(source, model_path, reference)
+    calibration = ({"count": len(data.calib), "split": "train", "files_sha256": D.files_hash(data.calib)}
+                   if data.calib else None)
+    with tempfile.TemporaryDirectory(prefix="edgecxr-export-") as work:
+        from edgecxr.export.build import Context
+
+        ctx = Context(source, data.calib_x, gate, Path(work), qat_source=qat_source,
+                      qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None,
+                      test=(data.test, data.test_x, data.test_y), twin=twin)
+        written, refused, gate_only = _export_each(chosen, ctx, out_dir, overwrite, base, calibration, prune_report,
+                                                   source.info, signing_key)
+    _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
+    if refused:
+        _say(summary_table(written, refused))
+        raise ExportIncomplete(written, refused, gate_only)
+    return written
+
+
+def _check_request(targets, out_dir, model_path, data_root, prune, qat, overwrite, signing_key, limits):
+    """(targets, signing key, out folder), every option checked before any data or model is read."""
     chosen = resolve_targets(list(targets) if not isinstance(targets, str) else [targets])
     if not chosen:
         raise ConfigError("no target given; pass --target NAME (or --target all)")
+    max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides = limits
     _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides)
     _check_extras(chosen, prune, qat)
     if signing_key:
@@ -104,103 +133,152 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
     _check_out(out_dir)
     for t in chosen:
         check_writable(out_dir / t.name, overwrite=overwrite, inputs=(model_path, data_root))
-    # Data first: bad folders fail in a second, before TensorFlow starts.
+    return chosen, signing_key, out_dir
+
+
+@dataclass
+class _Data:
+    source: object
+    train: list
+    val: list
+    test: list
+    val_source: str
+    calib: list
+    test_x: np.ndarray
+    test_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    calib_x: np.ndarray | None
+    fit: tuple | None  # (x, y) of the train split, for fine-tuning
+
+    def fit_data(self):
+        from edgecxr.export import datasets as X
+
+        if self.fit is None:
+            fit_x, fit_y, _ = X.load_inputs(self.train, self.source.spec, "loading train (fine-tuning)")
+            self.fit = (fit_x, fit_y)
+        return self.fit
+
+
+def _load_data(model_path, data_root, classes, split_file, seed, chosen, prune, qat, calib_count, overrides, trust_model):
+    """The splits first (bad folders fail in a second, before TensorFlow starts), then the model, then the images."""
+    from edgecxr.export import datasets as X
+    from edgecxr.export.loading import load_source
+
     train, val, test, val_source = X.export_splits(data_root, classes, Path(model_path), split_file=split_file, seed=seed)
     need_calib = any(t.calibrated for t in chosen) or qat
     if need_calib and calib_count is None:
         calib_count = X.default_calibration_count(train)
     calib = X.calibration_samples(train, calib_count, seed=seed) if need_calib else []
-
     source = load_source(model_path, overrides, trust=trust_model)
     for note in source.notes:
         _say(f"note: {note}")
-    spec, info = source.spec, source.info
     if (prune or qat) and source.keras_model is None:
         from edgecxr.export.optimize import require_keras
 
         require_keras(source, "--prune" if prune else "--qat")
+    spec, info = source.spec, source.info
     _say(f"model {source.path} ({source.flavor}, input {spec.input_shape}, output {info.output} x{source.out_dim}); "
          f"test {len(test)}, validation {len(val)}, calibration {len(calib)} images")
     test_x, test_y, test = X.load_inputs(test, spec, "loading test")
     val_x, val_y, val = X.load_inputs(val, spec, "loading validation")
     calib_x = X.load_inputs(calib, spec, "loading calibration")[0] if calib else None
-    fit_x = fit_y = None
+    data = _Data(source, train, val, test, val_source, calib, test_x, test_y, val_x, val_y, calib_x, None)
     if prune or qat:
-        fit_x, fit_y, _ = X.load_inputs(train, spec, "loading train (fine-tuning)")
+        data.fit_data()
+    return data
 
-    def val_probs(src):
-        return X.checked_prob(src.predict(val_x), info.output, info.positive_index, "validation")
 
-    prune_report = None
-    if prune:
-        before = metrics.binary_metrics(val_y, val_probs(source), info.threshold)
-        _say(f"pruning to {prune:.0%} sparsity, fine-tuning {finetune_epochs} epoch(s) on {len(fit_x)} images")
-        pruned, prune_report = run_prune(source, fit_x, fit_y, prune, finetune_epochs, seed=seed)
-        source = keras_source(pruned, source, f"pruned to {prune}")
-        probs = val_probs(source)
-        drifted = metrics.binary_metrics(val_y, probs, info.threshold)
-        source = _rechoose_threshold(source, val_y, probs, f"pruning to {prune}")
-        info = source.info
-        after = metrics.binary_metrics(val_y, probs, info.threshold)
-        prune_report["threshold"] = {"before": before["threshold"], "after": info.threshold, "method": info.threshold_method}
-        prune_report["validation"] = {k: {"before": before[k], "at_old_threshold": drifted[k], "after": after[k]}
-                                      for k in ("recall", "specificity", "accuracy", "roc_auc")}
-        _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
-             f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
-    reference = _reference(source, test, test_x, test_y,
-                           pooled=D.is_pooled(D.model_split_file(model_path, split_file)))
+def _val_probs(src, data):
+    from edgecxr.modelinfo import checked_prob
+
+    return checked_prob(src.predict(data.val_x), src.info.output, src.info.positive_index, "validation")
+
+
+def _prune(source, data, prune, finetune_epochs, seed):
+    """(pruned source with its threshold re-chosen on validation, the manifest's prune report)."""
+    from edgecxr.export.loading import keras_source
+    from edgecxr.export.optimize import prune as run_prune
+
+    val_y = data.val_y
+    before = metrics.binary_metrics(val_y, _val_probs(source, data), source.info.threshold)
+    fit_x, fit_y = data.fit_data()
+    _say(f"pruning to {prune:.0%} sparsity, fine-tuning {finetune_epochs} epoch(s) on {len(fit_x)} images")
+    pruned, report = run_prune(source, fit_x, fit_y, prune, finetune_epochs, seed=seed)
+    source = keras_source(pruned, source, f"pruned to {prune}")
+    probs = _val_probs(source, data)
+    drifted = metrics.binary_metrics(val_y, probs, source.info.threshold)
+    source = _rechoose_threshold(source, val_y, probs, f"pruning to {prune}")
+    info = source.info
+    after = metrics.binary_metrics(val_y, probs, info.threshold)
+    report["threshold"] = {"before": before["threshold"], "after": info.threshold, "method": info.threshold_method}
+    report["validation"] = {k: {"before": before[k], "at_old_threshold": drifted[k], "after": after[k]}
+                            for k in ("recall", "specificity", "accuracy", "roc_auc")}
+    _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
+         f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
+    return source, report
+
+
+def _gate(source, data, reference, max_recall_drop, max_accuracy_drop, min_agreement):
+    """(the validation gate, seconds per validation image of the float model: the QAT cost estimate's base)."""
+    from edgecxr.export.accuracy import Gate
+
+    info = source.info
     t_val = time.time()
-    gate = Gate(val_x, val_y, val_probs(source), info.threshold, info.output, info.positive_index,
-                max_recall_drop, max_accuracy_drop, val_source, min_agreement,
-                reference_float_probs=np.array([reference["probs"][s.rel] for s in test]))
+    gate = Gate(data.val_x, data.val_y, _val_probs(source, data), info.threshold, info.output, info.positive_index,
+                max_recall_drop, max_accuracy_drop, data.val_source, min_agreement,
+                reference_float_probs=np.array([reference["probs"][s.rel] for s in data.test]))
     if gate.too_small:
         _say(f"warning: {gate.too_small}")
-    predict_s_per_image = (time.time() - t_val) / max(1, len(val_x))
+    return gate, (time.time() - t_val) / max(1, len(data.val_x))
 
+
+def _qat_maker(source, data, finetune_epochs, pruned: bool, seed, predict_s_per_image):
+    """A function that runs quantization-aware fine-tuning when called, announcing its cost first."""
     def make_qat(reason="--qat"):
-        nonlocal fit_x, fit_y
+        from edgecxr.export.loading import keras_source
+        from edgecxr.export.optimize import qat as run_qat
+
         # a training step costs about three forward passes; the estimate is rough on purpose
-        minutes = 3 * predict_s_per_image * len(train) * finetune_epochs / 60
-        _say(f"quantization-aware fine-tuning ({reason}): {finetune_epochs} epoch(s) on {len(train)} images, "
+        minutes = 3 * predict_s_per_image * len(data.train) * finetune_epochs / 60
+        _say(f"quantization-aware fine-tuning ({reason}): {finetune_epochs} epoch(s) on {len(data.train)} images, "
              f"about {max(1, round(minutes))} min here" + ("; --no-qat-fallback skips it" if reason != "--qat" else ""))
-        if fit_x is None:
-            fit_x, fit_y, _ = X.load_inputs(train, spec, "loading train (fine-tuning)")
-        model = run_qat(source.keras_model, source, fit_x, fit_y, finetune_epochs, pruned=bool(prune), seed=seed)
+        fit_x, fit_y = data.fit_data()
+        model = run_qat(source.keras_model, source, fit_x, fit_y, finetune_epochs, pruned=pruned, seed=seed)
         return keras_source(model, source, "quantization-aware training")
 
-    qat_source = make_qat() if qat and any(t.family == "tflite" and t.int8 for t in chosen) else None
-    tool_versions = versions()
-    base = {"preprocess": spec.to_dict(), "domain": DOMAIN, "labels": list(info.labels),
+    return make_qat
+
+
+def _manifest_base(source, model_path, reference) -> dict:
+    info, tool_versions = source.info, versions()
+    return {"preprocess": source.spec.to_dict(), "domain": DOMAIN, "labels": list(info.labels),
             "threshold": float(info.threshold),
             "source_model": {"path": str(Path(model_path).resolve()), "sha256": source.sha256,
                              "flavor": source.flavor, "threshold_method": info.threshold_method},
             "versions": tool_versions, "reference": reference, "verified_on": {"cpu": cpu_info(), "versions": tool_versions}}
-    calibration = {"count": len(calib), "split": "train", "files_sha256": D.files_hash(calib)} if calib else None
+
+
+def _export_each(chosen, ctx, out_dir, overwrite, base, calibration, prune_report, info, signing_key):
+    """(written folders, refused {target: reason}, whether every refusal was a gate's): one target after another,
+    going on past a refused one."""
     written, refused, gate_only = [], {}, True
-    with tempfile.TemporaryDirectory(prefix="edgecxr-export-") as work:
-        ctx = Context(source, calib_x, gate, Path(work), qat_source=qat_source,
-                      qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None,
-                      test=(test, test_x, test_y), twin=twin)
-        for i, target in enumerate(chosen, 1):
-            _say(f"[{i}/{len(chosen)}] {target.name}: {target.description}")
-            try:
-                written.append(_write_target(target, ctx, out_dir / target.name, overwrite, base, calibration,
-                                             prune_report, info, signing_key))
-            except Exception as exc:  # a refused or failed target: the next one is still tried
-                if len(chosen) == 1:
-                    raise
-                reason = str(exc) if isinstance(exc, EdgecxrError) else f"{type(exc).__name__}: {exc}"
-                old = out_dir / target.name / "manifest.json"
-                if old.is_file():  # --overwrite did not replace it: say so, a stale bundle must not pass for new
-                    reason += f" (the earlier bundle at {old.parent} was kept as it was)"
-                refused[target.name] = reason
-                gate_only = gate_only and isinstance(exc, GateFailed)
-                _say(f"    refused: {reason}")
-    _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
-    if refused:
-        _say(summary_table(written, refused))
-        raise ExportIncomplete(written, refused, gate_only)
-    return written
+    for i, target in enumerate(chosen, 1):
+        _say(f"[{i}/{len(chosen)}] {target.name}: {target.description}")
+        try:
+            written.append(_write_target(target, ctx, out_dir / target.name, overwrite, base, calibration,
+                                         prune_report, info, signing_key))
+        except Exception as exc:  # a refused or failed target: the next one is still tried
+            if len(chosen) == 1:
+                raise
+            reason = str(exc) if isinstance(exc, EdgecxrError) else f"{type(exc).__name__}: {exc}"
+            old = out_dir / target.name / "manifest.json"
+            if old.is_file():  # --overwrite did not replace it: say so, a stale bundle must not pass for new
+                reason += f" (the earlier bundle at {old.parent} was kept as it was)"
+            refused[target.name] = reason
+            gate_only = gate_only and isinstance(exc, GateFailed)
+            _say(f"    refused: {reason}")
+    return written, refused, gate_only
 
 
 def summary_table(written, refused: dict) -> str:
