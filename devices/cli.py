@@ -154,16 +154,16 @@ def _run_help() -> str:
 @THREADS
 @DEVICE
 @TRUSTED
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (results, failures, runtime) instead of a table.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="What to print on stdout: a table, JSON (results, failures, runtime) or CSV. (--json PATH in the "
+                   "other commands writes a file.)")
 @click.option("--workers", type=click.IntRange(1, 64), help="Decoding threads, 1-64 (default: up to 4).")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
-def run(bundle, paths, runtime, threads, device_name, trusted_key, as_json, as_csv, workers, strict):
+def run(bundle, paths, runtime, threads, device_name, trusted_key, output_format, workers, strict):
     from edgecxr.devices.classifier import Failure
     from edgecxr.runtimes import runtime_notes
 
-    if as_json and as_csv:
-        raise click.UsageError("choose one of --json and --csv")
+    as_json, as_csv = output_format == "json", output_format == "csv"
     items = _expand(paths)
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
     if len(items) == 1 and items[0][1]:

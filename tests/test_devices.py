@@ -547,7 +547,7 @@ def test_bad_single_file_gives_one_line_and_nonzero_exit(bundles, bad_files, nam
 
 
 def test_folder_run_keeps_good_files_and_lists_bad_ones(bundles, bad_files):
-    r = cli("device", "run", bundles["tflite-int8"], bad_files, "--json")
+    r = cli("device", "run", bundles["tflite-int8"], bad_files, "--format", "json")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert [Path(x["source"]).name for x in rep["results"]] == ["good.jpeg"]
@@ -563,7 +563,7 @@ def test_folder_run_keeps_good_files_and_lists_bad_ones(bundles, bad_files):
 
 def test_run_table_and_csv(bundles, sample):
     folder = sample / "test" / "PNEUMONIA"
-    r = cli("device", "run", bundles["tflite-int8"], folder, "--csv")
+    r = cli("device", "run", bundles["tflite-int8"], folder, "--format", "csv")
     assert r.exit_code == 0
     rows = r.stdout.strip().splitlines()
     assert rows[0].startswith("file,probability,label,threshold") and len(rows) == 1 + len(list(folder.iterdir()))

@@ -306,7 +306,7 @@ def test_a_batch_reports_refused_images_and_goes_on(clf, bundle, tmp_path):
     results = clf.predict_batch(sorted(folder.iterdir()), strict=False)
     assert [type(r).__name__ for r in results] == ["Prediction", "Prediction", "Prediction", "Failure",
                                                    "Prediction", "Failure"]
-    r = CliRunner().invoke(main, ["device", "run", str(bundle), str(folder), "--json"])
+    r = CliRunner().invoke(main, ["device", "run", str(bundle), str(folder), "--format", "json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert len(report["results"]) == 4 and {Path(f["file"]).name for f in report["failures"]} == {"blank.png", "mr.dcm"}

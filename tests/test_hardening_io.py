@@ -352,7 +352,7 @@ def test_signed_bundle_verifies_and_a_forged_one_is_refused(signed_bundle, bundl
     monkeypatch.setenv(TRUSTED_KEY_ENV, str(release))  # the same from the environment (a device's config)
     with pytest.raises(BundleError, match="does not verify"):
         Classifier.load(forged)
-    r, lines = _cli("device", "run", signed_bundle, image, "--json")
+    r, lines = _cli("device", "run", signed_bundle, image, "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["results"], r.output
 
 

@@ -579,7 +579,7 @@ def test_device_run_on_folder_keeps_going(bundle_dir, folder_with_one_bad):
 
     folder = folder_with_one_bad / "test" / "NORMAL"
     n = len(list(folder.iterdir()))
-    r = CliRunner().invoke(main, ["device", "run", str(bundle_dir), str(folder), "--json"])
+    r = CliRunner().invoke(main, ["device", "run", str(bundle_dir), str(folder), "--format", "json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert len(report["results"]) == n - 1
