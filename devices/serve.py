@@ -425,6 +425,7 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
 
     limit = parse_size(max_bytes)
     token = read_token(token_file)
+    sock = bind_socket(host, port)  # a busy port fails now, in one line, before the model loads
     clf = Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name, trusted_key=trusted_key)
     app = create_app(clf, max_bytes=limit, workers=workers, read_timeout=read_timeout, token=token,
                      hosts=allowed_hosts(host, hosts), max_requests=max_connections)
@@ -438,5 +439,22 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"edgecxr serve: {clf.bundle.manifest['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
                f"http://{shown}:{port}/v1/classify, max {limit:,} bytes", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"),
-                http=header_timeout_protocol(header_timeout), timeout_keep_alive=5, server_header=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"),
+                            http=header_timeout_protocol(header_timeout), timeout_keep_alive=5, server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def bind_socket(host: str, port: int):
+    """A listening socket on host:port; an OSError naming host:port when it is taken or not allowed."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, exc.strerror, f"{host}:{port}") from None
+    sock.set_inheritable(True)
+    return sock

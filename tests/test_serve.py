@@ -326,3 +326,25 @@ def test_real_server_on_loopback(serve_bundle, clf, images):
     text = out.decode()
     assert "Traceback" not in text, text[-3000:]
     assert "127.0.0.1" in text and "tflite-int8" in text
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(serve_bundle, monkeypatch):
+    """`edgecxr serve` on a port another program holds: exit 2 and one line naming host:port, never
+    "serving at" followed by a uvicorn error."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+    from edgecxr.devices import classifier
+
+    monkeypatch.setattr(classifier.Classifier, "load", lambda *a, **k: pytest.fail("the model loaded first"))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = CliRunner().invoke(main, ["serve", str(serve_bundle), "--port", str(port)])
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert lines == [f"error: cannot use 127.0.0.1:{port}: Address already in use; another program holds that port; "
+                     "choose another --port"]
