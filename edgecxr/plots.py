@@ -84,13 +84,20 @@ def calibration_png(y_true, scores, path: Path, bins: int = 10) -> None:
 
 def history_png(history: dict, path: Path) -> None:
     """Training curves: one panel per metric, train and validation."""
+    _save(history_figure(history), path)
+
+
+def history_figure(history: dict):
     plt = _plt()
     names = [k for k in history if not k.startswith("val_") and k not in ("epoch", "lr", "learning_rate")]
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
-        ax.plot(history[name], label="train")
+        epochs = range(1, len(history[name]) + 1)
+        style = {"marker": "o"} if len(history[name]) < 3 else {}  # one epoch is a point, not an empty line
+        ax.plot(epochs, history[name], label="train", **style)
         if f"val_{name}" in history:
-            ax.plot(history[f"val_{name}"], label="validation")
+            ax.plot(epochs, history[f"val_{name}"], label="validation", **style)
         ax.set(title=name, xlabel="epoch")
+        ax.set_xticks(list(epochs) if len(epochs) <= 10 else ax.get_xticks())
         ax.legend()
-    _save(fig, path)
+    return fig

@@ -437,3 +437,14 @@ def test_dash_h_is_help_everywhere():
     for args in (["-h"], ["device", "-h"], ["device", "parity", "-h"], ["export", "-h"], ["evaluate", "-h"]):
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 0 and r.output.startswith("Usage: ") and "Options:" in r.output, (args, r.output[:200])
+
+
+def test_training_curves_of_one_epoch_are_not_empty():
+    """After one epoch each panel shows a train and a validation point (a line needs two epochs)."""
+    pytest.importorskip("matplotlib")
+    from edgecxr import plots
+
+    fig = plots.history_figure({"loss": [0.5], "val_loss": [0.6], "auc": [0.8], "val_auc": [0.9]})
+    for ax in fig.axes:
+        assert len(ax.lines) == 2 and all(line.get_marker() not in (None, "None", "") for line in ax.lines)
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "auc"]
