@@ -135,7 +135,7 @@ def test_export_refuses_a_bundle_that_would_fail_device_parity(tiny_model, sampl
     from edgecxr.export.runners import Runner
 
     real = Runner.__call__
-    monkeypatch.setattr(Runner, "__call__", lambda self, x, batch_size=32: 1.0 - real(self, x, batch_size))
+    monkeypatch.setattr(Runner, "__call__", lambda self, x: 1.0 - real(self, x))
     with pytest.raises(ModelError, match="would fail `edgecxr device parity`"):
         export_model(tiny_model, ["tflite-fp32"], sample, tmp_path, calib_count=24)
     assert not (tmp_path / "tflite-fp32").exists()
