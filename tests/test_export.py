@@ -449,3 +449,38 @@ def test_nncf_metric_counts_agreement():
     assert gate.nncf_max_drop() == pytest.approx(0.01)
     assert validate(float_probs, items) == pytest.approx(1.0 + gate.nncf_max_drop())
     assert validate(flipped, items) == pytest.approx(1.0 + 0.98 - 0.99)  # below 1: the agreement margin is short
+
+
+def test_device_input_quantization_equals_the_runtimes_own_quantize_op():
+    """The device quantizes int8 inputs in numpy (edgecxr.runtimes.quantize_input). With the shipped model's
+    scaling (x * 2/255 - 1, input scale 2/255, zero point -1) every grey level sits on a rounding tie, so the
+    rule matters: the codes must be the ones LiteRT's own QUANTIZE op gives (XNNPACK and builtin kernels),
+    for all 256 grey levels."""
+    import tensorflow as tf
+    import tf_keras as keras
+    from ai_edge_litert import interpreter as litert
+
+    from edgecxr.modelinfo import load_info
+    from edgecxr.runtimes import quantize_input
+
+    spec = load_info(Path(__file__).resolve().parents[1] / "edgecxr/default/model.keras").preprocess
+    x = spec.scale_pixels(np.arange(256, dtype=np.uint8)[None])[0, :, 0]
+    inp = keras.Input((16, 16, 3))
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, keras.layers.Reshape((16, 48))(inp)))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([np.full((1, 16, 16, 3), v, np.float32)] for v in (-1.0, 1.0))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type, converter.inference_output_type = tf.float32, tf.int8
+    model = converter.convert()
+    for kw in ({}, {"experimental_op_resolver_type": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}):
+        it = litert.Interpreter(model_content=model, **kw)
+        it.allocate_tensors()
+        d_in, d_out = it.get_input_details()[0], it.get_output_details()[0]
+        scale, zero = d_out["quantization"]
+        assert (round(scale * 255, 6), zero) == (2.0, -1)  # the shipped tflite-int8 bundle's input quantization
+        codes = []
+        for v in x:
+            it.set_tensor(d_in["index"], np.full((1, 16, 16, 3), v, np.float32))
+            it.invoke()
+            codes.append(int(it.get_tensor(d_out["index"]).reshape(-1)[0]))
+        assert quantize_input(x, (scale, zero), np.int8).tolist() == codes
