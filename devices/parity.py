@@ -15,7 +15,7 @@ from edgecxr import metrics
 from edgecxr.cpu import host_info, path_note
 from edgecxr.bundle import sha256_file
 from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id, subgroup
-from edgecxr.criteria import Tolerances  # noqa: F401  (re-exported for callers of parity)
+from edgecxr.criteria import Tolerances, check as _check, point_checks, small_set_limits  # noqa: F401  (Tolerances, small_set_limits: re-exported)
 from edgecxr.errors import ConfigError, DataError
 
 from edgecxr.devices.classifier import Classifier, Failure
@@ -132,19 +132,8 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
             "flipped": int(np.sum(fpred[m] != dpred[m])),
             "new_false_negatives": sum(1 for f in flipped if f["subgroup"] == g and f["kind"] == "new_false_negative"),
         }
-    recall_drop, acc_drop = f_m["recall"] - d_m["recall"], f_m["accuracy"] - d_m["accuracy"]
-    max_acc, min_agree = small_set_limits(len(y), tolerances.max_accuracy_drop, tolerances.min_agreement)
-    small = f" = one decision of {len(y)}"
-    checks = [
-        _check("recall_drop", recall_drop, tolerances.max_recall_drop, recall_drop <= tolerances.max_recall_drop + 1e-12,
-               f"recall {f_m['recall']:.4f} -> {d_m['recall']:.4f} (drop {recall_drop:+.4f}, allowed {tolerances.max_recall_drop})"),
-        _check("accuracy_drop", acc_drop, max_acc, acc_drop <= max_acc + 1e-12,
-               f"accuracy {f_m['accuracy']:.4f} -> {d_m['accuracy']:.4f} (drop {acc_drop:+.4f}, allowed {max_acc:.4g}"
-               f"{small if max_acc != tolerances.max_accuracy_drop else ''})"),
-        _check("agreement", agreement, min_agree, agreement >= min_agree - 1e-12,
-               f"{agreement:.4f} of decisions identical (need {min_agree:.4g}"
-               f"{small if min_agree != tolerances.min_agreement else ''}); {len(flipped)} flipped"),
-    ]
+    checks = point_checks(f_m, d_m, agreement, len(y), len(flipped), tolerances)
+    max_acc = small_set_limits(len(y), tolerances.max_accuracy_drop, tolerances.min_agreement)[0]
     boot = paired_bootstrap(y, fpred, dpred, n_boot=n_boot, level=tolerances.level, groups=patients)
     checks += [_noninferiority_check("recall", boot, y, patients, tolerances.max_recall_drop),
                _noninferiority_check("accuracy", boot, y, patients, tolerances.max_accuracy_drop)]
@@ -209,19 +198,6 @@ def compare_unlabeled(rels, float_probs, device_probs, threshold, tolerances=Tol
         "cases": [{"file": r, "float_prob": float(a), "device_prob": float(b)} for r, a, b in zip(rels, fprob, dprob)],
         "tolerances": asdict(tolerances), "checks": checks, "passed": all(c["passed"] for c in checks),
     }
-
-
-def small_set_limits(n: int, max_accuracy_drop: float, min_agreement: float) -> tuple[float, float]:
-    """On a small set one flipped decision is more than the 1-2 % limits: a limit finer than one decision
-    (but not a demand for none) then allows one; a new false negative still fails the recall check."""
-    one = 1 / max(n, 1)
-    max_acc = one if 0 < max_accuracy_drop < one else max_accuracy_drop
-    min_agree = 1 - one if 1 - one < min_agreement < 1 else min_agreement
-    return max_acc, min_agree
-
-
-def _check(name, value, limit, passed, message) -> dict:
-    return {"name": name, "value": float(value), "limit": float(limit), "passed": bool(passed), "message": message}
 
 
 def _degenerate_check(y, d_m) -> dict:

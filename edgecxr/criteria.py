@@ -21,6 +21,40 @@ class Tolerances:
     level: float = 0.95  # confidence level of the intervals; non-inferiority is judged on their lower bound
 
 
+def small_set_limits(n: int, max_accuracy_drop: float, min_agreement: float) -> tuple[float, float]:
+    """On a small set one flipped decision is more than the 1-2 % limits: a limit finer than one decision
+    (but not a demand for none) then allows one; a new false negative still fails the recall check."""
+    one = 1 / max(n, 1)
+    max_acc = one if 0 < max_accuracy_drop < one else max_accuracy_drop
+    min_agree = 1 - one if 1 - one < min_agreement < 1 else min_agreement
+    return max_acc, min_agree
+
+
+def check(name, value, limit, passed, message) -> dict:
+    return {"name": name, "value": float(value), "limit": float(limit), "passed": bool(passed), "message": message}
+
+
+def point_checks(float_m: dict, device_m: dict, agreement: float, n: int, n_flipped: int, tol: Tolerances) -> list[dict]:
+    """Recall drop, accuracy drop and decision agreement of a quantized model against its float model: the
+    export gate applies them on validation, device parity on the test images (one function, so the two
+    cannot drift apart). float_m/device_m: metrics.binary_metrics of each on the same images."""
+    recall_drop = float_m["recall"] - device_m["recall"]
+    acc_drop = float_m["accuracy"] - device_m["accuracy"]
+    max_acc, min_agree = small_set_limits(n, tol.max_accuracy_drop, tol.min_agreement)
+    small = f" = one decision of {n}"
+    return [
+        check("recall_drop", recall_drop, tol.max_recall_drop, recall_drop <= tol.max_recall_drop + 1e-9,
+              f"recall {float_m['recall']:.4f} -> {device_m['recall']:.4f} (drop {recall_drop:+.4f}, allowed "
+              f"{tol.max_recall_drop})"),
+        check("accuracy_drop", acc_drop, max_acc, acc_drop <= max_acc + 1e-9,
+              f"accuracy {float_m['accuracy']:.4f} -> {device_m['accuracy']:.4f} (drop {acc_drop:+.4f}, allowed "
+              f"{max_acc:.4g}{small if max_acc != tol.max_accuracy_drop else ''})"),
+        check("agreement", agreement, min_agree, agreement >= min_agree - 1e-9,
+              f"{agreement:.4f} of decisions identical (need {min_agree:.4g}"
+              f"{small if min_agree != tol.min_agreement else ''}); {n_flipped} flipped"),
+    ]
+
+
 # criterion -> True when a larger value is stricter
 STRICTER_WHEN_LARGER = {"max_recall_drop": False, "max_accuracy_drop": False, "min_agreement": True,
                         "min_coverage": True, "level": True, "max_unstable": False}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecxr import metrics
-from edgecxr.devices.parity import small_set_limits
+from edgecxr.criteria import Tolerances, point_checks, small_set_limits
 from edgecxr.errors import GateFailed
 from edgecxr.modelinfo import to_prob
 
@@ -85,10 +85,10 @@ class Gate:
             "max_recall_drop": self.max_recall_drop, "max_accuracy_drop": self.max_accuracy_drop,
             "decision_agreement": _agreement(probs, self.float_probs, self.threshold), "min_agreement": self.min_agreement,
         }
-        max_acc, min_agree = small_set_limits(len(self.y), self.max_accuracy_drop, self.min_agreement)
-        passed = (report["recall_drop"] <= self.max_recall_drop + 1e-9
-                  and report["accuracy_drop"] <= max_acc + 1e-9
-                  and report["decision_agreement"] >= min_agree - 1e-9)
+        flipped = int(np.sum((probs >= self.threshold) != (self.float_probs >= self.threshold)))
+        report["checks"] = point_checks(f, m, report["decision_agreement"], len(self.y), flipped,
+                                        Tolerances(self.max_recall_drop, self.max_accuracy_drop, self.min_agreement))
+        passed = all(c["passed"] for c in report["checks"])
         if self.reference_float_probs is not None:
             need = small_set_limits(len(self.reference_float_probs), self.max_accuracy_drop, self.min_agreement)[1]
             predicted = predicted_agreement(probs, self.float_probs, self.reference_float_probs, self.threshold)
