@@ -365,7 +365,7 @@ def _export_parity(target, ctx, folder: Path, info) -> dict:
     The validation gate chooses; this only verifies, so a bundle that `edgecxr device parity` would fail
     on this CPU is never written. A failure here refuses the target (no further attempt is tuned on test).
     """
-    from edgecxr.devices.parity import compare
+    from edgecxr.comparison import compare
     from edgecxr.modelinfo import to_prob
     from edgecxr.export.runners import Runner
 
