@@ -372,7 +372,7 @@ def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage
     _check_outputs(files, json=json_file, junit=junit_file)
     doc = shards.merge(files)
     if doc["task"] == "evaluate":
-        from edgecxr.training.evaluate import write_merged
+        from edgecxr.evaluation import write_merged
 
         ignored = [n for n, v in {"--json": json_file, "--junit": junit_file, "--max-recall-drop": max_recall_drop,
                                   "--max-accuracy-drop": max_accuracy_drop, "--min-agreement": min_agreement,

@@ -6,6 +6,7 @@ imported only when a model is really loaded.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -24,6 +25,13 @@ KERAS_EXTRAS = {"Functional", "Sequential", "Model", "__keras_tensor__", "__tens
                 "__slice__", "__ellipsis__", "__bytes__"}
 SAFE_MODULES = ("keras", "tf_keras")  # a Keras 3 config's "module" is imported by the loader: only Keras' own
 DEEP = "the model config is nested too deeply to be a model (a damaged or hostile file); refusing it"
+
+
+def import_tf():
+    """(tensorflow, tf_keras), quietly, or a clear error naming the extra to install. tf_keras, because
+    tensorflow-model-optimization works only with it: TF_USE_LEGACY_KERAS=1 before TensorFlow starts."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    return require("tensorflow", "train"), require("tf_keras", "train")
 
 
 def _no_duplicate_keys(pairs):

@@ -139,7 +139,7 @@ def measure_float(model_path, data_root, *, classes=D.DEFAULT_CLASSES, runs: int
                   threads: int = 2, images: int = 16) -> dict:
     """Batch-1 latency of the float model (its tf.function, as every converter reads it) on real test images."""
     from edgecxr.export.loading import load_source
-    from edgecxr.training import import_tf
+    from edgecxr.kerasfile import import_tf
 
     tf, _ = import_tf()
     used = _set_tf_threads(tf, threads)

@@ -238,7 +238,7 @@ def _model_hash(path: Path) -> str:
 
 def keras_source(model, base: SourceModel, note: str) -> SourceModel:
     """A SourceModel for a transformed tf_keras model (pruned), keeping the original's info and hash."""
-    from edgecxr.training import import_tf
+    from edgecxr.kerasfile import import_tf
 
     tf, _ = import_tf()
     return replace(base, fn=_keras_fn(tf, model, base.spec.input_shape), trackable=model, keras_model=model,

@@ -11,11 +11,4 @@ from edgecxr.quiet import quiet_frameworks  # noqa: E402
 
 quiet_frameworks()
 
-
-def import_tf():
-    """(tensorflow, tf_keras), or a clear error naming the extra to install."""
-    from edgecxr.errors import require
-
-    tf = require("tensorflow", "train")
-    keras = require("tf_keras", "train")
-    return tf, keras
+from edgecxr.kerasfile import import_tf  # noqa: E402,F401  (the training stage's way in; lives in the core)

@@ -1,22 +1,21 @@
 """`edgecxr evaluate`: metrics with bootstrap intervals at the model's validation threshold."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from edgecxr import data as D
-from edgecxr import metrics, plots
-from edgecxr.atomic import atomic_dir, check_writable, refuse_overlap
+from edgecxr import metrics
+from edgecxr.atomic import check_writable, refuse_overlap
 from edgecxr.bundle import sha256_file
 from edgecxr import shards
 from edgecxr.cpu import host_info
+from edgecxr.evaluation import metrics_with_intervals, write_folder, write_merged  # noqa: F401  (write_merged: re-exported)
 from edgecxr.errors import ConfigError, ModelError
 from edgecxr.modelinfo import checked_prob
-from edgecxr.modelinfo import ModelInfo, check_threshold, default_model_path, info_path, load_info
+from edgecxr.modelinfo import check_threshold, default_model_path, info_path, load_info
 from edgecxr.training import import_tf
 from edgecxr.training.train import predict_probs
 
@@ -78,7 +77,7 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
                               time.perf_counter() - t0, host_info())
         shards.write(Path(predictions), doc)
         return doc
-    result = _result(labels, probs, thr, n_boot, [s.patient for s in kept], threshold_method=method, split=split,
+    result = metrics_with_intervals(labels, probs, thr, n_boot, [s.patient for s in kept], threshold_method=method, split=split,
                      split_file=str(split_file) if split_file else None, model=str(model_path),
                      skipped=[{"file": s.rel, "error": e} for s, e in bad], model_sha256=sha256_file(model_path),
                      data={"root": str(Path(data_root).resolve()), "split": split, "images": len(kept),
@@ -88,50 +87,7 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
 
         result["shortcuts"] = shortcut_check(model, info.preprocess, pixels, labels, probs, thr, kind=info.output,
                                              positive_index=info.positive_index, cam_images=cam_images)
-    _write_out(out, overwrite, result, labels, probs, [s.rel for s in kept], info.labels)
-    return result
-
-
-def _result(labels, probs, thr, n_boot, patients, **info) -> dict:
-    """Metrics with intervals that resample patients (a patient's X-rays are not independent) and calibration."""
-    result = metrics.binary_metrics(labels, probs, thr)
-    result["ci"] = metrics.bootstrap_ci(labels, probs, thr, n_boot=n_boot, groups=patients)
-    result["ci_info"] = metrics.bootstrap_info(patients, len(labels), n_boot, 0.95)
-    result["calibration"] = metrics.calibration(labels, probs)
-    result["at_0.5"] = metrics.binary_metrics(labels, probs, 0.5)
-    result.update(info)
-    if isinstance(result.get("data"), dict):
-        result["data"]["patients"] = len(set(patients))
-    return result
-
-
-def _write_out(out, overwrite, result, labels, probs, rels, class_labels) -> None:
-    thr, split = result["threshold"], result["split"]
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        np.savez_compressed(tmp / "predictions.npz", y=labels, prob=probs, rel=rels)
-        plots.roc_png(labels, probs, tmp / "roc.png", thr, title=f"ROC ({split})")
-        plots.pr_png(labels, probs, tmp / "pr.png", title=f"Precision-recall ({split})")
-        plots.confusion_png(result["confusion"], class_labels, tmp / "confusion.png")
-        plots.calibration_png(labels, probs, tmp / "calibration.png")
-
-
-def write_merged(doc: dict, out: Path, *, overwrite: bool = False, inputs=()) -> dict:
-    """metrics.json and figures from merged evaluate shards: what `evaluate --no-shortcuts` writes unsharded
-    (the shortcut check needs the model and the pixels)."""
-    check_writable(Path(out), overwrite=overwrite, inputs=inputs)  # never over the shard files themselves
-    ctx, records = doc["context"], doc["records"]
-    ok = [r for r in records if "prob" in r]
-    labels = np.array([r["label"] for r in ok])
-    probs = np.array([r["prob"] for r in ok], dtype=ctx["prob_dtype"])
-    patients = [r.get("patient") or D.patient_id(Path(r["file"]).name) for r in ok]
-    result = _result(labels, probs, ctx["threshold"], ctx["n_boot"], patients, threshold_method=ctx["threshold_method"],
-                     split=ctx["data"]["split"], split_file=ctx.get("split_file"), model=ctx["model"]["path"],
-                     model_sha256=ctx["model"]["sha256"],
-                     skipped=[{"file": r["file"], "error": r["error"]} for r in records if "error" in r],
-                     data={"root": ctx["data"]["root"], "split": ctx["data"]["split"], "images": len(ok),
-                           "files_sha256": D.files_hash([r["file"] for r in ok])})
-    _write_out(out, overwrite, result, labels, probs, [r["file"] for r in ok], ctx["labels"])
+    write_folder(out, overwrite, result, labels, probs, [s.rel for s in kept], info.labels)
     return result
 
 
