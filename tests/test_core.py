@@ -448,3 +448,20 @@ def test_training_curves_of_one_epoch_are_not_empty():
     for ax in fig.axes:
         assert len(ax.lines) == 2 and all(line.get_marker() not in (None, "None", "") for line in ax.lines)
     assert [ax.get_title() for ax in fig.axes] == ["loss", "auc"]
+
+
+def test_a_stage_that_does_not_import_says_why(monkeypatch):
+    """A broken or missing stage stays in `edgecxr --help`, marked unavailable, and running it names the
+    module and the error (it used to vanish from the command list)."""
+    from click.testing import CliRunner
+
+    from edgecxr import cli
+
+    monkeypatch.setitem(cli.LAZY_COMMANDS, "export", "edgecxr.no_such_stage:export")
+    r = CliRunner().invoke(cli.main, ["-h"])
+    assert r.exit_code == 0 and "export     (unavailable: ModuleNotFoundError)" in r.output
+    r = CliRunner().invoke(cli.main, ["export", "--target", "tflite-int8"])
+    assert r.exit_code == 2
+    assert r.output.strip() == ("error: export is unavailable: edgecxr.no_such_stage does not import (ModuleNotFoundError: "
+                                "No module named 'edgecxr.no_such_stage'); install the stage's extra "
+                                "(pip install 'edgecxr[all]')")
