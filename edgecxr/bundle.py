@@ -161,7 +161,21 @@ def check_values(name: str, m: dict) -> None:
     if not (isinstance(labels, list) and len(labels) == 2 and all(isinstance(x, str) and x.strip() for x in labels)
             and labels[0] != labels[1]):
         fail("labels", labels, "two different names, negative first")
-    pre = m.get("preprocess")
+    _check_preprocess(name, m.get("preprocess"), fail)
+    _check_tensors(m, fail)
+    _check_reference(m.get("reference") if isinstance(m.get("reference"), dict) else {}, fail)
+    if m.get("acceptance") is not None:  # absent in bundles exported before it: parity applies the defaults
+        from edgecxr.criteria import check_criteria
+
+        problem = check_criteria(name, m["acceptance"])
+        if problem:
+            raise BundleError(f"{problem}; re-export the bundle")
+    verified = m.get("verified_on", {})
+    if not isinstance(verified, dict) or not isinstance(verified.get("cpu") or {}, dict):
+        fail("verified_on", verified, "an object whose 'cpu' is an object or null")
+
+
+def _check_preprocess(name, pre, fail) -> None:
     if not isinstance(pre, dict):
         fail("preprocess", pre, "an object")
     for key, ok, what in (("size", is_int, "an integer"), ("channels", is_int, "an integer"),
@@ -174,6 +188,9 @@ def check_values(name: str, m: dict) -> None:
         PreprocessSpec.from_dict(pre)
     except (ConfigError, TypeError, ValueError) as exc:
         raise BundleError(f"{name}: manifest 'preprocess' is invalid ({exc}); re-export the bundle") from None
+
+
+def _check_tensors(m: dict, fail) -> None:
     for tensor, rank in (("input", 4), ("output", 2)):
         spec = m.get(tensor) if isinstance(m.get(tensor), dict) else {}
         shape = spec.get("shape")
@@ -195,7 +212,9 @@ def check_values(name: str, m: dict) -> None:
     pos = out.get("positive_index", 0)
     if not (is_int(pos) and 0 <= pos < units):
         fail("output.positive_index", pos, f"an integer from 0 to {units - 1}")
-    ref = m.get("reference") if isinstance(m.get("reference"), dict) else {}
+
+
+def _check_reference(ref: dict, fail) -> None:
     probs, ref_labels, ref_metrics = ref.get("probs"), ref.get("labels"), ref.get("metrics")
     if not isinstance(ref.get("split"), str):
         fail("reference.split", ref.get("split"), "a split name")
@@ -215,15 +234,6 @@ def check_values(name: str, m: dict) -> None:
         v = ref_metrics.get(key)
         if not (is_number(v) and 0 <= v <= 1):
             fail(f"reference.metrics.{key}", v, "a finite number in [0, 1]")
-    if m.get("acceptance") is not None:  # absent in bundles exported before it: parity applies the defaults
-        from edgecxr.criteria import check_criteria
-
-        problem = check_criteria(name, m["acceptance"])
-        if problem:
-            raise BundleError(f"{problem}; re-export the bundle")
-    verified = m.get("verified_on", {})
-    if not isinstance(verified, dict) or not isinstance(verified.get("cpu") or {}, dict):
-        fail("verified_on", verified, "an object whose 'cpu' is an object or null")
 
 
 def _check_twin(name: str, manifest: dict) -> None:
