@@ -44,23 +44,12 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
                   stability_images: int = 64) -> dict:
     """Export/reuse, parity-check and time every planned row; writes OUT/benchmark.json and .md; returns the result."""
     from edgecxr.criteria import Tolerances
-    from edgecxr.runtimes import default_threads
     from edgecxr.export.pipeline import versions
-    from edgecxr.modelinfo import default_model_path
 
     started = time.time()
     tolerances = tolerances or Tolerances()
     plans = plan_rows(targets, prune, qat)
-    if runs < 1 or warmup < 0:
-        raise ConfigError("--runs must be at least 1 and --warmup at least 0")
-    model_path = Path(model_path) if model_path else default_model_path()
-    if not model_path.exists():
-        raise ConfigError(f"model {model_path} not found; pass --model PATH")
-    threads = threads or default_threads()
-    data_root = Path(data_root)
-    D.list_split(data_root, "test", classes)  # bad data fails now, not after the first export
-    out_dir = Path(out_dir)
-    refuse_overlap(out_dir, (model_path, data_root))
+    model_path, data_root, out_dir, threads = _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes)
     bundles = out_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
     if command is None:
@@ -76,61 +65,22 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
         test = D.list_split(root, "test", classes)
         test_sha, model_sha = D.files_hash(test), _model_hash(model_path)
 
-        _say(f"float model {model_path}: timing batch 1 on {threads} thread(s)")
-        try:
-            float_info = measure_float(model_path, root, classes=classes, runs=runs, warmup=warmup, threads=threads)
-        except Exception as exc:  # noqa: BLE001 - still benchmark what can be benchmarked
-            float_info = {"error": _first_line(exc), "path": str(model_path)}
+        float_info = _time_float(model_path, root, classes=classes, runs=runs, warmup=warmup, threads=threads)
         float_p50 = float_info.get("p50_ms")
 
-        rows = []
-        for i, plan in enumerate(plans, 1):
-            _say(f"[{i}/{len(plans)}] {plan.name}")
-            row = empty_row(plan)
-            row["stage"] = "export"
-            try:
-                with contextlib.redirect_stdout(sys.stderr):  # Keras fit logs (prune/QAT): stdout keeps the table
-                    bundle, row["export_s"], row["reused"] = export_row(
-                        plan, model_path, root, bundles, reuse=reuse, model_sha=model_sha, test_sha=test_sha,
-                        classes=classes, calib_count=calib_count, finetune_epochs=finetune_epochs,
-                        max_recall_drop=tolerances.max_recall_drop, max_accuracy_drop=tolerances.max_accuracy_drop,
-                        min_agreement=tolerances.min_agreement)
-                if row["reused"]:
-                    _say(f"    reusing {bundle}")
-                measure_row(row, bundle, root, classes=classes, tolerances=tolerances, runs=runs, warmup=warmup,
-                            threads=threads, float_p50=float_p50, n_boot=n_boot, cold=cold,
-                            stability_images=stability_images)
-                _say(f"    {row['runtime']}: agreement {row['agreement']:.4f}, recall {row['recall']:.4f}, "
-                     f"p50 {row['p50_ms']:.3f} ms, {'PASS' if row['passed'] else 'FAIL'}")
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one failing target is a row, never a crash
-                row.update(error=_first_line(exc), passed=False)
-                _say(f"    {row['stage']} failed: {row['error']}")
-            rows.append(row)
+        rows = [_bench_row(i, len(plans), plan, model_path, root, bundles, reuse=reuse, model_sha=model_sha,
+                           test_sha=test_sha, classes=classes, calib_count=calib_count, finetune_epochs=finetune_epochs,
+                           tolerances=tolerances, runs=runs, warmup=warmup, threads=threads, float_p50=float_p50,
+                           n_boot=n_boot, cold=cold, stability_images=stability_images)
+                for i, plan in enumerate(plans, 1)]
+        _move_float_metrics(rows, float_info)
 
-        plain = next((r for r in rows if not r["error"] and "+" not in r["target"]), None)
-        if plain is not None:
-            float_info.update(plain.pop("float_metrics"), n=plain["n"])
-        for r in rows:
-            r.pop("float_metrics", None)
-
-        result = {
-            "rows": rows,
-            "float": float_info,
-            "machine": machine_info(),
-            "versions": versions(),
-            "command": command,
-            "data": str(data_root.resolve()),  # a path: `edgecxr report` resolves flipped files against it
-            "data_info": {"root": str(data_root.resolve()), "split": "test", "images": len(test),
-                          "files_sha256": test_sha, "limit": limit,
-                          "train_images": train_images if limit else None},
-            "model": {"path": str(model_path.resolve()), "sha256": model_sha},
-            "options": {"threads": threads, "runs": runs, "warmup": warmup, "calib_count": calib_count,
-                        "finetune_epochs": finetune_epochs, "prune": prune, "qat": qat, "reuse": reuse,
-                        "n_boot": n_boot, "stability_images": stability_images},
-            "tolerances": asdict(tolerances),
-        }
+        result = {"rows": rows, "float": float_info, "machine": machine_info(), "versions": versions(),
+                  "command": command, **_run_record(data_root, test, test_sha, limit, train_images, model_path, model_sha),
+                  "options": {"threads": threads, "runs": runs, "warmup": warmup, "calib_count": calib_count,
+                              "finetune_epochs": finetune_epochs, "prune": prune, "qat": qat, "reuse": reuse,
+                              "n_boot": n_boot, "stability_images": stability_images},
+                  "tolerances": asdict(tolerances)}
         failures = parity_failures(rows)
         result["parity_failures"] = [r["target"] for r in failures]
         result["passed"] = not failures
@@ -143,6 +93,72 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
     write_json_atomic(out_dir / "benchmark.json", result)
     write_text_atomic(out_dir / "benchmark.md", format_markdown(result))
     return result
+
+
+def _time_float(model_path, root, **kw) -> dict:
+    _say(f"float model {model_path}: timing batch 1 on {kw['threads']} thread(s)")
+    try:
+        return measure_float(model_path, root, **kw)
+    except Exception as exc:  # noqa: BLE001 - still benchmark what can be benchmarked
+        return {"error": _first_line(exc), "path": str(model_path)}
+
+
+def _move_float_metrics(rows, float_info) -> None:
+    """The float model's metrics, measured with the first plain row, belong to the float entry."""
+    plain = next((r for r in rows if not r["error"] and "+" not in r["target"]), None)
+    if plain is not None:
+        float_info.update(plain.pop("float_metrics"), n=plain["n"])
+    for r in rows:
+        r.pop("float_metrics", None)
+
+
+def _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes):
+    """(model path, data root, out folder, threads), every input checked before the first export."""
+    from edgecxr.modelinfo import default_model_path
+    from edgecxr.runtimes import default_threads
+
+    if runs < 1 or warmup < 0:
+        raise ConfigError("--runs must be at least 1 and --warmup at least 0")
+    model_path = Path(model_path) if model_path else default_model_path()
+    if not model_path.exists():
+        raise ConfigError(f"model {model_path} not found; pass --model PATH")
+    data_root, out_dir = Path(data_root), Path(out_dir)
+    D.list_split(data_root, "test", classes)  # bad data fails now, not after the first export
+    refuse_overlap(out_dir, (model_path, data_root))
+    return model_path, data_root, out_dir, threads or default_threads()
+
+
+def _bench_row(i, count, plan, model_path, root, bundles, *, reuse, model_sha, test_sha, classes, calib_count,
+               finetune_epochs, tolerances, **measure) -> dict:
+    """Export (or reuse) one planned row's bundle and measure it; a failure is a row with its error, never a crash."""
+    _say(f"[{i}/{count}] {plan.name}")
+    row = empty_row(plan)
+    row["stage"] = "export"
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Keras fit logs (prune/QAT): stdout keeps the table
+            bundle, row["export_s"], row["reused"] = export_row(
+                plan, model_path, root, bundles, reuse=reuse, model_sha=model_sha, test_sha=test_sha,
+                classes=classes, calib_count=calib_count, finetune_epochs=finetune_epochs,
+                max_recall_drop=tolerances.max_recall_drop, max_accuracy_drop=tolerances.max_accuracy_drop,
+                min_agreement=tolerances.min_agreement)
+        if row["reused"]:
+            _say(f"    reusing {bundle}")
+        measure_row(row, bundle, root, classes=classes, tolerances=tolerances, **measure)
+        _say(f"    {row['runtime']}: agreement {row['agreement']:.4f}, recall {row['recall']:.4f}, "
+             f"p50 {row['p50_ms']:.3f} ms, {'PASS' if row['passed'] else 'FAIL'}")
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one failing target is a row, never a crash
+        row.update(error=_first_line(exc), passed=False)
+        _say(f"    {row['stage']} failed: {row['error']}")
+    return row
+
+
+def _run_record(data_root: Path, test, test_sha, limit, train_images, model_path: Path, model_sha) -> dict:
+    return {"data": str(data_root.resolve()),  # a path: `edgecxr report` resolves flipped files against it
+            "data_info": {"root": str(data_root.resolve()), "split": "test", "images": len(test),
+                          "files_sha256": test_sha, "limit": limit, "train_images": train_images if limit else None},
+            "model": {"path": str(model_path.resolve()), "sha256": model_sha}}
 
 
 def parity_failures(rows) -> list[dict]:
