@@ -324,7 +324,6 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
     require("starlette", "serve")
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -332,41 +331,17 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
 
     service = Service(classifier, max_bytes=max_bytes, workers=workers, read_timeout=read_timeout)
     headers = {"Cache-Control": "no-store"}
-    error = _json_error
 
     async def classify(request):
-        try:
-            data, name = await service.image_from_request(request)
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(service.pool, service.classify, data, name)
-        except Reject as exc:
-            service.counts["rejected"] += 1
-            return error(exc.status, str(exc))
-        except ClientDisconnect:
-            service.counts["disconnected"] += 1
-            return error(400, "client disconnected during the upload")  # nobody reads it
-        except EdgecxrError as exc:  # ImageError and friends: the image, not the server
-            service.counts["rejected"] += 1
-            return error(422, str(exc))
-        except Exception as exc:
-            service.counts["errors"] += 1
-            print(f"edgecxr serve: unexpected error on {request.url.path}:", file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
-            return error(500, f"internal error ({type(exc).__name__}); see the server log")
-        service.counts["classified"] += 1
-        return JSONResponse(result, headers=headers)
+        return await _classify(service, request, headers)
 
     async def healthz(request):
         if not guard.authorized(request.headers):
             return JSONResponse({"status": "ok"}, headers=headers)  # nothing about the model to strangers
-        clf = service.clf
-        return JSONResponse({"status": "ok", "edgecxr": __version__, **service.model, "threshold": clf.threshold,
-                             "labels": list(clf.labels), "max_bytes": service.max_bytes, "workers": service.workers,
-                             "uptime_s": round(time.time() - service.started, 3), "counts": dict(service.counts)},
-                            headers=headers)
+        return JSONResponse(_health(service, __version__), headers=headers)
 
     async def http_error(request, exc):
-        return error(exc.status_code, exc.detail or "error")
+        return _json_error(exc.status_code, exc.detail or "error")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -380,6 +355,40 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
     guard = Guard(app, hosts=hosts, token=token, max_requests=max_requests)
     guard.state = app.state
     return guard
+
+
+async def _classify(service, request, headers):
+    """POST /v1/classify: the image's prediction, or a JSON error whose status says whose fault it was."""
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse
+
+    try:
+        data, name = await service.image_from_request(request)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(service.pool, service.classify, data, name)
+    except Reject as exc:
+        service.counts["rejected"] += 1
+        return _json_error(exc.status, str(exc))
+    except ClientDisconnect:
+        service.counts["disconnected"] += 1
+        return _json_error(400, "client disconnected during the upload")  # nobody reads it
+    except EdgecxrError as exc:  # ImageError and friends: the image, not the server
+        service.counts["rejected"] += 1
+        return _json_error(422, str(exc))
+    except Exception as exc:
+        service.counts["errors"] += 1
+        print(f"edgecxr serve: unexpected error on {request.url.path}:", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        return _json_error(500, f"internal error ({type(exc).__name__}); see the server log")
+    service.counts["classified"] += 1
+    return JSONResponse(result, headers=headers)
+
+
+def _health(service, version: str) -> dict:
+    clf = service.clf
+    return {"status": "ok", "edgecxr": version, **service.model, "threshold": clf.threshold,
+            "labels": list(clf.labels), "max_bytes": service.max_bytes, "workers": service.workers,
+            "uptime_s": round(time.time() - service.started, 3), "counts": dict(service.counts)}
 
 
 def _check_serve_deps() -> None:
