@@ -87,6 +87,36 @@ def _flip_kind(label, float_pos, device_pos) -> str:
     return "new_false_positive" if device_pos else "fixed_false_positive"
 
 
+def _flipped(rels, y, patients, fprob, dprob, fpred, dpred) -> list[dict]:
+    """Every image whose decision changed, new false negatives first, then by how far it moved."""
+    flipped = [
+        {"file": rels[i], "label": int(y[i]), "patient": patients[i], "subgroup": subgroup(Path(rels[i]).name, int(y[i])),
+         "kind": _flip_kind(int(y[i]), bool(fpred[i]), bool(dpred[i])),
+         "float_prob": float(fprob[i]), "device_prob": float(dprob[i])}
+        for i in np.flatnonzero(fpred != dpred)
+    ]
+    flipped.sort(key=lambda f: (FLIP_ORDER[f["kind"]], -abs(f["device_prob"] - f["float_prob"]), f["file"]))
+    return flipped
+
+
+def _subgroups(rels, y, fpred, dpred, flipped) -> dict:
+    groups = np.array([subgroup(Path(r).name, int(l)) for r, l in zip(rels, y)])
+    subgroups = {}
+    for g in sorted(set(groups)):
+        m = groups == g
+        subgroups[g] = {
+            "n": int(m.sum()),
+            # one class per subgroup: accuracy is recall for pneumonia kinds, specificity for normal
+            "float_accuracy": float(np.mean(fpred[m] == y[m])),
+            "device_accuracy": float(np.mean(dpred[m] == y[m])),
+            "delta_accuracy": float(np.mean(dpred[m] == y[m]) - np.mean(fpred[m] == y[m])),
+            "agreement": float(np.mean(fpred[m] == dpred[m])),
+            "flipped": int(np.sum(fpred[m] != dpred[m])),
+            "new_false_negatives": sum(1 for f in flipped if f["subgroup"] == g and f["kind"] == "new_false_negative"),
+        }
+    return subgroups
+
+
 def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances(), *, n_boot=2000,
             reference_images: int | None = None, reference_metrics: dict | None = None, groups=None) -> dict:
     """The parity report from paired predictions (no runtime involved: testable on its own).
@@ -106,27 +136,8 @@ def compare(rels, y, float_probs, device_probs, threshold, tolerances=Tolerances
     delta = {k: d_m[k] - f_m[k] for k in COMPARED}
     agreement = float(np.mean(fpred == dpred))
     diff = np.abs(dprob - fprob)
-    flipped = [
-        {"file": rels[i], "label": int(y[i]), "patient": patients[i], "subgroup": subgroup(Path(rels[i]).name, int(y[i])),
-         "kind": _flip_kind(int(y[i]), bool(fpred[i]), bool(dpred[i])),
-         "float_prob": float(fprob[i]), "device_prob": float(dprob[i])}
-        for i in np.flatnonzero(fpred != dpred)
-    ]
-    flipped.sort(key=lambda f: (FLIP_ORDER[f["kind"]], -abs(f["device_prob"] - f["float_prob"]), f["file"]))
-    groups = np.array([subgroup(Path(r).name, int(l)) for r, l in zip(rels, y)])
-    subgroups = {}
-    for g in sorted(set(groups)):
-        m = groups == g
-        subgroups[g] = {
-            "n": int(m.sum()),
-            # one class per subgroup: accuracy is recall for pneumonia kinds, specificity for normal
-            "float_accuracy": float(np.mean(fpred[m] == y[m])),
-            "device_accuracy": float(np.mean(dpred[m] == y[m])),
-            "delta_accuracy": float(np.mean(dpred[m] == y[m]) - np.mean(fpred[m] == y[m])),
-            "agreement": float(np.mean(fpred[m] == dpred[m])),
-            "flipped": int(np.sum(fpred[m] != dpred[m])),
-            "new_false_negatives": sum(1 for f in flipped if f["subgroup"] == g and f["kind"] == "new_false_negative"),
-        }
+    flipped = _flipped(rels, y, patients, fprob, dprob, fpred, dpred)
+    subgroups = _subgroups(rels, y, fpred, dpred, flipped)
     checks = point_checks(f_m, d_m, agreement, len(y), len(flipped), tolerances)
     max_acc = small_set_limits(len(y), tolerances.max_accuracy_drop, tolerances.min_agreement)[0]
     boot = paired_bootstrap(y, fpred, dpred, n_boot=n_boot, level=tolerances.level, groups=patients)

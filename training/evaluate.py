@@ -65,18 +65,8 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
     thr = info.threshold if threshold is None else threshold
     method = info.threshold_method if threshold is None else "given on the command line"
     if predictions is not None:
-        context = {"model": {"path": str(model_path), "sha256": sha256_file(model_path)}, "threshold": float(thr),
-                   "threshold_method": method, "labels": list(info.labels), "n_boot": n_boot,
-                   "prob_dtype": str(probs.dtype), "data": {"root": str(Path(data_root).resolve()), "split": split},
-                   "split_file": str(split_file) if split_file else None}
-        index = {s.rel: i for i, s in mine}
-        records = [{"index": index[s.rel], "file": s.rel, "label": int(y), "prob": float(p), "patient": s.patient}
-                   for s, y, p in zip(kept, labels, probs)] + [{"index": index[s.rel], "file": s.rel, "error": e}
-                                                               for s, e in bad]
-        doc = shards.document("evaluate", context, samples, shard or (1, 1), sorted(records, key=lambda r: r["index"]),
-                              time.perf_counter() - t0, host_info())
-        shards.write(Path(predictions), doc)
-        return doc
+        return _write_predictions(Path(predictions), model_path, data_root, split, split_file, samples, mine, shard,
+                                  (kept, labels, probs, bad), thr, method, info, n_boot, time.perf_counter() - t0)
     result = metrics_with_intervals(labels, probs, thr, n_boot, [s.patient for s in kept], threshold_method=method, split=split,
                      split_file=str(split_file) if split_file else None, model=str(model_path),
                      skipped=[{"file": s.rel, "error": e} for s, e in bad], model_sha256=sha256_file(model_path),
@@ -89,6 +79,24 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
                                              positive_index=info.positive_index, cam_images=cam_images)
     write_folder(out, overwrite, result, labels, probs, [s.rel for s in kept], info.labels)
     return result
+
+
+def _write_predictions(path: Path, model_path, data_root, split, split_file, samples, mine, shard, scored, thr, method,
+                       info, n_boot, seconds) -> dict:
+    """One shard's per-image predictions, for `edgecxr device merge --out`."""
+    kept, labels, probs, bad = scored
+    context = {"model": {"path": str(model_path), "sha256": sha256_file(model_path)}, "threshold": float(thr),
+               "threshold_method": method, "labels": list(info.labels), "n_boot": n_boot,
+               "prob_dtype": str(probs.dtype), "data": {"root": str(Path(data_root).resolve()), "split": split},
+               "split_file": str(split_file) if split_file else None}
+    index = {s.rel: i for i, s in mine}
+    records = [{"index": index[s.rel], "file": s.rel, "label": int(y), "prob": float(p), "patient": s.patient}
+               for s, y, p in zip(kept, labels, probs)] + [{"index": index[s.rel], "file": s.rel, "error": e}
+                                                           for s, e in bad]
+    doc = shards.document("evaluate", context, samples, shard or (1, 1), sorted(records, key=lambda r: r["index"]),
+                          seconds, host_info())
+    shards.write(path, doc)
+    return doc
 
 
 def format_metrics(m: dict) -> str:
