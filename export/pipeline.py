@@ -19,11 +19,9 @@ from edgecxr.cpu import cpu_info
 from edgecxr.bundle import finalize, load_bundle
 from edgecxr.domain import DOMAIN
 from edgecxr.errors import ConfigError, EdgecxrError, ExportIncomplete, GateFailed, ModelError, first_line
-from edgecxr.targets import TARGETS, resolve_targets
+from edgecxr.targets import FAMILIES, TARGETS, resolve_targets
 
 TWIN_TOLERANCE = 1e-3  # a float32 conversion of the model reproduces its probabilities to about 1e-6
-RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}
-RUNTIME_PACKAGES = {"litert": "ai_edge_litert", "onnxruntime": "onnxruntime", "openvino": "openvino"}  # keys of versions()
 VERSION_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
                     "onnxruntime", "openvino", "nncf", "ai-edge-litert", "numpy", "edgecxr")
 
@@ -314,7 +312,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
                 from edgecxr.export.runners import int8_weight_sparsity
 
                 opt["prune"]["int8_weights"] = int8_weight_sparsity(tmp / target.model_file)  # measured, not assumed
-        manifest = {"target": target.name, "runtime": RUNTIMES[target.family], "model_file": target.model_file,
+        manifest = {"target": target.name, "runtime": FAMILIES[target.family].runtime, "model_file": target.model_file,
                     "acceptance": _acceptance(target, ctx, base),
                     "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
                                                           "positive_index": int(info.positive_index)},
@@ -350,8 +348,8 @@ def _acceptance(target, ctx, base: dict) -> dict:
     and the runtime and CPU that passed them (see edgecxr.criteria)."""
     from edgecxr.criteria import export_criteria
 
-    runtime = RUNTIMES[target.family]
-    version = base["versions"].get(RUNTIME_PACKAGES[runtime])
+    family = FAMILIES[target.family]
+    runtime, version = family.runtime, base["versions"].get(family.package)
     reference = base["reference"]
     test = {"split": reference["split"], "images": len(reference["probs"]), "files_sha256": reference.get("files_sha256"),
             "pneumonia_images": int(sum(reference["labels"].values()))}
