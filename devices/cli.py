@@ -110,7 +110,9 @@ def device():
 
 @device.command()
 def runtimes():
-    """List the device runtimes and whether each is installed."""
+    """List the device runtimes and whether each is installed.
+
+    Example: edgecxr device runtimes"""
     from edgecxr.runtimes import list_runtimes
 
     for r in list_runtimes():
@@ -141,6 +143,8 @@ def _run_help() -> str:
 
     A bad file named on the command line gives one error line and a non-zero exit;
     bad files found inside a folder are listed and the others still get results.
+
+    Example: edgecxr device run bundles/tflite-int8 chest.jpeg xrays/ --format csv > results.csv
 
     Accepted inputs (the bundle manifest's 'domain'; these defaults for bundles without one):
     {describe_domain()}. Anything else is refused with one line saying why.
@@ -219,7 +223,9 @@ def run(bundle, paths, runtime, threads, device_name, trusted_key, output_format
 @click.option("--cold-start/--no-cold-start", default=True, show_default=True, help="Time a fresh process to its first result.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write all numbers to this JSON file.")
 def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_name, trusted_key, cold_start, json_file):
-    """Latency (model call vs bare runtime), end to end, throughput, cold start, peak RSS, drift."""
+    """Latency (model call vs bare runtime), end to end, throughput, cold start, peak RSS, drift.
+
+    Example: edgecxr device bench bundles/tflite-int8 --runs 200 --json bench.json"""
     from edgecxr.atomic import write_json_atomic
     from edgecxr.devices.bench import format_bench, run_bench
 
@@ -411,6 +417,8 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
 
     Exit 0 when the share of unstable images is at most --max-unstable (or no gate is given), 1 when it is
     larger, 2 for errors.
+
+    Example: edgecxr device stability bundles/tflite-int8 --data data/kermany-cxr-224 --max-unstable 0.02
     """
     from edgecxr.atomic import write_json_atomic
     from edgecxr.cpu import host_info
@@ -451,6 +459,8 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
 
     Names the fastest bundle that keeps parity here; exit 1 when none does. Bundles whose runtime
     is not installed are listed as skipped.
+
+    Example: edgecxr device choose bundles/ --data data/kermany-cxr-224 --json choice.json
     """
     from edgecxr.atomic import write_json_atomic
     from edgecxr.devices.bench import SAMPLE

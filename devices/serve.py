@@ -426,7 +426,9 @@ def _check_serve_deps() -> None:
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_connections, header_timeout, token_file,
           hosts, trusted_key, runtime, device_name, log_level):
-    """Serve BUNDLE over HTTP: POST an image to /v1/classify, GET /healthz (loopback by default)."""
+    """Serve BUNDLE over HTTP: POST an image to /v1/classify, GET /healthz (loopback by default).
+
+    Example: edgecxr serve bundles/tflite-int8 --port 8080, then curl -F file=@chest.jpeg localhost:8080/v1/classify"""
     _check_serve_deps()
     import uvicorn
 

@@ -204,7 +204,9 @@ def split(data, ratios, out, seed, classes, overwrite):
 @main.command()
 @click.argument("key", type=click.Path(dir_okay=False, path_type=Path))
 def keygen(key):
-    """Create an Ed25519 key pair for signing bundles: KEY (private, mode 0600) and KEY.pub (for devices)."""
+    """Create an Ed25519 key pair for signing bundles: KEY (private, mode 0600) and KEY.pub (for devices).
+
+    Example: edgecxr keygen keys/release (then edgecxr export ... --signing-key keys/release)"""
     from edgecxr.signing import keygen as make
 
     private, public = make(key)

@@ -54,6 +54,8 @@ def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False)
 @click.option("--target", default="tflite-int8", show_default=True, help="Export target to check on the device.")
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True, help="Replace an earlier demo folder.")
 def demo(out, target, overwrite):
-    """Run the pipeline on the shipped model and sample: evaluate, export, device parity."""
+    """Run the pipeline on the shipped model and sample: evaluate, export, device parity.
+
+    Example: edgecxr demo --out demo"""
     passed = run_demo(out, target, overwrite=overwrite)
     raise SystemExit(0 if passed else 1)

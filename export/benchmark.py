@@ -255,7 +255,9 @@ def _command_line() -> str:
               help="Test images (spread over the split) for the 'unstable' column; 0 skips it.")
 def benchmark(model_path, data, out, targets, max_recall_drop, max_accuracy_drop, min_agreement, fail_on_parity,
               classes, scaling_archs, scaling_targets, **options):
-    """Export every target, re-check parity on the test set on this device, time it: one table."""
+    """Export every target, re-check parity on the test set on this device, time it: one table.
+
+    Example: edgecxr benchmark --data data/kermany-cxr-224 --out bench --target all --runs 200"""
     from edgecxr.criteria import Tolerances
 
     archs = None if not scaling_archs else tuple(a for a in scaling_archs if a != "none")

@@ -48,7 +48,10 @@ from edgecxr.targets import TARGETS
 @click.option("--overwrite", is_flag=True, help="Replace existing bundles.")
 def export(model, targets, data, out, classes, input_size, scale, offset, channels, output_kind, positive_index,
            threshold, trust_model, **options):
-    """Export a float model to deployable bundles, each verified after writing."""
+    """Export a float model to deployable bundles, each verified after writing.
+
+    Example: edgecxr export --target tflite-int8 --data data/kermany-cxr-224 --out bundles
+    (--target all writes every target it can and ends with a per-target summary)."""
     from edgecxr.data import parse_classes
     from edgecxr.export import ModelOverrides, export_model
     from edgecxr.modelinfo import default_model_path

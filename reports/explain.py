@@ -134,7 +134,9 @@ def figure(e: Explanation, side: int = 320) -> bytes:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
 @click.option("--trust-model", is_flag=True, help="Allow models that contain code (Lambda layers): trusted files only.")
 def explain(image, model_path, bundle, method, patch, stride, out, trust_model):
-    """Show which regions of IMAGE drove the decision, as a colour map over the X-ray."""
+    """Show which regions of IMAGE drove the decision, as a colour map over the X-ray.
+
+    Example: edgecxr explain chest.jpeg --out cam.png (Grad-CAM of the shipped model; --bundle B for occlusion)"""
     from edgecxr.atomic import refuse_overlap, write_bytes_atomic
 
     refuse_overlap(out, (image, model_path, bundle))

@@ -465,3 +465,20 @@ def test_a_stage_that_does_not_import_says_why(monkeypatch):
     assert r.output.strip() == ("error: export is unavailable: edgecxr.no_such_stage does not import (ModuleNotFoundError: "
                                 "No module named 'edgecxr.no_such_stage'); install the stage's extra "
                                 "(pip install 'edgecxr[all]')")
+
+
+def test_every_command_has_an_example_in_its_help():
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    commands = ["train", "evaluate", "models", "export", "benchmark", "baseline", "split", "keygen", "report",
+                "explain", "serve", "demo", "device run", "device bench", "device parity", "device choose",
+                "device merge", "device stability", "device runtimes"]
+    missing = []
+    for command in commands:
+        r = CliRunner().invoke(main, [*command.split(), "-h"])
+        assert r.exit_code == 0, (command, r.output)
+        if "Example" not in r.output or f"edgecxr {command}" not in r.output:
+            missing.append(command)
+    assert not missing, f"no example in the help of: {', '.join(missing)}"

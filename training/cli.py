@@ -120,7 +120,9 @@ def evaluate(model_path, data, split, split_file, out, threshold, bootstrap, cla
 
 @click.command()
 def models():
-    """List the registered architectures."""
+    """List the registered architectures.
+
+    Example: edgecxr models"""
     from edgecxr.training.models import MODELS
 
     for name, entry in sorted(MODELS.items()):
