@@ -99,6 +99,9 @@ def _builtin_classes(keras3: bool) -> set:
     """Names of the classes Keras itself defines for model configs (layers, initializers, regularizers, ...)."""
     import importlib
 
+    from edgecxr.quiet import import_tensorflow
+
+    import_tensorflow()  # quietly, before Keras imports it
     root = "keras" if keras3 else "tf_keras"
     names = set()
     for sub in ("layers", "initializers", "regularizers", "constraints", "mixed_precision", "dtype_policies"):

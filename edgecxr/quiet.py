@@ -6,6 +6,7 @@ fails, what it printed is shown with the error, so nothing needed for a diagnosi
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -36,23 +37,39 @@ def quiet_frameworks() -> None:
         root.addFilter(_DropHints())
 
 
-def import_tensorflow():
-    """`import tensorflow` with what its C++ start-up writes to stderr captured (absl's "log messages before
-    InitializeLog", the CUDA probe); the capture is replayed when the import fails or with --verbose."""
-    if "tensorflow" in sys.modules or verbose():
-        return importlib.import_module("tensorflow")
-    quiet_frameworks()
+@contextlib.contextmanager
+def native_output_captured():
+    """What C++ code writes to stdout/stderr inside the block (TensorFlow's absl start-up lines, the TFLite
+    converter's "fully_quantize: ..." lines) goes to a temporary file; it is replayed on stderr when the block
+    fails, or passed through with --verbose."""
+    if verbose():
+        yield
+        return
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
+        for fd in (1, 2):
+            os.dup2(capture.fileno(), fd)
         try:
-            return importlib.import_module("tensorflow")
+            yield
         except BaseException:
-            os.dup2(saved, 2)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
             capture.seek(0)
             sys.stderr.write(capture.read().decode(errors="replace"))
             raise
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def import_tensorflow():
+    """`import tensorflow` with what its C++ start-up writes captured (absl's "log messages before
+    InitializeLog", the CUDA probe); the capture is replayed when the import fails or with --verbose."""
+    if "tensorflow" in sys.modules or verbose():
+        return importlib.import_module("tensorflow")
+    quiet_frameworks()
+    with native_output_captured():
+        return importlib.import_module("tensorflow")

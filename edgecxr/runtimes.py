@@ -120,12 +120,15 @@ class TFLiteSession(Session):
         _check_threads(threads)
         source = "<model bytes>" if isinstance(model, bytes) else model
         kw = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+        from edgecxr.quiet import native_output_captured
+
         try:
-            self.interpreter = interpreter_cls(num_threads=threads, **kw)
-            inp = self.interpreter.get_input_details()
-            if batch and len(inp) == 1 and int(inp[0]["shape"][0]) != batch:
-                self.interpreter.resize_tensor_input(inp[0]["index"], [batch, *inp[0]["shape"][1:]], strict=False)
-            self.interpreter.allocate_tensors()
+            with native_output_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = interpreter_cls(num_threads=threads, **kw)
+                inp = self.interpreter.get_input_details()
+                if batch and len(inp) == 1 and int(inp[0]["shape"][0]) != batch:
+                    self.interpreter.resize_tensor_input(inp[0]["index"], [batch, *inp[0]["shape"][1:]], strict=False)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{source}: {runtime} cannot load this model ({exc})") from None
         inp = self.interpreter.get_input_details()

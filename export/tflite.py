@@ -45,7 +45,11 @@ def configure(conv, precision: str, calib_x: np.ndarray | None = None, io_dtype:
 
 
 def convert(source, precision: str, calib_x: np.ndarray | None = None) -> bytes:
-    return configure(converter_for(source), precision, calib_x).convert()
+    from edgecxr.quiet import native_output_captured
+
+    converter = configure(converter_for(source), precision, calib_x)
+    with native_output_captured():  # the converter's "fully_quantize: ..." lines
+        return converter.convert()
 
 
 def selective_int8(source, calib_x: np.ndarray, denylisted_nodes: list[str]) -> bytes:
