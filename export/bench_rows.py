@@ -181,8 +181,8 @@ def reuse_problem(folder: Path, plan: RowPlan, model_sha: str, test_sha: str) ->
         return "its reference covers other test images"
     if (opt.get("prune") or {}).get("target_sparsity") != plan.prune:
         return "different pruning"
-    if plan.qat and not opt.get("qat"):
-        return "not quantization-aware trained"
+    if plan.qat and not opt.get("qat_requested", opt.get("qat")):  # a QAT export that fell back to PTQ is still one
+        return "not exported with --qat"
     return None
 
 

@@ -302,7 +302,10 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         export_parity = _export_parity(target, ctx, tmp, info)
         runner_specs = _specs(target, tmp)
         size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
-        opt = {"prune": None, "qat": result["qat"], "accuracy_control": result["accuracy_control"],
+        opt = {"prune": None, "qat": result["qat"],
+               # --qat asked for it; "qat" says whether the written model is the QAT one (it may fall back)
+               "qat_requested": ctx.qat_source is not None and target.family == "tflite" and target.int8,
+               "accuracy_control": result["accuracy_control"],
                "export_parity": export_parity,
                "size": {"bytes": size, "gzip_bytes": sum(gzip_size(p) for p in tmp.iterdir() if p.is_file())}}
         twin = _add_twin(target, ctx, tmp, info) if ctx.with_twin and target.precision != "fp32" else None

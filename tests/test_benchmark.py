@@ -150,3 +150,27 @@ def test_batch_scaling_resizes_every_runtime(bench, kermany):
             assert r["supported"] and r["p50_ms"] > 0 and r["peak_rss_mb"] > 0, (e["name"], r)
         assert e["per_image_speedup"] > 0
     assert "| onnx-int8 |" in scaling.format_batch_scaling(entries)
+
+
+def test_a_qat_row_that_fell_back_to_post_training_int8_is_reused(monkeypatch, tmp_path):
+    """The reuse key is whether --qat was asked for, not whether QAT won: a +qat row whose QAT missed the gate
+    and fell back to post-training int8 used to be rebuilt (about 7 minutes) on every benchmark run."""
+    from types import SimpleNamespace
+
+    import edgecxr.bundle
+    from edgecxr.export.bench_rows import plan_rows, reuse_problem
+
+    (tmp_path / "manifest.json").write_text("{}")
+    plan = next(p for p in plan_rows(["tflite-int8"], None, True) if p.qat)
+
+    def manifest(opt):
+        return SimpleNamespace(manifest={"target": "tflite-int8", "source_model": {"sha256": "m"},
+                                         "reference": {"files_sha256": "t"}, "optimization": opt})
+
+    for opt, expected in (({"qat": False, "qat_requested": True}, None),
+                          ({"qat": True, "qat_requested": True}, None),
+                          ({"qat": True}, None),  # bundles from before the field: what was used
+                          ({"qat": False, "qat_requested": False}, "not exported with --qat"),
+                          ({"qat": False}, "not exported with --qat")):
+        monkeypatch.setattr(edgecxr.bundle, "load_bundle", lambda folder, opt=opt: manifest(opt))
+        assert reuse_problem(tmp_path, plan, "m", "t") == expected, opt
