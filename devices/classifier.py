@@ -34,7 +34,7 @@ from edgecxr.images import decode_image, to_gray
 
 from edgecxr.runtimes import Session, dequantize, is_nchw, open_session, quantize_input
 
-from edgecxr.modelinfo import OUTPUT_KINDS as KINDS  # noqa: E402
+from edgecxr.modelinfo import OUTPUT_KINDS as KINDS, to_prob  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -235,16 +235,7 @@ class Classifier:
 
     def probability(self, raw: np.ndarray) -> float:
         """Raw model output -> probability of the positive class."""
-        y = dequantize(raw, self._out_q).reshape(-1)
-        if self.kind == "sigmoid":
-            p = y[self.positive_index] if y.size > 1 else y[0]
-        elif self.kind == "softmax":
-            p = y[self.positive_index]
-        elif y.size == 1:  # one logit
-            p = 1.0 / (1.0 + np.exp(-y[0]))
-        else:
-            e = np.exp(y - y.max())
-            p = e[self.positive_index] / e.sum()
+        p = float(to_prob(dequantize(raw, self._out_q).reshape(1, -1), self.kind, self.positive_index)[0])
         if not (np.isfinite(p) and -1e-6 <= p <= 1 + 1e-6):
             raise ModelError(f"{self.bundle.path}: the model returned {float(p):.4g} as a probability (output kind "
                              f"'{self.kind}'); its output is not what the bundle declares (raw logits?); "

@@ -482,3 +482,19 @@ def test_every_command_has_an_example_in_its_help():
         if "Example" not in r.output or f"edgecxr {command}" not in r.output:
             missing.append(command)
     assert not missing, f"no example in the help of: {', '.join(missing)}"
+
+
+def test_output_kinds_and_layout_rules():
+    """One place for output kinds (the export gate and the device both use to_prob) and one NCHW rule."""
+    from edgecxr.modelinfo import to_prob
+    from edgecxr.runtimes import dequantize, is_nchw, quantize_input
+
+    assert to_prob(np.array([[0.8]]), "sigmoid", 0).tolist() == [0.8]
+    assert to_prob(np.array([[0.0]]), "logits", 0).tolist() == [0.5]  # one logit: its sigmoid
+    assert to_prob(np.array([[0.3, 0.7]]), "softmax", 1).tolist() == [0.7]
+    two = to_prob(np.array([[1.0, 3.0]]), "logits", 1)[0]  # two logits: softmax of the positive one
+    assert abs(two - np.exp(3) / (np.exp(1) + np.exp(3))) < 1e-12
+    assert is_nchw((1, 3, 224, 224), 3) and not is_nchw((1, 224, 224, 3), 3) and not is_nchw((1, 3, 3, 3), 3)
+    assert is_nchw((None, 1, 64, 64), 1) and not is_nchw((None, 64, 64, 1), 1)
+    assert dequantize(np.array([[-128, 127]], np.int8), (1 / 256, -128)).tolist() == [[0.0, 255 / 256]]
+    assert quantize_input(np.array([0.5, -2.0], np.float32), (1 / 128, 0), np.int8).tolist() == [64, -128]
