@@ -42,12 +42,15 @@ def native_output_captured():
     """What C++ code writes to stdout/stderr inside the block (TensorFlow's absl start-up lines, the TFLite
     converter's "fully_quantize: ..." lines) goes to a temporary file; it is replayed on stderr when the block
     fails, or passed through with --verbose."""
-    if verbose():
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = {} if verbose() else {fd: os.dup(fd) for fd in (1, 2)}
+    except (OSError, ValueError, AttributeError):  # a closed stdout/stderr (a daemon): nothing to capture
+        saved = {}
+    if not saved:
         yield
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
     with tempfile.TemporaryFile() as capture:
         for fd in (1, 2):
             os.dup2(capture.fileno(), fd)

@@ -498,3 +498,24 @@ def test_output_kinds_and_layout_rules():
     assert is_nchw((None, 1, 64, 64), 1) and not is_nchw((None, 64, 64, 1), 1)
     assert dequantize(np.array([[-128, 127]], np.int8), (1 / 256, -128)).tolist() == [[0.0, 255 / 256]]
     assert quantize_input(np.array([0.5, -2.0], np.float32), (1 / 128, 0), np.int8).tolist() == [64, -128]
+
+
+def test_native_output_is_captured_and_replayed_on_failure(capfd, monkeypatch):
+    """What C++ code writes to fd 1/2 inside the block is hidden, shown when the block fails or with --verbose."""
+    import os
+
+    from edgecxr.quiet import native_output_captured
+
+    monkeypatch.delenv("EDGECXR_VERBOSE", raising=False)
+    with native_output_captured():
+        os.write(2, b"absl chatter\n")
+        os.write(1, b"fully_quantize: 0\n")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError), native_output_captured():
+        os.write(2, b"the converter's reason\n")
+        raise RuntimeError("conversion failed")
+    assert "the converter's reason" in capfd.readouterr().err
+    monkeypatch.setenv("EDGECXR_VERBOSE", "1")
+    with native_output_captured():
+        os.write(2, b"verbose line\n")
+    assert "verbose line" in capfd.readouterr().err
