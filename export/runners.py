@@ -41,7 +41,7 @@ class Runner:
         if family not in ("tflite", "onnx", "openvino"):
             raise ValueError(family)
         self.family = family
-        self.session = open_session(model, family, runtime=build_runtime(family), precision="int8")
+        self.session = open_session(model, family, runtime=build_runtime(family))
 
     def specs(self) -> tuple[dict, dict]:
         return self.session.specs()

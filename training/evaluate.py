@@ -12,7 +12,7 @@ from edgecxr.atomic import check_writable, refuse_overlap
 from edgecxr.bundle import sha256_file
 from edgecxr import shards
 from edgecxr.cpu import host_info
-from edgecxr.evaluation import metrics_with_intervals, write_folder, write_merged  # noqa: F401  (write_merged: re-exported)
+from edgecxr.evaluation import metrics_with_intervals, write_folder
 from edgecxr.errors import ConfigError, ModelError
 from edgecxr.modelinfo import checked_prob
 from edgecxr.modelinfo import check_threshold, default_model_path, info_path, load_info
