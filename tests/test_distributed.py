@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -125,3 +126,15 @@ def test_backup_of_another_configuration_is_refused(manifest, tmp_path):
     Backup(tmp_path / "b", chief=False).check({"epochs": 3})
     with pytest.raises(ConfigError, match="different training configuration"):
         Backup(tmp_path / "b", chief=True).check({"epochs": 4})
+
+
+def test_backup_accepts_the_same_folder_named_relative_or_absolute(tmp_path, monkeypatch):
+    from edgecxr.training.distribute import Backup
+    from edgecxr.training.train import TrainConfig, resolved_paths
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = TrainConfig(data="data"), TrainConfig(data=str(tmp_path / "data"))
+    Backup(tmp_path / "b", chief=True).check(asdict(relative) | resolved_paths(relative))
+    Backup(tmp_path / "b", chief=True).check(asdict(absolute) | resolved_paths(absolute))
+    assert resolved_paths(TrainConfig(data="data", split_file=None)) == {"data": str(tmp_path / "data")}

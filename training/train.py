@@ -311,6 +311,11 @@ def _validation_probs(tf, model, elements, spec, samples, batch_size: int = 64):
     return np.concatenate(labels).astype(np.int32), np.concatenate(probs), kept
 
 
+def resolved_paths(cfg: TrainConfig) -> dict:
+    """The configuration's paths made absolute: the same folder named two ways is the same configuration."""
+    return {k: str(Path(v).resolve()) for k in ("data", "split_file", "cache") if (v := getattr(cfg, k))}
+
+
 def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
     """Train and write a complete run directory at `out` (or nothing, on failure).
 
@@ -329,7 +334,7 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
     backup = Backup(cfg.backup_dir or out.parent / f"{out.name}.backup", chief) if cfg.backup else None
     try:
         if backup:
-            backup.check(asdict(cfg))
+            backup.check(asdict(cfg) | resolved_paths(cfg))
         if chief:
             _train_to(tf, keras, strategy, cfg, out, overwrite, backup)
         else:
