@@ -104,7 +104,7 @@ def _weights_line(cfg: dict) -> str:
 
 def model_card(result: dict) -> str:
     chosen = next(r for r in result["rows"] if r["chosen"])
-    cfg, test, val = chosen["config"], chosen["test"], chosen["val"]
+    cfg, test = chosen["config"], chosen["test"]
     ci = test["ci"]
     cm = test["confusion"]
     lines = [

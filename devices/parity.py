@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr import metrics
 from edgecxr.cpu import host_info, path_note
 from edgecxr.bundle import sha256_file
-from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id, subgroup
-from edgecxr.comparison import (  # noqa: F401  (the statistics live in the core; re-exported here)
-    COMPARED, FLIP_ORDER, _coverage_check, calibration_change, compare, compare_unlabeled, paired_bootstrap)
-from edgecxr.criteria import Tolerances, small_set_limits  # noqa: F401  (re-exported)
+from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id
+from edgecxr.comparison import COMPARED, _coverage_check, compare, compare_unlabeled  # noqa: F401  (compare: re-exported)
+from edgecxr.criteria import Tolerances
 from edgecxr.errors import ConfigError, DataError
 
 from edgecxr.devices.classifier import Classifier, Failure

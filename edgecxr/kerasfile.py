@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import zipfile
 from pathlib import Path
 
-from edgecxr.errors import ConfigError, ModelError, first_line, require
+from edgecxr.errors import ModelError, first_line, require
 
 TRUST_HINT = "pass --trust-model only if you trust its author (it runs code stored in the file)"
 MAX_CONFIG = 64 << 20  # a .keras config.json: MobileNetV2's is a few hundred KB

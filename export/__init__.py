@@ -13,7 +13,8 @@ from edgecxr.quiet import quiet_frameworks  # noqa: E402
 
 quiet_frameworks()
 
-from edgecxr.export.datasets import calibration_samples, to_prob  # noqa: E402
+from edgecxr.export.datasets import calibration_samples  # noqa: E402
+from edgecxr.modelinfo import to_prob  # noqa: E402
 from edgecxr.export.loading import ModelOverrides, load_source  # noqa: E402
 from edgecxr.export.pipeline import export_model  # noqa: E402
 from edgecxr.export.runners import Runner, run_bundle  # noqa: E402

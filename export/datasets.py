@@ -9,7 +9,6 @@ from pathlib import Path
 
 from edgecxr import data as D
 from edgecxr.errors import DataError
-from edgecxr.modelinfo import checked_prob, to_prob  # noqa: F401  (the output kinds live in the core)
 
 MIN_CALIBRATION = 16  # below this the int8 ranges are guesswork
 DEFAULT_CALIBRATION = 300

@@ -5,20 +5,17 @@ converters read, and a `ModelInfo` (spec, labels, threshold, output kind).
 """
 from __future__ import annotations
 
-import json
 import sys
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgecxr.bundle import sha256_file
-from edgecxr.errors import ConfigError, ModelError, first_line, require
+from edgecxr.errors import ConfigError, ModelError, require
 from edgecxr.modelinfo import ModelInfo, load_info
 from edgecxr.preprocess import PreprocessSpec
-from edgecxr.kerasfile import (  # noqa: F401  (re-exported)
-    CODE_CLASSES, check_safe, _safe_scope, _load_keras, load_keras, TRUST_HINT)
+from edgecxr.kerasfile import check_safe, _safe_scope, _load_keras, TRUST_HINT
 
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import time
-from pathlib import Path
 
 from edgecxr import metrics
 from edgecxr.domain import DOMAIN, describe_domain

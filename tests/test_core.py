@@ -1,7 +1,6 @@
 """Core: image reading, data layout and splits, preprocessing spec, metrics."""
 import io
 import zlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -519,3 +518,22 @@ def test_native_output_is_captured_and_replayed_on_failure(capfd, monkeypatch):
     with native_output_captured():
         os.write(2, b"verbose line\n")
     assert "verbose line" in capfd.readouterr().err
+
+
+def test_stages_import_down_the_pipeline_only(tmp_path):
+    """training imports nothing from export/devices/reports, devices nothing from training/export/reports; the
+    exceptions are named (the demo, the benchmark); and the checker sees an upward import when one is added."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from import_graph import FOLDERS, REPO, against_the_pipeline, stage_imports
+
+    edges = stage_imports()
+    assert against_the_pipeline(edges) == []
+    assert not [e for e in edges if e[0] == "training" and e[1] != "core"]
+    assert not [e for e in edges if e[0] == "devices" and e[1] != "core"]
+    for folder in FOLDERS.values():
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("sample", "default", "__pycache__"))
+    (tmp_path / "training" / "sneaky.py").write_text("def f():\n    from edgecxr.devices.classifier import Classifier\n")
+    assert against_the_pipeline(stage_imports(tmp_path)) == [("training", "devices", "training/sneaky.py", 2)]

@@ -8,13 +8,13 @@ inside a nested base model (e.g. ``Model(inputs, head(base(inputs)))``).
 
     model = load_model("run/model.keras")
     heat, prob = gradcam(model, x)               # x: one preprocessed input (H, W, C)
-    rgb = overlay(spec.to_pixels(img), heat)     # colour map over the X-ray
+    rgb = edgecxr.occlusion.overlay(spec.to_pixels(img), heat)  # colour map over the X-ray
 """
 from __future__ import annotations
 
 import numpy as np
 
-from edgecxr.occlusion import overlay, resize_map  # noqa: F401  (re-exported)
+from edgecxr.occlusion import resize_map
 from edgecxr.errors import ModelError
 from edgecxr.training import import_tf
 
