@@ -38,6 +38,7 @@ def sample() -> Path:
 # (the int8 kernels are CPU-independent; see export/onnx.py, export/openvino.py). The margins are also the
 # non-inferiority margins of the patient-level lower bound (about -0.04 for its recall difference).
 TINY_INT8_LIMITS = {"max_recall_drop": 0.08, "max_accuracy_drop": 0.08, "min_agreement": 0.9}
+TINY_CALIBRATION = 100
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +60,18 @@ def tiny_model(tiny_run) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bundles(tiny_model, kermany, tmp_path_factory) -> dict:
+    """Every target of the tiny model, exported once for the session (reference: the 624 real test images).
+
+    Shared by every test file: read them in place, copy a bundle before changing it."""
+    from edgecxr.export import export_model
+
+    out = tmp_path_factory.mktemp("tiny-bundles")
+    folders = export_model(tiny_model, ["all"], kermany, out, calib_count=TINY_CALIBRATION, **TINY_INT8_LIMITS)
+    return {p.name: p for p in folders}
+
+
+@pytest.fixture(scope="session")
 def small_kermany(tmp_path_factory, kermany) -> Path:
     """A Kermany-layout folder of symlinks to 40 real images per class of train/ and test/."""
     root = tmp_path_factory.mktemp("small") / "data"
@@ -68,3 +81,31 @@ def small_kermany(tmp_path_factory, kermany) -> Path:
             for f in sorted((kermany / split / cls).iterdir())[:40]:
                 (root / split / cls / f.name).symlink_to(f)
     return root
+
+
+# The fast lane (`pytest -m "not slow"`, under two minutes on 2 cores) leaves out the tests that need every
+# exported target of the tiny model and those that took 3 s or more in a full run on 2 cores
+# (`pytest --durations=80`); CI runs everything.
+SLOW_FIXTURES = {"tiny_bundles", "bench"}
+SLOW_TESTS = {
+    "test_pruning_preserving_qat_keeps_the_zeros_in_the_int8_file", "test_demo_runs_end_to_end_and_parity_passes",
+    "test_recovery_ladder_exhausted_names_every_attempt_and_writes_no_bundle",
+    "test_recovery_ladder_keeps_the_worst_layers_float_when_post_training_int8_misses",
+    "test_external_keras3_softmax_model_keeps_its_decisions", "test_prune_reaches_sparsity_and_rechooses_the_threshold",
+    "test_export_gate_refusal_exits_1", "test_ray_equals_single_process", "test_evaluate_a_keras3_model",
+    "test_train_export_and_parity_on_a_pooled_split", "test_shipped_and_keras3_models_pass_the_walk",
+    "test_kfold_cross_validation", "test_evaluate_shards_merged_equal_the_single_run",
+    "test_cache_is_read_back_without_the_files", "test_streamed_and_in_memory_training_see_the_same_split",
+    "test_training_with_acquisition_records_it", "test_train_with_weight_averaging",
+    "test_train_with_mixup_and_label_smoothing", "test_interrupted_export_leaves_no_bundle",
+    "test_device_commands_never_import_tensorflow", "test_weights_path_route", "test_real_server_on_loopback",
+    "test_evaluate_writes_metrics_and_plots", "test_batch_scaling_resizes_every_runtime",
+    "test_failed_run_leaves_nothing", "test_resplit_is_seeded", "test_choose_ranks_passing_bundles_by_latency",
+    "test_resnet_head",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.name.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

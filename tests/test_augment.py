@@ -42,6 +42,59 @@ def test_rotation_keeps_the_centre_and_moves_the_corners(tf, xrays):
     assert out.shape == xrays.shape
 
 
+def _blobs(count: int, row: float = 60.0, col: float = 160.0, size: int = 224) -> np.ndarray:
+    """`count` images with one bright Gaussian spot (sigma 3 px) at (row, col) on black."""
+    y, x = np.mgrid[0:size, 0:size]
+    spot = 255 * np.exp(-((y - row) ** 2 + (x - col) ** 2) / 18.0)
+    return np.repeat(spot[None].astype(np.float32), count, axis=0)
+
+
+def _offsets(images: np.ndarray) -> np.ndarray:
+    """(row, col) of each image's brightness centroid, relative to the image centre."""
+    y, x = np.mgrid[0:images.shape[1], 0:images.shape[2]]
+    mass = images.sum(axis=(1, 2))
+    centre = (images.shape[1] - 1) / 2
+    return np.stack([(images * y).sum(axis=(1, 2)) / mass, (images * x).sum(axis=(1, 2)) / mass], 1) - centre
+
+
+def test_shift_moves_a_spot_by_at_most_the_shift_and_keeps_its_shape(tf):
+    tf.random.set_seed(2)
+    spots = _blobs(16)
+    out = augment_batch(tf, tf.constant(spots), Augment(shift=0.1)).numpy()
+    moved = _offsets(out) - _offsets(spots)
+    assert np.abs(moved).max() <= 0.1 * 224 + 0.5
+    assert np.abs(moved).max() > 5  # sixteen random shifts of up to 22 px: some move far
+    np.testing.assert_allclose(out.sum(axis=(1, 2)), spots.sum(axis=(1, 2)), rtol=0.01)
+
+
+def test_zoom_scales_the_distance_from_the_centre_within_its_range(tf):
+    tf.random.set_seed(3)
+    spots = _blobs(16)
+    out = augment_batch(tf, tf.constant(spots), Augment(zoom=0.3)).numpy()
+    scale = _offsets(out) / _offsets(spots)  # per axis: zoom is about the centre
+    assert scale.min() >= 0.7 - 0.02 and scale.max() <= 1.3 + 0.02
+    assert scale.max() - scale.min() > 0.2
+
+
+def test_rotation_keeps_a_spots_distance_from_the_centre_and_turns_it_at_most_the_angle(tf):
+    tf.random.set_seed(4)
+    spots = _blobs(16)
+    before, after = _offsets(spots), _offsets(augment_batch(tf, tf.constant(spots), Augment(rotation=20)).numpy())
+    np.testing.assert_allclose(np.hypot(*after.T), np.hypot(*before.T), atol=0.5)
+    turned = np.degrees(np.abs(np.arctan2(after[:, 0], after[:, 1]) - np.arctan2(before[:, 0], before[:, 1])))
+    assert turned.max() <= 20 + 0.5 and turned.max() > 5
+
+
+def test_shear_leaves_the_centre_row_and_slants_the_others(tf):
+    tf.random.set_seed(5)
+    centre_row, upper = _blobs(8, row=111.5, col=60.0), _blobs(8, row=40.0, col=111.5)
+    out = augment_batch(tf, tf.constant(np.concatenate([centre_row, upper])), Augment(shear=0.2)).numpy()
+    moved = _offsets(out) - _offsets(np.concatenate([centre_row, upper]))
+    np.testing.assert_allclose(moved[:8], 0, atol=0.5)  # a point on the centre row does not move
+    assert np.abs(moved[8:, 0]).max() < 0.5  # shear moves points along their row
+    assert np.abs(moved[8:, 1]).max() <= 0.2 * 71.5 + 0.5 and np.abs(moved[8:, 1]).max() > 2
+
+
 def test_acquisition_path_changes_pixels_but_not_the_picture(tf, xrays):
     tf.random.set_seed(2)
     out = acquisition_path(tf, tf.constant(xrays), 1.0).numpy()

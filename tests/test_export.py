@@ -12,7 +12,7 @@ from edgecxr.bundle import load_bundle, sha256_file
 from edgecxr.data import list_split
 from edgecxr.errors import ConfigError, DataError, EdgecxrError, ModelError
 from edgecxr.targets import TARGETS
-from conftest import TINY_INT8_LIMITS
+from conftest import TINY_CALIBRATION, TINY_INT8_LIMITS
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
@@ -34,12 +34,8 @@ def _keras_probs(model_path, x):
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_model, kermany, tmp_path_factory):
-    from edgecxr.export import export_model
-
-    out = tmp_path_factory.mktemp("bundles")
-    paths = export_model(tiny_model, ["all"], kermany, out, calib_count=CALIB, **TINY_INT8_LIMITS)
-    return {p.name: p for p in paths}
+def bundles(tiny_bundles):
+    return tiny_bundles
 
 
 def test_every_target_matches_keras_on_real_images(bundles, tiny_model, sample):
@@ -78,7 +74,7 @@ def test_manifests_hash_their_files_and_carry_the_reference(bundles, tiny_model,
         assert m["output"]["kind"] == "sigmoid" and m["output"]["positive_index"] == 0
         assert m["runtime"] == {"tflite": "litert", "onnx": "onnxruntime", "openvino": "openvino"}[TARGETS[name].family]
         if TARGETS[name].calibrated:
-            assert m["calibration"]["count"] == CALIB and m["calibration"]["split"] == "train"
+            assert m["calibration"]["count"] == TINY_CALIBRATION and m["calibration"]["split"] == "train"
             assert m["optimization"]["accuracy_control"]["passed"]
         else:
             assert m["calibration"] is None
@@ -484,3 +480,76 @@ def test_device_input_quantization_equals_the_runtimes_own_quantize_op():
             it.invoke()
             codes.append(int(it.get_tensor(d_out["index"]).reshape(-1)[0]))
         assert quantize_input(x, (scale, zero), np.int8).tolist() == codes
+
+
+def _gate_refusing(monkeypatch, refused):
+    """Make the export gate refuse every attempt whose method `refused(method)` is true."""
+    from edgecxr.export import accuracy
+
+    real = accuracy.Gate.check
+
+    def check(self, probs, method):
+        report = real(self, probs, method)
+        if refused(method):
+            report["passed"] = False
+        return report
+
+    monkeypatch.setattr(accuracy.Gate, "check", check)
+
+
+def test_recovery_ladder_keeps_the_worst_layers_float_when_post_training_int8_misses(tiny_model, kermany, tmp_path,
+                                                                                     monkeypatch):
+    from edgecxr.export import export_model
+    from edgecxr.export.runners import int8_weight_sparsity
+
+    _gate_refusing(monkeypatch, lambda method: method == "post-training quantization")
+    [plain] = export_model(tiny_model, ["tflite-int8"], kermany, tmp_path / "plain", calib_count=50, twin=False,
+                           **TINY_INT8_LIMITS)  # refused by PTQ, so this is the recovered model too
+    control = load_bundle(plain).manifest["optimization"]["accuracy_control"]
+    assert control["passed"] and control["tried"][0]["method"] == "post-training quantization"
+    assert "1 worst layer(s) kept float" in control["method"] and len(control["float_layers"]) == 1
+    monkeypatch.undo()
+    [ptq] = export_model(tiny_model, ["tflite-int8"], kermany, tmp_path / "ptq", calib_count=50, twin=False,
+                         **TINY_INT8_LIMITS)
+    assert load_bundle(ptq).manifest["optimization"]["accuracy_control"]["method"] == "post-training quantization"
+    kept, full = (int8_weight_sparsity((b / "model.tflite").read_bytes())["weights"] for b in (plain, ptq))
+    assert 0 < kept < full  # the layer kept float has no int8 weights in the file
+
+
+def test_recovery_ladder_exhausted_names_every_attempt_and_writes_no_bundle(tiny_model, kermany, tmp_path,
+                                                                            monkeypatch):
+    from edgecxr.export import export_model
+
+    _gate_refusing(monkeypatch, lambda method: True)
+    with pytest.raises(ModelError) as err:
+        export_model(tiny_model, ["tflite-int8"], kermany, tmp_path / "out", calib_count=50, twin=False,
+                     **TINY_INT8_LIMITS)
+    message = str(err.value)
+    assert message.startswith("tflite-int8: int8 misses the tolerance")
+    assert "also tried post-training quantization" in message or "after post-training quantization" in message
+    assert "worst layer(s) kept float" in message
+    assert "QAT fallback impossible" in message  # the tiny CNN cannot be quantization-aware trained
+    assert not (tmp_path / "out" / "tflite-int8").exists()
+
+
+@pytest.mark.slow
+def test_qat_export_of_a_mobilenet_is_the_quantization_aware_model_and_passes_parity(kermany, tmp_path_factory):
+    """`export --qat` end to end on a model tfmot can quantize (a tiny MobileNetV2 trained here): the bundle is the
+    QAT model (not the post-training fallback), its weights are int8, and device parity passes on the test set."""
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+    from edgecxr.export import export_model
+    from edgecxr.export.runners import int8_weight_sparsity
+    from edgecxr.training.train import TrainConfig, train
+
+    run = train(TrainConfig(arch="tiny_mobilenet_v2", data=str(kermany), epochs=2, augment="none", seed=1),
+                tmp_path_factory.mktemp("runs") / "mnv2")
+    [bundle] = export_model(run / "model.keras", ["tflite-int8"], kermany, tmp_path_factory.mktemp("qat"),
+                            calib_count=100, qat=True, finetune_epochs=1, twin=False, **TINY_INT8_LIMITS)
+    optimization = load_bundle(bundle).manifest["optimization"]
+    assert optimization["qat"] is True and optimization["qat_requested"] is True
+    assert optimization["accuracy_control"]["method"] == "quantization-aware training"
+    assert int8_weight_sparsity((bundle / "model.tflite").read_bytes())["weights"] > 10000
+    r = CliRunner().invoke(main, ["device", "parity", str(bundle), "--data", str(kermany)])
+    assert r.exit_code == 0 and "parity PASSED" in r.output, r.output[-1500:]

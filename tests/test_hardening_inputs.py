@@ -19,10 +19,8 @@ STORED = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRAN
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory, tiny_model, kermany) -> Path:
-    from test_reliability import exported_bundle
-
-    return exported_bundle(tmp_path_factory, tiny_model, kermany)
+def bundle(tiny_bundles) -> Path:
+    return tiny_bundles["tflite-int8"]
 
 
 @pytest.fixture(scope="session")

@@ -39,10 +39,8 @@ def data(tmp_path, sample) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory, tiny_model, kermany) -> Path:
-    from test_reliability import exported_bundle
-
-    return exported_bundle(tmp_path_factory, tiny_model, kermany)
+def bundle_dir(tiny_bundles) -> Path:
+    return tiny_bundles["tflite-int8"]
 
 
 # -- 1. outputs never overlap inputs; --overwrite replaces only what edgecxr wrote --------------------------

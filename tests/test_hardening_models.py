@@ -216,10 +216,8 @@ def test_model_info_with_impossible_values_is_refused(tmp_path, field, value):
 
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory, tiny_model, kermany) -> Path:
-    from test_reliability import exported_bundle
-
-    return exported_bundle(tmp_path_factory, tiny_model, kermany)
+def bundle_dir(tiny_bundles) -> Path:
+    return tiny_bundles["tflite-int8"]
 
 
 def _copy_edited(bundle_dir: Path, tmp_path: Path, change) -> Path:

@@ -248,19 +248,9 @@ def test_fuzz_dicom_headers(rows, cols, nbytes, photometric, bits, samples, sign
 
 
 # -- tampered bundles ---------------------------------------------------------------------------------
-def exported_bundle(tmp_path_factory, tiny_model, kermany, target: str = "tflite-int8") -> Path:
-    """One bundle of the tiny model, exported once per session (shared with test_serve.py)."""
-    root = tmp_path_factory.getbasetemp() / "reliability-bundles"
-    if not (root / target / B.MANIFEST).is_file():
-        from edgecxr.export import export_model
-
-        export_model(tiny_model, [target], kermany, root, calib_count=50)
-    return root / target
-
-
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory, tiny_model, kermany) -> Path:
-    return exported_bundle(tmp_path_factory, tiny_model, kermany)
+def bundle_dir(tiny_bundles) -> Path:
+    return tiny_bundles["tflite-int8"]
 
 
 def _tree(folder: Path) -> dict:

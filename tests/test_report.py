@@ -109,10 +109,8 @@ def test_explain_gradcam_and_occlusion_cli(tiny_model, sample, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def int8_bundle(tiny_model, kermany, tmp_path_factory) -> Path:
-    from edgecxr.export import export_model
-
-    return export_model(tiny_model, ["tflite-int8"], kermany, tmp_path_factory.mktemp("rb"), calib_count=50)[0]
+def int8_bundle(tiny_bundles) -> Path:
+    return tiny_bundles["tflite-int8"]
 
 
 def test_explain_bundle_uses_occlusion_on_the_device(int8_bundle, sample, tmp_path):

@@ -24,17 +24,6 @@ def comparable(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in VOLATILE}
 
 
-@pytest.fixture(scope="module")
-def tiny_bundles(tiny_model, kermany, tmp_path_factory) -> dict:
-    """The tiny model as tflite-int8 (with its float twin) and tflite-fp16: two bundles of one model."""
-    from edgecxr.export import export_model
-
-    out = tmp_path_factory.mktemp("shard-bundles")
-    folders = export_model(tiny_model, ["tflite-int8", "tflite-fp16"], kermany, out, calib_count=100,
-                           **TINY_INT8_LIMITS)
-    return {p.name: p for p in folders}
-
-
 def run_shards(bundle, data, count, folder: Path, *extra) -> list[Path]:
     files = []
     for i in range(1, count + 1):

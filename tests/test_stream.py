@@ -85,8 +85,8 @@ def test_cache_is_read_back_without_the_files(tf, sample, tmp_path):
     spec = PreprocessSpec(size=32)
     code = ("import os, sys; from edgecxr import data as D; from edgecxr.preprocess import PreprocessSpec; "
             "from edgecxr.training import import_tf; from edgecxr.training.stream import Skipped, pixel_dataset; "
-            f"it = iter(pixel_dataset(import_tf()[0], D.list_split(sys.argv[1], 'train'), PreprocessSpec(size=32), "
-            f"Skipped(), cache=sys.argv[2])); next(it); os._exit(0)")
+            "it = iter(pixel_dataset(import_tf()[0], D.list_split(sys.argv[1], 'train'), PreprocessSpec(size=32), "
+            "Skipped(), cache=sys.argv[2])); next(it); os._exit(0)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "d"), str(tmp_path / "c")], check=True, timeout=300)
     assert list((tmp_path / "c").glob("*.lockfile"))  # killed mid-way
     first = _elements(pixel_dataset(tf, samples, spec, Skipped(), cache=tmp_path / "c"))
