@@ -520,13 +520,12 @@ def test_native_output_is_captured_and_replayed_on_failure(capfd, monkeypatch):
     assert "verbose line" in capfd.readouterr().err
 
 
-def test_stages_import_down_the_pipeline_only(tmp_path):
+def test_stages_import_down_the_pipeline_only(tmp_path, monkeypatch):
     """training imports nothing from export/devices/reports, devices nothing from training/export/reports; the
     exceptions are named (the demo, the benchmark); and the checker sees an upward import when one is added."""
     import shutil
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from import_graph import FOLDERS, REPO, against_the_pipeline, stage_imports
 
     edges = stage_imports()
