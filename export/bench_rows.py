@@ -42,18 +42,23 @@ class RowPlan:
     target: Target
     prune: float | None = None
     qat: bool = False
+    distill: bool = False  # QAT fits the float model's probabilities, not the labels
 
 
-def plan_rows(targets=("all",), prune: float | None = None, qat: bool = False) -> list[RowPlan]:
+def plan_rows(targets=("all",), prune: float | None = None, qat: bool = False, distill: bool = False) -> list[RowPlan]:
+    if distill and not qat:
+        raise ConfigError("--distill changes how the --qat rows train; add --qat (or leave out --distill)")
     plans = [RowPlan(t.name, t) for t in resolve_targets(list(targets))]
+    qat_name = "qat-distill" if distill else "qat"
     if prune is not None:
         if not 0 < prune < 1:
             raise ConfigError(f"--prune must be a sparsity between 0 and 1 (e.g. 0.5), got {prune}")
         plans.append(RowPlan(f"tflite-int8+prune{prune:g}", TARGETS["tflite-int8"], prune=prune))
     if qat:
-        plans.append(RowPlan("tflite-int8+qat", TARGETS["tflite-int8"], qat=True))
+        plans.append(RowPlan(f"tflite-int8+{qat_name}", TARGETS["tflite-int8"], qat=True, distill=distill))
     if prune is not None and qat:  # pruning-preserving QAT: the zeros survive int8
-        plans.append(RowPlan(f"tflite-int8+prune{prune:g}+qat", TARGETS["tflite-int8"], prune=prune, qat=True))
+        plans.append(RowPlan(f"tflite-int8+prune{prune:g}+{qat_name}", TARGETS["tflite-int8"], prune=prune, qat=True,
+                             distill=distill))
     if not plans:
         raise ConfigError(f"no target given; valid: {', '.join(TARGETS)}, all")
     return plans
@@ -183,6 +188,8 @@ def reuse_problem(folder: Path, plan: RowPlan, model_sha: str, test_sha: str) ->
         return "different pruning"
     if plan.qat and not opt.get("qat_requested", opt.get("qat")):  # a QAT export that fell back to PTQ is still one
         return "not exported with --qat"
+    if plan.qat and opt.get("qat_training", "labels") != ("distillation" if plan.distill else "labels"):
+        return "its QAT trained on " + opt.get("qat_training", "labels")
     return None
 
 
@@ -212,7 +219,8 @@ def export_row(plan: RowPlan, model_path, data_root, bundles: Path, *, reuse: bo
     try:
         t0 = time.perf_counter()
         written = pipeline.export_model(model_path, [plan.target.name], data_root, staging, calib_count=calib_count,
-                                        prune=plan.prune, qat=plan.qat, finetune_epochs=finetune_epochs,
+                                        prune=plan.prune, qat=plan.qat, distill=plan.distill,
+                                        finetune_epochs=finetune_epochs,
                                         max_recall_drop=max_recall_drop, max_accuracy_drop=max_accuracy_drop,
                                         min_agreement=min_agreement, classes=classes, overwrite=True)
         seconds = time.perf_counter() - t0

@@ -37,6 +37,7 @@ def _first_line(exc: BaseException) -> str:
 
 # -- the whole benchmark -------------------------------------------------------------------
 def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: float | None = None, qat: bool = False,
+                  distill: bool = False,
                   limit: int | None = None, runs: int = 100, warmup: int = 10, threads: int | None = None,
                   reuse: bool = True, tolerances=None, calib_count: int = 300, finetune_epochs: int = 2,
                   classes=D.DEFAULT_CLASSES, n_boot: int = 1000, cold: bool = False, scaling: bool = False,
@@ -48,7 +49,7 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
 
     started = time.time()
     tolerances = tolerances or Tolerances()
-    plans = plan_rows(targets, prune, qat)
+    plans = plan_rows(targets, prune, qat, distill)
     model_path, data_root, out_dir, threads = _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes)
     bundles = out_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,8 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
         result = {"rows": rows, "float": float_info, "machine": machine_info(), "versions": versions(),
                   "command": command, **_run_record(data_root, test, test_sha, limit, train_images, model_path, model_sha),
                   "options": {"threads": threads, "runs": runs, "warmup": warmup, "calib_count": calib_count,
-                              "finetune_epochs": finetune_epochs, "prune": prune, "qat": qat, "reuse": reuse,
+                              "finetune_epochs": finetune_epochs, "prune": prune, "qat": qat, "distill": distill,
+                              "reuse": reuse,
                               "n_boot": n_boot, "stability_images": stability_images},
                   "tolerances": asdict(tolerances)}
         failures = parity_failures(rows)
@@ -230,6 +232,7 @@ def _command_line() -> str:
 @click.option("--target", "targets", multiple=True, metavar="NAME", help=f"Repeatable: {', '.join(TARGETS)} or all (default).")
 @click.option("--prune", type=float, help="Add a row tflite-int8+prune<S>: magnitude pruning to this sparsity, then int8.")
 @click.option("--qat", is_flag=True, help="Add a row tflite-int8+qat (quantization-aware fine-tuning).")
+@click.option("--distill", is_flag=True, help="With --qat: QAT learns the float model's probabilities (rows ...+qat-distill).")
 @click.option("--limit", type=int, help="Small CI run: N test images (half per class) and a few train images, as symlinks.")
 @click.option("--runs", default=100, show_default=True, help="Timed model calls per target.")
 @click.option("--warmup", default=10, show_default=True, help="Untimed model calls first.")

@@ -16,12 +16,13 @@ class Context:
     """What every target of one export call shares: the source, data, gate and cached intermediates."""
 
     def __init__(self, source, calib_x, gate, workdir: Path, qat_source=None, qat_fallback=None, test=None,
-                 twin: bool = True):
+                 twin: bool = True, qat_training: str = "labels"):
         self.source, self.calib_x, self.gate, self.workdir = source, calib_x, gate, workdir
         self.with_twin = twin  # ship a float32 twin in every non-float32 bundle
         self.test = test  # (samples, inputs, labels) of the reference test split, for export parity
         self.qat_source = qat_source  # a SourceModel of the QAT model (tflite-int8 with --qat)
         self.qat_fallback = qat_fallback  # callable -> SourceModel of a QAT model (TFLite recovery)
+        self.qat_training = qat_training  # what QAT fits: "labels" or "distillation" (the float model's probabilities)
         self._onnx = None
 
     @property

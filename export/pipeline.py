@@ -72,7 +72,8 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
                  qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
                  max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
                  overrides=None, trust_model: bool = False, seed: int = 0,
-                 qat_fallback: bool = True, signing_key=None, twin: bool = True, split_file=None) -> list[Path]:
+                 qat_fallback: bool = True, signing_key=None, twin: bool = True, split_file=None,
+                 distill: bool = False) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified).
 
     signing_key: an Ed25519 private key file (edgecxr keygen): each bundle gets signature.json.
@@ -80,8 +81,11 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
     can recompute the float reference on a site's own images.
     split_file: train/val/test from this split file (default: the model's own split.json; see datasets.export_splits).
     calib_count: calibration images (default: DEFAULT_CALIBRATION, or the whole train split when it is smaller).
+    distill: quantization-aware training learns the float (pruned) model's probabilities instead of the labels.
     """
     start = time.time()
+    if distill and not qat:
+        raise ConfigError("--distill changes how --qat trains; add --qat (or leave out --distill)")
     chosen, signing_key, out_dir = _check_request(targets, out_dir, model_path, data_root, prune, qat, overwrite,
                                                   signing_key, (max_recall_drop, max_accuracy_drop, min_agreement,
                                                                 finetune_epochs, overrides))
@@ -93,7 +97,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
     reference = _reference(source, data.test, data.test_x, data.test_y,
                            pooled=D.is_pooled(D.model_split_file(model_path, split_file)))
     gate, predict_s = _gate(source, data, reference, max_recall_drop, max_accuracy_drop, min_agreement)
-    make_qat = _qat_maker(source, data, finetune_epochs, bool(prune), seed, predict_s)
+    make_qat = _qat_maker(source, data, finetune_epochs, bool(prune), seed, predict_s, distill)
     qat_source = make_qat() if qat and any(t.family == "tflite" and t.int8 for t in chosen) else None
     base = _manifest_base(source, model_path, reference)
     calibration = ({"count": len(data.calib), "split": "train", "files_sha256": D.files_hash(data.calib)}
@@ -103,7 +107,8 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
 
         ctx = Context(source, data.calib_x, gate, Path(work), qat_source=qat_source,
                       qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None,
-                      test=(data.test, data.test_x, data.test_y), twin=twin)
+                      test=(data.test, data.test_x, data.test_y), twin=twin,
+                      qat_training="distillation" if distill else "labels")
         written, refused, gate_only = _export_each(chosen, ctx, out_dir, overwrite, base, calibration, prune_report,
                                                    source.info, signing_key)
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
@@ -231,7 +236,7 @@ def _gate(source, data, reference, max_recall_drop, max_accuracy_drop, min_agree
     return gate, (time.time() - t_val) / max(1, len(data.val_x))
 
 
-def _qat_maker(source, data, finetune_epochs, pruned: bool, seed, predict_s_per_image):
+def _qat_maker(source, data, finetune_epochs, pruned: bool, seed, predict_s_per_image, distill: bool = False):
     """A function that runs quantization-aware fine-tuning when called, announcing its cost first."""
     def make_qat(reason="--qat"):
         from edgecxr.export.loading import keras_source
@@ -239,10 +244,12 @@ def _qat_maker(source, data, finetune_epochs, pruned: bool, seed, predict_s_per_
 
         # a training step costs about three forward passes; the estimate is rough on purpose
         minutes = 3 * predict_s_per_image * len(data.train) * finetune_epochs / 60
-        _say(f"quantization-aware fine-tuning ({reason}): {finetune_epochs} epoch(s) on {len(data.train)} images, "
+        towards = "the float model's probabilities" if distill else "the labels"
+        _say(f"quantization-aware fine-tuning ({reason}) towards {towards}: {finetune_epochs} epoch(s) on {len(data.train)} images, "
              f"about {max(1, round(minutes))} min here" + ("; --no-qat-fallback skips it" if reason != "--qat" else ""))
         fit_x, fit_y = data.fit_data()
-        model = run_qat(source.keras_model, source, fit_x, fit_y, finetune_epochs, pruned=pruned, seed=seed)
+        model = run_qat(source.keras_model, source, fit_x, fit_y, finetune_epochs, pruned=pruned, seed=seed,
+                        distill=distill)
         return keras_source(model, source, "quantization-aware training")
 
     return make_qat
@@ -299,12 +306,14 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         except Exception as exc:  # TFLite / tf2onnx / OpenVINO errors print pages: one line names the target
             raise ModelError(f"{target.name}: the converter failed ({type(exc).__name__}: {first_line(exc)}); "
                              "try another target, or report it with the model") from exc
-        export_parity = _export_parity(target, ctx, tmp, info)
+        export_parity = _export_parity(target, ctx, tmp, info, result["accuracy_control"])
         runner_specs = _specs(target, tmp)
         size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
+        qat_requested = ctx.qat_source is not None and target.family == "tflite" and target.int8
         opt = {"prune": None, "qat": result["qat"],
                # --qat asked for it; "qat" says whether the written model is the QAT one (it may fall back)
-               "qat_requested": ctx.qat_source is not None and target.family == "tflite" and target.int8,
+               "qat_requested": qat_requested,
+               "qat_training": ctx.qat_training if result["qat"] or qat_requested else None,
                "accuracy_control": result["accuracy_control"],
                "export_parity": export_parity,
                "size": {"bytes": size, "gzip_bytes": sum(gzip_size(p) for p in tmp.iterdir() if p.is_file())}}
@@ -329,7 +338,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
             sign_bundle(tmp, signing_key, manifest)
         load_bundle(tmp)
     acc = result["accuracy_control"]
-    extra = f", validation recall drop {acc['recall_drop']:+.4f} accuracy drop {acc['accuracy_drop']:+.4f} ({acc['method']})" if acc else ""
+    extra = f", validation{_validation_summary(acc)}" if acc else ""
     if acc and acc.get("small_validation"):
         extra += f" [validation of {acc['n']} images cannot measure the limits; export parity on the test images decided]"
     missed = other_attempts(acc) if acc else []
@@ -360,7 +369,7 @@ def _acceptance(target, ctx, base: dict) -> dict:
                            cpu=base["verified_on"]["cpu"])
 
 
-def _export_parity(target, ctx, folder: Path, info) -> dict:
+def _export_parity(target, ctx, folder: Path, info, validation: dict | None) -> dict:
     """Device parity's own check, run at export on the test images the bundle's reference holds.
 
     The validation gate chooses; this only verifies, so a bundle that `edgecxr device parity` would fail
@@ -383,10 +392,17 @@ def _export_parity(target, ctx, folder: Path, info) -> dict:
                "checks": [{k: c[k] for k in ("name", "value", "limit", "passed")} for c in report["checks"]]}
     if not report["passed"]:
         failed = "; ".join(c["message"] for c in report["checks"] if not c["passed"])
-        raise GateFailed(f"{target.name}: met the validation gate but fails device parity on the {report['n']} test "
-                         f"reference images on this machine ({failed}); not written: it would fail "
+        raise GateFailed(f"{target.name}: met the validation gate{_validation_summary(validation)} but fails device "
+                         f"parity on the {report['n']} test reference images on this machine ({failed}); not written: it would fail "
                          "`edgecxr device parity`. Try more --calib-count images or another target")
     return summary
+
+
+def _validation_summary(report: dict | None) -> str:
+    if not report:
+        return ""
+    return (f" ({report['method']}: recall drop {report['recall_drop']:+.4f}, accuracy drop {report['accuracy_drop']:+.4f}, "
+            f"agreement {report['decision_agreement']:.4f} on {report['n']} validation images)")
 
 
 def _add_twin(target, ctx, folder: Path, info) -> dict | None:

@@ -89,6 +89,7 @@ def small_kermany(tmp_path_factory, kermany) -> Path:
 SLOW_FIXTURES = {"tiny_bundles", "bench"}
 SLOW_TESTS = {
     "test_pruning_preserving_qat_keeps_the_zeros_in_the_int8_file", "test_demo_runs_end_to_end_and_parity_passes",
+    "test_distilled_qat_keeps_the_float_models_outputs_where_label_qat_moves_them",
     "test_recovery_ladder_exhausted_names_every_attempt_and_writes_no_bundle",
     "test_recovery_ladder_keeps_the_worst_layers_float_when_post_training_int8_misses",
     "test_external_keras3_softmax_model_keeps_its_decisions", "test_prune_reaches_sparsity_and_rechooses_the_threshold",

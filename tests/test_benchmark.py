@@ -14,6 +14,7 @@ pytest.importorskip("tf2onnx")
 pytest.importorskip("openvino")
 
 from edgecxr.criteria import Tolerances  # noqa: E402
+from edgecxr.errors import ConfigError  # noqa: E402
 from edgecxr.targets import TARGETS  # noqa: E402
 from conftest import TINY_INT8_LIMITS  # noqa: E402
 
@@ -175,3 +176,16 @@ def test_a_qat_row_that_fell_back_to_post_training_int8_is_reused(monkeypatch, t
                           ({"qat": False}, "not exported with --qat")):
         monkeypatch.setattr(edgecxr.bundle, "load_bundle", lambda folder, opt=opt: manifest(opt))
         assert reuse_problem(tmp_path, plan, "m", "t") == expected, opt
+
+    # a distilled QAT row is another row: neither bundle stands in for the other
+    distilled = next(p for p in plan_rows(["tflite-int8"], 0.5, True, distill=True) if p.qat and p.prune)
+    assert distilled.name == "tflite-int8+prune0.5+qat-distill" and distilled.distill
+    for row, training, expected in ((plan, "distillation", "its QAT trained on distillation"),
+                                    (distilled, "labels", "its QAT trained on labels"),
+                                    (distilled, "distillation", None)):
+        opt = {"qat": True, "qat_requested": True, "qat_training": training,
+               "prune": {"target_sparsity": 0.5} if row.prune else None}
+        monkeypatch.setattr(edgecxr.bundle, "load_bundle", lambda folder, opt=opt: manifest(opt))
+        assert reuse_problem(tmp_path, row, "m", "t") == expected, (row.name, training)
+    with pytest.raises(ConfigError, match="add --qat"):
+        plan_rows(["tflite-int8"], 0.5, False, distill=True)

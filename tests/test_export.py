@@ -124,6 +124,46 @@ def test_unknown_target_lists_valid_ones(tiny_model, kermany, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_distill_without_qat_is_refused_before_any_work(tiny_model, kermany, tmp_path):
+    result = _cli("--model", tiny_model, "--target", "tflite-int8", "--data", kermany, "--out", tmp_path / "o", "--distill")
+    assert result.exit_code != 0 and "--distill changes how --qat trains; add --qat" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_parity_refusal_names_the_validation_result_it_overrules(monkeypatch, tmp_path):
+    """A target that met the validation gate but fails parity on the test reference is refused, and the one-line
+    error says what validation measured (the numbers a user compares variants by, e.g. label vs distilled QAT)."""
+    from types import SimpleNamespace
+
+    import edgecxr.export.runners
+    from edgecxr.data import Sample
+    from edgecxr.errors import GateFailed
+    from edgecxr.export.pipeline import _export_parity
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 100)
+    test = [Sample(Path(f"/t/person{i}_x.jpeg"), f"test/person{i}_x.jpeg", int(v), f"p{i}") for i, v in enumerate(y)]
+    float_probs = np.clip(y * 0.8 + 0.1 + rng.normal(0, 0.05, len(y)), 0, 1)
+    device_probs = float_probs.copy()
+    device_probs[np.flatnonzero(y == 1)[:20]] = 0.05  # 20 of 100 pneumonia decisions lost on the device
+    monkeypatch.setattr(edgecxr.export.runners, "Runner", lambda family, model: lambda x: device_probs[:, None])
+    gate = SimpleNamespace(reference_float_probs=float_probs, max_recall_drop=0.01, max_accuracy_drop=0.01,
+                           min_agreement=0.98)
+    ctx = SimpleNamespace(test=(test, np.zeros((len(y), 1)), y), gate=gate)
+    info = SimpleNamespace(output="sigmoid", positive_index=1, threshold=0.5)
+    target = SimpleNamespace(name="tflite-int8", family="tflite", model_file="model.tflite")
+    validation = {"method": "quantization-aware training", "recall_drop": 0.0041, "accuracy_drop": -0.0019,
+                  "decision_agreement": 0.9885, "n": 523}
+    with pytest.raises(GateFailed) as failed:
+        _export_parity(target, ctx, tmp_path, info, validation)
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith("tflite-int8: met the validation gate (quantization-aware training")
+    assert "recall drop +0.0041, accuracy drop -0.0019, agreement 0.9885 on 523 validation images" in message
+    assert "fails device parity on the 200 test reference images" in message
+    device_probs[:] = float_probs  # identical decisions: no refusal, the summary is returned
+    assert _export_parity(target, ctx, tmp_path, info, validation)["agreement"] == 1.0
+
+
 def test_empty_and_small_calibration_folders(tiny_model, sample, tmp_path):
     from edgecxr.export import export_model
 
@@ -363,6 +403,32 @@ def test_pruning_preserving_qat_keeps_the_zeros_in_the_int8_file(kermany):
     assert measured["weights"] > 10000 and measured["sparsity"] >= 0.45, measured
 
 
+def test_distilled_qat_keeps_the_float_models_outputs_where_label_qat_moves_them(kermany):
+    """`export --qat --distill` fits the float model's own probabilities: after the same QAT steps its outputs
+    stay near the float model's, while label training pulls them towards the labels. An untrained MobileNetV2
+    (outputs far from the labels) makes the difference large."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from edgecxr.export.optimize import qat
+    from edgecxr.training.models import build_model
+
+    model, _ = build_model("tiny_mobilenet_v2", size=48)
+    samples = list_split(kermany, "test")[::20]
+    x = np.stack([np.asarray(Image.open(s.path).convert("RGB").resize((48, 48)), np.float32) / 127.5 - 1
+                  for s in samples])
+    labels = np.array([s.label for s in samples])
+    float_probs = model.predict(x, verbose=0)
+    source = SimpleNamespace(info=SimpleNamespace(output="sigmoid", positive_index=1), out_dim=1,
+                             predict=lambda batch: model.predict(batch, verbose=0))
+    moved = {}
+    for distill in (False, True):
+        qmodel = qat(model, source, x, labels, 3, pruned=False, lr=3e-3, distill=distill)
+        moved[distill] = float(np.abs(qmodel.predict(x, verbose=0) - float_probs).mean())
+    assert moved[True] < moved[False] / 2, moved
+
+
 def test_int8_weight_sparsity_counts_zeros_of_an_unpruned_model_as_few(tiny_model, tmp_path):
     from edgecxr.export.loading import load_source
     from edgecxr.export.runners import int8_weight_sparsity
@@ -549,6 +615,7 @@ def test_qat_export_of_a_mobilenet_is_the_quantization_aware_model_and_passes_pa
                             calib_count=100, qat=True, finetune_epochs=1, twin=False, **TINY_INT8_LIMITS)
     optimization = load_bundle(bundle).manifest["optimization"]
     assert optimization["qat"] is True and optimization["qat_requested"] is True
+    assert optimization["qat_training"] == "labels"
     assert optimization["accuracy_control"]["method"] == "quantization-aware training"
     assert int8_weight_sparsity((bundle / "model.tflite").read_bytes())["weights"] > 10000
     r = CliRunner().invoke(main, ["device", "parity", str(bundle), "--data", str(kermany)])
