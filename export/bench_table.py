@@ -67,6 +67,9 @@ def format_markdown(result: dict) -> str:
                   "their bundle; compare their accuracy/recall/specificity with the float row for the cost of pruning "
                   "itself. +qat rows are compared with the original float model; +prune...+qat rows use "
                   "tensorflow-model-optimization's pruning-preserving QAT scheme."]
+    if any(r["target"].endswith("+qat-distill") for r in result["rows"]):
+        lines += ["", "+qat-distill rows: quantization-aware training fitted the float model's own probabilities "
+                  "(the pruned model's in +prune rows) instead of the labels (`--distill`)."]
         lines += [f"- {r['target']}: {_f(r.get('weight_zeros'), '.1%')} of the int8 convolution and dense weights are "
                   "zero in the bundle (measured in the .tflite file)" for r in result["rows"]
                   if "+prune" in r["target"] and not r["error"] and r.get("weight_zeros") is not None]

@@ -55,7 +55,7 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
     bundles.mkdir(parents=True, exist_ok=True)
     if command is None:
         command = (f"run_benchmark({str(model_path)!r}, {str(data_root)!r}, {str(out_dir)!r}, targets={list(targets)!r}, "
-                   f"prune={prune!r}, qat={qat!r}, limit={limit!r}, runs={runs!r}, threads={threads!r})")
+                   f"prune={prune!r}, qat={qat!r}, distill={distill!r}, limit={limit!r}, runs={runs!r}, threads={threads!r})")
 
     with tempfile.TemporaryDirectory(prefix="edgecxr-bench-data-") as tmp:
         root = data_root

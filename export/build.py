@@ -80,7 +80,8 @@ def _tflite(target, ctx, path):
         return attempt(tflite.convert(source, "int8", ctx.calib_x), method, qat=True)
 
     # 1. the QAT model when --qat was asked for, 2. post-training int8, 3. worst layers kept float, 4. QAT fallback
-    best = qat_attempt(ctx.qat_source, "quantization-aware training") if ctx.qat_source else None
+    qat_method = "quantization-aware training" + (" (distillation)" if ctx.qat_training == "distillation" else "")
+    best = qat_attempt(ctx.qat_source, qat_method) if ctx.qat_source else None
     if best is None or not best["report"]["passed"]:
         best = attempt(tflite.convert(ctx.source, "int8", ctx.calib_x), "post-training quantization")
     if not best["report"]["passed"]:

@@ -25,7 +25,7 @@ from edgecxr.targets import TARGETS
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning for tflite-int8.")
 @click.option("--distill", is_flag=True,
               help="With --qat: fine-tune towards the float model's own probabilities (the pruned model's with "
-                   "--prune) instead of the labels: keeps its decisions; compare both on the validation gate.")
+                   "--prune) instead of the labels; compare both variants on the validation gate.")
 @click.option("--qat-fallback/--no-qat-fallback", default=True, show_default=True,
               help="When post-training tflite-int8 misses the gate, try quantization-aware fine-tuning (minutes).")
 @click.option("--finetune-epochs", default=2, show_default=True, help="Fine-tuning epochs for --prune / --qat.")

@@ -124,8 +124,8 @@ def test_unknown_target_lists_valid_ones(tiny_model, kermany, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_distill_without_qat_is_refused_before_any_work(tiny_model, kermany, tmp_path):
-    result = _cli("--model", tiny_model, "--target", "tflite-int8", "--data", kermany, "--out", tmp_path / "o", "--distill")
+def test_distill_without_qat_is_refused_before_any_work(kermany, tmp_path):
+    result = _cli("--model", tmp_path / "no-model.keras", "--target", "tflite-int8", "--data", kermany, "--out", tmp_path / "o", "--distill")
     assert result.exit_code != 0 and "--distill changes how --qat trains; add --qat" in result.output
     assert not (tmp_path / "o").exists()
 
@@ -401,6 +401,36 @@ def test_pruning_preserving_qat_keeps_the_zeros_in_the_int8_file(kermany):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     measured = int8_weight_sparsity(converter.convert())
     assert measured["weights"] > 10000 and measured["sparsity"] >= 0.45, measured
+
+
+def test_distill_reaches_quantization_aware_training_and_its_targets_are_probabilities(monkeypatch):
+    """--distill is handed to optimize.qat, and its targets are the float model's probabilities for every output
+    kind (sigmoid, one logit, softmax with pneumonia first, two logits large enough to overflow a naive exp)."""
+    from types import SimpleNamespace
+
+    import edgecxr.export.loading
+    import edgecxr.export.optimize as optimize
+    from edgecxr.export.pipeline import _qat_maker
+
+    calls = []
+    monkeypatch.setattr(optimize, "qat", lambda *a, **kw: calls.append(kw["distill"]) or "qmodel")
+    monkeypatch.setattr(edgecxr.export.loading, "keras_source", lambda model, source, why: (model, why))
+    data = SimpleNamespace(train=[0] * 10, fit_data=lambda: (np.zeros((10, 4)), np.zeros(10, int)))
+    source = SimpleNamespace(keras_model="float")
+    for distill in (True, False):
+        assert _qat_maker(source, data, 1, True, 0, 0.001, distill)() == ("qmodel", "quantization-aware training")
+    assert calls == [True, False]
+
+    raw_by_kind = {"sigmoid": [[0.2], [0.9]], "logits": [[-800.0], [2.0]]}
+    expected_by_kind = {"sigmoid": [[0.2], [0.9]], "logits": [[0.0], [1 / (1 + np.exp(-2.0))]]}
+    for kind, raw in (*raw_by_kind.items(), ("softmax", [[0.7, 0.3], [0.1, 0.9]]), ("logits", [[800.0, 0.0], [0.0, 0.0]])):
+        src = SimpleNamespace(info=SimpleNamespace(output=kind), predict=lambda x, raw=raw: np.array(raw))
+        targets, loss = optimize._soft_targets(src, np.zeros((2, 4)))
+        assert np.isfinite(targets).all() and targets.dtype == np.float32, (kind, targets)
+        want = expected_by_kind.get(kind) if len(raw[0]) == 1 else (
+            raw if kind == "softmax" else [[1.0, 0.0], [0.5, 0.5]])
+        np.testing.assert_allclose(targets, want, atol=1e-6)
+        assert loss.get_config()["from_logits"] == (kind == "logits"), kind
 
 
 def test_distilled_qat_keeps_the_float_models_outputs_where_label_qat_moves_them(kermany):
