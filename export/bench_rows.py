@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -45,10 +46,31 @@ class RowPlan:
     distill: bool = False  # QAT fits the float model's probabilities, not the labels
 
 
+# a row of the table asked for by its name: tflite-int8+prune0.5, tflite-int8+qat-distill, tflite-int8+prune0.5+qat, ...
+ROW_NAME = re.compile(r"tflite-int8(?:\+prune(?P<prune>\d*\.?\d+))?(?:\+(?P<qat>qat(?:-distill)?))?")
+
+
+def _named_row(name: str) -> RowPlan:
+    match = ROW_NAME.fullmatch(name)
+    if match is None or not (match["prune"] or match["qat"]):
+        raise ConfigError(f"unknown benchmark row {name!r}; rows beyond the targets are tflite-int8+prune<S>, "
+                          "tflite-int8+qat[-distill] and tflite-int8+prune<S>+qat[-distill], e.g. tflite-int8+prune0.5+qat")
+    prune = float(match["prune"]) if match["prune"] else None
+    if prune is not None and not 0 < prune < 1:
+        raise ConfigError(f"{name}: the sparsity must be between 0 and 1 (e.g. tflite-int8+prune0.5)")
+    suffix = (f"+prune{prune:g}" if prune else "") + (f"+{match['qat']}" if match["qat"] else "")
+    return RowPlan("tflite-int8" + suffix, TARGETS["tflite-int8"], prune=prune, qat=bool(match["qat"]),
+                   distill=match["qat"] == "qat-distill")
+
+
 def plan_rows(targets=("all",), prune: float | None = None, qat: bool = False, distill: bool = False) -> list[RowPlan]:
+    """The rows: the named targets and rows (`tflite-int8+prune0.5+qat` alone re-runs that row), then those
+    --prune/--qat add."""
     if distill and not qat:
         raise ConfigError("--distill changes how the --qat rows train; add --qat (or leave out --distill)")
-    plans = [RowPlan(t.name, t) for t in resolve_targets(list(targets))]
+    targets = list(targets)
+    plans = [RowPlan(t.name, t) for t in resolve_targets([t for t in targets if "+" not in t])]
+    plans += [_named_row(t) for t in targets if "+" in t]
     qat_name = "qat-distill" if distill else "qat"
     if prune is not None:
         if not 0 < prune < 1:
@@ -61,7 +83,7 @@ def plan_rows(targets=("all",), prune: float | None = None, qat: bool = False, d
                              distill=distill))
     if not plans:
         raise ConfigError(f"no target given; valid: {', '.join(TARGETS)}, all")
-    return plans
+    return list({p.name: p for p in plans}.values())  # a row named and added by --prune/--qat runs once
 
 
 # -- a small subset for CI -----------------------------------------------------------------

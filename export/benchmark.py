@@ -229,7 +229,9 @@ def _command_line() -> str:
               help="Kermany-layout folder ROOT/{train,test}/{NORMAL,PNEUMONIA} (test: parity; train: calibration).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for benchmark.json, benchmark.md and bundles/<target>/.")
-@click.option("--target", "targets", multiple=True, metavar="NAME", help=f"Repeatable: {', '.join(TARGETS)} or all (default).")
+@click.option("--target", "targets", multiple=True, metavar="NAME",
+              help=f"Repeatable: {', '.join(TARGETS)}, all (default), or one row by its name, e.g. "
+                   "tflite-int8+prune0.5+qat (re-runs or reuses that row alone).")
 @click.option("--prune", type=float, help="Add a row tflite-int8+prune<S>: magnitude pruning to this sparsity, then int8.")
 @click.option("--qat", is_flag=True, help="Add a row tflite-int8+qat (quantization-aware fine-tuning).")
 @click.option("--distill", is_flag=True, help="With --qat: QAT learns the float model's probabilities (rows ...+qat-distill).")

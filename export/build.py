@@ -61,7 +61,12 @@ def _announce(target, step: str) -> None:
 
 
 def _tried_entry(report: dict) -> dict:
-    return {k: report[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")}
+    entry = {k: report[k] for k in ("method", "recall_drop", "accuracy_drop", "decision_agreement")}
+    entry["missed"] = [c["name"] for c in report.get("checks", []) if not c["passed"]]
+    predicted = report.get("predicted_reference")
+    if predicted and report.get("predicted_reference_agreement", 1) < predicted["need"] - 1e-9 and not report.get("small_validation"):
+        entry["missed"].append(f"predicted test agreement {report['predicted_reference_agreement']:.4f} < {predicted['need']:.4f}")
+    return entry
 
 
 def _tflite(target, ctx, path):

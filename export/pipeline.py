@@ -344,7 +344,8 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
     missed = other_attempts(acc) if acc else []
     if missed:  # e.g. --qat asked for, but the QAT model missed the gate and post-training int8 met it
         extra += "; missed the gate first: " + ", ".join(
-            f"{t['method']} (recall drop {t['recall_drop']:+.4f}, agreement {t['decision_agreement']:.4f})" for t in missed)
+            f"{t['method']} (recall drop {t['recall_drop']:+.4f}, agreement {t['decision_agreement']:.4f}"
+            + (f"; missed: {', '.join(t['missed'])}" if t.get("missed") else "") + ")" for t in missed)
     _say(f"    {final}  {size / 1024:.1f} KiB (gzip {opt['size']['gzip_bytes'] / 1024:.1f} KiB), {time.time() - t0:.1f} s{extra}")
     return final
 

@@ -154,6 +154,23 @@ def test_batch_scaling_resizes_every_runtime(bench, kermany):
     assert "| onnx-int8 |" in scaling.format_batch_scaling(entries)
 
 
+def test_a_row_can_be_asked_for_by_its_name_and_runs_once():
+    from edgecxr.export.bench_rows import plan_rows
+
+    def rows(*args, **kw):
+        return [(p.name, p.prune, p.qat, p.distill) for p in plan_rows(*args, **kw)]
+
+    assert rows(["tflite-int8", "tflite-int8+prune0.50+qat-distill"]) == [
+        ("tflite-int8", None, False, False), ("tflite-int8+prune0.5+qat-distill", 0.5, True, True)]
+    assert rows(["tflite-int8+qat"]) == [("tflite-int8+qat", None, True, False)]
+    assert [r[0] for r in rows(["tflite-int8+prune0.5"], 0.5, True)] == [
+        "tflite-int8+prune0.5", "tflite-int8+qat", "tflite-int8+prune0.5+qat"]
+    for bad, message in ((["tflite-int8+prune1.5"], "between 0 and 1"), (["onnx-int8+qat"], "unknown benchmark row"),
+                         (["tflite-int8+"], "unknown benchmark row")):
+        with pytest.raises(ConfigError, match=message):
+            plan_rows(bad)
+
+
 def test_a_qat_row_that_fell_back_to_post_training_int8_is_reused(monkeypatch, tmp_path):
     """The reuse key is whether --qat was asked for, not whether QAT won: a +qat row whose QAT missed the gate
     and fell back to post-training int8 used to be rebuilt (about 7 minutes) on every benchmark run."""

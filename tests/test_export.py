@@ -593,6 +593,24 @@ def _gate_refusing(monkeypatch, refused):
     monkeypatch.setattr(accuracy.Gate, "check", check)
 
 
+def test_an_attempt_that_missed_the_gate_records_which_check_it_missed():
+    """A QAT model can meet recall, accuracy and agreement on validation and still miss the gate on the test
+    agreement predicted from its validation noise: the manifest's `tried` entry says so."""
+    from edgecxr.export.build import _tried_entry
+
+    report = {"method": "quantization-aware training", "recall_drop": 0.0077, "accuracy_drop": 0.0076,
+              "decision_agreement": 0.9885, "checks": [{"name": "recall_drop", "passed": True},
+                                                     {"name": "agreement", "passed": True}],
+              "predicted_reference_agreement": 0.9712, "predicted_reference": {"lower": 0.9712, "need": 0.9744}}
+    assert _tried_entry(report)["missed"] == ["predicted test agreement 0.9712 < 0.9744"]
+    report["checks"][1]["passed"] = False
+    report["predicted_reference_agreement"] = 0.99
+    assert _tried_entry(report)["missed"] == ["agreement"]
+    report["small_validation"] = "too few images"  # then the prediction decides nothing
+    report["predicted_reference_agreement"] = 0.5
+    assert _tried_entry(report)["missed"] == ["agreement"]
+
+
 def test_recovery_ladder_keeps_the_worst_layers_float_when_post_training_int8_misses(tiny_model, kermany, tmp_path,
                                                                                      monkeypatch):
     from edgecxr.export import export_model
