@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from edgecxr.comparison import PARITY_BOOTSTRAP
 from edgecxr.data import DEFAULT_CLASSES, Sample
 from edgecxr.errors import ConfigError, require
 
@@ -43,7 +44,7 @@ class ParityWorker:
 def parity_ray(bundle, data, *, split: str = "test", classes=DEFAULT_CLASSES, tolerances=None,
                reference: str = "auto", address: str | None = "local", workers: int | None = None,
                runtime: str | None = None, threads: int | None = 1, trusted_key=None, batch_size: int = 32,
-               n_boot: int = 2000) -> dict:
+               n_boot: int = PARITY_BOOTSTRAP) -> dict:
     """The parity report of BUNDLE on the images under `data`, classified by Ray workers.
 
     address: "local" (or None) starts a Ray instance on this machine unless one is running (ray.init was

@@ -14,7 +14,7 @@ import numpy as np
 from edgecxr.cpu import host_info, path_note
 from edgecxr.bundle import sha256_file
 from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id
-from edgecxr.comparison import COMPARED, _coverage_check, compare, compare_unlabeled  # noqa: F401  (compare: re-exported)
+from edgecxr.comparison import PARITY_BOOTSTRAP, COMPARED, _coverage_check, compare, compare_unlabeled  # noqa: F401  (compare: re-exported)
 from edgecxr.criteria import Tolerances
 from edgecxr.errors import ConfigError, DataError
 
@@ -26,7 +26,7 @@ REFERENCES = ("auto", "bundle", "twin")
 
 def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CLASSES,
                tolerances: Tolerances | dict | None = None, workers: int | None = None, strict: bool = False,
-               n_boot: int = 2000, reference: str = "auto", stability: bool = False,
+               n_boot: int = PARITY_BOOTSTRAP, reference: str = "auto", stability: bool = False,
                max_unstable: float | None = None) -> dict:
     """Classify the images under `data` on the device and compare with the float model's decisions.
 
@@ -127,7 +127,7 @@ def predict_records(clf: Classifier, indexed, context: dict, *, workers: int | N
     return sorted(records, key=lambda r: r["index"])
 
 
-def parity_from_predictions(pred: dict, tolerances=None, *, n_boot: int = 2000, max_unstable=None) -> dict:
+def parity_from_predictions(pred: dict, tolerances=None, *, n_boot: int = PARITY_BOOTSTRAP, max_unstable=None) -> dict:
     """The parity report and verdict from a prediction document (one run, or shards merged). tolerances: as
     for run_parity: the bundle's acceptance criteria (carried in the document) apply unless given."""
     from edgecxr.criteria import resolve

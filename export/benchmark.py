@@ -23,6 +23,7 @@ import click
 
 from edgecxr import data as D
 from edgecxr.atomic import refuse_overlap, write_json_atomic, write_text_atomic
+from edgecxr.comparison import PARITY_BOOTSTRAP
 from edgecxr.errors import ConfigError
 from edgecxr.export.bench_rows import (_model_hash, _say, empty_row, export_row, machine_info, make_subset,
                                        measure_float, measure_row, plan_rows)
@@ -40,7 +41,7 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
                   distill: bool = False,
                   limit: int | None = None, runs: int = 100, warmup: int = 10, threads: int | None = None,
                   reuse: bool = True, tolerances=None, calib_count: int = 300, finetune_epochs: int = 2,
-                  classes=D.DEFAULT_CLASSES, n_boot: int = 1000, cold: bool = False, scaling: bool = False,
+                  classes=D.DEFAULT_CLASSES, n_boot: int = PARITY_BOOTSTRAP, cold: bool = False, scaling: bool = False,
                   scaling_archs=None, scaling_targets=None, train_images: int = 200, command: str | None = None,
                   stability_images: int = 64) -> dict:
     """Export/reuse, parity-check and time every planned row; writes OUT/benchmark.json and .md; returns the result."""
@@ -254,7 +255,8 @@ def _command_line() -> str:
 @click.option("--calib-count", default=300, show_default=True, help="Calibration images (capped in --limit runs).")
 @click.option("--finetune-epochs", default=2, show_default=True, help="Fine-tuning epochs for --prune / --qat.")
 @click.option("--cold-start", "cold", is_flag=True, help="Also time a cold start (a fresh process) per target.")
-@click.option("--bootstrap", "n_boot", default=1000, show_default=True, help="Bootstrap resamples of the parity CIs.")
+@click.option("--bootstrap", "n_boot", default=PARITY_BOOTSTRAP, show_default=True,
+              help="Bootstrap resamples of the parity CIs (the count export and device parity use: the same verdicts).")
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
 @click.option("--stability-images", default=64, show_default=True, type=click.IntRange(min=0),
               help="Test images (spread over the split) for the 'unstable' column; 0 skips it.")
