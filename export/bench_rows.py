@@ -264,7 +264,7 @@ def empty_row(plan: RowPlan) -> dict:
 
 
 def measure_row(row: dict, bundle: Path, data_root, *, classes, tolerances, runs: int, warmup: int, threads: int,
-                float_p50: float | None, n_boot: int, cold: bool, stability_images: int = 64) -> dict:
+                float_p50: float | None, n_boot: int, cold: bool, test_samples, stability_images: int = 64) -> dict:
     from edgecxr.devices.bench import run_bench
     from edgecxr.devices.classifier import Classifier
     from edgecxr.devices.parity import run_parity
@@ -290,7 +290,7 @@ def measure_row(row: dict, bundle: Path, data_root, *, classes, tolerances, runs
                float_metrics={k: parity["float"][k] for k in ("accuracy", "recall", "specificity", "roc_auc")})
     if stability_images:
         row["stage"] = "stability"
-        row.update(measure_unstable(clf, data_root, classes, stability_images))
+        row.update(measure_unstable(clf, test_samples, stability_images))
     row["stage"] = "bench"
     bench = run_bench(clf, data=data_root, runs=runs, warmup=warmup, cold=cold, images=min(64, parity["n"]))
     lat = bench["latency_ms"]
@@ -302,10 +302,10 @@ def measure_row(row: dict, bundle: Path, data_root, *, classes, tolerances, runs
     return row
 
 
-def measure_unstable(clf, data_root, classes, images: int) -> dict:
+def measure_unstable(clf, test_samples, images: int) -> dict:
     """The share of `images` test images (spread over the split) that flip under any input-path variant."""
     from edgecxr.devices.stability import measure_stability
 
-    samples = _spread(D.list_split(data_root, "test", classes), images)
+    samples = _spread(test_samples, images)
     report = measure_stability(clf, [s.path for s in samples], names=[s.rel for s in samples])
     return {"unstable": report["device"]["unstable"], "stability_n": report["device"]["n"]}

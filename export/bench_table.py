@@ -46,6 +46,8 @@ def format_markdown(result: dict) -> str:
         f"- model: `{result['model']['path']}` (sha256 {result['model']['sha256'][:12]}), threshold "
         f"{_f(fl.get('threshold'), '.4f')}",
         f"- data: `{d['root']}`, {d['images']} test images" + (f" (--limit {d['limit']} subset)" if d["limit"] else "")
+        + (f" of the pooled re-split `{d['split_file']}` (not comparable with the official test set)"
+           if d.get("split_file") else "")
         + f", files sha256 {d['files_sha256'][:12]}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}"
         + (f", {m['board']}" if m.get("board") else "")

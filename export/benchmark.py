@@ -51,20 +51,22 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
     started = time.time()
     tolerances = tolerances or Tolerances()
     plans = plan_rows(targets, prune, qat, distill)
-    model_path, data_root, out_dir, threads = _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes)
+    model_path, data_root, out_dir, threads = _check_inputs(model_path, data_root, out_dir, runs, warmup, threads,
+                                                             classes, limit)
     bundles = out_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
     if command is None:
         command = (f"run_benchmark({str(model_path)!r}, {str(data_root)!r}, {str(out_dir)!r}, targets={list(targets)!r}, "
                    f"prune={prune!r}, qat={qat!r}, distill={distill!r}, limit={limit!r}, runs={runs!r}, threads={threads!r})")
 
+    split_file = D.model_split_file(model_path)  # a pooled re-split names its own test images
     with tempfile.TemporaryDirectory(prefix="edgecxr-bench-data-") as tmp:
         root = data_root
         if limit:
             root = make_subset(data_root, Path(tmp) / "data", test=limit, train=train_images, classes=classes)
             calib_count = min(calib_count, max(16, train_images // 3))
             _say(f"--limit {limit}: {limit} test and {train_images} train images of {data_root} (calibration {calib_count})")
-        test = D.list_split(root, "test", classes)
+        test = D.split_samples(root, "test", classes, split_file)
         test_sha, model_sha = D.files_hash(test), _model_hash(model_path)
 
         float_info = _time_float(model_path, root, classes=classes, runs=runs, warmup=warmup, threads=threads)
@@ -73,12 +75,13 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
         rows = [_bench_row(i, len(plans), plan, model_path, root, bundles, reuse=reuse, model_sha=model_sha,
                            test_sha=test_sha, classes=classes, calib_count=calib_count, finetune_epochs=finetune_epochs,
                            tolerances=tolerances, runs=runs, warmup=warmup, threads=threads, float_p50=float_p50,
-                           n_boot=n_boot, cold=cold, stability_images=stability_images)
+                           n_boot=n_boot, cold=cold, test_samples=test, stability_images=stability_images)
                 for i, plan in enumerate(plans, 1)]
         _move_float_metrics(rows, float_info)
 
         result = {"rows": rows, "float": float_info, "machine": machine_info(), "versions": versions(),
-                  "command": command, **_run_record(data_root, test, test_sha, limit, train_images, model_path, model_sha),
+                  "command": command,
+                  **_run_record(data_root, test, test_sha, limit, train_images, model_path, model_sha, split_file),
                   "options": {"threads": threads, "runs": runs, "warmup": warmup, "calib_count": calib_count,
                               "finetune_epochs": finetune_epochs, "prune": prune, "qat": qat, "distill": distill,
                               "reuse": reuse,
@@ -115,7 +118,7 @@ def _move_float_metrics(rows, float_info) -> None:
         r.pop("float_metrics", None)
 
 
-def _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes):
+def _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes, limit=None):
     """(model path, data root, out folder, threads), every input checked before the first export."""
     from edgecxr.modelinfo import default_model_path
     from edgecxr.runtimes import default_threads
@@ -126,7 +129,11 @@ def _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes
     if not model_path.exists():
         raise ConfigError(f"model {model_path} not found; pass --model PATH")
     data_root, out_dir = Path(data_root), Path(out_dir)
-    D.list_split(data_root, "test", classes)  # bad data fails now, not after the first export
+    split_file = D.model_split_file(model_path)
+    if limit and split_file:
+        raise ConfigError(f"--limit takes its test images from {data_root}/test, but {model_path} follows the pooled "
+                          f"re-split {split_file}, whose test images are others; run without --limit")
+    D.split_samples(data_root, "test", classes, split_file)  # bad data fails now, not after the first export
     refuse_overlap(out_dir, (model_path, data_root))
     return model_path, data_root, out_dir, threads or default_threads()
 
@@ -157,9 +164,10 @@ def _bench_row(i, count, plan, model_path, root, bundles, *, reuse, model_sha, t
     return row
 
 
-def _run_record(data_root: Path, test, test_sha, limit, train_images, model_path: Path, model_sha) -> dict:
+def _run_record(data_root: Path, test, test_sha, limit, train_images, model_path: Path, model_sha, split_file) -> dict:
     return {"data": str(data_root.resolve()),  # a path: `edgecxr report` resolves flipped files against it
             "data_info": {"root": str(data_root.resolve()), "split": "test", "images": len(test),
+                          "split_file": str(split_file) if split_file else None,
                           "files_sha256": test_sha, "limit": limit, "train_images": train_images if limit else None},
             "model": {"path": str(model_path.resolve()), "sha256": model_sha}}
 

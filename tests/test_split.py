@@ -99,6 +99,18 @@ def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany):
                       n_boot=50)
     assert result["n"] == len(chosen["test"]) and result["split_file"] == str(split_file)
 
+    from edgecxr.errors import ConfigError
+    from edgecxr.export.benchmark import run_benchmark
+
+    with pytest.raises(ConfigError, match="pooled"):  # a --limit subset of test/ would not hold its test images
+        run_benchmark(run / "model.keras", root, tmp_path / "bench-limit", targets=["tflite-fp32"], limit=8)
+    bench = run_benchmark(run / "model.keras", root, tmp_path / "bench", targets=["tflite-fp32"], runs=2, warmup=0,
+                          n_boot=50, stability_images=4)
+    (row,) = bench["rows"]
+    assert row["passed"] and row["n"] == len(chosen["test"]) == bench["data_info"]["images"]
+    assert bench["data_info"]["split_file"] == str(run / "split.json")
+    assert "pooled re-split" in (tmp_path / "bench" / "benchmark.md").read_text()
+
 
 def test_folds_and_a_split_file_are_refused(tmp_path):
     from edgecxr.errors import ConfigError

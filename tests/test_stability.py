@@ -164,7 +164,9 @@ def test_benchmark_unstable_column(brightness_cli, sample):
     from edgecxr.export.bench_rows import measure_unstable
     from edgecxr.export.bench_table import COLUMNS, format_table
 
-    got = measure_unstable(Brightness(), sample, ("NORMAL", "PNEUMONIA"), 8)
+    from edgecxr.data import list_split
+
+    got = measure_unstable(Brightness(), list_split(sample, "test", ("NORMAL", "PNEUMONIA")), 8)
     assert got["stability_n"] == 8 and got["unstable"] >= 0.875  # inverted: nearly every decision flips
     row = {k: 1 for k in ("size_mb", "size_gz_mb", "accuracy", "recall", "specificity", "roc_auc", "agreement",
                           "new_fn", "new_fp", "p50_ms", "p90_ms", "speedup", "n", "export_s")}
