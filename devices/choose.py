@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecxr.comparison import PARITY_BOOTSTRAP
 from edgecxr.errors import BundleError, DataError, EdgecxrError
 
 
@@ -35,9 +36,10 @@ def _model_mb(bundle) -> float:
     return sum(p.stat().st_size for p in bundle.model_path.parent.glob(stem.name + ".*")) / 2**20
 
 
-def rank(bundles, data, *, tolerances, runs: int = 100, warmup: int = 10, threads=None, progress=None,
-         trusted_key=None) -> dict:
-    """{"rows": [...], "choice": row | None, "host": ...}: every bundle's parity here, passing ones timed."""
+def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, threads=None, progress=None,
+         trusted_key=None, n_boot: int = PARITY_BOOTSTRAP) -> dict:
+    """{"rows": [...], "choice": row | None, "host": ...}: every bundle's parity here, passing ones timed.
+    tolerances: as for run_parity (None or a dict's None values: each bundle's own acceptance criteria)."""
     from edgecxr.devices.bench import run_bench
     from edgecxr.devices.classifier import Classifier
     from edgecxr.cpu import host_info
@@ -52,7 +54,7 @@ def rank(bundles, data, *, tolerances, runs: int = 100, warmup: int = 10, thread
             clf = Classifier.load(path, threads=threads, trusted_key=trusted_key)
             row.update(target=clf.bundle.manifest["target"], runtime=f"{clf.runtime['name']} {clf.runtime['version']}",
                        provider=clf.runtime["provider"], size_mb=_model_mb(clf.bundle))
-            report = run_parity(clf, data, tolerances=tolerances, n_boot=200)
+            report = run_parity(clf, data, tolerances=tolerances, n_boot=n_boot)
             row.update(parity=report["passed"], agreement=report["agreement"],
                        recall=report["device"]["recall"], new_fn=report["flipped_counts"]["new_false_negative"],
                        failed=[c["name"] for c in report["checks"] if not c["passed"]])

@@ -33,7 +33,7 @@ SHARE = Share()
 
 
 def TOLERANCES(f):
-    """The parity gate's limits (device parity, device merge): the bundle's acceptance criteria unless given."""
+    """The parity gate's limits (device parity, merge, choose): the bundle's acceptance criteria unless given."""
     for opt in reversed([
         click.option("--max-recall-drop", type=SHARE, help="Recall non-inferiority margin (default: the bundle's "
                      "acceptance criteria, else 0.01). Loosening the bundle's is recorded as a deviation."),
@@ -445,11 +445,7 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Kermany-layout ROOT the bundles were exported with (default: the shipped sample).")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed calls per bundle that keeps parity.")
-@click.option("--max-recall-drop", default=0.01, show_default=True, type=SHARE)
-@click.option("--max-accuracy-drop", default=0.01, show_default=True, type=SHARE)
-@click.option("--min-agreement", default=0.98, show_default=True, type=SHARE)
-@click.option("--min-coverage", default=1.0, show_default=True, type=SHARE,
-              help="Share of each bundle's reference images that must be compared (lower it for a subset such as the sample).")
+@TOLERANCES
 @THREADS
 @TRUSTED
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every row to this JSON file.")
@@ -457,7 +453,8 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
            json_file):
     """Rank BUNDLES (folders of bundles, or bundles) on this device: parity first, then latency.
 
-    Names the fastest bundle that keeps parity here; exit 1 when none does. Bundles whose runtime
+    Names the fastest bundle that keeps parity here (judged as `edgecxr device parity` judges it: each
+    bundle's own acceptance criteria unless given); exit 1 when none does. Bundles whose runtime
     is not installed are listed as skipped.
 
     Example: edgecxr device choose bundles/ --data data/kermany-cxr-224 --json choice.json
@@ -465,12 +462,12 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     from edgecxr.atomic import write_json_atomic
     from edgecxr.devices.bench import SAMPLE
     from edgecxr.devices.choose import find_bundles, format_choice, rank
-    from edgecxr.criteria import Tolerances
 
     _check_outputs((*bundles, data), json=json_file)
     found = find_bundles(bundles)
-    result = rank(found, data or SAMPLE, tolerances=Tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage),
-                  runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True), trusted_key=trusted_key)
+    given = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
+             "min_agreement": min_agreement, "min_coverage": min_coverage}
+    result = rank(found, data or SAMPLE, tolerances=given, runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True), trusted_key=trusted_key)
     click.echo(format_choice(result))
     if json_file:
         write_json_atomic(json_file, result)

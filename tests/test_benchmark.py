@@ -210,14 +210,15 @@ def test_a_qat_row_that_fell_back_to_post_training_int8_is_reused(monkeypatch, t
 
 def test_the_benchmark_export_and_device_parity_draw_the_same_bootstrap():
     """A bundle whose accuracy lower bound sits at the margin passed export parity (2000 draws, -0.0098) and failed
-    the benchmark (1000 draws, -0.0103): every parity verdict now uses one resample count."""
+    the benchmark (1000 draws, -0.0103): every parity verdict, `device choose`'s too, uses one resample count."""
     import inspect
 
     from edgecxr.comparison import PARITY_BOOTSTRAP, compare
+    from edgecxr.devices.choose import rank
     from edgecxr.devices.parity import parity_from_predictions, run_parity
     from edgecxr.export.benchmark import benchmark, run_benchmark
 
     defaults = {f.__name__: inspect.signature(f).parameters["n_boot"].default
-                for f in (compare, run_parity, parity_from_predictions, run_benchmark)}
+                for f in (compare, run_parity, parity_from_predictions, run_benchmark, rank)}
     assert set(defaults.values()) == {PARITY_BOOTSTRAP}, defaults
     assert next(p for p in benchmark.params if p.name == "n_boot").default == PARITY_BOOTSTRAP

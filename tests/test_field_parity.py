@@ -160,6 +160,25 @@ def test_choose_ranks_passing_bundles_by_latency(tiny_model, sample, tmp_path):
     assert choice["host"]["cpu"]["int8_path"] == cpu_info()["int8_path"]
 
 
+def test_choose_judges_each_bundle_as_device_parity_does(tiny_bundles, kermany):
+    """The tiny int8 bundles carry looser acceptance criteria (agreement 0.90): `device choose` must apply them,
+    as `device parity` does, not fixed defaults, and draw the same bootstrap."""
+    from edgecxr.devices.choose import rank
+    from edgecxr.devices.classifier import Classifier
+    from edgecxr.devices.parity import run_parity
+
+    paths = [tiny_bundles[t] for t in ("tflite-int8", "onnx-int8", "openvino-int8")]
+    result = rank(paths, kermany, runs=2, warmup=0)
+    for row, path in zip(result["rows"], paths):
+        report = run_parity(Classifier.load(path), kermany)
+        assert (row["parity"], row["agreement"]) == (report["passed"], report["agreement"]), row
+    tight = rank(paths[:1], kermany, tolerances={"min_agreement": 1.0}, runs=2, warmup=0)
+    if result["rows"][0]["agreement"] < 1.0:  # a criterion given on the command line still applies
+        assert tight["rows"][0]["parity"] is False and "agreement" in tight["rows"][0]["failed"]
+    else:
+        assert tight["rows"][0]["parity"] is True
+
+
 def test_saturated_validation_predicts_nothing_instead_of_refusing():
     """A confident model: nearly every validation image at 0 or 1, where int8 clips at the output grid.
     Their logit differences are clipping, not noise; with too few others the prediction is skipped."""
