@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.data import list_split
+from edgecxr.data import list_site
 from edgecxr.errors import DataError, EdgecxrError
 
 from edgecxr.devices.classifier import Classifier
@@ -47,9 +47,10 @@ def peak_rss_mb() -> float | None:
 
 
 def bench_images(data=None, split: str = "test", limit: int = 64) -> list[Path]:
-    """Real images to time: `limit` spread over the split of `data` (default: the shipped sample)."""
+    """Real images to time: `limit` spread over the split of `data` (default: the shipped sample), or over a
+    site's folder of X-rays (see list_site)."""
     root = Path(data) if data else SAMPLE
-    samples = list_split(root, split)
+    samples = list_site(root, split)
     step = max(1, len(samples) // limit)
     return [s.path for s in samples[::step][:limit]]
 

@@ -45,6 +45,9 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
     from edgecxr.cpu import host_info
     from edgecxr.devices.parity import run_parity
 
+    from edgecxr.data import list_site
+
+    list_site(data)  # data no bundle could use: one error now, not one row per bundle
     rows = []
     for path in bundles:
         row = {"bundle": str(path), "target": path.name}
@@ -56,14 +59,16 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
                        provider=clf.runtime["provider"], size_mb=_model_mb(clf.bundle))
             report = run_parity(clf, data, tolerances=tolerances, n_boot=n_boot)
             row.update(parity=report["passed"], agreement=report["agreement"],
-                       recall=report["device"]["recall"], new_fn=report["flipped_counts"]["new_false_negative"],
-                       failed=[c["name"] for c in report["checks"] if not c["passed"]])
+                       recall=(report.get("device") or {}).get("recall"),  # None on a site's unlabeled images
+                       new_fn=(report.get("flipped_counts") or {}).get("new_false_negative"),
+                       failed=[c["name"] for c in report["checks"] if not c["passed"]],
+                       deviations=[d["message"] for d in report["criteria"]["deviations"]])
             if report["passed"]:
                 bench = run_bench(clf, data=data, warmup=warmup, runs=runs, cold=False)
                 row["p50_ms"], row["p90_ms"] = bench["latency_ms"]["p50"], bench["latency_ms"]["p90"]
-        except DataError:
-            raise  # the data is the same for every bundle: one error, not a row each
-        except (BundleError, EdgecxrError, ImportError, OSError) as exc:  # no runtime here, a tampered bundle: skip it
+        # a bundle exported from other images (DataError), no runtime here, a tampered bundle: a skipped row;
+        # data that no bundle can use ends below, in one error naming each bundle's reason
+        except (BundleError, EdgecxrError, ImportError, OSError) as exc:
             row.update(parity=None, error=str(exc) if isinstance(exc, EdgecxrError) else f"{type(exc).__name__}: {exc}")
         rows.append(row)
     if all(r.get("parity") is None for r in rows):
@@ -85,9 +90,11 @@ def format_choice(result: dict) -> str:
             lines.append(f"{'-':>4s}  {r['target']:22s} skipped: {r['error'][:160]}")
             continue
         timed = f"{r['p50_ms']:7.2f} {r['p90_ms']:7.2f}" if "p50_ms" in r else f"{'-':>7s} {'-':>7s}"
+        new_fn = "-" if r["new_fn"] is None else str(r["new_fn"])
         lines.append(f"{r.get('rank', '-')!s:>4s}  {r['target']:22s} {r['runtime']:22s} {r['size_mb']:6.2f} "
-                     f"{'pass' if r['parity'] else 'FAIL':>6s} {r['agreement']:6.3f} {r['new_fn']:6d} {timed}"
+                     f"{'pass' if r['parity'] else 'FAIL':>6s} {r['agreement']:6.3f} {new_fn:>6s} {timed}"
                      + (f"  failed: {', '.join(r['failed'])}" if r.get("failed") else ""))
+        lines += [f"      DEVIATION: {d}" for d in r.get("deviations") or []]
     c = result["choice"]
     if c is None:
         lines.append("no bundle keeps parity on this device: ship none of them here")

@@ -463,11 +463,12 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     from edgecxr.devices.bench import SAMPLE
     from edgecxr.devices.choose import find_bundles, format_choice, rank
 
+    data = data or SAMPLE
     _check_outputs((*bundles, data), json=json_file)
     found = find_bundles(bundles)
     given = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
              "min_agreement": min_agreement, "min_coverage": min_coverage}
-    result = rank(found, data or SAMPLE, tolerances=given, runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True), trusted_key=trusted_key)
+    result = rank(found, data, tolerances=given, runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True), trusted_key=trusted_key)
     click.echo(format_choice(result))
     if json_file:
         write_json_atomic(json_file, result)

@@ -106,6 +106,10 @@ def list_site(root, split: str = "test", classes=DEFAULT_CLASSES) -> list[Sample
                 for _, r in rows]
     if not root.is_dir() or (root / split).is_dir():
         return list_split(root, split, classes)
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if present:  # a data root without this split: a typo, not a site's folder of unlabeled X-rays
+        raise DataError(f"{root}: no '{split}' folder (it has {', '.join(present)}); pass --split "
+                        f"{'test' if 'test' in present else present[0]}")
     if all((root / c).is_dir() for c in classes):
         return _list_classes(root, root, classes)
     files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
@@ -336,9 +340,9 @@ def split_samples(root, split: str, classes=DEFAULT_CLASSES, split_file=None) ->
 
 def resplit(root, ratios: tuple, *, seed: int = 0, classes=DEFAULT_CLASSES) -> dict:
     """Pool ROOT's official splits and re-split them by patient: the content of a pooled split file."""
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or min(ratios[:2]) <= 0 or abs(sum(ratios) - 1) > 1e-6:
-        raise DataError(f"--ratios {','.join(map(str, ratios))}: need three shares train,val,test that sum to 1 "
-                        "(train and val above 0), e.g. 0.79,0.05,0.16")
+    if len(ratios) != 3 or not all(0 < r < 1 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:  # NaN fails too
+        raise DataError(f"--ratios {','.join(map(str, ratios))}: need three shares train,val,test, each above 0, "
+                        "that sum to 1, e.g. 0.79,0.05,0.16")
     samples = pooled(root, classes)
     train, val, test = ratios
     parts = grouped_partition(samples, {"val": val, "test": test, "train": train}, seed)

@@ -30,6 +30,8 @@ from edgecxr.export.bench_rows import (_model_hash, _say, empty_row, export_row,
 from edgecxr.export.bench_table import format_markdown, format_table
 from edgecxr.targets import TARGETS
 
+MIN_BOOTSTRAP = 40  # below it the 2.5 % percentile of a 95 % interval is not one resample
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
@@ -40,19 +42,24 @@ def _first_line(exc: BaseException) -> str:
 def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: float | None = None, qat: bool = False,
                   distill: bool = False,
                   limit: int | None = None, runs: int = 100, warmup: int = 10, threads: int | None = None,
-                  reuse: bool = True, tolerances=None, calib_count: int = 300, finetune_epochs: int = 2,
+                  reuse: bool = True, tolerances=None, calib_count: int | None = None, finetune_epochs: int = 2,
                   classes=D.DEFAULT_CLASSES, n_boot: int = PARITY_BOOTSTRAP, cold: bool = False, scaling: bool = False,
                   scaling_archs=None, scaling_targets=None, train_images: int = 200, command: str | None = None,
                   stability_images: int = 64) -> dict:
     """Export/reuse, parity-check and time every planned row; writes OUT/benchmark.json and .md; returns the result."""
     from edgecxr.criteria import Tolerances
-    from edgecxr.export.pipeline import versions
+    from edgecxr.export.datasets import DEFAULT_CALIBRATION
+    from edgecxr.export.pipeline import _check_options, versions
 
     started = time.time()
     tolerances = tolerances or Tolerances()
     plans = plan_rows(targets, prune, qat, distill)
     model_path, data_root, out_dir, threads = _check_inputs(model_path, data_root, out_dir, runs, warmup, threads,
                                                              classes, limit)
+    _check_options(prune, tolerances.max_recall_drop, tolerances.max_accuracy_drop, tolerances.min_agreement,
+                   finetune_epochs)
+    if n_boot < MIN_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap {n_boot}: parity's confidence intervals need at least {MIN_BOOTSTRAP} resamples")
     bundles = out_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
     if command is None:
@@ -64,7 +71,7 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
         root = data_root
         if limit:
             root = make_subset(data_root, Path(tmp) / "data", test=limit, train=train_images, classes=classes)
-            calib_count = min(calib_count, max(16, train_images // 3))
+            calib_count = min(calib_count or DEFAULT_CALIBRATION, max(16, train_images // 3))
             _say(f"--limit {limit}: {limit} test and {train_images} train images of {data_root} (calibration {calib_count})")
         test = D.split_samples(root, "test", classes, split_file)
         test_sha, model_sha = D.files_hash(test), _model_hash(model_path)
@@ -244,10 +251,10 @@ def _command_line() -> str:
 @click.option("--prune", type=float, help="Add a row tflite-int8+prune<S>: magnitude pruning to this sparsity, then int8.")
 @click.option("--qat", is_flag=True, help="Add a row tflite-int8+qat (quantization-aware fine-tuning).")
 @click.option("--distill", is_flag=True, help="With --qat: QAT learns the float model's probabilities (rows ...+qat-distill).")
-@click.option("--limit", type=int, help="Small CI run: N test images (half per class) and a few train images, as symlinks.")
-@click.option("--runs", default=100, show_default=True, help="Timed model calls per target.")
-@click.option("--warmup", default=10, show_default=True, help="Untimed model calls first.")
-@click.option("--threads", type=int, help="CPU threads of every runtime and of TensorFlow (default: cores up to 4).")
+@click.option("--limit", type=click.IntRange(min=1), help="Small CI run: N test images (half per class) and a few train images, as symlinks.")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed model calls per target.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed model calls first.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads of every runtime and of TensorFlow (default: cores up to 4).")
 @click.option("--scaling", is_flag=True, help="Also measure batch 1/4/16 latency+memory and export cost per architecture.")
 @click.option("--scaling-arch", "scaling_archs", multiple=True, metavar="ARCH",
               help="Architectures for --scaling (default: mobilenet, mobilenet_v2, mobilenet_v3_small/large, resnet50; 'none' skips).")
@@ -260,10 +267,11 @@ def _command_line() -> str:
 @click.option("--max-recall-drop", default=0.01, show_default=True, help="Largest recall drop (export gate and device parity).")
 @click.option("--max-accuracy-drop", default=0.01, show_default=True, help="Largest accuracy drop (export gate and device parity).")
 @click.option("--min-agreement", default=0.98, show_default=True, help="Smallest share of identical decisions on the device.")
-@click.option("--calib-count", default=300, show_default=True, help="Calibration images (capped in --limit runs).")
+@click.option("--calib-count", type=click.IntRange(min=1),
+              help="Calibration images [default: 300, or every train image when there are fewer; capped in --limit runs].")
 @click.option("--finetune-epochs", default=2, show_default=True, help="Fine-tuning epochs for --prune / --qat.")
 @click.option("--cold-start", "cold", is_flag=True, help="Also time a cold start (a fresh process) per target.")
-@click.option("--bootstrap", "n_boot", default=PARITY_BOOTSTRAP, show_default=True,
+@click.option("--bootstrap", "n_boot", default=PARITY_BOOTSTRAP, show_default=True, type=click.IntRange(min=MIN_BOOTSTRAP),
               help="Bootstrap resamples of the parity CIs (the count export and device parity use: the same verdicts).")
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
 @click.option("--stability-images", default=64, show_default=True, type=click.IntRange(min=0),

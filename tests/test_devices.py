@@ -807,3 +807,11 @@ def test_edited_quantization_is_refused(int8_io_bundle, tmp_path):
     with pytest.raises(BundleError, match="zero_point: an integer in -128..127"):
         B.load_bundle(edited("range", zero_point=10**30))
     Classifier.load(int8_io_bundle)  # the unedited bundle still loads
+
+
+def test_a_split_the_data_root_lacks_is_named_not_read_as_a_sites_folder(bundles, sample):
+    """--split tset on a data root once ran parity on every train and test image as unlabeled X-rays and passed."""
+    for split in ("tset", "val"):  # the sample has train/ and test/ only
+        r = cli("device", "parity", bundles["tflite-int8"], "--data", sample, "--split", split)
+        assert r.exit_code == 2, r.output
+        assert f"no '{split}' folder (it has train, test); pass --split test" in r.output

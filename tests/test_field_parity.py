@@ -179,6 +179,25 @@ def test_choose_judges_each_bundle_as_device_parity_does(tiny_bundles, kermany):
         assert tight["rows"][0]["parity"] is True
 
 
+def test_choose_on_a_sites_unlabeled_folder_and_a_loosened_criterion(tiny_bundles, sample, tmp_path):
+    """A site's own X-rays: compared with the bundle's float twin (unlabeled), timed on the same folder."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for f in sorted((sample / "test" / "PNEUMONIA").iterdir())[:6]:
+        shutil.copy(f, site / f.name)
+    r = CliRunner().invoke(main, ["device", "choose", str(tiny_bundles["onnx-int8"]), "--data", str(site), "--runs", "3",
+                                  "--min-agreement", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert "ship onnx-int8" in r.output
+    assert "DEVIATION: " in r.output and "0.5" in r.output  # loosening the bundle's 0.98 is said, as parity says it
+
+
 def test_saturated_validation_predicts_nothing_instead_of_refusing():
     """A confident model: nearly every validation image at 0 or 1, where int8 clips at the output grid.
     Their logit differences are clipping, not noise; with too few others the prediction is skipped."""

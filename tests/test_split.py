@@ -54,7 +54,7 @@ def test_split_command_writes_the_file_and_warns(kermany, tmp_path):
     assert D.split_samples(kermany, "test", split_file=out)[0].rel == data["test"][0]
 
 
-@pytest.mark.parametrize("ratios", ["0.8,0.1", "0.8,0.1,0.2", "a,b,c", "0.9,0,0.1"])
+@pytest.mark.parametrize("ratios", ["0.8,0.1", "0.8,0.1,0.2", "a,b,c", "0.9,0,0.1", "nan,0.1,0.1", "0.8,0.2,0"])
 def test_split_command_refuses_bad_ratios(kermany, tmp_path, ratios):
     result = CliRunner().invoke(main, ["split", "--data", str(kermany), "--ratios", ratios, "--out", str(tmp_path / "s.json")])
     assert result.exit_code == 2
