@@ -161,13 +161,24 @@ CLASSES = click.option("--classes", default="NORMAL,PNEUMONIA", show_default=Tru
 STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 
 
+def _split_file_of_ours(path) -> bool:
+    """True for a pooled split file that `edgecxr split` wrote (what its --overwrite may replace)."""
+    from edgecxr.data import is_pooled
+    from edgecxr.errors import DataError
+
+    try:
+        return path.is_file() and is_pooled(path)
+    except DataError:
+        return False
+
+
 @main.command()
 @DATA
 @click.option("--ratios", default="0.79,0.05,0.16", show_default=True, help="Shares of train,val,test.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Split file to write.")
 @click.option("--seed", default=0, show_default=True)
 @CLASSES
-@click.option("--overwrite", is_flag=True, help="Replace an existing split file.")
+@click.option("--overwrite", is_flag=True, help="Replace a split file that edgecxr split wrote.")
 def split(data, ratios, out, seed, classes, overwrite):
     """Pool a Kermany-layout folder's train, val and test images and re-split them by patient (stratified, seeded).
 
@@ -190,6 +201,8 @@ def split(data, ratios, out, seed, classes, overwrite):
     refuse_overlap(out, (data,))
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not _split_file_of_ours(out):
+        raise DataError(f"{out} is not a split file of `edgecxr split`; --overwrite replaces only those, choose another --out")
     result = resplit(data, shares, seed=seed, classes=parse_classes(classes))
     write_text_atomic(out, json.dumps(result, indent=1) + "\n")
     for name, part in result["summary"].items():

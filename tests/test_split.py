@@ -70,6 +70,19 @@ def test_split_command_refuses_a_wrong_folder_and_an_existing_file(tmp_path, ker
     assert result.exit_code == 2 and "already exists" in result.output
 
 
+def test_split_overwrite_replaces_only_a_split_file_it_wrote(tmp_path, kermany):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's notes")
+    result = CliRunner().invoke(main, ["split", "--data", str(kermany), "--out", str(notes), "--overwrite"])
+    assert result.exit_code == 2 and "not a split file of `edgecxr split`" in result.output
+    assert notes.read_text() == "a user's notes"
+    out = tmp_path / "s.json"
+    for seed in ("0", "1"):  # its own file is replaced
+        result = CliRunner().invoke(main, ["split", "--data", str(kermany), "--out", str(out), "--seed", seed, "--overwrite"])
+        assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["seed"] == 1
+
+
 def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany):
     from edgecxr.devices.classifier import Classifier
     from edgecxr.devices.parity import run_parity
