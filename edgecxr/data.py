@@ -310,6 +310,17 @@ def apply_split(path: Path, samples: list[Sample], *, subset: bool = False):
     return [by_rel[r] for r in data["train"]], [by_rel[r] for r in data["val"]]
 
 
+def seen_in_training(model_path, samples) -> int:
+    """How many of `samples` the model trained or chose its threshold on, by the split.json beside it (0 without one)."""
+    own = Path(model_path).parent / "split.json"
+    try:
+        data = read_split_file(own) if own.is_file() else {}
+    except DataError:
+        return 0
+    used = set(data.get("train", [])) | set(data.get("val", []))
+    return sum(s.rel in used for s in samples)
+
+
 def model_split_file(model_path, given=None):
     """The split file a model's images follow: `given`, else the model's own split.json when it is a pooled
     re-split (its test images are not ROOT/test), else None (the official folders)."""

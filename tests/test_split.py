@@ -83,7 +83,7 @@ def test_split_overwrite_replaces_only_a_split_file_it_wrote(tmp_path, kermany):
     assert json.loads(out.read_text())["seed"] == 1
 
 
-def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany):
+def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany, capsys):
     from edgecxr.devices.classifier import Classifier
     from edgecxr.devices.parity import run_parity
     from edgecxr.export import export_model
@@ -111,6 +111,11 @@ def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany):
     result = evaluate(run / "model.keras", root, "test", tmp_path / "eval", split_file=split_file, shortcuts=False,
                       n_boot=50)
     assert result["n"] == len(chosen["test"]) and result["split_file"] == str(split_file)
+    assert "training or validation images of this model" not in capsys.readouterr().err
+    other = tmp_path / "other.json"  # another seed's split: its test part holds images this model trained on
+    other.write_text(json.dumps(D.resplit(root, (0.6, 0.2, 0.2), seed=7)))
+    evaluate(run / "model.keras", root, "test", tmp_path / "eval-other", split_file=other, shortcuts=False, n_boot=50)
+    assert "test images are training or validation images of this model" in capsys.readouterr().err
 
     from edgecxr.errors import ConfigError
     from edgecxr.export.benchmark import run_benchmark

@@ -55,6 +55,11 @@ def evaluate(model_path: Path | None, data_root: Path, split: str, out: Path, *,
     if D.is_pooled(split_file):
         print(f"note: {split} of the pooled re-split {split_file}: not comparable with the official test split",
               file=sys.stderr)
+    seen = D.seen_in_training(model_path, samples) if split == "test" else 0
+    if seen:
+        print(f"warning: {seen} of the {len(samples)} test images are training or validation images of this model "
+              f"({Path(model_path).parent / 'split.json'}): its test numbers are optimistic; evaluate with the split "
+              "file it was trained with", file=sys.stderr)
     mine = shards.select(samples, *shard) if shard else list(enumerate(samples))
     t0 = time.perf_counter()
     pixels, labels, kept, bad = D.load_pixels([s for _, s in mine], info.preprocess, strict=strict,
