@@ -128,6 +128,11 @@ def test_cnn_row_from_an_evaluate_metrics_json(run, tmp_path):
         B.load_cnn_row(bad)
     with pytest.raises(DataError, match="--cnn file not found"):
         B.load_cnn_row(tmp_path / "missing.json")
+    good = json.loads((out / "logreg-pixels" / "metrics.json").read_text())
+    for key, value in [("accuracy", "0.9"), ("threshold", None), ("model", 3), ("ci", {**good["ci"], "recall": 0.5})]:
+        bad.write_text(json.dumps({**good, key: value}))
+        with pytest.raises(DataError, match="not an `edgecxr evaluate` metrics.json"):
+            B.load_cnn_row(bad)
     table = {**table, "cnn": {**row, "n": 624}}
     assert "| CNN |" in B.comparison_md(table) and "measured on 624 images" in B.comparison_md(table)
 

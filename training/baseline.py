@@ -316,6 +316,7 @@ def load_cnn_row(path: Path) -> dict:
     try:
         m = json.loads(Path(path).read_text(encoding="utf-8"))
         row = row_of("CNN", m)
+        _check_numbers(row, m)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}: not an `edgecxr evaluate` metrics.json ({type(exc).__name__}: {exc}); "
                         "pass --cnn EVAL/metrics.json") from None
@@ -326,6 +327,19 @@ def load_cnn_row(path: Path) -> dict:
         row["fit_seconds"] = info.val_metrics.get("train_seconds")
     row["source"] = str(path)
     return row
+
+
+def _check_numbers(row: dict, m: dict) -> None:
+    """Every value the table prints is a share (intervals two of them), the threshold one, the model a path."""
+    def share(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1  # NaN fails
+
+    for key in ("accuracy", "recall", "specificity", "f1", "roc_auc"):
+        ci = row[f"{key}_ci"]
+        if not (share(row[key]) and isinstance(ci, list) and len(ci) == 2 and all(map(share, ci))):
+            raise ValueError(f"{key} must be a share with a two-share interval in ci.{key}")
+    if not (share(row["threshold"]) and isinstance(row["n"], int)) or not isinstance(m.get("model", ""), str):
+        raise ValueError("threshold must be a share, n a count and model a path")
 
 
 def _ci(row, key) -> str:
