@@ -325,7 +325,19 @@ def model_split_file(model_path, given=None):
     """The split file a model's images follow: `given`, else the model's own split.json when it is a pooled
     re-split (its test images are not ROOT/test), else None (the official folders)."""
     own = Path(model_path).parent / "split.json"
-    return given if given else (own if is_pooled(own) else None)
+    if given or is_pooled(own):
+        return given or own
+    if _info_says_pooled(model_path):
+        raise DataError(f"{model_path} was trained on a pooled re-split, but its split.json is not beside it; "
+                        "copy the split.json of its training run there, or pass --split-file")
+    return None
+
+
+def _info_says_pooled(model_path) -> bool:
+    try:
+        return json.loads(Path(model_path).with_suffix(".json").read_text()).get("pooled_split") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def split_samples(root, split: str, classes=DEFAULT_CLASSES, split_file=None) -> list[Sample]:

@@ -29,6 +29,7 @@ class ModelInfo:
     positive_index: int = 0  # which output is the positive class (sigmoid: 0)
     arch: str = "external"
     val_metrics: dict = field(default_factory=dict)
+    pooled_split: bool = False  # trained on a pooled re-split: its split.json must stay beside the model
 
     def __post_init__(self):
         if self.output not in OUTPUT_KINDS:

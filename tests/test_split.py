@@ -117,6 +117,20 @@ def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany, caps
     evaluate(run / "model.keras", root, "test", tmp_path / "eval-other", split_file=other, shortcuts=False, n_boot=50)
     assert "test images are training or validation images of this model" in capsys.readouterr().err
 
+    import shutil
+
+    from edgecxr.errors import DataError
+
+    copy = tmp_path / "copy"  # the model without its split.json would be scored on test/, mostly its own train images
+    copy.mkdir()
+    for name in ("model.keras", "model.json"):
+        shutil.copy(run / name, copy / name)
+    assert json.loads((copy / "model.json").read_text())["pooled_split"] is True
+    with pytest.raises(DataError, match="trained on a pooled re-split, but its split.json is not beside it"):
+        evaluate(copy / "model.keras", root, "test", tmp_path / "eval-copy", shortcuts=False, n_boot=50)
+    assert not (tmp_path / "eval-copy").exists()
+    assert export_splits(root, D.DEFAULT_CLASSES, copy / "model.keras", split_file=split_file)[2] == test_s
+
     from edgecxr.errors import ConfigError
     from edgecxr.export.benchmark import run_benchmark
 

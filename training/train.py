@@ -385,7 +385,8 @@ def _train_to(tf, keras, strategy, cfg: TrainConfig, out: Path, overwrite: bool,
         _save_inference_model(keras, model, tmp / "model.keras")
         method = metrics.threshold_rule(cfg.target_recall)
         save_info(tmp / "model.keras", ModelInfo(preprocess=spec, labels=cfg.classes, threshold=threshold,
-                                                threshold_method=method, arch=cfg.arch, val_metrics=val_metrics))
+                                                threshold_method=method, arch=cfg.arch, val_metrics=val_metrics,
+                                                pooled_split=D.is_pooled(cfg.split_file)))
         (tmp / "val_metrics.json").write_text(json.dumps(val_metrics, indent=2) + "\n")
         np.savez_compressed(tmp / "val_predictions.npz", y=y_val, prob=p_val, rel=[s.rel for s in val_s])
         _write_history(history, tmp / "history.csv")
