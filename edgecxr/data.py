@@ -261,6 +261,9 @@ def grouped_partition(samples: list[Sample], fractions: dict, seed: int = 0) -> 
 def pooled(root, classes=DEFAULT_CLASSES) -> list[Sample]:
     """Every image of a Kermany-layout folder's official splits together, for a re-split."""
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: a re-split pools a data folder, not a file; pass a folder laid out as "
+                        f"ROOT/{{train,val,test}}/{{{','.join(classes)}}}/")
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found; pass a folder laid out as ROOT/{{train,val,test}}/{{{','.join(classes)}}}/")
     folders = [root / split for split in SPLITS if (root / split).is_dir()]

@@ -58,9 +58,17 @@ def _named_row(name: str) -> RowPlan:
     prune = float(match["prune"]) if match["prune"] else None
     if prune is not None and not 0 < prune < 1:
         raise ConfigError(f"{name}: the sparsity must be between 0 and 1 (e.g. tflite-int8+prune0.5)")
-    suffix = (f"+prune{prune:g}" if prune else "") + (f"+{match['qat']}" if match["qat"] else "")
+    suffix = (f"+prune{_sparsity(prune)}" if prune else "") + (f"+{match['qat']}" if match["qat"] else "")
     return RowPlan("tflite-int8" + suffix, TARGETS["tflite-int8"], prune=prune, qat=bool(match["qat"]),
                    distill=match["qat"] == "qat-distill")
+
+
+def _sparsity(prune: float) -> str:
+    """The sparsity as a row name writes it (0.5, 0.000001), refused when the name would not give it back."""
+    text = f"{prune:.6f}".rstrip("0")
+    if float(text) != prune:
+        raise ConfigError(f"sparsity {prune!r}: give at most six decimals (e.g. 0.5), so that its row has one name")
+    return text
 
 
 def plan_rows(targets=("all",), prune: float | None = None, qat: bool = False, distill: bool = False) -> list[RowPlan]:
@@ -75,11 +83,11 @@ def plan_rows(targets=("all",), prune: float | None = None, qat: bool = False, d
     if prune is not None:
         if not 0 < prune < 1:
             raise ConfigError(f"--prune must be a sparsity between 0 and 1 (e.g. 0.5), got {prune}")
-        plans.append(RowPlan(f"tflite-int8+prune{prune:g}", TARGETS["tflite-int8"], prune=prune))
+        plans.append(RowPlan(f"tflite-int8+prune{_sparsity(prune)}", TARGETS["tflite-int8"], prune=prune))
     if qat:
         plans.append(RowPlan(f"tflite-int8+{qat_name}", TARGETS["tflite-int8"], qat=True, distill=distill))
     if prune is not None and qat:  # pruning-preserving QAT: the zeros survive int8
-        plans.append(RowPlan(f"tflite-int8+prune{prune:g}+{qat_name}", TARGETS["tflite-int8"], prune=prune, qat=True,
+        plans.append(RowPlan(f"tflite-int8+prune{_sparsity(prune)}+{qat_name}", TARGETS["tflite-int8"], prune=prune, qat=True,
                              distill=distill))
     if not plans:
         raise ConfigError(f"no target given; valid: {', '.join(TARGETS)}, all")

@@ -174,7 +174,7 @@ def _bench_row(i, count, plan, model_path, root, bundles, *, reuse, model_sha, t
 def _run_record(data_root: Path, test, test_sha, limit, train_images, model_path: Path, model_sha, split_file) -> dict:
     return {"data": str(data_root.resolve()),  # a path: `edgecxr report` resolves flipped files against it
             "data_info": {"root": str(data_root.resolve()), "split": "test", "images": len(test),
-                          "split_file": str(split_file) if split_file else None,
+                          "split_file": str(Path(split_file).resolve()) if split_file else None,
                           "files_sha256": test_sha, "limit": limit, "train_images": train_images if limit else None},
             "model": {"path": str(model_path.resolve()), "sha256": model_sha}}
 

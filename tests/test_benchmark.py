@@ -169,9 +169,14 @@ def test_a_row_can_be_asked_for_by_its_name_and_runs_once():
     assert [r[0] for r in rows(["tflite-int8+prune0.5"], 0.5, True)] == [
         "tflite-int8+prune0.5", "tflite-int8+qat", "tflite-int8+prune0.5+qat"]
     for bad, message in ((["tflite-int8+prune1.5"], "between 0 and 1"), (["onnx-int8+qat"], "unknown benchmark row"),
-                         (["tflite-int8+"], "unknown benchmark row")):
+                         (["tflite-int8+"], "unknown benchmark row"),
+                         (["tflite-int8+prune0.12345678"], "at most six decimals")):
         with pytest.raises(ConfigError, match=message):
             plan_rows(bad)
+    with pytest.raises(ConfigError, match="at most six decimals"):  # would share a name with 0.123457
+        plan_rows(["tflite-int8"], prune=0.1234567)
+    assert rows(["tflite-int8+prune0.000001"]) == [("tflite-int8+prune0.000001", 1e-06, False, False)]
+    assert [r[0] for r in rows(["tflite-int8"], prune=1e-06)] == ["tflite-int8", "tflite-int8+prune0.000001"]
 
 
 def test_a_qat_row_that_fell_back_to_post_training_int8_is_reused(monkeypatch, tmp_path):

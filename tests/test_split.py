@@ -65,6 +65,9 @@ def test_split_command_refuses_bad_ratios(kermany, tmp_path, ratios):
 def test_split_command_refuses_a_wrong_folder_and_an_existing_file(tmp_path, kermany):
     result = CliRunner().invoke(main, ["split", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "s.json")])
     assert result.exit_code == 2 and "data folder not found" in result.output
+    (tmp_path / "m.csv").write_text("path,label\n")
+    result = CliRunner().invoke(main, ["split", "--data", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s.json")])
+    assert result.exit_code == 2 and "pools a data folder, not a file" in result.output
     (tmp_path / "s.json").write_text("{}")
     result = CliRunner().invoke(main, ["split", "--data", str(kermany), "--out", str(tmp_path / "s.json")])
     assert result.exit_code == 2 and "already exists" in result.output
