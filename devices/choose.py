@@ -44,7 +44,6 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
     from edgecxr.devices.classifier import Classifier
     from edgecxr.cpu import host_info
     from edgecxr.devices.parity import run_parity
-
     from edgecxr.data import list_site
 
     list_site(data)  # data no bundle could use: one error now, not one row per bundle

@@ -47,6 +47,12 @@ def TOLERANCES(f):
     return f
 
 
+def given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage) -> dict:
+    """The TOLERANCES options as parity takes them (None: not given, the bundle's criterion applies)."""
+    return {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
+            "min_agreement": min_agreement, "min_coverage": min_coverage}
+
+
 def REPORTS(f):
     """Where a parity report goes (device parity, device merge)."""
     f = click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")(f)
@@ -294,8 +300,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address,
                         ray_ignores={"--strict": strict, "--workers": workers, "--device": device_name})
     _check_outputs((bundle, data), json=json_file, junit=junit_file, predictions=predictions_file)
-    tol = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
-           "min_agreement": min_agreement, "min_coverage": min_coverage}
+    tol = given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     if ray_address:
         from edgecxr.devices.distributed import parity_ray
 
@@ -390,8 +395,7 @@ def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage
         sys.exit(0)
     if out is not None or overwrite:
         raise ConfigError("parity shards: --out/--overwrite are for evaluate shards; pass --json/--junit")
-    tol = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
-           "min_agreement": min_agreement, "min_coverage": min_coverage}
+    tol = given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     _write_parity(parity_from_predictions(doc, tol), show, json_file, junit_file)
 
 
@@ -466,9 +470,9 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     data = data or SAMPLE
     _check_outputs((*bundles, data), json=json_file)
     found = find_bundles(bundles)
-    given = {"max_recall_drop": max_recall_drop, "max_accuracy_drop": max_accuracy_drop,
-             "min_agreement": min_agreement, "min_coverage": min_coverage}
-    result = rank(found, data, tolerances=given, runs=runs, threads=threads, progress=lambda msg: click.echo(msg, err=True), trusted_key=trusted_key)
+    result = rank(found, data, runs=runs, threads=threads, trusted_key=trusted_key,
+                  tolerances=given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage),
+                  progress=lambda msg: click.echo(msg, err=True))
     click.echo(format_choice(result))
     if json_file:
         write_json_atomic(json_file, result)

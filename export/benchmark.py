@@ -54,8 +54,8 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
     started = time.time()
     tolerances = tolerances or Tolerances()
     plans = plan_rows(targets, prune, qat, distill)
-    model_path, data_root, out_dir, threads = _check_inputs(model_path, data_root, out_dir, runs, warmup, threads,
-                                                             classes, limit)
+    model_path, data_root, out_dir, threads, split_file = _check_inputs(model_path, data_root, out_dir, runs, warmup,
+                                                                         threads, classes, limit)
     _check_options(prune, tolerances.max_recall_drop, tolerances.max_accuracy_drop, tolerances.min_agreement,
                    finetune_epochs)
     if n_boot < MIN_BOOTSTRAP:
@@ -66,7 +66,6 @@ def run_benchmark(model_path, data_root, out_dir, *, targets=("all",), prune: fl
         command = (f"run_benchmark({str(model_path)!r}, {str(data_root)!r}, {str(out_dir)!r}, targets={list(targets)!r}, "
                    f"prune={prune!r}, qat={qat!r}, distill={distill!r}, limit={limit!r}, runs={runs!r}, threads={threads!r})")
 
-    split_file = D.model_split_file(model_path)  # a pooled re-split names its own test images
     with tempfile.TemporaryDirectory(prefix="edgecxr-bench-data-") as tmp:
         root = data_root
         if limit:
@@ -126,7 +125,8 @@ def _move_float_metrics(rows, float_info) -> None:
 
 
 def _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes, limit=None):
-    """(model path, data root, out folder, threads), every input checked before the first export."""
+    """(model path, data root, out folder, threads, the model's pooled split file or None), every input checked
+    before the first export."""
     from edgecxr.modelinfo import default_model_path
     from edgecxr.runtimes import default_threads
 
@@ -136,13 +136,13 @@ def _check_inputs(model_path, data_root, out_dir, runs, warmup, threads, classes
     if not model_path.exists():
         raise ConfigError(f"model {model_path} not found; pass --model PATH")
     data_root, out_dir = Path(data_root), Path(out_dir)
-    split_file = D.model_split_file(model_path)
+    split_file = D.model_split_file(model_path)  # a pooled re-split names its own test images
     if limit and split_file:
         raise ConfigError(f"--limit takes its test images from {data_root}/test, but {model_path} follows the pooled "
                           f"re-split {split_file}, whose test images are others; run without --limit")
     D.split_samples(data_root, "test", classes, split_file)  # bad data fails now, not after the first export
     refuse_overlap(out_dir, (model_path, data_root))
-    return model_path, data_root, out_dir, threads or default_threads()
+    return model_path, data_root, out_dir, threads or default_threads(), split_file
 
 
 def _bench_row(i, count, plan, model_path, root, bundles, *, reuse, model_sha, test_sha, classes, calib_count,
@@ -271,7 +271,7 @@ def _command_line() -> str:
               help="Calibration images [default: 300, or every train image when there are fewer; capped in --limit runs].")
 @click.option("--finetune-epochs", default=2, show_default=True, help="Fine-tuning epochs for --prune / --qat.")
 @click.option("--cold-start", "cold", is_flag=True, help="Also time a cold start (a fresh process) per target.")
-@click.option("--bootstrap", "n_boot", default=PARITY_BOOTSTRAP, show_default=True, type=click.IntRange(min=MIN_BOOTSTRAP),
+@click.option("--bootstrap", "n_boot", default=PARITY_BOOTSTRAP, show_default=True,
               help="Bootstrap resamples of the parity CIs (the count export and device parity use: the same verdicts).")
 @click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
 @click.option("--stability-images", default=64, show_default=True, type=click.IntRange(min=0),
