@@ -274,9 +274,13 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
               help="Run on Ray (pip install 'edgecxr[ray]'): one classifier per worker over the image list, then "
                    "merged. Without ADDRESS a local Ray on this machine; 'auto' or ray://HOST:PORT for a cluster.")
 @click.option("--ray-workers", type=click.IntRange(1, 1024), help="With --ray: classifier workers (default: the cluster's CPUs).")
+@click.option("--sbom", "sbom_file", type=click.Path(path_type=Path),
+              help="Write a CycloneDX JSON software bill of materials of this environment (the runtime that ran the "
+                   "model, edgecxr, numpy, Pillow, their requirements, Python; versions and SHA-256) and embed it in "
+                   "--json (pip install 'edgecxr[sbom]').")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
            junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, reference, stability,
-           max_unstable, shard, predictions_file, ray_address, ray_workers):
+           max_unstable, shard, predictions_file, ray_address, ray_workers, sbom_file):
     """Re-run images on the device and compare its decisions with the float model's.
 
     --data is the data root the bundle was exported with (ROOT/SPLIT/CLASS/), a CSV manifest, or a site's
@@ -299,7 +303,13 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
 
     _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address,
                         ray_ignores={"--strict": strict, "--workers": workers, "--device": device_name})
-    _check_outputs((bundle, data), json=json_file, junit=junit_file, predictions=predictions_file)
+    _check_outputs((bundle, data), json=json_file, junit=junit_file, predictions=predictions_file, sbom=sbom_file)
+    if sbom_file:
+        from edgecxr.devices.sbom import require_cyclonedx
+
+        if ray_address or predictions_file:
+            raise ConfigError("--sbom lists the environment of this process: run it without --ray and --predictions")
+        require_cyclonedx()
     tol = given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     if ray_address:
         from edgecxr.devices.distributed import parity_ray
@@ -314,6 +324,10 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
                      predictions_file)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
                         strict=strict, reference=reference, stability=stability, max_unstable=max_unstable)
+    if sbom_file:
+        from edgecxr.devices.sbom import write_sbom
+
+        report["sbom"] = write_sbom(sbom_file, clf, report)
     _write_parity(report, show, json_file, junit_file)
 
 
@@ -355,6 +369,60 @@ def _write_parity(report, show, json_file, junit_file):
         write_json_atomic(json_file, report)
     if junit_file:
         parity_junit(junit_file, report)
+    sys.exit(0 if report["passed"] else 1)
+
+
+@device.command()
+@BUNDLE
+@click.argument("submission", required=False, type=click.Path(exists=True, path_type=Path))
+@RUNTIME
+@THREADS
+@DEVICE
+@TRUSTED
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
+@click.option("--write-example", type=click.Path(path_type=Path),
+              help="Write edgecxr's own results for the conformance images as a .npz in the layout it reads, and stop.")
+def conform(bundle, submission, runtime, threads, device_name, trusted_key, json_file, write_example):
+    """Check an integrator's own input pipeline against the bundle's golden vectors.
+
+    \b
+    SUBMISSION holds what your pipeline produced for the images in BUNDLE/conformance/images, any stages:
+      .npz with arrays 'IMAGE/STAGE' (IMAGE: the file name or its stem), or a folder IMAGE/STAGE.npy,
+      .json {IMAGE: {STAGE: value}} or {IMAGE: probability}, .csv with columns image,probability[,decision].
+    Stages: decoded, cropped, equalized, resized (uint8), input (float32), quantized (int8), output,
+    probability, decision (BUNDLE's manifest, input_contract, says which apply and how each is computed).
+    Without SUBMISSION, edgecxr's own runner on this device is checked. Exit 0 pass, 1 fail, 2 bad input.
+
+    \b
+    edgecxr device conform bundles/tflite-int8 mine.npz --json conform.json
+    """
+    from edgecxr import conformance as K
+    from edgecxr.atomic import write_json_atomic
+
+    _check_outputs((bundle,) + ((submission,) if submission else ()), json=json_file, write_example=write_example)
+    clf = _load(bundle, runtime, threads, device_name, trusted_key)
+    io_ = K.ModelIO(clf.spec, clf.bundle.manifest["input"], clf.bundle.manifest["output"], clf.threshold,
+                    lambda: clf.session)
+    ids = [entry["id"] for entry, _, _ in K.golden_set(clf.bundle)]
+    if write_example:
+        from edgecxr.atomic import write_bytes_atomic
+        import io as _io
+
+        import numpy as np
+
+        buf = _io.BytesIO()
+        own = K.own_submission(clf.bundle, clf)
+        np.savez_compressed(buf, **{f"{i}/{s}": v for i, stages in own.items() for s, v in stages.items()})
+        write_bytes_atomic(write_example, buf.getvalue())
+        click.echo(f"wrote edgecxr's own results for {len(own)} conformance images to {write_example}")
+        return
+    given = K.load_submission(submission, ids) if submission else K.own_submission(clf.bundle, clf)
+    report = K.check(clf.bundle, given, io_)
+    report["submission"] = str(submission) if submission else "edgecxr's own runner on this device"
+    report["runtime"] = clf.runtime
+    click.echo(K.format_report(report))
+    if json_file:
+        write_json_atomic(json_file, report)
     sys.exit(0 if report["passed"] else 1)
 
 

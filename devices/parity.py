@@ -273,6 +273,11 @@ def format_report(r: dict, max_flips: int = 10) -> str:
     cpu = r.get("host", {}).get("cpu")
     if cpu:
         lines.append(r.get("cpu_path_note") or f"CPU path: {cpu['int8_path']} (the bundle does not record where it was verified)")
+    sbom = r.get("sbom")
+    if sbom:
+        lines.append(f"SBOM: {sbom['format']}, {sbom['components']} components, sha256 {sbom['sha256'][:16]}..., "
+                     f"written {sbom['file']}")
+        lines += [f"warning: {w}" for w in sbom["warnings"]]
     lines.append("parity PASSED" if r["passed"] else "parity FAILED")
     return "\n".join(lines)
 

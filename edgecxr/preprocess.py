@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from edgecxr.errors import ConfigError
 from edgecxr.images import read_image
@@ -93,20 +93,22 @@ class PreprocessSpec:
 
     # -- applying it -------------------------------------------------------
     def to_pixels(self, img: Image.Image, resample=None) -> np.ndarray:
-        """Grayscale PIL image -> uint8 array (size, size): crop, equalize, resize.
+        """Grayscale PIL image -> uint8 array (size, size): crop, equalize, resize, as edgecxr.contract
+        writes them (its numpy steps, not Pillow's resize: Pillow 13 turned some images vertically first).
 
         resample: a Pillow kernel to resize with instead of the spec's (edgecxr.devices.stability)."""
+        from edgecxr import contract
+
         if img.mode != "L":
             img = img.convert("L")
+        pixels = np.asarray(img, dtype=np.uint8)
         if self.crop is not None:
-            top, bottom, left, right = self.crop
-            w, h = img.size
-            img = img.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))
+            pixels = contract.crop(pixels, self.crop)
         if self.equalize:
-            img = ImageOps.equalize(img)
-        if img.size != (self.size, self.size):
-            img = img.resize((self.size, self.size), INTERPOLATIONS[self.interpolation] if resample is None else resample)
-        return np.asarray(img, dtype=np.uint8)
+            pixels = contract.equalize(pixels)
+        if resample is not None and pixels.shape != (self.size, self.size):
+            return np.asarray(Image.fromarray(pixels).resize((self.size, self.size), resample), dtype=np.uint8)
+        return np.ascontiguousarray(contract.resize(pixels, self.size, self.interpolation))
 
     def scale_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (..., H, W) -> float32 model input (..., H, W, channels)."""

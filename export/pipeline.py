@@ -331,6 +331,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
                     **base, "calibration": calibration if target.calibrated else None, "optimization": opt,
                     "twin": twin,
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        manifest.update(_conformance(target, ctx, tmp, manifest))
         manifest = finalize(tmp, manifest)
         if signing_key is not None:
             from edgecxr.signing import sign_bundle
@@ -399,6 +400,24 @@ def _export_parity(target, ctx, folder: Path, info, validation: dict | None) -> 
                          f"{report['n']} test reference images on this machine ({failed}); not written: it would fail "
                          f"`edgecxr device parity`. Try more --calib-count images or another target")
     return summary
+
+
+def _conformance(target, ctx, folder: Path, manifest: dict) -> dict:
+    """The manifest's `input_contract` and `conformance` (golden vectors of every stage, written into
+    folder/conformance/ by the bundle's own model)."""
+    from edgecxr import conformance as K, contract
+    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.runtimes import open_session
+
+    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    io_ = K.ModelIO(spec, manifest["input"], manifest["output"], manifest["threshold"],
+                    lambda: open_session(folder / target.model_file, target.family, precision=target.precision))
+    test = ctx.test[0]
+    cases = K.cases_for(manifest["reference"], manifest["threshold"], {s.rel: s.path for s in test})
+    block = K.write_golden(folder, io_, cases, runner_pixels=lambda path: spec.to_pixels(spec.read(path)))
+    rules = contract.algorithms(spec)
+    rules["steps"]["quantized"]["table"] = K.quantized_table(io_)
+    return {"input_contract": rules, "conformance": block}
 
 
 def _validation_summary(report: dict | None) -> str:

@@ -3,6 +3,8 @@ which data, with which result, on which runtime and CPU. `build_record` makes th
 renders its sections for the page (edgecxr.reports.html)."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import time
 
@@ -44,7 +46,19 @@ def _parity(r: dict) -> dict:
     out["flipped"] = r.get("flipped", [])
     cm = (r.get("device") or {}).get("confusion")
     out["small_samples"] = metrics.small_sample_notes(cm) if cm else []
+    if isinstance(r.get("sbom"), dict) and isinstance(r["sbom"].get("bom"), dict):
+        out["sbom"] = _sbom(r["sbom"])
     return out
+
+
+def _sbom(s: dict) -> dict:
+    """The SBOM a parity run embedded (`device parity --sbom`): its components as rows, and whether the embedded
+    copy is the file written on the device (same SHA-256)."""
+    from edgecxr.devices.sbom import bom_rows, dump
+
+    same = hashlib.sha256(dump(s["bom"]).encode()).hexdigest() == s.get("sha256")
+    return {**{k: s.get(k) for k in ("file", "sha256", "format", "serial", "components", "warnings")},
+            "embedded_is_the_file": same, "rows": bom_rows(s["bom"]), "bom": s["bom"]}
 
 
 def _bench(b: dict) -> dict:
@@ -70,6 +84,11 @@ def verdict(parity: list, bundles: list) -> dict:
                                "(the point checks decided)")
         crit = r.get("criteria") or {}
         reasons += [f"{target}: DEVIATION: {d['message']}" for d in crit.get("deviations", [])]
+        sbom = r.get("sbom") or {}
+        reasons += [f"{target}: SBOM: {w}" for w in sbom.get("warnings") or []]
+        if sbom and not sbom.get("embedded_is_the_file"):
+            reasons.append(f"{target}: SBOM: the copy in the parity JSON is not the file written on the device "
+                           "(SHA-256 differs)")
         if crit.get("source") == "defaults":
             reasons.append(f"{target}: {crit.get('note')}")
     passed = all(r.get("passed") for r in parity)
@@ -274,7 +293,43 @@ def _versions_html(rec: dict) -> str:
             f"result holds for.</p>{_table(('where', 'versions'), rows)}")
 
 
+def _sbom_html(rec: dict) -> str:
+    from edgecxr.devices.sbom import dump
+
+    parts = []
+    for p in rec["parity"]:
+        s = p.get("sbom")
+        if not s:
+            continue
+        rows = []
+        for c in s["rows"]:
+            files = "".join(f"<br><span class='small'>loaded: {_e(f['path'])} <span class='hash'>{_e(f['sha256'])}</span></span>"
+                            for f in c["files"])
+            arch = c.get("archive")
+            arch = (f"<br><span class='small'>archive ({_e(arch['source'])}): <span class='hash'>{_e(arch['sha256'])}"
+                    "</span></span>") if arch else ""
+            rows.append([f"<b>{_e(c['name'])}</b>", _e(c["version"] or "–"), _e(c["role"] or c["type"]),
+                         f"<span class='hash'>{_e(c['sha256'] or '–')}</span>{files}{arch}",
+                         f"<span class='small'>{_e(c['sha256_of'] or '')}</span>", _e(c["check"] or "")])
+        data = base64.b64encode(dump(s["bom"]).encode()).decode()
+        name = f"sbom-{p['target'] or 'device'}.cdx.json"
+        same = ("<span class='ok'>the same SHA-256 as the file written on the device</span>" if s["embedded_is_the_file"]
+                else "<span class='bad'>NOT the file written on the device (SHA-256 differs)</span>")
+        parts.append(f"<h3>{_e(p['target'])}: {_e(s['format'])}, {s['components']} components</h3>"
+                     f"<p>Written on the device to <code>{_e(s['file'])}</code>, SHA-256 <span class='hash'>{_e(s['sha256'])}"
+                     f"</span>, serial {_e(s['serial'])}. <a download='{_e(name)}' href='data:application/vnd.cyclonedx+json;"
+                     f"base64,{data}'>Download the BOM ({_e(name)})</a>: embedded in this page, {same}.</p>"
+                     f"{_warn(s['warnings'] or [])}"
+                     f"{_table(('component', 'version', 'role', 'SHA-256', 'hash of', 'installed files'), rows)}")
+    if not parts:
+        return ""
+    return ("<h2 id='sbom'>Software bill of materials</h2><p class='small'>The software the device verification ran "
+            "on, as the device recorded it (<code>edgecxr device parity --sbom</code>, CycloneDX): each component's "
+            "version and the SHA-256 it can honestly carry, with what was hashed; every installed file of a package "
+            "re-hashed against its RECORD, and the native libraries that were loaded.</p>" + "".join(parts))
+
+
 def record_html(rec: dict) -> str:
     """The record's sections, in the order a verification record reads."""
     return "".join((_verdict_html(rec["verdict"]), _intended_html(rec), _criteria_html(rec), _data_html(rec),
-                    _parity_html(rec), _calibration_html(rec), _bench_html(rec), _versions_html(rec)))
+                    _parity_html(rec), _calibration_html(rec), _bench_html(rec), _versions_html(rec), _sbom_html(rec)))

@@ -324,7 +324,7 @@ figure img{max-width:100%;height:auto}.grid figure img{width:480px;border:1px so
 .findings li{margin:4px 0;font-size:16px}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #d8dee6;border-radius:8px;padding:8px;background:#fbfcfd}
 .case{font-weight:600;margin-bottom:4px}.file{font-family:monospace;font-size:11px;color:#8795a1}
-nav a{margin-right:14px;color:#0b5394}"""
+nav a{margin-right:14px;color:#0b5394}.hash{font-family:monospace;font-size:11px;word-break:break-all}"""
 
 
 def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sources, record: dict | None = None) -> str:
@@ -377,7 +377,7 @@ def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sou
     nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (("summary", "Summary"), ("verdict", "Verdict"),
                                                           ("criteria", "Criteria"), ("data", "Data"), ("results", "Results"),
                                                           ("calibration", "Calibration"), ("latency", "Latency"),
-                                                          ("versions", "Runtimes"), ("training", "Training"),
+                                                          ("versions", "Runtimes"), ("sbom", "SBOM"), ("training", "Training"),
                                                           ("parity", "Devices"), ("cases", "Cases"), ("missing", "Missing"))
                   if f"id='{a}'" in "".join(body))
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -243,6 +243,9 @@ def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gall
             found.bench.insert(0, _parity_row(r))
     if bundle is not None and (Path(bundle) / "manifest.json").is_file():
         found.manifests.setdefault(str(Path(bundle).resolve()), _json(Path(bundle) / "manifest.json"))
+    if any(isinstance(r.get("device"), dict) and not r.get("sbom") for r in found.parity):
+        found.notes.append("the software bill of materials of the device environment (run `edgecxr device parity "
+                           "--sbom FILE --json FILE` and add the JSON)")
     record = build_record(found, title=title, sources=folders)
     html_text = render(found, roots=roots, mapper=Mapper(found.model, maps), gallery=gallery, title=title,
                        sources=folders, record=record)

@@ -72,6 +72,15 @@ def tiny_bundles(tiny_model, kermany, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def shipped_int8(tmp_path_factory, sample) -> Path:
+    """The shipped model's tflite-int8 bundle from the shipped sample, as `edgecxr demo` exports it (~80 s)."""
+    from edgecxr.export import export_model
+
+    out = tmp_path_factory.mktemp("shipped")
+    return export_model(REPO / "edgecxr" / "default" / "model.keras", ["tflite-int8"], sample, out, calib_count=96)[0]
+
+
+@pytest.fixture(scope="session")
 def small_kermany(tmp_path_factory, kermany) -> Path:
     """A Kermany-layout folder of symlinks to 40 real images per class of train/ and test/."""
     root = tmp_path_factory.mktemp("small") / "data"
@@ -86,7 +95,7 @@ def small_kermany(tmp_path_factory, kermany) -> Path:
 # The fast lane (`pytest -m "not slow"`, under two minutes on 2 cores) leaves out the tests that need every
 # exported target of the tiny model and those that took 3 s or more in a full run on 2 cores
 # (`pytest --durations=80`); CI runs everything.
-SLOW_FIXTURES = {"tiny_bundles", "bench"}
+SLOW_FIXTURES = {"tiny_bundles", "bench", "shipped_int8"}
 SLOW_TESTS = {
     "test_pruning_preserving_qat_keeps_the_zeros_in_the_int8_file", "test_demo_runs_end_to_end_and_parity_passes",
     "test_distilled_qat_keeps_the_float_models_outputs_where_label_qat_moves_them",

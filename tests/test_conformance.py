@@ -1,0 +1,223 @@
+"""The input contract (edgecxr.contract), golden vectors in every bundle and `edgecxr device conform`."""
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from edgecxr import conformance as K
+from edgecxr import contract as C
+from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
+
+from conftest import FULLRES, REPO
+
+FIXTURES = sorted(K.FIXTURES.iterdir())
+SHIPPED_SPEC = PreprocessSpec(equalize=True)
+FLOAT_IO = K.ModelIO(SHIPPED_SPEC, {"shape": [1, 224, 224, 3], "dtype": "float32", "quantization": None},
+                     {"shape": [1, 1], "dtype": "float32", "quantization": None}, 0.5)
+
+
+def _case(path: Path) -> K.Case:
+    return K.Case(path.name, path.read_bytes(), "")
+
+
+def _pillow_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """The runner before the contract: Pillow's equalize and resize."""
+    img = ImageOps.equalize(img) if spec.equalize else img
+    if img.size != (spec.size, spec.size):
+        img = img.resize((spec.size, spec.size), Image.Resampling.BILINEAR)
+    return np.asarray(img)
+
+
+def test_reference_equals_the_runner_and_pillow_on_the_real_images(kermany):
+    """624 test images, the 16 full-size originals, the conformance fixtures (PNG 16-bit, DICOM, EXIF colour):
+    the numpy reference gives the runner's decoded, resized pixels and model input bit for bit, and Pillow's own
+    equalize + resize (these images are landscape: Pillow resizes them horizontally first, as the contract)."""
+    files = sorted((kermany / "test").glob("*/*.jpeg")) + sorted(FULLRES.glob("*/*.jpeg")) + FIXTURES
+    assert len(files) == 624 + 16 + 5
+    for path in files:
+        stages = K.run_pipeline(_case(path), FLOAT_IO, until="input")
+        img = SHIPPED_SPEC.read(path)
+        pixels = SHIPPED_SPEC.to_pixels(img)
+        assert np.array_equal(np.asarray(img), stages["decoded"]), path.name
+        assert np.array_equal(pixels, stages["resized"]), path.name
+        assert np.array_equal(_pillow_pixels(img, SHIPPED_SPEC), stages["resized"]), path.name
+        assert np.array_equal(SHIPPED_SPEC.scale_pixels(pixels)[None], stages["input"]), path.name
+
+
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic", "lanczos", "nearest"])
+def test_resize_is_pillows_arithmetic_for_every_kernel(kernel):
+    """Shapes Pillow resizes horizontally first (it reduces the width at least as much as the height)."""
+    rng = np.random.default_rng(0)
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}[kernel]
+    for (h, w), size in [((232, 322), 224), ((592, 968), 224), ((100, 150), 224), ((224, 500), 160), ((300, 301), 299)]:
+        pixels = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        expected = np.asarray(Image.fromarray(pixels).resize((size, size), resample))
+        assert np.array_equal(C.resize(pixels, size, kernel), expected), (kernel, h, w, size)
+
+
+def test_crop_equalize_resize_match_pillow_and_the_order_is_horizontal_first():
+    spec = PreprocessSpec(size=200, equalize=True, crop=LUNG_CROP)
+    img = Image.open(FULLRES / "NORMAL" / "NORMAL2-IM-1427-0001.jpeg").convert("L")
+    w, h = img.size
+    top, bottom, left, right = LUNG_CROP
+    manual = img.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))
+    assert np.array_equal(spec.to_pixels(img), _pillow_pixels(manual, spec))
+    # one axis up, the other down: the contract passes horizontally first, whatever Pillow's version chooses
+    pixels = np.random.default_rng(1).integers(0, 256, (300, 200)).astype(np.uint8)
+    h_first = C._resize_axis(np.ascontiguousarray(C._resize_axis(pixels, 224, "bilinear").T), 224, "bilinear").T
+    assert np.array_equal(C.resize(pixels, 224), h_first)
+
+
+def test_equalize_lut_is_pillows_formula_with_its_edge_cases():
+    rng = np.random.default_rng(2)
+    cases = [rng.integers(0, 256, (64, 64)), np.full((8, 8), 77), np.r_[np.zeros(10), np.full(3, 200)].reshape(1, -1),
+             rng.integers(100, 103, (50, 50)), np.r_[np.zeros(300), np.arange(256)].reshape(1, -1)]
+    for pixels in cases:
+        pixels = pixels.astype(np.uint8)
+        assert np.array_equal(C.equalize(pixels), np.asarray(ImageOps.equalize(Image.fromarray(pixels)))), pixels.shape
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_the_runner(tmp_path, orientation):
+    pixels = np.arange(12 * 20, dtype=np.uint8).reshape(12, 20) * 1
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())
+    decoded = K.run_pipeline(_case(path), FLOAT_IO, until="decoded")["decoded"]
+    assert np.array_equal(decoded, np.asarray(SHIPPED_SPEC.read(path)))
+
+
+def test_every_bundle_has_its_conformance_set_and_its_runner_conforms(tiny_bundles):
+    for name, folder in tiny_bundles.items():
+        if name == "twin":
+            continue
+        manifest = json.loads((folder / "manifest.json").read_text())
+        ids = [e["id"] for e in manifest["conformance"]["images"]]
+        assert set(p.name for p in FIXTURES) <= set(ids), name
+        assert {"near-threshold-normal.jpeg", "near-threshold-pneumonia.jpeg"} <= set(ids), name
+        assert all(manifest["files"][e["golden"]] for e in manifest["conformance"]["images"])  # hash-pinned
+        assert manifest["input_contract"]["version"] == C.VERSION
+        done = _cli("device", "conform", str(folder))
+        assert done.returncode == 0, (name, done.stdout[-2000:], done.stderr[-2000:])
+        assert "conformance PASSED" in done.stdout
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgecxr.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_the_opencv_recipe_conforms_exactly_at_every_stage(shipped_int8, tmp_path):
+    from integrator_mistakes import recipe  # examples/opencv_recipe.py
+
+    recipe.main([str(shipped_int8), "--conformance", str(tmp_path / "mine.npz")])
+    done = _cli("device", "conform", str(shipped_int8), str(tmp_path / "mine.npz"), "--json", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and len(report["images"]) == 7
+    for image in report["images"]:
+        assert all(s["golden"]["exact"] for s in image["stages"]), image
+
+
+def test_the_readme_recipe_is_the_tested_file():
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert (REPO / "examples" / "opencv_recipe.py").read_text() in blocks
+
+
+@pytest.mark.parametrize("mistake", [m.name for m in K.MISTAKES])
+def test_each_known_mistake_is_caught_and_named(shipped_int8, mistake):
+    from integrator_mistakes import submission
+
+    from edgecxr.bundle import load_bundle
+
+    bundle = load_bundle(shipped_int8)
+    io_ = K.bundle_io(bundle)
+    for stages in (None, ("input", "quantized")):  # every stage, or only the tensor fed to the model
+        report = K.check(bundle, submission(shipped_int8, mistake, stages), io_)
+        assert not report["passed"], (mistake, stages)
+        assert report["most_likely_mistake"] == K.MISTAKE_NAMES[mistake].description, (mistake, stages)
+        if stages is None:
+            failed = [i for i in report["images"] if not i["passed"]]
+            assert all(i["diagnosis"][0]["mistake"] == mistake for i in failed), (mistake, failed)
+            assert {i["first_difference"] for i in failed} <= {K.MISTAKE_NAMES[mistake].stage, "resized", "probability"}
+
+
+def test_conform_names_the_stage_and_the_fix_on_the_console(shipped_int8, tmp_path):
+    from integrator_mistakes import submission
+
+    arrays = {f"{i}/{s}": v for i, st in submission(shipped_int8, "opencv_equalizehist").items() for s, v in st.items()}
+    np.savez(tmp_path / "eq.npz", **arrays)
+    done = _cli("device", "conform", str(shipped_int8), str(tmp_path / "eq.npz"))
+    assert done.returncode == 1
+    assert "first difference: equalized: not the contract's step applied to your previous stage" in done.stdout
+    assert "most likely: another equalization formula (OpenCV's equalizeHist)" in done.stdout
+    assert "conformance FAILED (7 of 7 images)" in done.stdout
+
+
+def test_probabilities_alone_are_checked_by_decision_and_tolerance(shipped_int8, tmp_path):
+    manifest = json.loads((shipped_int8 / "manifest.json").read_text())
+    golden = {e["id"]: e["probability"] for e in manifest["conformance"]["images"]}
+    ok = tmp_path / "ok.csv"
+    ok.write_text("image,probability\n" + "".join(f"{i},{p + 0.01:.6f}\n" for i, p in golden.items()))
+    assert _cli("device", "conform", str(shipped_int8), str(ok)).returncode == 0
+    flipped = {Path(i).stem: (1 - p) for i, p in golden.items()}  # stems are accepted too
+    (tmp_path / "bad.json").write_text(json.dumps(flipped))
+    done = _cli("device", "conform", str(shipped_int8), str(tmp_path / "bad.json"))
+    assert done.returncode == 1 and "first difference: probability" in done.stdout
+    assert "decision Δ 1.0000 FAIL" in done.stdout and "most likely mistake" not in done.stdout
+
+
+def test_write_example_is_read_back_as_a_passing_submission(shipped_int8, tmp_path):
+    example = tmp_path / "example.npz"
+    assert _cli("device", "conform", str(shipped_int8), "--write-example", str(example)).returncode == 0
+    done = _cli("device", "conform", str(shipped_int8), str(example))
+    assert done.returncode == 0, done.stdout
+
+
+@pytest.mark.parametrize("content, name, message", [
+    ({"nosuch.jpeg/probability": 0.5}, "a.npz", "is not a conformance image"),
+    ({"fullsize-normal.jpeg/logits": 0.5}, "b.npz", "names no stage"),
+    (None, "c.txt", "pass a .npz, .json or .csv"),
+])
+def test_bad_submissions_are_one_line_errors(shipped_int8, tmp_path, content, name, message):
+    path = tmp_path / name
+    if content is None:
+        path.write_text("x")
+    else:
+        np.savez(path, **{k: np.asarray(v) for k, v in content.items()})
+    done = _cli("device", "conform", str(shipped_int8), str(path))
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_changed_golden_array_is_refused(shipped_int8, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(shipped_int8, bundle)
+    golden = bundle / "conformance" / "golden" / "fullsize-normal.npz"
+    with np.load(golden) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["resized"] = arrays["resized"].copy()
+    arrays["resized"][0, 0] ^= 1
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    golden.write_bytes(buf.getvalue())
+    done = _cli("device", "conform", str(bundle))
+    assert done.returncode == 2 and "fullsize-normal.npz does not match its SHA-256" in done.stderr
+
+
+def test_a_bundle_without_golden_vectors_says_to_re_export(shipped_int8):
+    from edgecxr.bundle import Bundle, load_bundle
+    from edgecxr.errors import BundleError
+
+    bundle = load_bundle(shipped_int8)
+    old = Bundle(bundle.path, {k: v for k, v in bundle.manifest.items() if k != "conformance"})
+    with pytest.raises(BundleError, match="no conformance set.*re-export"):
+        K.golden_set(old)
