@@ -117,6 +117,13 @@ for profile in $PROFILES; do
     grep -E "^parity |^CPU path|^PASS|^FAIL|^note|^error" "$OUT/$t.$profile.txt" || tail -3 "$OUT/$t.$profile.txt"
     case $rc in 0) v=PASSED;; 1) v=FAILED;; *) v="did not run (exit $rc): $(grep -m1 -iE 'error|fault|exception' "$OUT/$t.$profile.txt" | cut -c1-160)";; esac
     results+=("$profile $qcpu $t: parity $v")
+    set +e  # the golden vectors of the input contract, reproduced on the emulated Pi
+    QEMU_CPU=$qcpu chroot "$ROOT" /opt/venv/bin/edgecxr device conform "/b/$t" > "$OUT/$t.$profile.conform.txt" 2>&1
+    rc=$?
+    set -e
+    tail -1 "$OUT/$t.$profile.conform.txt"
+    case $rc in 0) v=PASSED;; 1) v=FAILED;; *) v="did not run (exit $rc)";; esac
+    results+=("$profile $qcpu $t: conform $v")
   done
   umount "$ROOT/proc/cpuinfo" "$ROOT/proc"
 done

@@ -31,7 +31,7 @@ VPY="$WORK/venv/bin/python"
 # A copy of the checkout, so the build never writes into the repository.
 mkdir -p "$WORK/src"
 tar -C "$REPO" --exclude=.git --exclude='*.egg-info' --exclude=build --exclude=__pycache__ -cf - . | tar -C "$WORK/src" -xf -
-"$VPY" -m pip install --quiet "$WORK/src[litert]"
+"$VPY" -m pip install --quiet "$WORK/src[litert,sbom]"
 
 say "TensorFlow must not be installed"
 if "$VPY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('tensorflow') else 1)"; then
@@ -43,7 +43,7 @@ fi
 say "edgecxr device parity $BUNDLE --data $DATA"
 set +e
 "$WORK/venv/bin/edgecxr" device parity "$BUNDLE" --data "$DATA" --min-coverage "$MIN_COVERAGE" \
-  --json "$WORK/parity.json" --junit "$WORK/parity.xml"
+  --json "$WORK/parity.json" --junit "$WORK/parity.xml" --sbom "$WORK/sbom.cdx.json"
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then echo "FAIL: device parity exited $rc" >&2; exit 1; fi
@@ -55,8 +55,19 @@ assert rep["runtime"]["name"] == "litert", rep["runtime"]
 suite = ET.parse(sys.argv[2]).getroot().find("testsuite")
 names = {case.get("name") for case in suite.findall("testcase")}
 assert suite.get("failures") == "0" and {"recall_drop", "accuracy_drop", "agreement", "coverage"} <= names, names
-print(f"parity passed on {rep['n']} images with {rep['runtime']['name']} {rep['runtime']['version']}; JSON and JUnit written")
+runtimes = [c["name"] for c in rep["sbom"]["bom"]["components"] if c["name"] in ("ai-edge-litert", "onnxruntime", "openvino")]
+assert runtimes == ["ai-edge-litert"], runtimes
+print(f"parity passed on {rep['n']} images with {rep['runtime']['name']} {rep['runtime']['version']}; JSON, JUnit and SBOM written")
 EOF
+
+say "edgecxr device conform: the bundle's golden vectors reproduced by this device's runner, without TensorFlow"
+"$WORK/venv/bin/edgecxr" device conform "$BUNDLE" --json "$WORK/conform.json"
+"$VPY" -c "
+import json
+r = json.load(open('$WORK/conform.json'))
+assert r['passed'] and len(r['images']) >= 5, r['failed']
+print(f\"conform passed on {len(r['images'])} conformance images with {r['runtime']['name']}\")
+"
 "$WORK/venv/bin/edgecxr" device bench "$BUNDLE" --data "$DATA" --runs 50 --warmup 5 --json "$WORK/bench.json"
 "$VPY" -c "
 import json, sys

@@ -40,13 +40,20 @@ def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False)
     from edgecxr.devices import Classifier
     from edgecxr.devices.parity import format_report, run_parity
 
-    report = run_parity(Classifier.load(bundle), SAMPLE, split="test")
+    clf = Classifier.load(bundle)
+    report = run_parity(clf, SAMPLE, split="test")
     write_json_atomic(out / "parity.json", report)
     click.echo(format_report(report))
+    from edgecxr import conformance
+
+    conform = conformance.check(clf.bundle, conformance.own_submission(clf.bundle, clf))
+    click.echo(f"input contract: this device reproduces the bundle's golden vectors on "
+               f"{len(conform['images'])} conformance images: {'PASSED' if conform['passed'] else 'FAILED'} "
+               f"(integrators: edgecxr device conform {bundle} THEIR.npz)")
     click.echo(f"\nwritten to {out}: float/metrics.json, bundles/{target}/, parity.json")
     click.echo(f"next: edgecxr device bench {bundle} --json {out}/bench.json && edgecxr report {out}/float "
                f"{bundle} {out}/parity.json {out}/bench.json --out {out}/report.html")
-    return bool(report["passed"])
+    return bool(report["passed"] and conform["passed"])
 
 
 @click.command()
@@ -54,7 +61,7 @@ def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False)
 @click.option("--target", default="tflite-int8", show_default=True, help="Export target to check on the device.")
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True, help="Replace an earlier demo folder.")
 def demo(out, target, overwrite):
-    """Run the pipeline on the shipped model and sample: evaluate, export, device parity.
+    """Run the pipeline on the shipped model and sample: evaluate, export, device parity, golden vectors.
 
     Example: edgecxr demo --out demo"""
     passed = run_demo(out, target, overwrite=overwrite)
