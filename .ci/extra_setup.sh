@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Extra CI setup: headless Chromium for the browser test of the HTML report (tests/test_report.py).
-# Never fails CI: without Chromium that test skips with its reason.
+# Extra CI setup: headless Chromium for the browser tests of the HTML report (tests/test_report.py) and of the
+# web app (tests/test_web.py: Playwright drives this chromium; the app's runtime comes from npm ci of its lockfile).
+# Never fails CI: without Chromium those tests skip with their reason.
 if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
     exit 0
 fi

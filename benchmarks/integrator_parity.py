@@ -147,7 +147,7 @@ def main() -> None:
     args = ap.parse_args()
     files = {"test-624": sorted((args.data / "kermany-cxr-224" / "test").glob("*/*.jpeg")),
              "originals-16": sorted((args.data / "kermany-val-fullres").glob("*/*.jpeg")),
-             "fixtures-5": sorted((ROOT / "edgecxr" / "conformance_images").iterdir())}
+             "fixtures": sorted((ROOT / "edgecxr" / "conformance_images").iterdir())}
     result = measure(args.bundle, files)
     result["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     args.out.mkdir(parents=True, exist_ok=True)

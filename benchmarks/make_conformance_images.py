@@ -17,11 +17,20 @@ OUT = Path(__file__).resolve().parents[1] / "edgecxr" / "conformance_images"
 
 
 def png16(src: Path, dst: Path) -> None:
-    """Half size, 12-bit values in a 16-bit PNG (offset 700: min-max scaling must undo it)."""
+    """Half size, 12-bit values in a 16-bit PNG, through a gamma and an offset: min-max scaling lands between
+    grey levels, so its rounding (half to even, not floor) shows."""
     img = Image.open(src).convert("L")
     img = img.resize((img.width // 2, img.height // 2), Image.Resampling.BILINEAR)
-    values = np.asarray(img, np.uint16) * 16 + 700
+    values = np.round((np.asarray(img, np.float64) / 255) ** 1.25 * 3000 + 500)
     Image.fromarray(values.astype(np.uint16)).save(dst)  # mode I;16
+
+
+def portrait(src: Path, dst: Path) -> None:
+    """The middle 40 % of a full-size original's width: taller than wide, so the contract's horizontal-first
+    resize and Pillow 13's vertical-first one differ."""
+    img = Image.open(src).convert("L")
+    left = round(img.width * 0.3)
+    img.crop((left, 0, left + round(img.width * 0.4), img.height)).save(dst, quality=90)
 
 
 def dicom_monochrome1(src: Path, dst: Path) -> None:
@@ -71,6 +80,7 @@ def main() -> None:
     png16(data / "NORMAL/NORMAL2-IM-1430-0001.jpeg", OUT / "png16-normal.png")
     dicom_monochrome1(data / "PNEUMONIA/person1950_bacteria_4881.jpeg", OUT / "dicom-monochrome1-pneumonia.dcm")
     exif_rotated_colour(data / "PNEUMONIA/person1947_bacteria_4876.jpeg", OUT / "exif6-colour-pneumonia.jpeg")
+    portrait(data / "NORMAL/NORMAL2-IM-1438-0001.jpeg", OUT / "portrait-normal.jpeg")
     for p in sorted(OUT.iterdir()):
         print(f"{p.name}: {p.stat().st_size / 1024:.0f} KiB")
 

@@ -16,10 +16,10 @@ def find_bundles(paths) -> list[Path]:
     """Bundle folders (or .zip files) given directly or found one level inside the given folders."""
     found = []
     for p in map(Path, paths):
-        if (p / "manifest.json").is_file() or p.suffix == ".zip":
+        if (p / "manifest.json").is_file() or p.suffix.lower() == ".zip":
             found.append(p)
         elif p.is_dir():
-            found += sorted(c for c in p.iterdir() if (c / "manifest.json").is_file() or c.suffix == ".zip")
+            found += sorted(c for c in p.iterdir() if (c / "manifest.json").is_file() or c.suffix.lower() == ".zip")
         else:
             raise DataError(f"{p}: not a bundle folder, a bundle .zip or a folder of bundles")
     if not found:

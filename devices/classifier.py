@@ -144,8 +144,11 @@ class Classifier:
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle, trusted_key=trusted_key_path(trusted_key))
         target = bundle.target
-        session = open_session(bundle.model_path, target.family, runtime=runtime, threads=threads, device=device,
-                               precision=target.precision)
+        try:  # from the verified bytes: a model file swapped after verification never runs
+            session = open_session(bundle.model_source(), target.family, runtime=runtime, threads=threads,
+                                   device=device, precision=target.precision)
+        except ModelError as exc:  # the runtimes name in-memory models "<model bytes>": name the file
+            raise ModelError(str(exc).replace("<model bytes>", str(bundle.model_path))) from None
         clf = cls(bundle, session)
         clf.device = device
         return clf

@@ -93,6 +93,8 @@ def _check_outputs(inputs=(), **outputs) -> None:
         refuse_overlap(path, inputs, flag)
         if path.is_dir():
             raise ConfigError(f"{flag} {path}: is a folder; pass a file path")
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{flag} {path}: not a regular file (a device or FIFO); pass a file path")
         parent = next((d for d in (path.parent, *path.parent.parents) if d.exists()), Path("."))
         if not parent.is_dir():
             raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; fix the path")
@@ -270,6 +272,9 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
                                                 "write its --predictions; combine the N files with `device merge`.")
 @click.option("--predictions", "predictions_file", type=click.Path(path_type=Path),
               help="Write the per-image prediction file (the unit `device merge` combines) instead of a report.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --predictions: sign the file with this device's private key (edgecxr keygen); "
+                   "`device merge --device-key` then refuses any shard it did not sign.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
               help="Run on Ray (pip install 'edgecxr[ray]'): one classifier per worker over the image list, then "
                    "merged. Without ADDRESS a local Ray on this machine; 'auto' or ray://HOST:PORT for a cluster.")
@@ -280,7 +285,7 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
                    "--json (pip install 'edgecxr[sbom]').")
 def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file,
            junit_file, runtime, threads, device_name, trusted_key, workers, strict, show, reference, stability,
-           max_unstable, shard, predictions_file, ray_address, ray_workers, sbom_file):
+           max_unstable, shard, predictions_file, signing_key, ray_address, ray_workers, sbom_file):
     """Re-run images on the device and compare its decisions with the float model's.
 
     --data is the data root the bundle was exported with (ROOT/SPLIT/CLASS/), a CSV manifest, or a site's
@@ -310,6 +315,12 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
         if ray_address or predictions_file:
             raise ConfigError("--sbom lists the environment of this process: run it without --ray and --predictions")
         require_cyclonedx()
+    if signing_key:
+        if not predictions_file:
+            raise ConfigError("--signing-key signs a --predictions file; add --predictions FILE")
+        from edgecxr.signing import load_signing_key
+
+        signing_key = load_signing_key(signing_key)  # a bad key fails now, not after the run
     tol = given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
     if ray_address:
         from edgecxr.devices.distributed import parity_ray
@@ -321,7 +332,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
     if predictions_file:
         _write_shard(clf, data, split, parse_classes(classes), reference, workers, strict, shard or (1, 1),
-                     predictions_file)
+                     predictions_file, signing_key)
     report = run_parity(clf, data, split=split, classes=parse_classes(classes), tolerances=tol, workers=workers,
                         strict=strict, reference=reference, stability=stability, max_unstable=max_unstable)
     if sbom_file:
@@ -346,13 +357,13 @@ def _check_parity_modes(shard, predictions_file, json_file, junit_file, stabilit
         raise ConfigError(f"--ray does not support {', '.join(unsupported)}: run those without --ray")
 
 
-def _write_shard(clf, data, split, classes, reference, workers, strict, shard, predictions_file):
+def _write_shard(clf, data, split, classes, reference, workers, strict, shard, predictions_file, signing_key=None):
     from edgecxr import shards
     from edgecxr.devices.parity import parity_predictions, parity_samples
 
     doc = parity_predictions(clf, data, parity_samples(clf, data, split, classes, reference), split=split,
                              reference=reference, workers=workers, strict=strict, shard=shard)
-    shards.write(predictions_file, doc)
+    shards.write(predictions_file, doc, signing_key)
     done = sum(1 for r in doc["records"] if "device_prob" in r)
     click.echo(f"shard {shard[0]}/{shard[1]}: {done} of {len(doc['records'])} images compared in "
                f"{doc['seconds']:.1f} s (of {doc['list']['size']} listed); written {predictions_file}")
@@ -382,7 +393,9 @@ def _write_parity(report, show, json_file, junit_file):
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
 @click.option("--write-example", type=click.Path(path_type=Path),
               help="Write edgecxr's own results for the conformance images as a .npz in the layout it reads, and stop.")
-def conform(bundle, submission, runtime, threads, device_name, trusted_key, json_file, write_example):
+@click.option("--only-submitted", is_flag=True, help="Check only the images SUBMISSION has results for (a pipeline "
+                                                      "without a DICOM reader); the verdict lists the others.")
+def conform(bundle, submission, runtime, threads, device_name, trusted_key, json_file, write_example, only_submitted):
     """Check an integrator's own input pipeline against the bundle's golden vectors.
 
     \b
@@ -396,7 +409,7 @@ def conform(bundle, submission, runtime, threads, device_name, trusted_key, json
     \b
     edgecxr device conform bundles/tflite-int8 mine.npz --json conform.json
     """
-    from edgecxr import conformance as K
+    from edgecxr import conform as check, conformance as K
     from edgecxr.atomic import write_json_atomic
 
     _check_outputs((bundle,) + ((submission,) if submission else ()), json=json_file, write_example=write_example)
@@ -416,11 +429,11 @@ def conform(bundle, submission, runtime, threads, device_name, trusted_key, json
         write_bytes_atomic(write_example, buf.getvalue())
         click.echo(f"wrote edgecxr's own results for {len(own)} conformance images to {write_example}")
         return
-    given = K.load_submission(submission, ids) if submission else K.own_submission(clf.bundle, clf)
-    report = K.check(clf.bundle, given, io_)
+    given = check.load_submission(submission, ids, io_.stages) if submission else K.own_submission(clf.bundle, clf)
+    report = check.check(clf.bundle, given, io_, only_submitted=only_submitted and submission is not None)
     report["submission"] = str(submission) if submission else "edgecxr's own runner on this device"
     report["runtime"] = clf.runtime
-    click.echo(K.format_report(report))
+    click.echo(check.format_report(report))
     if json_file:
         write_json_atomic(json_file, report)
     sys.exit(0 if report["passed"] else 1)
@@ -434,13 +447,25 @@ def conform(bundle, submission, runtime, threads, device_name, trusted_key, json
 @click.option("--out", type=click.Path(path_type=Path), help="For `evaluate` shards: the output folder (metrics.json, "
                                                               "predictions.npz, figures), as `edgecxr evaluate --out`.")
 @click.option("--overwrite", is_flag=True, help="With --out: replace an existing edgecxr output folder.")
+@click.option("--bundle", "bundle_path", type=click.Path(path_type=Path),
+              help="Parity shards: the bundle they ran; its acceptance criteria, threshold and stored float references "
+                   "must be the files' (an edited criterion or reference is refused).")
+@TRUSTED
+@click.option("--device-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Public key of the devices (edgecxr keygen's .pub): refuse any shard file not signed with it "
+                   "(`device parity --predictions F --signing-key PRIVATE`).")
 def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, json_file, junit_file, show, out,
-          overwrite):
+          overwrite, bundle_path, trusted_key, device_key):
     """Combine the prediction files of a sharded run (`--shard I/N --predictions FILE` of `device parity` or
     `evaluate`, from any machines) into the report and verdict the unsharded run gives.
 
-    Refuses files of different runs (bundle or model, reference, threshold, image list), a shard given twice
-    and a missing shard. Exit 0 when parity holds, 1 when it does not, 2 for bad input.
+    Refuses files of different runs (bundle or model, reference, threshold, image list), a shard given twice,
+    a missing shard, and any file changed after it was written (its digest), a probability outside [0, 1], an
+    unknown label or a name outside the data root. With --bundle the criteria and float references must be the
+    bundle's (--trusted-key: and the bundle signed by that release key); with --device-key every file must be
+    signed by that device key (`device parity --predictions F --signing-key K`): only that stops a forger who
+    recomputes the digest.
+    Exit 0 when parity holds, 1 when it does not, 2 for bad input.
 
     Example: edgecxr device merge shard-1.json shard-2.json shard-3.json --json parity.json --junit parity.xml
     """
@@ -448,8 +473,12 @@ def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage
     from edgecxr.devices.parity import parity_from_predictions
     from edgecxr.errors import ConfigError
 
+    from edgecxr.bundle import load_bundle
+    from edgecxr.signing import trusted_key_path
+
     _check_outputs(files, json=json_file, junit=junit_file)
-    doc = shards.merge(files)
+    bundle = load_bundle(bundle_path, trusted_key=trusted_key_path(trusted_key)) if bundle_path else None
+    doc = shards.merge(files, bundle=bundle, trusted_key=device_key)
     if doc["task"] == "evaluate":
         from edgecxr.evaluation import write_merged
 
@@ -545,3 +574,39 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     if json_file:
         write_json_atomic(json_file, result)
     sys.exit(0 if result["choice"] else 1)
+
+
+@device.command()
+@BUNDLE
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the site (index.html, the model, the runtime).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing site edgecxr wrote.")
+@click.option("--npm-cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the WebAssembly runtime is installed once by npm ci of edgecxr's lockfile (default: "
+                   "$EDGECXR_WEB_CACHE or ~/.cache/edgecxr-web).")
+@TRUSTED
+def web(bundle, out, overwrite, npm_cache, trusted_key):
+    """Build a static web app that classifies with BUNDLE inside the browser: nothing is uploaded.
+
+    One HTML page, its JavaScript (the bundle's input contract: JPEG, PNG and DICOM decoding, equalization,
+    resize, int8 quantization), the model and the WebAssembly runtime (LiteRT.js for tflite bundles, ONNX
+    Runtime Web for onnx bundles), vendored from npm at build time, never fetched from elsewhere when it runs.
+    Serve the folder over http(s): `edgecxr serve BUNDLE --app SITE` (/app/, with WebAssembly threads) or any
+    static web server. Browsers keep an offline copy on https or localhost.
+
+    Example: edgecxr device web bundles/tflite-int8 --out site/
+    """
+    from edgecxr.atomic import check_writable
+    from edgecxr.devices.web import build_site
+
+    check_writable(out, overwrite=overwrite, inputs=(bundle,))
+    index = build_site(bundle, out, cache=npm_cache, trusted_key=trusted_key, overwrite=overwrite)
+    files = index["files"]
+    model = sum(f["bytes"] for f in files if f["path"].startswith("model/"))
+    runtime = sum(f["bytes"] for f in files if f["path"].startswith("vendor/"))
+    rt = index["runtime"]
+    click.echo(f"site written: {out} ({len(files)} files, {index['bytes'] / 1e6:.1f} MB: model {model / 1e6:.1f} MB, "
+               f"{rt['name']} {rt['version']} {runtime / 1e6:.1f} MB in all its WebAssembly builds; a browser loads one)")
+    click.echo(f"bundle {index['bundle']['target']}, model SHA-256 {index['bundle']['model_sha256'][:16]}..., "
+               f"site SHA-256 {index['site_sha256'][:16]}... (files.json lists every file)")
+    click.echo(f"open it: edgecxr serve {bundle} --app {out}   -> http://127.0.0.1:8080/app/\n"
+               f"     or: python -m http.server -d {out} 8000   -> http://localhost:8000/ (no WebAssembly threads)")

@@ -238,6 +238,8 @@ def _bundle_info(clf: Classifier) -> dict:
 
 
 def format_report(r: dict, max_flips: int = 10) -> str:
+    from edgecxr.shards import printable
+
     """The human summary printed by `edgecxr device parity`."""
     rt = r["runtime"]
     lines = [f"parity {r['bundle']['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
@@ -249,7 +251,7 @@ def format_report(r: dict, max_flips: int = 10) -> str:
     if r["flipped"]:
         lines.append(f"flipped cases ({len(r['flipped'])}, {'new false negatives' if r.get('labeled', True) else 'new negatives'} first):")
         for f in r["flipped"][:max_flips]:
-            lines.append(f"  {f['kind']:22s} {f['file']}  float {f['float_prob']:.3f} -> device {f['device_prob']:.3f}")
+            lines.append(f"  {f['kind']:22s} {printable(f['file'])}  float {f['float_prob']:.3f} -> device {f['device_prob']:.3f}")
         if len(r["flipped"]) > max_flips:
             lines.append(f"  ... {len(r['flipped']) - max_flips} more in --json")
     d = r["data"]

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -188,6 +189,8 @@ def replace_dir(new: Path, final: Path) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
+    if path.exists() and not path.is_file():  # renaming over /dev/null as root would replace the device node
+        raise ConfigError(f"{path}: not a regular file (a device, FIFO or folder); pass a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
@@ -209,7 +212,21 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+    """Always valid JSON: a NaN or infinite number is written as null (bare NaN tokens are not JSON)."""
+    write_text_atomic(path, json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def finite(value):
+    """value with every non-finite float replaced by None (dicts, lists and tuples walked)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():  # a numpy scalar
+        return finite(value.item())
+    return value
 
 
 SMALL_FILE = 64 << 10  # keys, tokens, signatures: a PEM key is a few hundred bytes

@@ -100,6 +100,31 @@ class Bundle:
     def reference(self) -> dict:
         return self.manifest["reference"]
 
+    def read_verified(self, rel: str) -> bytes:
+        """The bytes of a bundle file, read once and checked against the manifest's SHA-256 now: what is handed to
+        a runtime is what was hashed, even if the file is swapped after load_bundle verified it."""
+        data = (self.path / rel).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest["files"].get(rel):
+            raise BundleError(f"{self.path}: {rel} changed since the bundle was verified (its SHA-256 no longer "
+                              "matches the manifest); refusing to run it")
+        return data
+
+    def model_source(self):
+        """The model for open_session, from verified bytes: bytes (TFLite, ONNX) or an openvino.Model built from
+        the verified .xml and .bin in memory."""
+        data = self.read_verified(self.manifest["model_file"])
+        if self.target.family != "openvino":
+            return data
+        try:
+            import numpy as np
+            import openvino as ov
+        except ImportError:  # open_session names the extra to install
+            return self.model_path
+        weights = self.read_verified(str(PurePosixPath(self.manifest["model_file"]).with_suffix(".bin")))
+        model = ov.Core().read_model(data, ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+        model.set_friendly_name(self.manifest["model_file"])
+        return model
+
     def twin(self) -> "Bundle | None":
         """The float32 model shipped in twin/ as a bundle of its own (same folder, preprocessing, threshold):
         the float reference for images this bundle holds none for. None for bundles without one."""
@@ -272,7 +297,7 @@ def load_bundle(path, trusted_key=None) -> Bundle:
     signature by that key (see edgecxr.signing). The digest alone does not stop a forger.
     """
     path = Path(path)
-    if path.is_file() and path.suffix == ".zip":
+    if path.is_file() and path.suffix.lower() == ".zip":
         path = _extract_zip(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():

@@ -173,7 +173,8 @@ def _split_file_of_ours(path) -> bool:
 
 
 @main.command()
-@DATA
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="Kermany-layout folder ROOT/{train,val,test}/{NORMAL,PNEUMONIA} (a CSV manifest is not re-split).")
 @click.option("--ratios", default="0.79,0.05,0.16", show_default=True, help="Shares of train,val,test.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Split file to write.")
 @click.option("--seed", default=0, show_default=True)

@@ -44,14 +44,19 @@ def algorithms(spec) -> dict:
                     f"s = the largest of 8, 4, 2, 1 with s <= min(W // {spec.draft_size}, H // {spec.draft_size}), "
                     "giving ceil(W / s) x ceil(H / s) pixels (OpenCV: IMREAD_REDUCED_*_s; Pillow: draft)",
             "draft_size": spec.draft_size,
-            "exif_orientation": "tag 0x0112 values 2-8 applied after decoding (TIFF 6.0 orientation)",
+            "exif_orientation": "tag 0x0112 values 2-8 applied after decoding (TIFF 6.0 orientation); a file with "
+                                "no EXIF orientation but an XMP tiff:Orientation uses that (Pillow's rule)",
             "color_to_gray": LUMA,
-            "alpha": "composited over black before the luma",
-            "high_bit_depth": "16-bit or float samples: v' = rint((v - min) * float32(255 / (max - min))) in "
-                              "float32, round half to even; a constant image gives 0",
+            "other_color_models": "palette, CMYK, YCbCr and 1-bit images are converted to RGB by the decoder "
+                                  "(Pillow's conversions) before the luma",
+            "alpha": "composited over opaque black: c' = (t + (t >> 8)) >> 8 with t = c * a + 128, then the luma",
+            "high_bit_depth": "16-bit gray, 32-bit integer or float samples: v' = rint((v - min) * float32(255 / "
+                              "(max - min))) in float32, round half to even; a constant image gives 0. 16-bit "
+                              "colour PNGs: the decoder's 8-bit reduction (Pillow keeps the high byte), then the luma",
             "dicom": "modality LUT or RescaleSlope/Intercept; a LINEAR window clips to [c - 0.5 - (w - 1) / 2, "
-                     "c - 0.5 + (w - 1) / 2] (LINEAR_EXACT: [c - w / 2, c + w / 2]); then the 16-bit rule above; "
-                     "MONOCHROME1 inverted as 255 - v; first frame only",
+                     "c - 0.5 + (w - 1) / 2] (LINEAR_EXACT: [c - w / 2, c + w / 2]); a VOI LUT sequence or a "
+                     "SIGMOID window: pydicom's apply_voi_lut; colour: the mean of the three channels in float32; "
+                     "then the 16-bit rule above; MONOCHROME1 inverted as 255 - v; first frame only",
         },
         "cropped": {"box": list(spec.crop) if spec.crop else None,
                     "rule": "rows round(top * H) .. round(bottom * H), columns round(left * W) .. round(right * W), "

@@ -57,8 +57,9 @@ def subgroup(filename: str, label: int) -> str:
 
 def parse_classes(text: str | None) -> tuple[str, str]:
     classes = tuple(c.strip() for c in (text or ",".join(DEFAULT_CLASSES)).split(",") if c.strip())
-    if len(classes) != 2:
-        raise DataError(f"--classes needs two folder names, negative first (e.g. NORMAL,PNEUMONIA); got {text!r}")
+    if len(classes) != 2 or classes[0] == classes[1]:
+        raise DataError(f"--classes needs two different folder names, negative first (e.g. NORMAL,PNEUMONIA); "
+                        f"got {text!r}")
     return classes
 
 
@@ -373,6 +374,10 @@ def resplit(root, ratios: tuple, *, seed: int = 0, classes=DEFAULT_CLASSES) -> d
     train, val, test = ratios
     parts = grouped_partition(samples, {"val": val, "test": test, "train": train}, seed)
     summary = {name: _part_summary(parts[name], samples) for name in SPLITS}
+    empty = [name for name in SPLITS if summary[name]["positive"] == 0 or summary[name]["negative"] == 0]
+    if empty:
+        raise DataError(f"--ratios {','.join(map(str, ratios))}: the {empty[0]} part would hold "
+                        f"{summary[empty[0]]['images']} images and not both classes; choose larger shares")
     return {"pooled": True, "seed": seed, "ratios": list(ratios), "data": str(root), "grouped_by": "patient",
             "classes": list(classes), "summary": summary, **{name: [s.rel for s in parts[name]] for name in SPLITS}}
 

@@ -44,9 +44,10 @@ def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False)
     report = run_parity(clf, SAMPLE, split="test")
     write_json_atomic(out / "parity.json", report)
     click.echo(format_report(report))
-    from edgecxr import conformance
+    from edgecxr.conform import check
+    from edgecxr.conformance import own_submission
 
-    conform = conformance.check(clf.bundle, conformance.own_submission(clf.bundle, clf))
+    conform = check(clf.bundle, own_submission(clf.bundle, clf))
     click.echo(f"input contract: this device reproduces the bundle's golden vectors on "
                f"{len(conform['images'])} conformance images: {'PASSED' if conform['passed'] else 'FAILED'} "
                f"(integrators: edgecxr device conform {bundle} THEIR.npz)")

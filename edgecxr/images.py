@@ -254,10 +254,11 @@ def read_image(path: str | os.PathLike, draft: int | None = None) -> Image.Image
         raise ImageError(f"{path}: is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):  # opened with O_RDONLY on Linux; fdopen would raise IsADirectoryError
+        os.close(fd)
+        raise ImageError(f"{path}: is a folder, not an image file")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageError(f"{path}: is a folder, not an image file")
         if not stat.S_ISREG(info.st_mode):
             raise ImageError(f"{path}: not a regular file (a device, FIFO or socket); pass an image file")
         _check_size(info.st_size, str(path))

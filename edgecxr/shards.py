@@ -9,6 +9,12 @@ k of the list sorted by relative path to shard (k mod N) + 1, and writes one pre
      "records": [{"index": <position in the list>, "file": <relative path>, "sha256", "label",
                   "float_prob", "device_prob" | "prob", "decode_ms", "preprocess_ms", "infer_ms"}, ...]}
 
+Every file carries `digest` (SHA-256 of its canonical JSON without digest and signature) and, when the
+device has a key (`--signing-key`), `signature` (Ed25519 over the digest). `merge` refuses an edited file
+(digest), a value no run can write (a probability outside [0, 1], an unknown label, a path that escapes the
+data root), file names that do not hash to the run's list, and, given the bundle, criteria or float
+references other than the bundle's; given a trusted key, any shard it did not sign. The digest stops
+accidents and careless edits; only a signature stops a forger who recomputes it.
 `merge` checks the files belong to one run (same task, bundle or model, reference, threshold and file
 list), that no shard is given twice and none is missing, and returns one document holding every image
 in list order: the report is then computed from it by the same function as an unsharded run's.
@@ -17,14 +23,16 @@ No TensorFlow or NumPy here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from pathlib import Path
+import math
+from pathlib import Path, PurePosixPath
 
 from edgecxr.data import files_hash
 from edgecxr.errors import ConfigError, DataError
 
 FORMAT = "edgecxr-predictions"
-VERSION = 1
+VERSION = 2  # 2: digest (and signature) over the file
 MAX_SHARDS = 10_000
 MAX_FILE_BYTES = 1 << 30  # a prediction record is ~300 bytes: a million images is ~300 MB
 LOCAL = {"runtime", "data.root", "bundle.path", "model.path"}  # may differ between machines of one run
@@ -53,15 +61,30 @@ def select(samples, index: int, count: int) -> list[tuple[int, object]]:
 def document(task: str, context: dict, samples, shard: tuple[int, int], records: list[dict], seconds: float,
              host: dict) -> dict:
     """The prediction file of one shard (of (1, 1) for an unsharded run)."""
-    return {"format": FORMAT, "version": VERSION, "task": task,
-            "shard": {"index": shard[0], "count": shard[1]},
-            "list": {"sha256": files_hash(samples), "size": len(samples)},
-            "context": context, "host": host, "seconds": seconds, "records": records}
+    doc = {"format": FORMAT, "version": VERSION, "task": task,
+           "shard": {"index": shard[0], "count": shard[1]},
+           "list": {"sha256": files_hash(samples), "size": len(samples)},
+           "context": context, "host": host, "seconds": seconds, "records": records}
+    return {**doc, "digest": digest(doc)}
 
 
-def write(path: Path, doc: dict) -> None:
+def digest(doc: dict) -> str:
+    """SHA-256 of the canonical JSON of a prediction file without its digest and signature."""
+    from edgecxr.atomic import finite
+
+    body = finite({k: v for k, v in doc.items() if k not in ("digest", "signature")})  # as write_json_atomic writes it
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write(path: Path, doc: dict, signing_key=None) -> None:
+    """Write a prediction file; signing_key (edgecxr keygen's private key, loaded): sign its digest."""
     from edgecxr.atomic import write_json_atomic
 
+    if signing_key is not None:
+        from edgecxr.signing import sign_digest
+
+        doc = {**doc, "signature": sign_digest(signing_key, doc["digest"])}
     write_json_atomic(Path(path), doc)
 
 
@@ -82,6 +105,9 @@ def read(path) -> dict:
         raise DataError(f"{path}: prediction file version {doc.get('version')!r}, this edgecxr reads {VERSION}; "
                         "re-run the shard with this version")
     _check_shape(path, doc)
+    if digest(doc) != doc.get("digest"):
+        raise DataError(f"{path}: the prediction file does not match its digest (edited after it was written, "
+                        "or truncated); re-run that shard")
     return doc
 
 
@@ -119,21 +145,65 @@ def _check_fields(path: Path, doc: dict) -> None:
     if missing:
         raise DataError(f"{path}: prediction file without context {missing[0]!r} (truncated or edited); re-run that shard")
     for record in doc["records"]:
-        if not isinstance(record, dict) or marker not in record:
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: a record is not an object (edited); re-run that shard")
+        problem = _name_problem(record.get("file"))
+        if problem:
+            raise DataError(f"{path}: record {record.get('index')} names {printable(repr(record.get('file')))[:80]}: "
+                            f"{problem} (edited); re-run that shard")
+        if marker not in record:
             continue
         bad = next((k for k, t in fields.items() if not isinstance(record.get(k), t) or isinstance(record.get(k), bool)),
-                   None)
+                   None) or _value_problem(record, marker, doc["task"], doc["context"].get("source"))
         if bad:
             raise DataError(f"{path}: record {record.get('index')} has no valid {bad!r} (truncated or edited); "
                             "re-run that shard")
 
 
-def merge(paths) -> dict:
+def _name_problem(name) -> str | None:
+    """Why a record's file name cannot be one a run wrote: relative paths inside the data root only."""
+    if not isinstance(name, str) or not name:
+        return "not a file name"
+    if not name.isprintable():
+        return "a name with control characters"
+    if PurePosixPath(name).is_absolute() or name.startswith("\\") or ".." in PurePosixPath(name).parts:
+        return "a path outside the data root"
+    return None
+
+
+def _value_problem(record: dict, marker: str, task: str, source: str | None) -> str | None:
+    """A value no run writes: a probability outside [0, 1] (NaN, infinity), a label other than 0 / 1 (or
+    unlabeled, for a site's images parity compares with the twin)."""
+    from edgecxr.data import UNLABELED
+
+    for key in ("float_prob", marker):
+        v = record.get(key)
+        if key in record and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            return key
+    labels = (0, 1, UNLABELED) if task == "parity" and source == "twin" else (0, 1)
+    return None if record.get("label") in labels else "label"
+
+
+def printable(text: str) -> str:
+    """Text safe to print on one console line: control characters shown as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
+
+
+def merge(paths, *, bundle=None, trusted_key=None) -> dict:
     """One document from the shard files of one run, records in list order; DataError when they are not
-    one run, a shard is given twice, or one is missing."""
+    one run, a shard is given twice, or one is missing. bundle (a loaded Bundle): the files' acceptance
+    criteria and float references must be the bundle's; trusted_key (a public key file): every file must be
+    signed by it."""
     if not paths:
         raise DataError(f"no prediction files given; {HINT}")
     docs = [(Path(p), read(p)) for p in paths]
+    for path, doc in docs:
+        if trusted_key:
+            from edgecxr.signing import verify_digest
+
+            verify_digest(trusted_key, doc["digest"], doc.get("signature"), f"{path}", DataError)
+        if bundle is not None:
+            _check_against_bundle(path, doc, bundle)
     first_path, first = docs[0]
     for path, doc in docs[1:]:
         _same_run(first_path, first, path, doc)
@@ -152,6 +222,9 @@ def merge(paths) -> dict:
     docs.sort(key=lambda d: d[1]["shard"]["index"])
     records = sorted((r for _, doc in docs for r in doc["records"]), key=lambda r: r["index"])
     _check_records(records, first["list"]["size"], docs)
+    if files_hash([r["file"] for r in records]) != first["list"]["sha256"]:
+        raise DataError("the records' file names do not hash to the run's image list (a name was edited or a "
+                        "record copied from another image); re-run the shards")
     return {**docs[0][1], "shard": {"index": 1, "count": 1}, "records": records,
             "seconds": sum(doc["seconds"] for _, doc in docs),
             "shards": [_shard_info(path, doc) for path, doc in docs]}
@@ -167,6 +240,23 @@ def _check_records(records: list[dict], size: int, docs) -> None:
     if len(seen) != size:
         raise DataError(f"the shards hold {len(seen)} of the {size} images of their list (a shard was cut short "
                         "or edited); re-run the incomplete shard")
+
+
+def _check_against_bundle(path: Path, doc: dict, bundle) -> None:
+    """A parity file's criteria, bundle and stored float references must be those of `bundle`."""
+    if doc["task"] != "parity":
+        raise DataError(f"{path}: --bundle checks parity shards; this is an {doc['task']} shard")
+    ctx, m = doc["context"], bundle.manifest
+    if (ctx.get("bundle") or {}).get("digest") != m["digest"]:
+        raise DataError(f"{path}: a shard of another bundle (manifest digest differs from {bundle.path}'s); {HINT}")
+    if ctx.get("acceptance") != m.get("acceptance") or ctx.get("threshold") != float(m["threshold"]):
+        raise DataError(f"{path}: its acceptance criteria or threshold are not the bundle's (edited); re-run that shard")
+    if ctx.get("source") == "bundle":
+        probs = m["reference"]["probs"]
+        for r in doc["records"]:
+            if "float_prob" in r and probs.get(r["file"]) != r["float_prob"]:
+                raise DataError(f"{path}: record {r['index']} ({printable(r['file'])}) holds a float probability "
+                                "that is not the bundle's reference (edited); re-run that shard")
 
 
 def _same_run(path_a: Path, a: dict, path_b: Path, b: dict) -> None:

@@ -21,6 +21,7 @@ from edgecxr.errors import BundleError, ConfigError, require
 SIGNATURE = "signature.json"
 TRUSTED_KEY_ENV = "EDGECXR_TRUSTED_KEY"
 CONTEXT = b"edgecxr-bundle-signature-v1:"  # what is signed: CONTEXT + the manifest digest
+PREDICTIONS = b"edgecxr-predictions-signature-v1:"  # a prediction file's: never valid as a bundle's
 
 
 def _ed25519():
@@ -101,3 +102,24 @@ def verify_bundle(folder: Path, manifest: dict, trusted) -> None:
     except (InvalidSignature, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         raise BundleError(f"{folder}: the signature does not verify with the trusted key {trusted} (signed by "
                           "another key, or the bundle was changed after signing); refusing it") from None
+
+
+def sign_digest(private_key, digest: str) -> dict:
+    """The signature block of a prediction file's digest: what verify_digest checks."""
+    signature = private_key.sign(PREDICTIONS + digest.encode())
+    return {"algorithm": "ed25519", "key_id": key_id(private_key.public_key()),
+            "signature": base64.b64encode(signature).decode()}
+
+
+def verify_digest(trusted, digest: str, block, what: str, error=BundleError) -> None:
+    """Refuse `what` unless `block` (sign_digest's) signs `digest` with the key in file `trusted`."""
+    public_key = _load(trusted, False, "--device-key")
+    from cryptography.exceptions import InvalidSignature
+
+    if not isinstance(block, dict):
+        raise error(f"{what}: not signed, and a device key is set ({trusted}); write it with --signing-key")
+    try:
+        public_key.verify(base64.b64decode(block["signature"], validate=True), PREDICTIONS + digest.encode())
+    except (InvalidSignature, ValueError, KeyError, TypeError):
+        raise error(f"{what}: the signature does not verify with the device key {trusted} (another key, or the "
+                    "file was changed after signing); refusing it") from None

@@ -51,7 +51,9 @@ def decode(path, draft_size):
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise ValueError(f"{path}: not a readable image")
-    if img.dtype != np.uint8:  # 16-bit PNG
+    if img.ndim == 3 and img.shape[2] == 4 or (img.dtype != np.uint8 and img.ndim == 3):
+        raise NotImplementedError(f"{path}: alpha and 16-bit colour files: see the contract (not in this recipe)")
+    if img.dtype != np.uint8:  # 16-bit gray PNG
         return to_uint8(cv2.imdecode(data, cv2.IMREAD_ANYDEPTH))
     scale = 1
     if data[:2].tobytes() == b"\xff\xd8":  # JPEG: the largest of 8, 4, 2, 1 with scale <= min(W, H) // draft
@@ -96,11 +98,22 @@ def resize(gray, size):
     return np.ascontiguousarray(_axis(np.ascontiguousarray(out.T), size).T) if gray.shape[0] != size else out
 
 
+def crop(gray, box):
+    """Rows round(top H)..round(bottom H), columns round(left W)..round(right W) (Python's round: half to even)."""
+    top, bottom, left, right = box
+    h, w = gray.shape
+    return gray[round(top * h):round(bottom * h), round(left * w):round(right * w)]
+
+
 def stages(path, manifest):
     """Every stage of the contract for one file: what `edgecxr device conform` checks."""
     pre, steps = manifest["preprocess"], manifest["input_contract"]["steps"]
+    if pre["interpolation"] != "bilinear":
+        raise NotImplementedError(f"this recipe resizes bilinear only, the bundle says {pre['interpolation']}")
     out = {"decoded": decode(path, steps["decoded"]["draft_size"])}
     gray = out["decoded"]
+    if pre["crop"]:
+        gray = out["cropped"] = np.ascontiguousarray(crop(gray, pre["crop"]))
     if pre["equalize"]:
         gray = out["equalized"] = equalize(gray)
     out["resized"] = resize(gray, pre["size"])
@@ -111,6 +124,15 @@ def stages(path, manifest):
         q = np.asarray(table, manifest["input"]["dtype"])[out["resized"]]
         out["quantized"] = np.repeat(q[None, ..., None], pre["channels"], axis=-1)
     return out
+
+
+def probability(y, output):
+    """The positive class's probability from the dequantized output (the manifest's output kind)."""
+    if y.size == 1:
+        return 1 / (1 + np.exp(-y[0])) if output["kind"] == "logits" else y[0]
+    if output["kind"] == "logits":
+        y = np.exp(y - y.max()) / np.exp(y - y.max()).sum()
+    return y[output.get("positive_index", 0)]
 
 
 def classify(bundle, paths):
@@ -128,7 +150,7 @@ def classify(bundle, paths):
         s["output"] = interpreter.get_tensor(outp["index"]).copy()
         scale, zero = outp["quantization"]
         y = (s["output"].astype(np.float64) - zero) * scale if scale else s["output"].astype(np.float64)
-        s["probability"] = np.float64(y.reshape(-1)[manifest["output"].get("positive_index", 0)])
+        s["probability"] = np.float64(probability(y.reshape(-1), manifest["output"]))
         s["decision"] = np.int64(s["probability"] >= manifest["threshold"])
         yield path, s
 

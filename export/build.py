@@ -8,7 +8,7 @@ import click
 
 from edgecxr.errors import ConfigError
 from edgecxr.targets import TARGETS
-from edgecxr.export import accuracy, onnx as onnx_x, openvino as ov_x, tflite
+from edgecxr.export import accuracy, onnx as onnx_x, openvino as ov_x, tflite, tflite_metadata
 from edgecxr.export.runners import Runner
 
 
@@ -69,9 +69,18 @@ def _tried_entry(report: dict) -> dict:
     return entry
 
 
+def _write_tflite(target, ctx, path, model: bytes) -> None:
+    """The .tflite file with its standard metadata (normalization, labels, threshold: export/tflite_metadata.py)."""
+    path.write_bytes(model)
+    tflite_metadata.write(path, ctx.source.spec, ctx.source.info, target.name, out_dim=ctx.source.out_dim,
+                          int8_input=target.int8)
+
+
 def _tflite(target, ctx, path):
+    if tflite_metadata.enabled():
+        tflite_metadata.mediapipe_python()  # a missing MediaPipe fails now, not after the conversion
     if target.precision != "int8":
-        path.write_bytes(tflite.convert(ctx.source, target.precision))
+        _write_tflite(target, ctx, path, tflite.convert(ctx.source, target.precision))
         return {"qat": False, "accuracy_control": None}
     run = lambda model: Runner("tflite", model)(ctx.gate.x)  # noqa: E731
     tried = []
@@ -106,7 +115,7 @@ def _tflite(target, ctx, path):
         report["tried"] = tried
     if not report["passed"]:
         ctx.gate.fail(target.name, report)
-    path.write_bytes(best["model"])
+    _write_tflite(target, ctx, path, best["model"])
     return {"qat": best["qat"], "accuracy_control": report}
 
 

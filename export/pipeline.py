@@ -413,9 +413,13 @@ def _conformance(target, ctx, folder: Path, manifest: dict) -> dict:
     io_ = K.ModelIO(spec, manifest["input"], manifest["output"], manifest["threshold"],
                     lambda: open_session(folder / target.model_file, target.family, precision=target.precision))
     test = ctx.test[0]
-    cases = K.cases_for(manifest["reference"], manifest["threshold"], {s.rel: s.path for s in test})
-    block = K.write_golden(folder, io_, cases, runner_pixels=lambda path: spec.to_pixels(spec.read(path)))
+    cases, candidates = K.cases_for(manifest["reference"], manifest["threshold"], {s.rel: s.path for s in test})
+    block = K.write_golden(folder, io_, cases, runner_pixels=lambda path: spec.to_pixels(spec.read(path)),
+                           candidates=candidates)
+    if block.get("note"):
+        _say(f"    note: {block['note']}")
     rules = contract.algorithms(spec)
+    rules["stages"] = io_.stages
     rules["steps"]["quantized"]["table"] = K.quantized_table(io_)
     return {"input_contract": rules, "conformance": block}
 

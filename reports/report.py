@@ -57,7 +57,7 @@ class Found:
 def _json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a file nested 100,000 deep is not one of edgecxr's
         return None
 
 

@@ -47,6 +47,10 @@ def mistaken_stages(path, manifest, mistake: str) -> dict:
     x = np.repeat(x[None, ..., None], pre["channels"], axis=-1)
     out["input"] = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if mistake == "layout_chw" else x
     q = manifest["input"].get("quantization")
+    if mistake == "input_other_formula":  # (p - mean) / std, as MediaPipe and most tutorials write it
+        mean, std = -pre["offset"] / pre["scale"], 1 / pre["scale"]
+        x = (out["resized"].astype(np.float32) - np.float32(mean)) / np.float32(std)
+        x = out["input"] = np.repeat(x[None, ..., None], pre["channels"], axis=-1)
     if q and mistake != "layout_chw":
         v = x / np.float32(q["scale"])
         rounded = {"int8_round_half_up": lambda: np.floor(v + np.float32(0.5)),

@@ -154,17 +154,109 @@ def test_shards_of_different_image_lists_refused(three, tiny_bundles, sample, tm
     one_error_line(cli("device", "merge", three[0], three[1], other), "list.sha256")
 
 
+def _rewrite(path: Path, doc: dict, *, redigest: bool = True) -> Path:
+    """Write an edited prediction file; redigest: as a forger would, with its digest recomputed."""
+    if redigest:
+        doc["digest"] = shards.digest(doc)
+    path.write_text(json.dumps(doc))
+    return path
+
+
 def test_cut_or_edited_shards_refused(three, tmp_path):
     doc = json.loads(three[1].read_text())
     doc["records"] = doc["records"][:-1]
-    cut = tmp_path / "cut.json"
-    cut.write_text(json.dumps(doc))
-    one_error_line(cli("device", "merge", three[0], cut, three[2]), "hold", "re-run")
+    one_error_line(cli("device", "merge", three[0], _rewrite(tmp_path / "c.json", doc, redigest=False), three[2]),
+                   "does not match its digest", "re-run")
+    one_error_line(cli("device", "merge", three[0], _rewrite(tmp_path / "cut.json", doc), three[2]), "hold", "re-run")
     doc = json.loads(three[1].read_text())
     doc["records"].append(dict(doc["records"][0], index=json.loads(three[0].read_text())["records"][0]["index"]))
-    dup = tmp_path / "dup.json"
-    dup.write_text(json.dumps(doc))
-    one_error_line(cli("device", "merge", three[0], dup, three[2]), "overlapping")
+    one_error_line(cli("device", "merge", three[0], _rewrite(tmp_path / "dup.json", doc), three[2]), "overlapping")
+
+
+def _edit_all(three, folder: Path, edit, redigest=True) -> list[Path]:
+    out = []
+    for i, path in enumerate(three):
+        doc = json.loads(path.read_text())
+        edit(doc)
+        out.append(_rewrite(folder / f"e{i}.json", doc, redigest=redigest))
+    return out
+
+
+def _loosen(doc):
+    doc["context"]["acceptance"].update(max_recall_drop=1.0, max_accuracy_drop=1.0, min_agreement=0.0)
+    for r in doc["records"]:
+        if "device_prob" in r:
+            r["device_prob"] = 1 - r["float_prob"]
+
+
+def test_loosened_criteria_and_forged_probabilities_are_refused(three, tiny_bundles, tmp_path):
+    """Issue 28.1: every shard's acceptance loosened and device_prob := 1 - float_prob."""
+    naive = _edit_all(three, tmp_path, _loosen, redigest=False)
+    one_error_line(cli("device", "merge", *naive), "does not match its digest")
+    forged = _edit_all(three, tmp_path, _loosen)  # the digest recomputed: only the bundle's criteria show it
+    one_error_line(cli("device", "merge", *forged, "--bundle", tiny_bundles["tflite-int8"]),
+                   "acceptance criteria or threshold are not the bundle's")
+
+
+def test_a_forged_float_reference_is_refused_given_the_bundle(three, tiny_bundles, tmp_path):
+    def edit(doc):
+        for r in doc["records"]:
+            if "float_prob" in r:
+                r["float_prob"] = r["device_prob"]
+    forged = _edit_all(three, tmp_path, edit)
+    one_error_line(cli("device", "merge", *forged, "--bundle", tiny_bundles["tflite-int8"]),
+                   "not the bundle's reference")
+
+
+@pytest.mark.parametrize("field, value", [("device_prob", float("nan")), ("device_prob", float("inf")),
+                                          ("device_prob", 5.0), ("float_prob", -1.0), ("label", 2), ("label", -1),
+                                          ("label", 7), ("file", "../../../../etc/passwd"), ("file", "/etc/shadow"),
+                                          ("file", "x\nFAKE parity PASSED\n")])
+def test_impossible_values_are_refused(three, tmp_path, field, value):
+    doc = json.loads(three[1].read_text())
+    doc["records"][0][field] = value
+    one_error_line(cli("device", "merge", three[0], _rewrite(tmp_path / "v.json", doc), three[2]), "re-run that shard")
+
+
+def test_a_record_renamed_to_another_image_is_refused(three, tmp_path):
+    doc = json.loads(three[1].read_text())
+    doc["records"][0]["file"] = json.loads(three[0].read_text())["records"][0]["file"]
+    one_error_line(cli("device", "merge", three[0], _rewrite(tmp_path / "r.json", doc), three[2]),
+                   "do not hash to the run's image list")
+
+
+def test_signed_shards_merge_and_a_forger_without_the_key_is_refused(tiny_bundles, sample, tmp_path):
+    from edgecxr.signing import keygen
+
+    key, public = keygen(tmp_path / "device-key")
+    signed = run_shards(tiny_bundles["tflite-int8"], sample, 2, tmp_path, "--min-coverage", "0", "--signing-key", key)
+    ok = cli("device", "merge", *signed, "--device-key", public, "--bundle", tiny_bundles["tflite-int8"],
+             "--min-coverage", "0", *LIMITS)
+    assert ok.exit_code in (0, 1) and "parity" in ok.output, ok.output
+    doc = json.loads(signed[1].read_text())
+    for r in doc["records"]:
+        if "device_prob" in r:
+            r["device_prob"] = r["float_prob"]  # a forger copies the float answers and recomputes the digest
+    forged = _rewrite(tmp_path / "forged.json", doc)
+    one_error_line(cli("device", "merge", signed[0], forged, "--device-key", public), "signature does not verify")
+    (tmp_path / "unsigned").mkdir()
+    unsigned = run_shards(tiny_bundles["tflite-int8"], sample, 2, tmp_path / "unsigned", "--min-coverage", "0")
+    one_error_line(cli("device", "merge", *unsigned, "--device-key", public), "not signed")
+
+
+def test_json_reports_never_hold_nan_tokens(tmp_path):
+    from edgecxr.atomic import write_json_atomic
+
+    write_json_atomic(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("-inf")], "c": {"d": 0.5}})
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == \
+        {"a": None, "b": [1.0, None], "c": {"d": 0.5}}
+
+
+def test_console_report_escapes_control_characters():
+    from edgecxr.devices.parity import format_report
+
+    assert shards.printable("a\nFAKE parity PASSED\x1b[0m") == "a?FAKE parity PASSED?[0m"
+    assert format_report.__code__.co_names.count("printable") >= 1
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"format": "other"}', b"\xff\xfe",

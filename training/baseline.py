@@ -317,7 +317,7 @@ def load_cnn_row(path: Path) -> dict:
         m = json.loads(Path(path).read_text(encoding="utf-8"))
         row = row_of("CNN", m)
         _check_numbers(row, m)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise DataError(f"{path}: not an `edgecxr evaluate` metrics.json ({type(exc).__name__}: {exc}); "
                         "pass --cnn EVAL/metrics.json") from None
     info = load_info(Path(m["model"])) if m.get("model") and info_path(Path(m["model"])).is_file() else None
@@ -338,7 +338,8 @@ def _check_numbers(row: dict, m: dict) -> None:
         ci = row[f"{key}_ci"]
         if not (share(row[key]) and isinstance(ci, list) and len(ci) == 2 and all(map(share, ci))):
             raise ValueError(f"{key} must be a share with a two-share interval in ci.{key}")
-    if not (share(row["threshold"]) and isinstance(row["n"], int)) or not isinstance(m.get("model", ""), str):
+    if not (share(row["threshold"]) and isinstance(row["n"], int) and not isinstance(row["n"], bool) and row["n"] > 0) \
+            or not isinstance(m.get("model", ""), str):
         raise ValueError("threshold must be a share, n a count and model a path")
 
 
