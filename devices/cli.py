@@ -587,6 +587,9 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
 def web(bundle, out, overwrite, npm_cache, trusted_key):
     """Build a static web app that classifies with BUNDLE inside the browser: nothing is uploaded.
 
+    BUNDLE may be a folder of bundles (edgecxr export --out): the page is then built from its tflite-int8 bundle,
+    else tflite-fp32, onnx-fp32, onnx-int8 (measured: the lightest page and the fastest model in the browser).
+
     One HTML page, its JavaScript (the bundle's input contract: JPEG, PNG and DICOM decoding, equalization,
     resize, int8 quantization), the model and the WebAssembly runtime (LiteRT.js for tflite bundles, ONNX
     Runtime Web for onnx bundles), vendored from npm at build time, never fetched from elsewhere when it runs.
@@ -596,9 +599,10 @@ def web(bundle, out, overwrite, npm_cache, trusted_key):
     Example: edgecxr device web bundles/tflite-int8 --out site/
     """
     from edgecxr.atomic import check_writable
-    from edgecxr.devices.web import build_site
+    from edgecxr.devices.web import build_site, pick_bundle
 
     check_writable(out, overwrite=overwrite, inputs=(bundle,))
+    bundle = pick_bundle(bundle)
     index = build_site(bundle, out, cache=npm_cache, trusted_key=trusted_key, overwrite=overwrite)
     files = index["files"]
     model = sum(f["bytes"] for f in files if f["path"].startswith("model/"))

@@ -5,6 +5,9 @@
                         -> 200 {"probability", "label", "threshold", "model_sha256", "target",
                                 "runtime": {"name", "version", "provider", ...}, "timings": {... ms}}
     GET  /healthz       -> 200 {"status": "ok", "target", "model_sha256", "runtime", ...}
+    GET  /app/          with --app SITE: the web app of `edgecxr device web` (built from this bundle), which
+                        classifies inside the browser: no image reaches this service. Same Host check and
+                        token (opened once as /app/?token=TOKEN, then an HttpOnly cookie for /app only).
 
 Every error is JSON ``{"error": "<one line>"}``: 400 malformed request, 401 missing or wrong token,
 404/405 wrong route, 408 upload too slow, 413 body above --max-bytes, 415 not an image content type,
@@ -139,11 +142,14 @@ class Guard:
         self.app, self.hosts, self.max_requests, self.active = app, hosts, max_requests, 0
         self.token = token.encode() if token else None
 
-    def authorized(self, headers) -> bool:
+    def authorized(self, headers, scope=None) -> bool:
         if self.token is None:
             return True
         scheme, _, given = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
+            return True
+        given = _app_token(scope, headers) if scope is not None else None  # a browser opening /app sends no header
+        return given is not None and hmac.compare_digest(given.encode(), self.token)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -155,7 +161,7 @@ class Guard:
         if self.hosts is not None and host_name(host) not in self.hosts:
             status, message, extra = 421, (f"Host {host!r} is not served here; use one of {', '.join(sorted(self.hosts))} "
                                            "or start the service with --allowed-host NAME"), {}
-        elif not self.authorized(headers) and scope["path"] != "/healthz":
+        elif not self.authorized(headers, scope) and scope["path"] != "/healthz":
             status, message, extra = 401, "missing or wrong token; send the header 'Authorization: Bearer TOKEN'", \
                 {"WWW-Authenticate": "Bearer"}
         elif self.max_requests is not None and self.active >= self.max_requests:
@@ -168,6 +174,28 @@ class Guard:
             finally:
                 self.active -= 1
         await _json_error(status, message, extra)(scope, receive, send)
+
+
+APP_COOKIE = "edgecxr_app_token"
+
+
+def _app_token(scope, headers) -> str | None:
+    """The token a browser gives for the web app: GET/HEAD under /app, as ?token= (first visit) or the cookie."""
+    path = scope.get("path", "")
+    if scope.get("method") not in ("GET", "HEAD") or not (path == "/app" or path.startswith("/app/")):
+        return None
+    from urllib.parse import parse_qs
+
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    if query:
+        return query[0]
+    from http.cookies import CookieError, SimpleCookie
+
+    try:
+        cookie = SimpleCookie(headers.get("cookie", ""))
+    except CookieError:
+        return None
+    return cookie[APP_COOKIE].value if APP_COOKIE in cookie else None
 
 
 def _json_error(status: int, message: str, headers=None):
@@ -315,11 +343,13 @@ def _deadline(seconds: float):
 
 
 def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
-               read_timeout: float = 30.0, token: str | None = None, hosts=None, max_requests: int | None = None):
+               read_timeout: float = 30.0, token: str | None = None, hosts=None, max_requests: int | None = None,
+               site=None):
     """The app serving `classifier` (an edgecxr.devices.Classifier); usable with TestClient or uvicorn.
 
     token: bearer token required on /v1/classify (None: no authentication); hosts: accepted Host
-    names (None: any, see `allowed_hosts`); max_requests: requests in progress before 503.
+    names (None: any, see `allowed_hosts`); max_requests: requests in progress before 503; site: a web app
+    (edgecxr.devices.web.load_site) served at /app/.
     """
     require("starlette", "serve")
     from starlette.applications import Starlette
@@ -348,13 +378,32 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
         yield
         service.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = Starlette(routes=[Route("/v1/classify", classify, methods=["POST"]),
-                            Route("/healthz", healthz, methods=["GET"])],
-                    exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    routes = [Route("/v1/classify", classify, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
+    if site is not None:
+        routes += _app_routes(site, classifier, token)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.service = service
     guard = Guard(app, hosts=hosts, token=token, max_requests=max_requests)
     guard.state = app.state
     return guard
+
+
+def _app_routes(site, classifier, token):
+    """/app: the site's files; ?token=TOKEN (checked by the Guard) becomes an HttpOnly cookie for /app only."""
+    from edgecxr.devices.web import site_routes
+
+    if site.config["bundle"]["model_sha256"] != classifier.bundle.manifest["sha256"]:
+        raise ConfigError(f"--app {site.path}: the site was built from another model (SHA-256 "
+                          f"{site.config['bundle']['model_sha256'][:16]}..., this bundle's is "
+                          f"{classifier.bundle.manifest['sha256'][:16]}...); rebuild it: edgecxr device web BUNDLE --out SITE")
+
+    def set_cookie(request, response):
+        if token:
+            response.set_cookie(APP_COOKIE, request.query_params["token"], path="/app", httponly=True,
+                                samesite="strict", secure=request.url.scheme == "https")
+        return response
+
+    return site_routes(site, "/app", on_query_token=set_cookie)
 
 
 async def _classify(service, request, headers):
@@ -424,8 +473,11 @@ def _check_serve_deps() -> None:
 @click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--app", "app_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also serve the web app `edgecxr device web` built from this bundle at /app/ (it classifies in the "
+                   "browser; images are not uploaded). With a token, open /app/?token=TOKEN once.")
 def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_connections, header_timeout, token_file,
-          hosts, trusted_key, runtime, device_name, log_level):
+          hosts, trusted_key, runtime, device_name, log_level, app_dir):
     """Serve BUNDLE over HTTP: POST an image to /v1/classify, GET /healthz (loopback by default).
 
     Example: edgecxr serve bundles/tflite-int8 --port 8080, then curl -F file=@chest.jpeg localhost:8080/v1/classify"""
@@ -437,9 +489,14 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
     limit = parse_size(max_bytes)
     token = read_token(token_file)
     sock = bind_socket(host, port)  # a busy port fails now, in one line, before the model loads
+    site = None
+    if app_dir is not None:
+        from edgecxr.devices.web import load_site
+
+        site = load_site(app_dir)  # every file checked against files.json before anything is served
     clf = Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name, trusted_key=trusted_key)
     app = create_app(clf, max_bytes=limit, workers=workers, read_timeout=read_timeout, token=token,
-                     hosts=allowed_hosts(host, hosts), max_requests=max_connections)
+                     hosts=allowed_hosts(host, hosts), max_requests=max_connections, site=site)
     if not _is_loopback(host):
         click.echo(f"warning: binding to {host}: the service has no TLS" +
                    ("" if token else " and no authentication (--token-file)") +
@@ -450,6 +507,10 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"edgecxr serve: {clf.bundle.manifest['target']} on {rt['name']} {rt['version']} ({rt['provider']}), "
                f"http://{shown}:{port}/v1/classify, max {limit:,} bytes", err=True)
+    if site is not None:
+        click.echo(f"web app (classifies in the browser): http://{shown}:{port}/app/" + ("?token=TOKEN" if token else "") +
+                   ("" if _is_loopback(host) else "; browsers keep it for offline use only over https (TLS proxy) "
+                    "or on localhost"), err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"),
                             http=header_timeout_protocol(header_timeout), timeout_keep_alive=5, server_header=False)
     uvicorn.Server(config).run(sockets=[sock])

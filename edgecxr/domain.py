@@ -65,3 +65,9 @@ def check_domain(img, name: str, domain: dict = DOMAIN) -> str | None:
     if view and view in domain["lateral_views"]:
         return f"{name}: lateral view (DICOM ViewPosition {view}); the model was validated on frontal chest X-rays"
     return None
+
+
+INTENDED_USE = ("A decision aid that flags pneumonia on frontal chest X-rays of children (the Kermany data set: "
+                "children aged 1-5 from one hospital in Guangzhou), under evaluation: not a diagnosis, and not "
+                "validated on adults, other hospitals or other populations (see the model card's external-validity "
+                "limits).")

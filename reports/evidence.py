@@ -9,12 +9,8 @@ import html
 import time
 
 from edgecxr import metrics
-from edgecxr.domain import DOMAIN, describe_domain
+from edgecxr.domain import DOMAIN, INTENDED_USE, describe_domain
 
-INTENDED_USE = ("A decision aid that flags pneumonia on frontal chest X-rays of children (the Kermany data set: "
-                "children aged 1-5 from one hospital in Guangzhou), under evaluation: not a diagnosis, and not "
-                "validated on adults, other hospitals or other populations (see the model card's external-validity "
-                "limits).")
 
 
 def _bundle(folder: str, m: dict) -> dict:
