@@ -107,13 +107,16 @@ def read_token(token_file: Path | None) -> str | None:
     if token_file is not None:
         where = f"--token-file {token_file}"
         try:
-            token = read_small(token_file, where).decode().strip()
+            token = read_small(token_file, where).decode("utf-8-sig").strip()  # an editor's byte-order mark is not the token
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--token-file {token_file}: cannot read it ({exc}); pass a text file holding the token") from None
     elif os.environ.get(TOKEN_ENV):
         token, where = os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
     else:
         return None
+    if not token.isascii():  # HTTP headers carry ASCII: such a token could never match a request
+        raise ConfigError(f"{where}: the token must be ASCII (letters, digits, - _ and similar); make one with "
+                          "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     if len(token) < MIN_TOKEN or any(c.isspace() for c in token):
         raise ConfigError(f"{where}: the token must be at least {MIN_TOKEN} characters without spaces; make one with "
                           "python -c 'import secrets; print(secrets.token_urlsafe(32))'")

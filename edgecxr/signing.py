@@ -44,9 +44,16 @@ def keygen(path: Path) -> tuple[Path, Path]:
     public_pem = key.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_pem)
-    public.write_bytes(public_pem)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(private_pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        public.write_bytes(public_pem)
+    except OSError as exc:  # a full disk: never leave an empty key behind that blocks the retry
+        for p in (path, public):
+            p.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot write the key pair ({exc.strerror or exc}); free space and retry") from None
     return path, public
 
 

@@ -100,3 +100,35 @@ def test_hostile_json_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="n a count"):
         load_cnn_row(tmp_path / "m.json")
 
+
+
+def test_token_files_with_a_bom_work_and_non_ascii_tokens_are_refused(tmp_path):
+    """28.10"""
+    from edgecxr.devices.serve import read_token
+    from edgecxr.errors import ConfigError
+
+    token = "a" * 40
+    (tmp_path / "bom").write_bytes(b"\xef\xbb\xbf" + token.encode() + b"\n")
+    assert read_token(tmp_path / "bom") == token
+    (tmp_path / "utf").write_text("ä" * 40)
+    with pytest.raises(ConfigError, match="must be ASCII"):
+        read_token(tmp_path / "utf")
+
+
+def test_keygen_on_a_full_disk_leaves_no_key_behind(tmp_path, monkeypatch):
+    """28.11: a failed write removes the half-written key, so a retry is not blocked."""
+    import os
+
+    from edgecxr import signing
+    from edgecxr.errors import ConfigError
+
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(ConfigError, match="No space left on device"):
+        signing.keygen(tmp_path / "k")
+    assert not (tmp_path / "k").exists() and not (tmp_path / "k.pub").exists()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert signing.keygen(tmp_path / "k")[0].stat().st_size > 0
