@@ -71,10 +71,10 @@ class FloatExplainer:
 class BundleExplainer:
     """A bundle on its device runtime; occlusion only (no gradients)."""
 
-    def __init__(self, bundle):
+    def __init__(self, bundle, trusted_key=None):
         from edgecxr.devices.classifier import Classifier
 
-        self.clf = bundle if hasattr(bundle, "infer") else Classifier.load(bundle)
+        self.clf = bundle if hasattr(bundle, "infer") else Classifier.load(bundle, trusted_key=trusted_key)
 
     def explain(self, image, method: str = "occlusion", **kw) -> Explanation:
         if method != "occlusion":
@@ -133,7 +133,9 @@ def figure(e: Explanation, side: int = 320) -> bytes:
 @click.option("--stride", type=int, help="Occlusion stride in pixels (default: patch / 2).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
 @click.option("--trust-model", is_flag=True, help="Allow models that contain code (Lambda layers): trusted files only.")
-def explain(image, model_path, bundle, method, patch, stride, out, trust_model):
+@click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --bundle: refuse a bundle not signed by this public key (default: $EDGECXR_TRUSTED_KEY).")
+def explain(image, model_path, bundle, method, patch, stride, out, trust_model, trusted_key):
     """Show which regions of IMAGE drove the decision, as a colour map over the X-ray.
 
     Example: edgecxr explain chest.jpeg --out cam.png (Grad-CAM of the shipped model; --bundle B for occlusion)"""
@@ -146,7 +148,9 @@ def explain(image, model_path, bundle, method, patch, stride, out, trust_model):
         raise ConfigError("a bundle has no gradients: Grad-CAM needs the float model (--model); use --method occlusion")
     kw = {"patch": patch, "stride": stride} if (method == "occlusion" or bundle) else {}
     if bundle:
-        e = BundleExplainer(bundle).explain(image, method or "occlusion", **kw)
+        from edgecxr.signing import trusted_key_path
+
+        e = BundleExplainer(bundle, trusted_key_path(trusted_key)).explain(image, method or "occlusion", **kw)
     else:
         from edgecxr.modelinfo import default_model_path
 

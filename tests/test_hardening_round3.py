@@ -132,3 +132,13 @@ def test_keygen_on_a_full_disk_leaves_no_key_behind(tmp_path, monkeypatch):
     assert not (tmp_path / "k").exists() and not (tmp_path / "k.pub").exists()
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert signing.keygen(tmp_path / "k")[0].stat().st_size > 0
+
+
+def test_explain_with_a_bundle_honours_the_trusted_key(tiny_bundles, sample, tmp_path):
+    """28.12: `explain --bundle` refuses an unsigned bundle when a trusted key is given."""
+    from edgecxr.signing import keygen
+
+    _, public = keygen(tmp_path / "release")
+    image = next((sample / "test" / "NORMAL").iterdir())
+    r = cli("explain", image, "--bundle", tiny_bundles["tflite-fp32"], "--trusted-key", public, "--out", tmp_path / "m.png")
+    assert r.exit_code == 2 and "not signed" in r.output and not (tmp_path / "m.png").exists()
