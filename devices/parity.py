@@ -238,7 +238,7 @@ def _bundle_info(clf: Classifier) -> dict:
 
 
 def format_report(r: dict, max_flips: int = 10) -> str:
-    from edgecxr.shards import printable
+    from edgecxr.errors import printable
 
     """The human summary printed by `edgecxr device parity`."""
     rt = r["runtime"]

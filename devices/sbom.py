@@ -36,6 +36,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from edgecxr.atomic import sha256_file
 from edgecxr.errors import MissingDependencyError
 
 SPEC = "1.6"
@@ -59,14 +60,6 @@ def require_cyclonedx() -> None:
 
 
 # -- facts about this environment (standard library only) ----------------------------------------
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecxr.atomic import sha256_file
 from edgecxr.errors import BundleError, ConfigError, MissingDependencyError
 
 WEB = Path(__file__).parent / "webapp"
@@ -136,14 +137,6 @@ def _locked(runtime: WebRuntime, package: str) -> dict:
 
 
 # -- building a site -------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def importmap(runtime: WebRuntime) -> str | None:
     """The page's <script type="importmap"> content (the CSP allows exactly it, by hash)."""
     return json.dumps({"imports": runtime.importmap}) if runtime.importmap else None
@@ -225,11 +218,11 @@ def build_site(bundle_path, out, *, cache: Path | None = None, trusted_key=None,
             "name": "edgecxr chest X-ray classifier", "short_name": "edgecxr", "start_url": "./", "scope": "./",
             "display": "standalone", "background_color": "#fafbfc", "theme_color": "#1f3a5f"}, indent=1) + "\n")
         files = sorted(p for p in tmp.rglob("*") if p.is_file() and not p.name.startswith("."))
-        listed = [{"path": p.relative_to(tmp).as_posix(), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files]
+        listed = [{"path": p.relative_to(tmp).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
         site = hashlib.sha256(json.dumps(listed, sort_keys=True).encode()).hexdigest()
         (tmp / "sw.js").write_text((WEB / "app" / "sw.js").read_text().replace("{{SITE_SHA256}}", site))
         sw = tmp / "sw.js"
-        listed.append({"path": "sw.js", "bytes": sw.stat().st_size, "sha256": _sha256(sw)})
+        listed.append({"path": "sw.js", "bytes": sw.stat().st_size, "sha256": sha256_file(sw)})
         index = {"format": FORMAT, "version": VERSION, "site_sha256": site, "bundle": cfg["bundle"],
                  "runtime": cfg["runtime"], "bytes": sum(f["bytes"] for f in listed), "files": listed}
         (tmp / "files.json").write_text(json.dumps(index, indent=1) + "\n")
@@ -284,7 +277,7 @@ def load_site(path, *, verify: bool = True) -> Site:
         p = path / f["path"]
         if ".." in Path(f["path"]).parts or not p.is_file():
             raise ConfigError(f"{path}: {f['path']} is missing; rebuild the site")
-        if verify and _sha256(p) != f["sha256"]:
+        if verify and sha256_file(p) != f["sha256"]:
             raise ConfigError(f"{path}: {f['path']} does not match its SHA-256 in files.json (changed since the "
                               "build); rebuild the site with edgecxr device web")
     return Site(path, index, config)
@@ -519,7 +512,7 @@ def parity_report(bundle_path, data, results: list[dict], *, runtime: dict, spli
     """edgecxr's parity report (devices.parity) of the page's results for the images of `data` (the same
     images, in list_site order), against the float reference stored in the bundle."""
     from edgecxr import shards
-    from edgecxr.bundle import load_bundle, sha256_file
+    from edgecxr.bundle import load_bundle
     from edgecxr.cpu import host_info
     from edgecxr.data import list_site
     from edgecxr.devices.parity import parity_context, parity_from_predictions

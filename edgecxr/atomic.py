@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import math
 import os
@@ -185,6 +186,15 @@ def replace_dir(new: Path, final: Path) -> None:
         _remove(old)
     else:
         os.rename(new, final)
+
+
+def sha256_file(path) -> str:
+    """SHA-256 of a file, read 1 MB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from edgecxr.atomic import read_small
+from edgecxr.atomic import read_small, sha256_file  # noqa: F401  (sha256_file: imported from here too)
 from edgecxr.domain import DOMAIN, domain_problem
 from edgecxr.errors import BundleError, ConfigError
 from edgecxr.modelinfo import OUTPUT_KINDS, is_int, is_number
@@ -36,14 +36,6 @@ ZERO_POINTS = {"int8": (-128, 127), "uint8": (0, 255)}  # a float tensor has no 
 DTYPES = ("float32", "float16", "int8", "uint8", "int16")
 MAX_UNZIPPED = 2 << 30  # a zip bomb guard: no edge model bundle is near 2 GB
 MAX_MANIFEST = 64 << 20  # a manifest is a few KB (its reference probabilities some more)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_digest(manifest: dict) -> str:

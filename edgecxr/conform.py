@@ -19,7 +19,7 @@ from edgecxr import contract as C
 from edgecxr.conformance import MISTAKE_NAMES, MISTAKES, PROB_TOLERANCE, STEPS, TOLERANCE, Case, ModelIO, \
     bundle_io, golden_set, run_pipeline
 from edgecxr.errors import ConfigError, ImageError
-from edgecxr.shards import printable
+from edgecxr.errors import printable
 
 SCALARS = ("probability", "decision")
 TENSORS = ("input", "quantized", "output")

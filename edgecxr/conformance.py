@@ -139,10 +139,7 @@ def _input(prev, io_):
 
 
 def _quantized(prev, io_, rounding=np.rint):
-    scale, zero = io_.in_q
-    info = np.iinfo(np.dtype(io_.input["dtype"]))
-    q = rounding(np.asarray(prev, np.float32) / np.float32(scale)) + zero
-    return np.clip(q, info.min, info.max).astype(io_.input["dtype"])
+    return C.quantize(prev, *io_.in_q, np.dtype(io_.input["dtype"]), rounding)
 
 
 STEPS = {  # stage -> (previous stage's array, case, ModelIO) -> this stage's array

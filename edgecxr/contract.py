@@ -250,9 +250,10 @@ def to_input(pixels: np.ndarray, spec, nchw: bool = False) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if nchw else x)
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype, rounding=np.rint) -> np.ndarray:
+    """float32 input -> integer tensor: rounding (half to even) of x / scale, plus the zero point, clipped."""
     info = np.iinfo(dtype)
-    q = np.rint(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
+    q = rounding(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 

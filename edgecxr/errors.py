@@ -73,3 +73,8 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message (converters print pages), or its type."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+def printable(text: str) -> str:
+    """Text safe to print on one console line: control characters shown as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))

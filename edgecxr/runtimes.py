@@ -367,9 +367,9 @@ def quantize_input(x: np.ndarray, quantization, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if quantization is None or dtype.kind not in "iu":
         return np.asarray(x).astype(dtype, copy=False)
-    scale, zero = quantization
-    info = np.iinfo(dtype)
-    return np.clip(np.round(np.asarray(x, np.float32) / np.float32(scale)) + zero, info.min, info.max).astype(dtype)
+    from edgecxr.contract import quantize
+
+    return quantize(x, *quantization, dtype)
 
 
 def dequantize(y: np.ndarray, quantization) -> np.ndarray:

@@ -29,7 +29,7 @@ import math
 from pathlib import Path, PurePosixPath
 
 from edgecxr.data import files_hash
-from edgecxr.errors import ConfigError, DataError
+from edgecxr.errors import ConfigError, DataError, printable
 
 FORMAT = "edgecxr-predictions"
 VERSION = 2  # 2: digest (and signature) over the file
@@ -182,11 +182,6 @@ def _value_problem(record: dict, marker: str, task: str, source: str | None) -> 
             return key
     labels = (0, 1, UNLABELED) if task == "parity" and source == "twin" else (0, 1)
     return None if record.get("label") in labels else "label"
-
-
-def printable(text: str) -> str:
-    """Text safe to print on one console line: control characters shown as '?'."""
-    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
 
 
 def merge(paths, *, bundle=None, trusted_key=None) -> dict:
