@@ -5,7 +5,7 @@
 # probabilities and the verdicts of the two runs.
 #
 #   bash .ci/cpu_paths.sh [BUNDLES] [DATA]
-#     BUNDLES  folder of bundles to check (default: export tflite-int8, onnx-int8, openvino-int8 of the shipped
+#     BUNDLES  folder of bundles to check (default: export tflite-int8, onnx-int8, onnx-int8-trt, openvino-int8 of the shipped
 #              model from DATA into a temporary folder)
 #     DATA     Kermany root the bundles come from (default: ../shared/data/kermany-cxr-224)
 #   env: QEMU_CPU (default EPYC-Rome), OUT (folder for the JSON results, default: a temporary one)
@@ -36,7 +36,7 @@ BUNDLES="${1:-}"
 if [ -z "$BUNDLES" ]; then
   BUNDLES="$OUT/bundles"
   # exits 2 when a target is refused: the others are still written and checked
-  edgecxr export --target tflite-int8 --target onnx-int8 --target openvino-int8 --data "$DATA" \
+  edgecxr export --target tflite-int8 --target onnx-int8 --target onnx-int8-trt --target openvino-int8 --data "$DATA" \
     --calib-count 300 --out "$BUNDLES" --overwrite || echo "note: some targets were refused (see the summary)"
 fi
 

@@ -201,7 +201,7 @@ class Classifier:
             if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[-1] not in (1, 3, 4)):
                 raise ImageError(f"array of shape {item.shape} and dtype {item.dtype}: expected uint8 (H, W) or (H, W, 3)")
             arr = item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item
-            return Image.fromarray(arr).convert("L")
+            return to_gray(Image.fromarray(arr), "<array>")  # RGBA composited on black, as a file's pixels are
         if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
             size = item.info.get("source_size", item.size)  # decode_image's, before a reduced-scale decode
             if getattr(item, "format", None) == "JPEG" and getattr(item, "tile", None):

@@ -73,7 +73,7 @@ class ShardSpec(click.ParamType):
             return parse_shard(value)
         except ConfigError as exc:
             self.fail(str(exc), param, ctx)
-DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
+DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt, tensorrt-fp16).")
 BUNDLE = click.argument("bundle", type=click.Path(path_type=Path))
 TRUSTED = click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
                        help="Public key (edgecxr keygen's .pub): refuse bundles not signed by it (default: $EDGECXR_TRUSTED_KEY).")
@@ -437,6 +437,46 @@ def conform(bundle, submission, runtime, threads, device_name, trusted_key, json
     if json_file:
         write_json_atomic(json_file, report)
     sys.exit(0 if report["passed"] else 1)
+
+
+@device.command("check-trt")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every finding here.")
+def check_trt(model, json_file):
+    """List what TensorRT would refuse in a quantized ONNX model (no GPU needed).
+
+    MODEL is an onnx-* bundle folder or an .onnx file. Checked: QuantizeLinear/DequantizeLinear pairs of int8
+    (not uint8) with zero point 0, constant positive scales, per-tensor activations, per-channel weights along
+    the output channels in [-127, 127], no int32 (bias) dequantization, no Q/DQ on shape inputs, no
+    operator-format ops. Exit 0 when TensorRT can build it (warnings allowed), 1 when it would refuse it.
+
+    \b
+    edgecxr device check-trt bundles/onnx-int8-trt
+    """
+    from edgecxr import trt_check
+    from edgecxr.atomic import write_json_atomic
+
+    _check_outputs((model,), json=json_file)
+    onnx_model = trt_check.load(model)
+    found = trt_check.check_model(onnx_model)
+    errors = [p for p in found if p.error]
+    for problem in found[:50]:
+        click.echo(problem.line())
+    if len(found) > 50:
+        click.echo(f"... and {len(found) - 50} more (all in --json)")
+    qdq = sum(n.op_type in trt_check.QDQ for n in onnx_model.graph.node)
+    if not trt_check.quantized(onnx_model):
+        verdict = "no quantization: TensorRT builds it in float or fp16 (int8 needs a quantized model: onnx-int8-trt)"
+    elif errors:
+        rules = sorted({p.rule for p in errors})
+        verdict = f"TensorRT would refuse it: {len(errors)} errors ({', '.join(rules)}) in {qdq} Q/DQ nodes"
+    else:
+        verdict = f"TensorRT-clean: {qdq} Q/DQ nodes, int8, zero points 0" + (f"; {len(found)} warnings" if found else "")
+    click.echo(f"{model}: {verdict}")
+    if json_file:
+        write_json_atomic(json_file, {"model": str(model), "passed": not errors, "qdq_nodes": qdq, "verdict": verdict,
+                                      "findings": [p.__dict__ for p in found]})
+    sys.exit(1 if errors else 0)
 
 
 @device.command()

@@ -10,13 +10,16 @@ a CSV manifest of absolute paths (`path,label`) lists images of any number and l
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
 
 from edgecxr.comparison import PARITY_BOOTSTRAP
 from edgecxr.data import DEFAULT_CLASSES, Sample
-from edgecxr.errors import ConfigError, require
+from edgecxr.errors import ConfigError, MissingDependencyError, first_line, require
+
+CONNECT_TIMEOUT = 5.0  # seconds to reach a Ray head given as HOST:PORT
 
 
 
@@ -79,9 +82,32 @@ def _connect(address: str | None) -> bool:
     if address not in (None, "local") and not (address == "auto" or address.startswith(("ray://", "http"))
                                               or ":" in address):
         raise ConfigError(f"--ray {address!r}: expected no value (a local Ray), 'auto', or HOST:PORT / ray://HOST:PORT")
-    ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
-             logging_level="ERROR", log_to_driver=False)
+    if address not in (None, "local", "auto"):
+        _reachable(address)
+    try:
+        ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:  # Ray's own errors derive from these
+        raise ConfigError(f"--ray {address}: Ray could not connect ({first_line(exc)}); start the cluster with "
+                          f"`ray start --head` or check the address") from None
     return True
+
+
+def _reachable(address: str, seconds: float = CONNECT_TIMEOUT) -> None:
+    """A bounded TCP connect to HOST:PORT first: ray.init waits minutes, silently, for a head that is not there."""
+    import socket
+
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise MissingDependencyError(f"--ray {address}: Ray Client (ray://) needs grpcio; pip install 'ray[client]'")
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: nothing answers at {host}:{port} within {seconds:g} s ({exc.strerror or exc}); "
+                          f"start the head node (`ray start --head --port {port}`) or check the address") from None
 
 
 def _classify(samples, bundle: str, context: dict, workers, batch_size: int, load: dict) -> list[dict]:

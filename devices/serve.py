@@ -19,8 +19,10 @@ Binds to 127.0.0.1 by default. Optional bearer-token authentication (--token-fil
 EDGECXR_SERVE_TOKEN; /healthz then says only "ok" to callers without the token); the Host header is
 checked against --allowed-host (default: localhost names and the bind address) so a web page cannot
 reach it through DNS rebinding. No TLS: put it behind a TLS reverse proxy before exposing it (README).
-A connection that has not sent complete request headers within --header-timeout is closed, so idle
-or slow clients never hold the request limit.
+A connection that has not sent complete request headers within --header-timeout is closed; an upload
+that averages less than --min-upload-rate after its first 2 s gets 408; --max-connections counts only
+requests whose body has arrived. So idle or slow clients never hold the request limit; on SIGTERM,
+requests still in progress after 5 s are cancelled.
 
 Concurrency: decoding and preprocessing run in a pool of --workers threads; the model call
 is serialized (the runtime interpreters are not re-entrant) by the Classifier's lock and the
@@ -51,6 +53,11 @@ from edgecxr.atomic import read_small
 from edgecxr.errors import ConfigError, EdgecxrError, require
 
 DEFAULT_MAX_BYTES = 32 * 2**20
+# an upload must keep an average of at least MIN_UPLOAD_RATE bytes/s once UPLOAD_GRACE seconds have passed: a client
+# trickling bytes is cut off in seconds instead of holding memory and a slot until --read-timeout
+DEFAULT_MIN_UPLOAD_RATE = 16 * 2**10
+UPLOAD_GRACE = 2.0
+SHUTDOWN_GRACE = 5  # seconds uvicorn waits for requests in progress on SIGTERM before cancelling them
 TOKEN_ENV = "EDGECXR_SERVE_TOKEN"
 MIN_TOKEN = 16
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -64,19 +71,19 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb"
 class Reject(Exception):
     """A request refused with an HTTP status and one line for the client."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
-def parse_size(text) -> int:
+def parse_size(text, option: str = "--max-bytes") -> int:
     """'32MB', '512k', '1048576' -> bytes (binary units)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m[2].lower() not in _UNITS:
-        raise ConfigError(f"--max-bytes {text!r}: expected a size like 20MB, 512KB or 1048576")
+        raise ConfigError(f"{option} {text!r}: expected a size like 20MB, 512KB or 1048576")
     size = int(float(m[1]) * _UNITS[m[2].lower()])
     if size < 1:
-        raise ConfigError("--max-bytes must be at least 1 byte")
+        raise ConfigError(f"{option} must be at least 1 byte")
     return size
 
 
@@ -139,10 +146,10 @@ def allowed_hosts(bind: str, extra=()) -> frozenset | None:
 
 
 class Guard:
-    """ASGI middleware in front of the app: Host check, bearer token, a bound on requests in progress."""
+    """ASGI middleware in front of the app: Host check, bearer token."""
 
-    def __init__(self, app, *, hosts=None, token: str | None = None, max_requests: int | None = None):
-        self.app, self.hosts, self.max_requests, self.active = app, hosts, max_requests, 0
+    def __init__(self, app, *, hosts=None, token: str | None = None):
+        self.app, self.hosts = app, hosts
         self.token = token.encode() if token else None
 
     def authorized(self, headers, scope=None) -> bool:
@@ -167,15 +174,8 @@ class Guard:
         elif not self.authorized(headers, scope) and scope["path"] != "/healthz":
             status, message, extra = 401, "missing or wrong token; send the header 'Authorization: Bearer TOKEN'", \
                 {"WWW-Authenticate": "Bearer"}
-        elif self.max_requests is not None and self.active >= self.max_requests:
-            status, message, extra = 503, f"more than {self.max_requests} requests in progress (--max-connections); retry shortly", \
-                {"Retry-After": "1"}
         else:
-            self.active += 1
-            try:
-                return await self.app(scope, receive, send)
-            finally:
-                self.active -= 1
+            return await self.app(scope, receive, send)
         await _json_error(status, message, extra)(scope, receive, send)
 
 
@@ -235,10 +235,14 @@ def header_timeout_protocol(seconds: float):
 class Service:
     """State shared by the requests: the classifier, the worker pool, the lock and counters."""
 
-    def __init__(self, classifier, *, max_bytes: int, workers: int | None, read_timeout: float):
+    def __init__(self, classifier, *, max_bytes: int, workers: int | None, read_timeout: float,
+                 max_requests: int | None = None, min_upload_rate: float = DEFAULT_MIN_UPLOAD_RATE):
         self.clf = classifier
         self.max_bytes = int(max_bytes)
         self.read_timeout = float(read_timeout)
+        self.min_upload_rate = float(min_upload_rate)
+        # requests whose body has arrived and that are being classified: an upload in progress holds no slot
+        self.max_requests, self.active = max_requests, 0
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgecxr-serve")
         self.lock = threading.Lock()  # the model call; the Classifier holds its own lock as well
@@ -277,8 +281,21 @@ class Service:
             if int(declared) > self.max_bytes:
                 raise Reject(413, f"request body of {int(declared):,} bytes is above the {self.max_bytes:,}-byte limit "
                                   "(--max-bytes)")
-        chunks, size = [], 0
-        async for chunk in request.stream():
+        import anyio
+
+        chunks, size, started, stream = [], 0, time.monotonic(), request.stream().__aiter__()
+        while True:
+            # the moment the average rate since the start would fall below the minimum, unless more bytes come
+            cutoff = started + UPLOAD_GRACE + size / self.min_upload_rate
+            chunk = None
+            with anyio.move_on_after(max(0.0, cutoff - time.monotonic())) as waited:
+                with contextlib.suppress(StopAsyncIteration):
+                    chunk = await stream.__anext__()
+            if waited.cancelled_caught:
+                raise Reject(408, f"the upload is slower than {self.min_upload_rate / 1024:g} KiB/s "
+                                  f"({size:,} bytes in {time.monotonic() - started:.1f} s); send it faster or lower --min-upload-rate")
+            if chunk is None:
+                break
             size += len(chunk)
             if size > self.max_bytes:
                 raise Reject(413, f"request body is above the {self.max_bytes:,}-byte limit (--max-bytes)")
@@ -346,13 +363,14 @@ def _deadline(seconds: float):
 
 
 def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
-               read_timeout: float = 30.0, token: str | None = None, hosts=None, max_requests: int | None = None,
-               site=None):
+               read_timeout: float = 15.0, token: str | None = None, hosts=None, max_requests: int | None = None,
+               site=None, min_upload_rate: float = DEFAULT_MIN_UPLOAD_RATE):
     """The app serving `classifier` (an edgecxr.devices.Classifier); usable with TestClient or uvicorn.
 
     token: bearer token required on /v1/classify (None: no authentication); hosts: accepted Host
-    names (None: any, see `allowed_hosts`); max_requests: requests in progress before 503; site: a web app
-    (edgecxr.devices.web.load_site) served at /app/.
+    names (None: any, see `allowed_hosts`); max_requests: requests being classified (body received) before 503;
+    min_upload_rate: bytes/s an upload must average after its first UPLOAD_GRACE seconds (slower: 408); site: a web
+    app (edgecxr.devices.web.load_site) served at /app/.
     """
     require("starlette", "serve")
     from starlette.applications import Starlette
@@ -362,7 +380,8 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
 
     from edgecxr import __version__
 
-    service = Service(classifier, max_bytes=max_bytes, workers=workers, read_timeout=read_timeout)
+    service = Service(classifier, max_bytes=max_bytes, workers=workers, read_timeout=read_timeout,
+                      max_requests=max_requests, min_upload_rate=min_upload_rate)
     headers = {"Cache-Control": "no-store"}
 
     async def classify(request):
@@ -386,7 +405,7 @@ def create_app(classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, workers: int |
         routes += _app_routes(site, classifier, token)
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.service = service
-    guard = Guard(app, hosts=hosts, token=token, max_requests=max_requests)
+    guard = Guard(app, hosts=hosts, token=token)
     guard.state = app.state
     return guard
 
@@ -416,11 +435,17 @@ async def _classify(service, request, headers):
 
     try:
         data, name = await service.image_from_request(request)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(service.pool, service.classify, data, name)
+        if service.max_requests is not None and service.active >= service.max_requests:
+            raise Reject(503, f"more than {service.max_requests} requests in progress (--max-connections); retry "
+                              "shortly", {"Retry-After": "1"})
+        service.active += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(service.pool, service.classify, data, name)
+        finally:
+            service.active -= 1
     except Reject as exc:
         service.counts["rejected"] += 1
-        return _json_error(exc.status, str(exc))
+        return _json_error(exc.status, str(exc), exc.headers)
     except ClientDisconnect:
         service.counts["disconnected"] += 1
         return _json_error(400, "client disconnected during the upload")  # nobody reads it
@@ -460,10 +485,13 @@ def _check_serve_deps() -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
 @click.option("--workers", type=click.IntRange(1, 64), help="Decode/preprocess threads, 1-64 (default: up to 4).")
 @click.option("--max-bytes", default="32MB", show_default=True, help="Largest request body (e.g. 20MB, 512KB); above it: 413.")
-@click.option("--read-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--read-timeout", default=15.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds allowed to upload one body; slower: 408.")
+@click.option("--min-upload-rate", default="16KB", show_default=True,
+              help=f"Bytes per second an upload must average after its first {UPLOAD_GRACE:g} s; slower: 408.")
 @click.option("--max-connections", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Requests in progress before new ones get 503 (idle connections do not count).")
+              help="Requests being classified (their body received) before new ones get 503; uploads in progress "
+                   "and idle connections do not count.")
 @click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds a connection may take to send complete request headers; slower ones are closed.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -479,8 +507,8 @@ def _check_serve_deps() -> None:
 @click.option("--app", "app_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also serve the web app `edgecxr device web` built from this bundle at /app/ (it classifies in the "
                    "browser; images are not uploaded). With a token, open /app/?token=TOKEN once.")
-def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_connections, header_timeout, token_file,
-          hosts, trusted_key, runtime, device_name, log_level, app_dir):
+def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, min_upload_rate, max_connections, header_timeout,
+          token_file, hosts, trusted_key, runtime, device_name, log_level, app_dir):
     """Serve BUNDLE over HTTP: POST an image to /v1/classify, GET /healthz (loopback by default).
 
     Example: edgecxr serve bundles/tflite-int8 --port 8080, then curl -F file=@chest.jpeg localhost:8080/v1/classify"""
@@ -489,7 +517,7 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
 
     from edgecxr.devices.classifier import Classifier
 
-    limit = parse_size(max_bytes)
+    limit, min_rate = parse_size(max_bytes), parse_size(min_upload_rate, "--min-upload-rate")
     token = read_token(token_file)
     sock = bind_socket(host, port)  # a busy port fails now, in one line, before the model loads
     site = None
@@ -499,7 +527,7 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
         site = load_site(app_dir)  # every file checked against files.json before anything is served
     clf = Classifier.load(bundle, runtime=runtime, threads=threads, device=device_name, trusted_key=trusted_key)
     app = create_app(clf, max_bytes=limit, workers=workers, read_timeout=read_timeout, token=token,
-                     hosts=allowed_hosts(host, hosts), max_requests=max_connections, site=site)
+                     hosts=allowed_hosts(host, hosts), max_requests=max_connections, site=site, min_upload_rate=min_rate)
     if not _is_loopback(host):
         click.echo(f"warning: binding to {host}: the service has no TLS" +
                    ("" if token else " and no authentication (--token-file)") +
@@ -515,7 +543,8 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, max_con
                    ("" if _is_loopback(host) else "; browsers keep it for offline use only over https (TLS proxy) "
                     "or on localhost"), err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"),
-                            http=header_timeout_protocol(header_timeout), timeout_keep_alive=5, server_header=False)
+                            http=header_timeout_protocol(header_timeout), timeout_keep_alive=5, server_header=False,
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE)
     uvicorn.Server(config).run(sockets=[sock])
 
 

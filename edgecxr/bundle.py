@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,6 +36,7 @@ TENSOR_KEYS = ("name", "shape", "dtype", "quantization")
 ZERO_POINTS = {"int8": (-128, 127), "uint8": (0, 255)}  # a float tensor has no quantization
 DTYPES = ("float32", "float16", "int8", "uint8", "int16")
 MAX_UNZIPPED = 2 << 30  # a zip bomb guard: no edge model bundle is near 2 GB
+ZIP_PREFIX = "edgecxr-bundle-"  # + the pid of the process that extracted it: orphans are found by it
 MAX_MANIFEST = 64 << 20  # a manifest is a few KB (its reference probabilities some more)
 
 
@@ -325,7 +327,8 @@ def _extract_zip(archive: Path) -> Path:
     import shutil
     import tempfile
 
-    target = Path(tempfile.mkdtemp(prefix="edgecxr-bundle-"))
+    _remove_orphans(Path(tempfile.gettempdir()))
+    target = Path(tempfile.mkdtemp(prefix=f"{ZIP_PREFIX}{os.getpid()}-"))
     atexit.register(shutil.rmtree, target, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -344,6 +347,22 @@ def _extract_zip(archive: Path) -> Path:
         raise
     inner = [p for p in target.iterdir()]
     return inner[0] if len(inner) == 1 and inner[0].is_dir() else target
+
+
+def _remove_orphans(tmp: Path) -> None:
+    """Extractions whose process is gone (killed with -9: no atexit ran) are removed by the next extraction."""
+    import shutil
+
+    for folder in tmp.glob(f"{ZIP_PREFIX}*-*"):
+        pid = folder.name[len(ZIP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or folder.is_symlink() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, another user's process
+            pass
 
 
 def zip_bundle(folder: Path, archive: Path) -> Path:

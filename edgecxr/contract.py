@@ -53,7 +53,9 @@ def algorithms(spec) -> dict:
             "high_bit_depth": "16-bit gray, 32-bit integer or float samples: v' = rint((v - min) * float32(255 / "
                               "(max - min))) in float32, round half to even; a constant image gives 0. 16-bit "
                               "colour PNGs: the decoder's 8-bit reduction (Pillow keeps the high byte), then the luma",
-            "dicom": "modality LUT or RescaleSlope/Intercept; a LINEAR window clips to [c - 0.5 - (w - 1) / 2, "
+            "dicom": "unsigned 8-bit grey samples with no modality LUT, no rescale other than slope 1 / intercept 0 and "
+                     "no window: taken as they are (as an 8-bit PNG), MONOCHROME1 inverted; otherwise "
+                     "modality LUT or RescaleSlope/Intercept; a LINEAR window clips to [c - 0.5 - (w - 1) / 2, "
                      "c - 0.5 + (w - 1) / 2] (LINEAR_EXACT: [c - w / 2, c + w / 2]); a VOI LUT sequence or a "
                      "SIGMOID window: pydicom's apply_voi_lut; colour: the mean of the three channels in float32; "
                      "then the 16-bit rule above; MONOCHROME1 inverted as 255 - v; first frame only",

@@ -152,12 +152,21 @@ def csv_paths(manifest: Path, rows=None) -> list[Path]:
     it would count twice, or sit in train and test at once."""
     rows = _read_csv(manifest)[1] if rows is None else rows
     seen: dict[Path, int] = {}
+    files: dict[tuple, int] = {}  # (device, inode): a hard link is the same file under another name
     for i, row in rows:
         where = (manifest.parent / (row.get("path") or "")).resolve()
-        if where in seen:
-            raise DataError(f"{manifest}:{i}: {row.get('path')} is the same image as the row also on line {seen[where]}; "
+        try:
+            st = where.stat()
+            inode = (st.st_dev, st.st_ino) if st.st_ino else None
+        except OSError:  # a missing file is reported where it is read
+            inode = None
+        first = seen.get(where) or (files.get(inode) if inode else None)
+        if first is not None:
+            raise DataError(f"{manifest}:{i}: {row.get('path')} is the same image as the row also on line {first}; "
                             "remove the duplicate row")
         seen[where] = i
+        if inode:
+            files[inode] = i
     return list(seen)
 
 

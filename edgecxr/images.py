@@ -182,6 +182,9 @@ def _dicom_to_gray(pixels: np.ndarray, ds, name: str) -> Image.Image:
     """One frame -> gray, in float32 in place: modality rescale, VOI window, min-max scale."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    if _plain_8bit(pixels, ds):  # as an 8-bit PNG of the same pixels: no min-max stretch
+        gray = pixels.astype(np.uint8)
+        return _dicom_image(255 - gray if _monochrome1(ds) else gray, ds)
     if "ModalityLUTSequence" in ds:
         values = apply_modality_lut(pixels, ds).astype(np.float32)
     else:
@@ -197,8 +200,22 @@ def _dicom_to_gray(pixels: np.ndarray, ds, name: str) -> Image.Image:
     if values.ndim == 3:
         values = values[..., :3].mean(axis=-1, dtype=np.float32)
     gray = _to_uint8(values, name)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        gray = 255 - gray
+    return _dicom_image(255 - gray if _monochrome1(ds) else gray, ds)
+
+
+def _monochrome1(ds) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+
+
+def _plain_8bit(pixels: np.ndarray, ds) -> bool:
+    """Unsigned 8-bit grey samples with no modality LUT, an identity rescale (or none) and no window: already the
+    grey levels a viewer shows."""
+    rescale = (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
+    return (pixels.ndim == 2 and int(ds.get("BitsAllocated", 16) or 16) == 8 and int(ds.get("PixelRepresentation", 0) or 0) == 0
+            and rescale == (1.0, 0.0) and not any(k in ds for k in ("ModalityLUTSequence", "VOILUTSequence", "WindowCenter")))
+
+
+def _dicom_image(gray: np.ndarray, ds) -> Image.Image:
     img = Image.fromarray(gray, mode="L")
     attribute = lambda key: str(ds.get(key, "") or "").strip().upper()  # noqa: E731
     img.info.update(dicom_modality=attribute("Modality"), dicom_view_position=attribute("ViewPosition"))

@@ -19,6 +19,7 @@ openvino       openvino  device CPU (default), GPU or NPU
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -30,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgecxr.atomic import sha256_file
 from edgecxr.errors import ConfigError, MissingDependencyError, ModelError
 
 
@@ -211,7 +213,18 @@ def _open_tf_lite(model_path, *, threads=None, device=None, precision=None, batc
 # -- ONNX Runtime -------------------------------------------------------------
 ORT_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ORT_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "gpu": "CUDAExecutionProvider",
-               "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
+               "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+               "tensorrt-fp16": "TensorrtExecutionProvider"}
+
+
+def tensorrt_options(model: bytes | Path, precision: str | None, fp16: bool) -> dict:
+    """ONNX Runtime's TensorRT provider options: int8 for a quantized (QDQ) bundle, fp16 when asked for, and the
+    built engine cached per model (one folder per SHA-256 of the model bytes: the provider's own cache key is
+    the graph's structure, so two exports of one architecture would share an engine)."""
+    digest = hashlib.sha256(model).hexdigest() if isinstance(model, bytes) else sha256_file(model)
+    cache = Path(os.environ.get("EDGECXR_TRT_CACHE") or Path.home() / ".cache" / "edgecxr-trt") / digest[:16]
+    return {"trt_int8_enable": precision == "int8", "trt_fp16_enable": fp16 or precision == "fp16",
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
 
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
@@ -232,6 +245,9 @@ class OrtSession(Session):
             providers = [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
         else:
             providers = [p for p in ORT_PREFERENCE if p in available] or available
+        fp16 = (device or "").lower() == "tensorrt-fp16"
+        chosen = [(p, tensorrt_options(source, precision, fp16)) if p == "TensorrtExecutionProvider" else p
+                  for p in providers]
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
@@ -239,7 +255,7 @@ class OrtSession(Session):
             options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
-                                                providers=providers)
+                                                providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelError(f"{model_path}: onnxruntime cannot load this model ({exc})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

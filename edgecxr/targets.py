@@ -33,6 +33,7 @@ class Target:
     precision: str  # "fp32" | "fp16" | "dynamic" | "int8"
     calibrated: bool  # needs calibration images (full-integer quantization)
     description: str
+    scheme: str = ""  # int8 only: "tensorrt" = what TensorRT takes (int8 activations, every zero point 0, float biases)
 
     @property
     def int8(self) -> bool:
@@ -53,6 +54,8 @@ TARGETS: dict[str, Target] = {
         Target("tflite-int8", "tflite", "int8", True, "TFLite, full integer (int8 in and out)"),
         Target("onnx-fp32", "onnx", "fp32", False, "ONNX, float32"),
         Target("onnx-int8", "onnx", "int8", True, "ONNX Runtime static QDQ int8, per-channel, 7-bit weights (same on every CPU)"),
+        Target("onnx-int8-trt", "onnx", "int8", True, "ONNX QDQ int8 for TensorRT (Jetson): symmetric int8 activations, "
+               "per-channel 7-bit weights, zero points 0, float biases (same on every CPU)", scheme="tensorrt"),
         Target("openvino-fp32", "openvino", "fp32", False, "OpenVINO IR, float32"),
         Target("openvino-fp16", "openvino", "fp16", False, "OpenVINO IR, float16 weights"),
         Target("openvino-int8", "openvino", "int8", True, "OpenVINO IR, NNCF post-training int8, overflow fix (same on every CPU)"),

@@ -24,7 +24,7 @@ import click
 from edgecxr import data as D
 from edgecxr.atomic import refuse_overlap, write_json_atomic, write_text_atomic
 from edgecxr.comparison import PARITY_BOOTSTRAP
-from edgecxr.errors import ConfigError
+from edgecxr.errors import ConfigError, MissingDependencyError
 from edgecxr.export.bench_rows import (_model_hash, _say, empty_row, export_row, machine_info, make_subset,
                                        measure_float, measure_row, plan_rows)
 from edgecxr.export.bench_table import format_markdown, format_table
@@ -166,7 +166,7 @@ def _bench_row(i, count, plan, model_path, root, bundles, *, reuse, model_sha, t
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - one failing target is a row, never a crash
-        row.update(error=_first_line(exc), passed=False)
+        row.update(error=_first_line(exc), passed=False, missing_extra=isinstance(exc, MissingDependencyError))
         _say(f"    {row['stage']} failed: {row['error']}")
     return row
 
@@ -180,8 +180,13 @@ def _run_record(data_root: Path, test, test_sha, limit, train_images, model_path
 
 
 def parity_failures(rows) -> list[dict]:
-    """int8 rows that failed parity or could not be exported/run (the int8 validation gate refusing a model is a parity loss)."""
-    return [r for r in rows if r["int8"] and not r["passed"]]
+    """int8 rows that failed parity or could not be exported/run (the int8 validation gate refusing a model is a parity
+    loss); a row that could not run because an extra is not installed is not a parity result (missing_extras)."""
+    return [r for r in rows if r["int8"] and not r["passed"] and not r.get("missing_extra")]
+
+
+def missing_extras(rows) -> list[dict]:
+    return [r for r in rows if r.get("missing_extra")]
 
 
 def _scaling(result, model_path, data_root, root, out_dir, rows, *, threads, runs, archs, targets, classes) -> dict:
@@ -298,7 +303,10 @@ def benchmark(model_path, data, out, targets, max_recall_drop, max_accuracy_drop
         if sc.get("architectures"):
             click.echo("\n" + S.format_arch_scaling(sc["architectures"], sc["architecture_targets"]))
     click.echo(f"written to {Path(out) / 'benchmark.json'} and {Path(out) / 'benchmark.md'}", err=True)
-    failures = parity_failures(result["rows"])
+    failures, missing = parity_failures(result["rows"]), missing_extras(result["rows"])
+    if missing and not failures:
+        click.echo(f"error: {len(missing)} of {len(result['rows'])} targets could not run here: {missing[0]['error']}", err=True)
+        sys.exit(2)
     if failures and fail_on_parity:
         click.echo("error: int8 parity failed for " + ", ".join(
             f"{r['target']} ({r['error'] or '; '.join(r['failed_checks'] or [])})" for r in failures), err=True)

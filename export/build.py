@@ -123,8 +123,12 @@ def _onnx(target, ctx, path):
     if target.precision != "int8":
         shutil.copyfile(ctx.onnx_fp32, path)
         return {"qat": False, "accuracy_control": None}
-    onnx_x.quantize(ctx.onnx_fp32, path, ctx.calib_x)
+    onnx_x.quantize(ctx.onnx_fp32, path, ctx.calib_x, target.scheme)
     report = _gate_model(ctx, "onnx", path)
+    if target.scheme == "tensorrt":
+        if not report["passed"]:
+            report = _onnx_keep_float(target, ctx, path, report)
+        return {"qat": False, "accuracy_control": report, "tensorrt_check": onnx_x.tensorrt_check(path, target.name)}
     if not report["passed"]:
         import onnx
 
@@ -142,6 +146,20 @@ def _onnx(target, ctx, path):
         if not report["passed"]:
             ctx.gate.fail(target.name, report)
     return {"qat": False, "accuracy_control": report}
+
+
+def _onnx_keep_float(target, ctx, path, first):
+    """TensorRT's scheme: NNCF's recovery would write uint8 activations, so the end layers stay float instead
+    (the classifier, then the first convolution too): ONNX Runtime re-quantizes without them."""
+    _announce(target, "keeping the first and last layers in float (two tries, seconds each)")
+    for exclude in onnx_x.end_layers(ctx.onnx_fp32):
+        onnx_x.quantize(ctx.onnx_fp32, path, ctx.calib_x, target.scheme, exclude=exclude)
+        report = _gate_model(ctx, "onnx", path)
+        report["method"] = f"post-training quantization, {len(exclude)} layers kept float ({', '.join(exclude)})"
+        report["initial"] = {k: first[k] for k in ("recall_drop", "accuracy_drop")}
+        if report["passed"]:
+            return report
+    ctx.gate.fail(target.name, report)
 
 
 def _openvino(target, ctx, path):

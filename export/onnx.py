@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.errors import require
+from edgecxr.errors import ModelError, require
 
 OPSET = 17
 
@@ -44,13 +44,42 @@ class _Reader:
         self.i = 0
 
 
-def quantize(fp32_path: Path, out_path: Path, calib_x: np.ndarray) -> Path:
+def quantize(fp32_path: Path, out_path: Path, calib_x: np.ndarray, scheme: str = "", exclude=()) -> Path:
+    """scheme "tensorrt": what TensorRT 10 takes as an explicitly quantized network (devices/trt_check.py checks it):
+    int8 activations with zero point 0 (symmetric), biases left float (TensorRT refuses an int32 DequantizeLinear).
+    Weights stay 7-bit (reduce_range): ONNX Runtime's CPU kernels then compute the same integers on every CPU."""
     require("onnxruntime", "export")
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     name = onnx.load(str(fp32_path)).graph.input[0].name
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(name, calib_x)
+    tensorrt = scheme == "tensorrt"
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False} if tensorrt else {}
     quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
+                    activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    reduce_range=True, nodes_to_exclude=list(exclude), extra_options=extra)
     return Path(out_path)
+
+
+def end_layers(fp32_path: Path) -> list[list[str]]:
+    """The node sets to keep in float, smallest first: the classifier (the last Gemm/MatMul/Conv), then it and the
+    first convolution."""
+    import onnx
+
+    weighted = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return [weighted[-1:], [weighted[0], weighted[-1]]] if weighted else []
+
+
+def tensorrt_check(path: Path, target: str) -> dict:
+    """The static TensorRT check of a written model (edgecxr.trt_check); an export that fails it is a bug here."""
+    from edgecxr import trt_check
+
+    model = trt_check.load(path)
+    found = trt_check.check_model(model)
+    errors = [p.line() for p in found if p.error]
+    if errors:
+        raise ModelError(f"{target}: the quantized model is not what TensorRT takes ({len(errors)} findings, first: "
+                          f"{errors[0]}); please report this")
+    return {"passed": True, "qdq_nodes": sum(n.op_type in trt_check.QDQ for n in model.graph.node),
+            "warnings": [p.line() for p in found]}

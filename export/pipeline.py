@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import shutil
 import sys
 import tempfile
@@ -292,6 +293,17 @@ def summary_table(written, refused: dict) -> str:
     return "\n".join(lines)
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the chain, or in the text of a converter's own error (TensorFlow and ONNX wrap it)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_report, info, signing_key=None) -> Path:
     from edgecxr.export.accuracy import other_attempts
     from edgecxr.export.build import build
@@ -304,6 +316,9 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         except EdgecxrError:
             raise
         except Exception as exc:  # TFLite / tf2onnx / OpenVINO errors print pages: one line names the target
+            if _disk_full(exc):
+                raise ModelError(f"{target.name}: the disk is full (no space left on device under {final.parent} or "
+                                 f"the temporary folder {tmp.parent}); free space and run the export again") from exc
             raise ModelError(f"{target.name}: the converter failed ({type(exc).__name__}: {first_line(exc)}); "
                              "try another target, or report it with the model") from exc
         export_parity = _export_parity(target, ctx, tmp, info, result["accuracy_control"])
@@ -316,6 +331,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
                "qat_training": ctx.qat_training if result["qat"] or qat_requested else None,
                "accuracy_control": result["accuracy_control"],
                "export_parity": export_parity,
+               "tensorrt_check": result.get("tensorrt_check"),
                "size": {"bytes": size, "gzip_bytes": sum(gzip_size(p) for p in tmp.iterdir() if p.is_file())}}
         twin = _add_twin(target, ctx, tmp, info) if ctx.with_twin and target.precision != "fp32" else None
         if prune_report is not None:

@@ -32,7 +32,7 @@ def _section(s) -> dict:
 
 
 def _parity(r: dict) -> dict:
-    keep = ("n", "threshold", "float", "device", "delta", "agreement", "bootstrap", "mcnemar", "flipped_counts",
+    keep = ("n", "threshold", "labeled", "positives", "float", "device", "delta", "agreement", "bootstrap", "mcnemar", "flipped_counts",
             "subgroups", "calibration", "checks", "passed", "criteria", "runtime", "timing", "cpu_path_note")
     out = {k: r[k] for k in keep if k in r}
     out["target"] = (r.get("bundle") or {}).get("target") or r.get("target")
@@ -96,7 +96,7 @@ def verdict(parity: list, bundles: list) -> dict:
 def build_record(found, *, title: str, sources) -> dict:
     """The JSON twin of the page: everything a reviewer needs to repeat and judge the verification."""
     bundles = [_bundle(k, m) for k, m in found.manifests.items()]
-    parity = [_parity(r) for r in found.parity if isinstance(r.get("device"), dict)]
+    parity = [_parity(r) for r in found.parity if isinstance(r.get("device"), dict) or r.get("labeled") is False]
     domain = bundles[0]["domain"] if bundles else dict(DOMAIN)
     criteria = next((p["criteria"] for p in parity if p.get("criteria")), None)
     if criteria is None and bundles and bundles[0]["acceptance"]:
@@ -197,6 +197,9 @@ def _data_html(rec: dict) -> str:
 def _parity_html(rec: dict) -> str:
     parts = []
     for p in rec["parity"]:
+        if p.get("labeled") is False:
+            parts.append(_unlabeled_html(p))
+            continue
         if "bootstrap" not in p:
             continue
         b = p["bootstrap"]
@@ -219,6 +222,19 @@ def _parity_html(rec: dict) -> str:
                      f"<h4>Checks</h4>{_table(('', 'check', 'result'), checks)}"
                      f"<h4>Subgroups</h4>{_table(('subgroup', 'n', 'float accuracy', 'device accuracy', 'flipped', 'new false negatives', ''), subgroups)}")
     return f"<h2 id='results'>Device results</h2>{''.join(parts)}" if parts else ""
+
+
+def _unlabeled_html(p: dict) -> str:
+    """A site parity run on unlabeled X-rays: agreement and the positives the device loses, no clinical metrics."""
+    rt, pos, fc = p.get("runtime") or {}, p.get("positives") or {}, p.get("flipped_counts") or {}
+    checks = [[("<span class='ok'>pass</span>" if c["passed"] else "<span class='bad'>FAIL</span>"), _e(c["name"]),
+               _e(c["message"])] for c in p.get("checks", [])]
+    return (f"<h3>{_e(p['target'])} on {_e(rt.get('name'))} {_e(rt.get('version'))}, unlabeled site X-rays: "
+            f"{'<span class=ok>passed</span>' if p['passed'] else '<span class=bad>FAILED</span>'} ({p['n']} X-rays)</h3>"
+            f"<p>No labels, so no recall or specificity: the device decides as the float model on {_n(p['agreement'])} "
+            f"of the X-rays; the float model calls {_e(pos.get('float'))} positive, the device {_e(pos.get('device'))}; "
+            f"{_e(fc.get('new_negative', 0))} the float model calls positive are negative on the device.</p>"
+            f"<h4>Checks</h4>{_table(('', 'check', 'result'), checks)}")
 
 
 def _calibration_html(rec: dict) -> str:

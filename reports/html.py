@@ -142,7 +142,7 @@ def _gallery(found: Found, mapper: Mapper, roots, limit: int) -> tuple[str, list
             path = _resolve(f["file"], roots)
             kind = f["kind"].replace("_", " ")
             cards.append(_card(kind.capitalize(), f["file"], _xray_and_maps(path, mapper, bundle) if path else [],
-                               [f"true: {'PNEUMONIA' if f['label'] else 'NORMAL'}",
+                               [f"true: {('PNEUMONIA' if f['label'] else 'NORMAL') if 'label' in f else 'unknown (unlabeled)'}",
                                 f"float p = {f['float_prob']:.3f}, device p = {f['device_prob']:.3f}"]))
         more = f" (first {limit} of {len(flips)})" if len(flips) > limit else ""
         parts.append(f"<h3>Decisions that changed on {html.escape(str(target))}{more}</h3>"
@@ -244,6 +244,11 @@ def _findings(found: Found) -> str:
                 items.append(f"{html.escape(str(r.get('target')))}: could not be checked ({html.escape(str(r['error'])[:120])}).")
             continue
         verdict = "passes" if r.get("passed") else "<span class='bad'>fails</span>"
+        if r.get("labeled") is False:
+            items.append(f"Device {html.escape(str(r.get('target')))} gives the same answer on {_pct(r['agreement'])} of "
+                         f"the site's X-rays; {_count(r.get('new_negative'), 'X-ray')} the float model calls pneumonia "
+                         f"it calls normal: {verdict} the parity check.")
+            continue
         items.append(f"Device {html.escape(str(r.get('target')))} gives the same answer on {_pct(r['agreement'])} of X-rays; "
                      f"it misses {_count(r.get('new_fn'), 'pneumonia case')} the float model caught and newly flags "
                      f"{_count(r.get('new_fp'), 'normal X-ray')}: {verdict} the parity check.")

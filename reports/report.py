@@ -102,8 +102,8 @@ def _kind(r) -> str | None:
         return None
     if r.get("format") == "edgecxr-bundle":
         return "manifest"
-    if "agreement" in r and isinstance(r.get("device"), dict):
-        return "parity"
+    if "agreement" in r and (isinstance(r.get("device"), dict) or r.get("labeled") is False):
+        return "parity"  # labeled, or a site's unlabeled X-rays (no device metrics)
     if "latency_ms" in r and "bare_invoke_ms" in r:
         return "bench"
     if isinstance(r.get("rows"), list):
@@ -122,6 +122,7 @@ def _add_evaluate(path: Path, found: Found) -> None:
         raise EdgecxrError(f"{path}: no predictions.npz beside this evaluate metrics.json; pass the folder "
                            "`edgecxr evaluate --out` wrote, unchanged")
     m = _json(path) or {}
+    _number(path, "threshold", m.get("threshold"), low=0, high=1)
     y, p, rel = _npz(folder / "predictions.npz")
     found.sections.append(Section(f"{str(m.get('split', 'evaluated')).capitalize()} set ({folder.name})", folder,
                                   y, p, rel, float(m.get("threshold", 0.5)), m.get("threshold_method", ""), m))
@@ -151,22 +152,59 @@ def _add_json(path: Path, r, found: Found, *, given: bool) -> None:
     elif kind == "bench":
         found.device_bench.append(r)
     elif kind == "benchmark":
+        for i, row in enumerate(r.get("rows", [])):
+            if not isinstance(row, dict):
+                raise EdgecxrError(f"{path}: rows[{i}] is not a record; pass the file edgecxr wrote, unchanged")
+            for k in ("agreement", "accuracy", "recall", "specificity", "roc_auc", "p50_ms", "size_mb", "new_fn", "new_fp"):
+                _number(path, f"rows[{i}].{k}", row.get(k))
         found.bench += [dict(row) for row in r.get("rows", [])]
         found.parity += [row for row in r.get("rows", []) if isinstance(row, dict) and row.get("flipped")]
         if r.get("data"):
             found.data_roots.append(Path(r["data"]))
     else:
+        _check_parity_numbers(path, r)
         found.parity.append(r)
         found.bench.append(_parity_row(r))
         if r.get("data", {}).get("root"):
             found.data_roots.append(Path(r["data"]["root"]))
 
 
+def _number(path, where: str, value, *, optional=True, low=None, high=None):
+    """A value the report computes with: a finite number (in [low, high] when given), else one line naming it."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        raise EdgecxrError(f"{path}: {where} is {str(value)[:40]!r}, not a number; pass the file edgecxr wrote, unchanged")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise EdgecxrError(f"{path}: {where} is {value}, outside [{low}, {high}]; pass the file edgecxr wrote, unchanged")
+
+
+def _check_parity_numbers(path, r: dict) -> None:
+    """A parity JSON's numbers, before any is formatted or compared (a string there was an internal error)."""
+    _number(path, "agreement", r.get("agreement"), optional=False, low=0, high=1)
+    _number(path, "n", r.get("n"), low=0)
+    _number(path, "threshold", r.get("threshold"), low=0, high=1)
+    for side in ("float", "device", "delta"):
+        for k, v in (r.get(side) or {}).items() if isinstance(r.get(side), dict) else ():
+            if k != "confusion":
+                _number(path, f"{side}.{k}", v)
+    for i, f in enumerate(r.get("flipped") or []):
+        if not isinstance(f, dict):
+            raise EdgecxrError(f"{path}: flipped[{i}] is not a record; pass the file edgecxr wrote, unchanged")
+        for k in ("float_prob", "device_prob"):
+            _number(path, f"flipped[{i}].{k}", f.get(k), optional=False, low=0, high=1)
+    for k, v in (r.get("flipped_counts") or {}).items():
+        _number(path, f"flipped_counts.{k}", v, low=0)
+
+
 def _parity_row(r: dict) -> dict:
     """A parity JSON (`edgecxr device parity --json`) as one parity-table row."""
-    b, d, fc = r.get("bundle", {}), r["device"], r.get("flipped_counts", {})
-    row = {"target": b.get("target"), "runtime": r.get("runtime", {}).get("name"), "agreement": r["agreement"],
+    b, d, fc = r.get("bundle", {}), r.get("device") or {}, r.get("flipped_counts", {})
+    labeled = r.get("labeled", True) is not False
+    row = {"target": b.get("target") if labeled else f"{b.get('target')} (unlabeled site images)",
+           "runtime": r.get("runtime", {}).get("name"), "agreement": r["agreement"], "labeled": labeled,
            "new_fn": fc.get("new_false_negative"), "new_fp": fc.get("new_false_positive"),
+           "new_negative": fc.get("new_negative"), "new_positive": fc.get("new_positive"),
            "p50_ms": r.get("timing", {}).get("infer_ms_p50"), "passed": r.get("passed"), "n": r.get("n")}
     row.update({k: d.get(k) for k in ("accuracy", "recall", "specificity", "roc_auc")})
     manifest = _json(Path(b.get("path", "")) / "manifest.json") if b.get("path") else None

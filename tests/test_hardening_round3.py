@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecxr.cli import main
-from edgecxr.errors import BundleError, DataError
+from edgecxr.errors import BundleError, ConfigError, DataError
 
 
 def cli(*args):
@@ -142,3 +142,247 @@ def test_explain_with_a_bundle_honours_the_trusted_key(tiny_bundles, sample, tmp
     image = next((sample / "test" / "NORMAL").iterdir())
     r = cli("explain", image, "--bundle", tiny_bundles["tflite-fp32"], "--trusted-key", public, "--out", tmp_path / "m.png")
     assert r.exit_code == 2 and "not signed" in r.output and not (tmp_path / "m.png").exists()
+
+
+def test_slow_uploaders_cannot_hold_the_service_and_shutdown_does_not_wait_for_them(tiny_bundles, kermany):
+    """28.3: 16 clients announcing 100 kB and sending 1 byte every 0.5 s, against --max-connections 4: a real
+    client is answered at once, each trickler gets 408 within seconds, and SIGTERM ends the service promptly."""
+    import signal
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    from tests.test_serve import start_server
+
+    image = next((kermany / "test" / "NORMAL").iterdir())
+    proc, url = start_server(tiny_bundles["tflite-int8"], "--max-connections", "4", "--read-timeout", "60")
+    port = int(url.rsplit(":", 1)[1])
+    replies, stop = [], threading.Event()
+
+    def trickle():
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                      b"Content-Length: 100000\r\n\r\n")
+            started = time.monotonic()
+            try:
+                while not stop.is_set() and time.monotonic() - started < 15:
+                    s.sendall(b"\0")
+                    s.settimeout(0.5)
+                    try:
+                        reply = s.recv(4096)
+                    except socket.timeout:
+                        continue
+                    replies.append((reply, time.monotonic() - started))
+                    return
+            except OSError as exc:  # the server closed the connection after its 408
+                replies.append((repr(exc).encode(), time.monotonic() - started))
+
+    try:
+        threads = [threading.Thread(target=trickle) for _ in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # every trickler is connected and sending
+        t0 = time.monotonic()
+        r = httpx.post(f"{url}/v1/classify", content=image.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=20)
+        assert r.status_code == 200 and time.monotonic() - t0 < 5, (r.status_code, r.text)
+        for t in threads:
+            t.join(20)
+        assert len(replies) == 16
+        assert all(reply.startswith(b"HTTP/1.1 408") and took < 6 for reply, took in replies), replies
+        assert any(b"slower than 16 KiB/s" in reply for reply, _ in replies)  # the JSON may come in a later packet
+        late = [threading.Thread(target=trickle) for _ in range(4)]  # uploads in progress at shutdown
+        for t in late:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert time.monotonic() - t0 < 8
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ray_at_an_address_where_nothing_listens_is_one_line_within_seconds(tiny_bundles, sample):
+    """28.5: a bounded connect instead of ten silent minutes; ray:// without Ray Client is an install hint."""
+    import socket
+    import time
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    t0 = time.monotonic()
+    r = cli("device", "parity", tiny_bundles["tflite-int8"], "--data", sample, "--ray", f"127.0.0.1:{port}")
+    assert r.exit_code == 2 and time.monotonic() - t0 < 30, r.output
+    assert f"nothing answers at 127.0.0.1:{port}" in r.output and "ray start --head" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    import importlib.util
+
+    from devices import distributed
+
+    if importlib.util.find_spec("grpc") is None:
+        r = cli("device", "parity", tiny_bundles["tflite-int8"], "--data", sample, "--ray", f"ray://127.0.0.1:{port}")
+        assert r.exit_code == 2 and "pip install 'ray[client]'" in r.output, r.output
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        distributed._reachable("nohost")
+
+
+def test_report_reads_an_unlabeled_site_parity_and_refuses_strings_for_numbers(tiny_bundles, kermany, tmp_path):
+    """28.7: the README says `report` reads site parity JSON; a string where a number belongs is one line, exit 2."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for p in sorted((kermany / "test" / "PNEUMONIA").iterdir())[:6] + sorted((kermany / "test" / "NORMAL").iterdir())[:6]:
+        shutil.copy(p, site / p.name)
+    parity = tmp_path / "site.json"
+    r = cli("device", "parity", tiny_bundles["tflite-int8"], "--data", site, "--json", parity)
+    assert r.exit_code in (0, 1), r.output
+    assert json.loads(parity.read_text())["labeled"] is False
+    out = tmp_path / "r.html"
+    r = cli("report", parity, "--out", out, "--no-maps")
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    assert "unlabeled site X-rays" in page and "No labels, so no recall" in page
+    record = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else None
+    if record is not None:
+        assert record["parity"] and record["parity"][0]["labeled"] is False
+    doc = json.loads(parity.read_text())
+    doc["agreement"] = "0.99"
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    r = cli("report", tmp_path / "bad.json", "--out", tmp_path / "bad.html", "--no-maps")
+    assert r.exit_code == 2 and "agreement is '0.99', not a number" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "bad.html").exists()
+
+
+def test_export_on_a_full_disk_names_the_full_disk(tiny_model, sample, tmp_path, monkeypatch):
+    """28.11: not "the converter failed" (the converters wrap ENOSPC in their own errors, or in text)."""
+    import errno
+    import os
+
+    from edgecxr.export import build as build_mod
+
+    def disk_full(target, ctx, folder):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "model.tflite"))
+        except OSError as exc:
+            raise RuntimeError("tflite converter: could not write the flatbuffer") from exc
+
+    monkeypatch.setattr(build_mod, "build", disk_full)
+    r = cli("export", "--model", tiny_model, "--target", "tflite-fp32", "--data", sample, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "tflite-fp32: the disk is full" in r.output and "converter failed" not in r.output
+    assert not (tmp_path / "o" / "tflite-fp32").exists()
+    monkeypatch.setattr(build_mod, "build", lambda *a: (_ for _ in ()).throw(
+        RuntimeError("Failed to save: /tmp/x.onnx: No space left on device")))
+    r = cli("export", "--model", tiny_model, "--target", "onnx-fp32", "--data", sample, "--out", tmp_path / "o2")
+    assert r.exit_code == 2 and "onnx-fp32: the disk is full" in r.output
+
+
+def test_zip_extractions_left_by_a_killed_process_are_removed_by_the_next(tiny_bundles, tmp_path, monkeypatch):
+    """28.11: kill -9 runs no atexit; the next extraction removes folders whose process is gone."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from edgecxr.bundle import ZIP_PREFIX, load_bundle, zip_bundle
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{ZIP_PREFIX}{gone.stdout.strip()}-abc123"
+    (dead / "bundle").mkdir(parents=True)
+    (dead / "bundle" / "model.tflite").write_bytes(b"x" * 1000)
+    alive = tmp_path / f"{ZIP_PREFIX}{os.getppid()}-def456"  # a running process's extraction stays
+    alive.mkdir()
+    other = tmp_path / "edgecxr-bundle-notapid"
+    other.mkdir()
+    archive = zip_bundle(tiny_bundles["tflite-int8"], tmp_path / "b.zip")
+    bundle = load_bundle(archive)
+    assert not dead.exists() and alive.exists() and other.exists()
+    assert str(bundle.path).startswith(str(tmp_path / f"{ZIP_PREFIX}{os.getpid()}-"))
+
+
+def test_a_missing_extra_in_the_benchmark_is_exit_2_not_a_failed_parity(tiny_model, sample, tmp_path, monkeypatch):
+    """28.12: in a LiteRT-only venv every row raised MissingDependencyError and the benchmark said "int8 parity failed"."""
+    from edgecxr.errors import MissingDependencyError
+    from edgecxr.export import benchmark as B
+
+    def no_export(*a, **k):
+        raise MissingDependencyError("export needs tensorflow, which is not installed; pip install 'edgecxr[export]'")
+
+    monkeypatch.setattr(B, "export_row", no_export)
+    r = cli("benchmark", "--model", tiny_model, "--data", sample, "--out", tmp_path / "b", "--target", "tflite-int8",
+            "--target", "onnx-int8", "--runs", "2")
+    assert r.exit_code == 2, r.output
+    assert "could not run here" in r.output and "pip install 'edgecxr[export]'" in r.output
+    assert "int8 parity failed" not in r.output
+    assert B.parity_failures([{"int8": True, "passed": False, "missing_extra": True}]) == []
+
+
+def test_a_hard_link_to_an_image_already_in_a_csv_is_a_duplicate(kermany, tmp_path):
+    """28.12: a symlink was caught (it resolves to the same path); a hard link has its own path, the same inode."""
+    import os
+
+    from edgecxr.data import csv_paths
+
+    images = sorted((kermany / "test" / "NORMAL").iterdir())[:2]
+    site = tmp_path / "site"
+    site.mkdir()
+    for p in images:
+        shutil.copy(p, site / p.name)
+    os.link(site / images[0].name, site / "linked.jpeg")
+    manifest = tmp_path / "site.csv"
+    manifest.write_text(f"path\nsite/{images[0].name}\nsite/{images[1].name}\nsite/linked.jpeg\n")
+    with pytest.raises(DataError, match="linked.jpeg is the same image as the row also on line 2"):
+        csv_paths(manifest)
+    manifest.write_text(f"path\nsite/{images[0].name}\nsite/{images[1].name}\n")
+    assert len(csv_paths(manifest)) == 2
+
+
+def test_the_same_pixels_decide_the_same_as_png_dicom_array_and_rgba(tiny_bundles, kermany, tmp_path):
+    """28.12: 8-bit DICOM pixels were min-max stretched (PNG's were not), and an RGBA array skipped the alpha."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from edgecxr.devices import Classifier
+    from edgecxr.errors import ImageError
+    from edgecxr.images import decode_image
+
+    clf = Classifier.load(tiny_bundles["tflite-int8"])
+    gray = np.asarray(Image.open(sorted((kermany / "test" / "PNEUMONIA").iterdir())[0]).convert("L"))
+    gray = (gray.astype(np.float32) * 0.6 + 40).astype(np.uint8)  # not spanning 0..255: a stretch would show
+    png = io.BytesIO()
+    Image.fromarray(gray).save(png, format="PNG")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = gray.tobytes()
+    dcm = io.BytesIO()
+    ds.save_as(dcm, enforce_file_format=True)
+    assert np.array_equal(np.asarray(decode_image(dcm.getvalue(), "x.dcm")), gray)
+    probs = {kind: clf.predict(item).probability for kind, item in
+             (("png", png.getvalue()), ("dicom", dcm.getvalue()), ("array", gray))}
+    assert probs["png"] == probs["dicom"] == probs["array"], probs
+
+    rgba = np.dstack([np.repeat(gray[..., None], 3, -1), np.full(gray.shape, 128, np.uint8)])
+    as_file = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(as_file, format="PNG")
+    assert clf.predict(rgba).probability == clf.predict(as_file.getvalue()).probability
+    clear = rgba.copy()
+    clear[..., 3] = 0  # fully transparent: refused as a file, and now as an array
+    for item in (clear,):
+        with pytest.raises(ImageError, match="constant or fully transparent"):
+            clf.predict(item)

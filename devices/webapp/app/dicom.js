@@ -140,6 +140,14 @@ export async function decodeDicom(b, maxPixels = Infinity) {
   let gray;
   const planar = ds.PlanarConfiguration === 1;
   let v = values;
+  const slope0 = "RescaleSlope" in ds ? first(ds.RescaleSlope) : 1, intercept0 = "RescaleIntercept" in ds ? first(ds.RescaleIntercept) : 0;
+  if (bits === 8 && !signed && spp === 1 && slope0 === 1 && intercept0 === 0 && !("WindowCenter" in ds)) {
+    // the contract: unsigned 8-bit grey with no rescale and no window is taken as is, like an 8-bit PNG
+    gray = Uint8Array.from(values);
+    if (photometric === "MONOCHROME1") for (let i = 0; i < gray.length; i++) gray[i] = 255 - gray[i];
+    const up = (s) => String(s || "").trim().toUpperCase();
+    return { width: cols, height: rows, gray, modality: up(ds.Modality), viewPosition: up(ds.ViewPosition) };
+  }
   if ("RescaleSlope" in ds && "RescaleIntercept" in ds) {
     const slope = Math.fround(first(ds.RescaleSlope)), intercept = Math.fround(first(ds.RescaleIntercept));
     for (let i = 0; i < v.length; i++) v[i] = Math.fround(Math.fround(v[i] * slope) + intercept);
