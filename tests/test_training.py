@@ -294,3 +294,44 @@ def test_demo_runs_end_to_end_and_parity_passes(tmp_path):
     # the product's promise, on a real-size model's int8 bundle (the tiny test model only meets looser limits)
     assert report["criteria"]["applied"]["min_agreement"] == 0.98 and report["agreement"] >= 0.98
     assert (tmp_path / "demo" / "bundles" / "tflite-int8" / "twin" / "model.tflite").is_file()
+
+
+def test_distilled_targets_mix_labels_and_the_teachers_probabilities_per_shard():
+    import tensorflow as tf
+
+    from edgecxr.training.train import _distilled
+
+    soft = np.array([0.1, 0.9, 0.3, 0.7, 0.5, 0.2], np.float32)  # the teacher on samples 0..5
+    labels = np.array([0, 1, 1, 0, 1, 0], np.float32)
+    for shard in ((1, 0), (2, 1), (3, 2)):
+        count, first = shard
+        part = np.arange(first, 6, count)
+        ds = tf.data.Dataset.from_tensor_slices((np.zeros((len(part), 2, 2), np.uint8), labels[part],
+                                                 np.arange(len(part), dtype=np.int64)))
+        got = np.array([float(y) for _, y in _distilled(tf, ds, soft, shard, 0.25)])
+        assert np.allclose(got, 0.75 * labels[part] + 0.25 * soft[part]), shard
+
+
+def test_train_with_a_teacher(tmp_path, sample, tiny_model):
+    from edgecxr.training.train import TrainConfig, teacher_probs, train
+
+    with pytest.raises(ConfigError, match="--distill 0"):
+        TrainConfig(arch="tiny_cnn", data=str(sample), teacher=str(tiny_model), distill=0).validate()
+    with pytest.raises(ConfigError, match="no such model file"):
+        TrainConfig(arch="tiny_cnn", data=str(sample), teacher=str(tmp_path / "none.keras")).validate()
+    out = train(TrainConfig(arch="tiny_cnn", data=str(sample), epochs=1, batch_size=8, augment="none",
+                            teacher=str(tiny_model), distill=0.5), tmp_path / "r")
+    config = json.loads((out / "config.json").read_text())
+    assert config["teacher"] == str(tiny_model) and config["distill"] == 0.5
+    import tensorflow as tf
+
+    from edgecxr import data as D
+    from edgecxr.devices import Classifier  # noqa: F401  (the device stage stays importable beside training)
+
+    samples = D.list_split(sample, "train", D.DEFAULT_CLASSES)[:8]
+    soft = teacher_probs(tf, tiny_model, samples)
+    assert soft.shape == (8,) and np.all((soft >= 0) & (soft <= 1)) and not np.array_equal(soft, [s.label for s in samples])
+    lonely = tmp_path / "copy.keras"
+    lonely.write_bytes(tiny_model.read_bytes())  # no model.json beside it
+    with pytest.raises(ConfigError, match="no model.json beside it"):
+        teacher_probs(tf, lonely, samples)

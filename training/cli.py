@@ -42,6 +42,9 @@ from edgecxr.cli import CLASSES, DATA, STRICT
 @click.option("--swa", default=0, show_default=True,
               help="Average the weights of the last N epochs, then re-estimate BatchNorm statistics on plain training images.")
 @click.option("--target-recall", type=float, help="Pick the threshold reaching this validation recall (default: Youden's J).")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Distill from this edgecxr model: each training target mixes the label with the teacher's probability.")
+@click.option("--distill", default=0.5, show_default=True, help="With --teacher: the teacher's share of each target.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to cache the decoded training images in (later epochs and runs read them back).")

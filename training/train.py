@@ -54,6 +54,8 @@ class TrainConfig:
     swa: int = 0  # average the weights of the last N epochs, then re-estimate BatchNorm statistics
     mixup: float = 0.0  # Beta(a, a) mixing of image pairs and their labels; 0 = off
     label_smoothing: float = 0.0
+    teacher: str | None = None  # an edgecxr model whose probabilities the training targets are mixed with
+    distill: float = 0.5  # the teacher's share of each training target (with --teacher)
     strict: bool = False
     cache: str | None = None  # folder for the decoded training images (tf.data cache)
     in_memory: bool = False  # decode every image into one array first (small sets); default: streamed
@@ -74,6 +76,10 @@ class TrainConfig:
             raise ConfigError(f"--mixup {self.mixup} must be 0 (off) or a positive Beta parameter, e.g. 0.2")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 0.5), e.g. 0.1")
+        if self.teacher is not None and not Path(self.teacher).is_file():
+            raise ConfigError(f"--teacher {self.teacher}: no such model file; pass an edgecxr .keras model")
+        if not 0 < self.distill <= 1:
+            raise ConfigError(f"--distill {self.distill} must be in (0, 1]: the teacher's share of each target")
         if self.folds and self.split_file:
             raise ConfigError("--folds makes its own patient-grouped folds of train/; leave out --split-file")
         if not 0 <= self.swa <= self.epochs:
@@ -268,9 +274,13 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
     aug = get_preset(cfg.augment, cfg.intensity, cfg.acquisition)
     weights = class_weights(labels) if cfg.class_weights else None
 
+    soft = teacher_probs(tf, cfg.teacher, train) if cfg.teacher else None
+
     def train_batches(shard, batch):  # with mixup or class weights the dataset carries the weights
-        return batch_inputs(tf, _xy(inputs.elements(train, "train", shuffle=True, shard=shard)), spec, batch, aug,
-                            mixup=cfg.mixup, weights=weights, with_weights=weights is not None)
+        elements = inputs.elements(train, "train", shuffle=True, shard=shard)
+        pairs = _xy(elements) if soft is None else _distilled(tf, elements, soft, shard, cfg.distill)
+        return batch_inputs(tf, pairs, spec, batch, aug, mixup=cfg.mixup, weights=weights,
+                            with_weights=weights is not None)
 
     def val_batches(shard, batch):
         return batch_inputs(tf, _xy(inputs.elements(val, "validation", shard=shard)), spec, batch)
@@ -294,6 +304,35 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
 
 def _xy(elements):
     return elements.map(lambda x, y, i: (x, y))
+
+
+def _distilled(tf, elements, soft: np.ndarray, shard: tuple, weight: float):
+    """Targets (1 - weight) * label + weight * the teacher's probability; an element's index counts within its
+    shard (every count-th sample from first)."""
+    table, (count, first) = tf.constant(soft, tf.float32), shard
+    return elements.map(lambda x, y, i: (x, (1 - weight) * y + weight * tf.gather(table, first + i * count)))
+
+
+def teacher_probs(tf, path, samples) -> np.ndarray:
+    """The teacher's probability for each training sample (unaugmented, at the teacher's own preprocessing);
+    an image it cannot read keeps its label. Loaded as every model is: no code from the file runs."""
+    from edgecxr.modelinfo import load_info, to_prob
+    from edgecxr.training.evaluate import load_model
+
+    info = load_info(Path(path))
+    if info is None:
+        raise ConfigError(f"--teacher {path}: no model.json beside it; the teacher must be an edgecxr model "
+                          "(its preprocessing and output kind are read from there)")
+    model = load_model(Path(path))
+    pixels, _, kept, _ = D.load_pixels(samples, info.preprocess, progress="teacher: predicting the training images")
+    raw = model.predict(make_dataset(tf, pixels, np.zeros(len(pixels)), info.preprocess, 64).map(lambda x, y: x), verbose=0)
+    probs = to_prob(raw, info.output, info.positive_index)
+    soft = np.array([s.label for s in samples], np.float32)
+    position = {s.path: i for i, s in enumerate(samples)}
+    soft[[position[s.path] for s in kept]] = probs
+    print(f"teacher {path}: mean probability {soft.mean():.3f} on {len(kept)} training images "
+          f"(labels {np.mean([s.label for s in samples]):.3f})", file=sys.stderr)
+    return soft
 
 
 def _validation_probs(tf, model, elements, spec, samples, batch_size: int = 64):
