@@ -1,8 +1,10 @@
-"""Choose the target to ship on this device: parity and latency of every bundle, here, ranked.
+"""Choose the bundle to ship on this device: parity, clinical numbers and latency of every bundle, here, ranked.
 
 Which int8 target is fastest, and whether it keeps parity, depends on the CPU (VNNI or not, ARM dot
 product or not) and the runtime build: one machine's speed-ups are not general. This runs each bundle's
-parity on the device, times the ones that pass, and names the fastest.
+parity on the device, times the ones that pass, and names the fastest; with a latency budget or a clinical
+floor (bundles of several models: a small fast one, a large accurate one) it names the most accurate bundle
+that keeps parity, fits the budget and meets every floor.
 """
 from __future__ import annotations
 
@@ -36,10 +38,37 @@ def _model_mb(bundle) -> float:
     return sum(p.stat().st_size for p in bundle.model_path.parent.glob(stem.name + ".*")) / 2**20
 
 
+FLOORS = ("recall", "specificity", "accuracy", "roc_auc")  # --min-recall ...: on the device, at the bundle's threshold
+
+
+def _model_name(manifest: dict) -> str:
+    """Which float model a bundle came from, as a person reads it: its folder, size and hash."""
+    source = manifest.get("source_model") or {}
+    folder = Path(source.get("path") or "model").parent.name or "model"
+    return f"{folder} {manifest.get('preprocess', {}).get('size', '?')}px {str(source.get('sha256', ''))[:8]}"
+
+
+def _misses(row: dict, max_ms, floors: dict) -> list[str]:
+    """Why a bundle that keeps parity does not fit the budget or the floors (empty: it fits)."""
+    found = []
+    if max_ms is not None and row["p50_ms"] > max_ms:
+        found.append(f"p50 {row['p50_ms']:.2f} ms > {max_ms:g} ms")
+    for name, floor in floors.items():
+        value = row.get(name)
+        if value is None:
+            found.append(f"{name} unknown (unlabeled images)")
+        elif value < floor - 1e-12:
+            found.append(f"{name} {value:.4f} < {floor:g}")
+    return found
+
+
 def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, threads=None, progress=None,
-         trusted_key=None, n_boot: int = PARITY_BOOTSTRAP) -> dict:
+         trusted_key=None, n_boot: int = PARITY_BOOTSTRAP, max_ms: float | None = None, floors: dict | None = None) -> dict:
     """{"rows": [...], "choice": row | None, "host": ...}: every bundle's parity here, passing ones timed.
-    tolerances: as for run_parity (None or a dict's None values: each bundle's own acceptance criteria)."""
+    tolerances: as for run_parity (None or a dict's None values: each bundle's own acceptance criteria).
+    max_ms / floors ({"recall": 0.96, ...}): choose the most accurate bundle that fits (accuracy, then ROC-AUC,
+    then speed) instead of the fastest."""
+    floors = {k: v for k, v in (floors or {}).items() if v is not None}
     from edgecxr.devices.bench import run_bench
     from edgecxr.devices.classifier import Classifier
     from edgecxr.cpu import host_info
@@ -55,16 +84,18 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
         try:
             clf = Classifier.load(path, threads=threads, trusted_key=trusted_key)
             row.update(target=clf.bundle.manifest["target"], runtime=f"{clf.runtime['name']} {clf.runtime['version']}",
-                       provider=clf.runtime["provider"], size_mb=_model_mb(clf.bundle))
+                       provider=clf.runtime["provider"], size_mb=_model_mb(clf.bundle),
+                       model=_model_name(clf.bundle.manifest))
             report = run_parity(clf, data, tolerances=tolerances, n_boot=n_boot)
             row.update(parity=report["passed"], agreement=report["agreement"],
-                       recall=(report.get("device") or {}).get("recall"),  # None on a site's unlabeled images
+                       **{k: (report.get("device") or {}).get(k) for k in FLOORS},  # None on unlabeled images
                        new_fn=(report.get("flipped_counts") or {}).get("new_false_negative"),
                        failed=[c["name"] for c in report["checks"] if not c["passed"]],
                        deviations=[d["message"] for d in report["criteria"]["deviations"]])
             if report["passed"]:
                 bench = run_bench(clf, data=data, warmup=warmup, runs=runs, cold=False)
                 row["p50_ms"], row["p90_ms"] = bench["latency_ms"]["p50"], bench["latency_ms"]["p90"]
+                row["misses"] = _misses(row, max_ms, floors)
         # a bundle exported from other images (DataError), no runtime here, a tampered bundle: a skipped row;
         # data that no bundle can use ends below, in one error naming each bundle's reason
         except (BundleError, EdgecxrError, ImportError, OSError) as exc:
@@ -72,17 +103,24 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
         rows.append(row)
     if all(r.get("parity") is None for r in rows):
         raise EdgecxrError("no bundle could be checked here: " + "; ".join(f"{r['target']}: {r['error'][:120]}" for r in rows))
-    passing = sorted((r for r in rows if r.get("parity") and "p50_ms" in r), key=lambda r: r["p50_ms"])
+    constrained = max_ms is not None or bool(floors)
+    passing = [r for r in rows if r.get("parity") and "p50_ms" in r and not r["misses"]]
+    if constrained:
+        passing.sort(key=lambda r: (-(r.get("accuracy") or 0), -(r.get("roc_auc") or 0), r["p50_ms"]))
+    else:
+        passing.sort(key=lambda r: r["p50_ms"])
     for i, r in enumerate(passing, 1):
         r["rank"] = i
-    return {"rows": rows, "choice": passing[0] if passing else None, "host": host_info(), "data": str(data)}
+    return {"rows": rows, "choice": passing[0] if passing else None, "host": host_info(), "data": str(data),
+            "constraints": {"max_ms": max_ms, **{f"min_{k}": v for k, v in floors.items()}} if constrained else None}
 
 
 def format_choice(result: dict) -> str:
     cpu = result["host"]["cpu"]
+    several = len({r.get("model") for r in result["rows"] if r.get("model")}) > 1
     lines = [f"on {cpu['model'] or cpu['machine']} ({cpu['int8_path']}), parity against each bundle's float reference:",
              f"{'rank':>4s}  {'target':22s} {'runtime':22s} {'MB':>6s} {'parity':>6s} {'agree':>6s} {'new FN':>6s} "
-             f"{'p50 ms':>7s} {'p90 ms':>7s}"]
+             f"{'recall':>6s} {'spec':>6s} {'p50 ms':>7s} {'p90 ms':>7s}" + ("  model" if several else "")]
     order = sorted(result["rows"], key=lambda r: (r.get("rank") or 99, r["target"]))
     for r in order:
         if r.get("parity") is None:
@@ -90,13 +128,22 @@ def format_choice(result: dict) -> str:
             continue
         timed = f"{r['p50_ms']:7.2f} {r['p90_ms']:7.2f}" if "p50_ms" in r else f"{'-':>7s} {'-':>7s}"
         new_fn = "-" if r["new_fn"] is None else str(r["new_fn"])
+        clinical = " ".join("     -" if r.get(k) is None else f"{r[k]:6.3f}" for k in ("recall", "specificity"))
         lines.append(f"{r.get('rank', '-')!s:>4s}  {r['target']:22s} {r['runtime']:22s} {r['size_mb']:6.2f} "
-                     f"{'pass' if r['parity'] else 'FAIL':>6s} {r['agreement']:6.3f} {new_fn:>6s} {timed}"
-                     + (f"  failed: {', '.join(r['failed'])}" if r.get("failed") else ""))
+                     f"{'pass' if r['parity'] else 'FAIL':>6s} {r['agreement']:6.3f} {new_fn:>6s} {clinical} {timed}"
+                     + (f"  {r.get('model')}" if several else "")
+                     + (f"  failed: {', '.join(r['failed'])}" if r.get("failed") else "")
+                     + (f"  does not fit: {'; '.join(r['misses'])}" if r.get("misses") else ""))
         lines += [f"      DEVIATION: {d}" for d in r.get("deviations") or []]
-    c = result["choice"]
+    c, limits = result["choice"], result.get("constraints")
+    wanted = ", ".join(f"p50 <= {v:g} ms" if k == "max_ms" else f"{k[4:]} >= {v:g}" for k, v in (limits or {}).items()
+                       if v is not None)
     if c is None:
-        lines.append("no bundle keeps parity on this device: ship none of them here")
+        lines.append(f"no bundle keeps parity on this device{' and fits ' + wanted if limits else ''}: ship none of them here")
+    elif limits:
+        lines.append(f"ship {c['target']} ({c.get('model')}, {c['bundle']}) here: the most accurate of the bundles that "
+                     f"keep parity and fit {wanted}: accuracy {c['accuracy']:.4f}, recall {c['recall']:.4f}, "
+                     f"specificity {c['specificity']:.4f}, ROC-AUC {c['roc_auc']:.4f}, p50 {c['p50_ms']:.2f} ms")
     else:
         fp32 = [r for r in result["rows"] if r.get("p50_ms") and r["target"].endswith("fp32") and r is not c]
         faster = f", {min(fp32, key=lambda r: r['p50_ms'])['p50_ms'] / c['p50_ms']:.1f}x the fastest fp32 bundle" if fp32 else ""

@@ -590,15 +590,25 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
 @THREADS
 @TRUSTED
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every row to this JSON file.")
+@click.option("--max-ms", type=click.FloatRange(min=0, min_open=True),
+              help="Latency budget: p50 per image on this device (choose the most accurate bundle within it).")
+@click.option("--min-recall", type=SHARE, help="Clinical floor: device recall at the bundle's threshold on --data.")
+@click.option("--min-specificity", type=SHARE, help="Clinical floor: device specificity.")
+@click.option("--min-accuracy", type=SHARE, help="Clinical floor: device accuracy.")
+@click.option("--min-roc-auc", type=SHARE, help="Clinical floor: device ROC-AUC.")
 def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage, threads, trusted_key,
-           json_file):
+           json_file, max_ms, min_recall, min_specificity, min_accuracy, min_roc_auc):
     """Rank BUNDLES (folders of bundles, or bundles) on this device: parity first, then latency.
 
     Names the fastest bundle that keeps parity here (judged as `edgecxr device parity` judges it: each
     bundle's own acceptance criteria unless given); exit 1 when none does. Bundles whose runtime
-    is not installed are listed as skipped.
+    is not installed are listed as skipped. With a latency budget or a clinical floor (bundles of several
+    models), names the most accurate bundle that keeps parity, fits --max-ms and meets every --min-* on --data
+    (accuracy, then ROC-AUC, then speed).
 
+    \b
     Example: edgecxr device choose bundles/ --data data/kermany-cxr-224 --json choice.json
+             edgecxr device choose fast/ accurate/ --data data/kermany-cxr-224 --max-ms 5 --min-recall 0.96
     """
     from edgecxr.atomic import write_json_atomic
     from edgecxr.devices.bench import SAMPLE
@@ -609,7 +619,9 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     found = find_bundles(bundles)
     result = rank(found, data, runs=runs, threads=threads, trusted_key=trusted_key,
                   tolerances=given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage),
-                  progress=lambda msg: click.echo(msg, err=True))
+                  progress=lambda msg: click.echo(msg, err=True), max_ms=max_ms,
+                  floors={"recall": min_recall, "specificity": min_specificity, "accuracy": min_accuracy,
+                          "roc_auc": min_roc_auc})
     click.echo(format_choice(result))
     if json_file:
         write_json_atomic(json_file, result)

@@ -237,3 +237,35 @@ def test_choose_ranks_a_bundle_named_twice_once(tmp_path):
     b.mkdir(parents=True)
     (b / "manifest.json").write_text("{}")
     assert find_bundles([tmp_path / "bundles", b, tmp_path / "bundles" / ".." / "bundles" / "tflite-int8"]) == [tmp_path / "bundles" / "tflite-int8"]
+
+
+def test_choose_across_models_with_a_latency_budget_and_clinical_floors(tiny_model, shipped_int8, sample, tmp_path):
+    """Issue 32: bundles of two models (the shipped MobileNetV2 and a tiny CNN): the most accurate one that keeps
+    parity and fits names itself; a floor or a budget nothing meets names none (exit 1) and says why."""
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+    from edgecxr.devices.choose import rank
+    from edgecxr.export import export_model
+
+    [tiny] = export_model(tiny_model, ["tflite-int8"], sample, tmp_path / "tiny", calib_count=24, min_agreement=0.0,
+                          max_recall_drop=1.0, max_accuracy_drop=1.0)
+    paths = [tiny, shipped_int8]
+    result = rank(paths, sample, runs=3, warmup=0, floors={"recall": 0.0}, tolerances={"min_agreement": 0.0,
+                  "max_recall_drop": 1.0, "max_accuracy_drop": 1.0})
+    rows = [r for r in result["rows"] if r.get("parity")]
+    assert len(rows) == 2 and len({r["model"] for r in rows}) == 2
+    best = max(rows, key=lambda r: (r["accuracy"], r["roc_auc"]))
+    assert result["choice"]["bundle"] == best["bundle"] and result["constraints"] == {"max_ms": None, "min_recall": 0.0}
+    top = max(r["recall"] for r in rows)
+    r = CliRunner().invoke(main, ["device", "choose", str(tiny), str(shipped_int8), "--data", str(sample), "--runs", "3",
+                                  "--min-agreement", "0", "--max-recall-drop", "1", "--max-accuracy-drop", "1",
+                                  "--min-recall", str(min(1.0, top + 0.001)) if top < 1 else "1", "--max-ms", "0.0001"])
+    assert r.exit_code == 1 and "no bundle keeps parity on this device and fits p50 <= 0.0001 ms" in r.output, r.output
+    header = next(line for line in r.output.splitlines() if line.strip().startswith("rank"))
+    assert "does not fit: p50" in r.output and header.endswith("model")
+    r = CliRunner().invoke(main, ["device", "choose", str(tiny), str(shipped_int8), "--data", str(sample), "--runs", "3",
+                                  "--min-agreement", "0", "--max-recall-drop", "1", "--max-accuracy-drop", "1",
+                                  "--max-ms", "100000", "--min-recall", "0"])
+    assert r.exit_code == 0 and "the most accurate of the bundles that keep parity and fit p50 <= 100000 ms" in r.output
+    assert best["model"] in r.output.splitlines()[-1]
