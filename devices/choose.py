@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecxr.comparison import PARITY_BOOTSTRAP
+from edgecxr.bundle import release_extraction
 from edgecxr.errors import BundleError, DataError, EdgecxrError
 
 
@@ -78,7 +79,7 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
     list_site(data)  # data no bundle could use: one error now, not one row per bundle
     rows = []
     for path in bundles:
-        row = {"bundle": str(path), "target": path.name}
+        row, clf = {"bundle": str(path), "target": path.name}, None
         if progress:
             progress(f"{path.name}: parity and latency")
         try:
@@ -100,6 +101,9 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
         # data that no bundle can use ends below, in one error naming each bundle's reason
         except (BundleError, EdgecxrError, ImportError, OSError) as exc:
             row.update(parity=None, error=str(exc) if isinstance(exc, EdgecxrError) else f"{type(exc).__name__}: {exc}")
+        finally:
+            if clf is not None:
+                release_extraction(clf.bundle.path)  # a zipped bundle's extraction goes after its row
         rows.append(row)
     if all(r.get("parity") is None for r in rows):
         raise EdgecxrError("no bundle could be checked here: " + "; ".join(f"{r['target']}: {r['error'][:120]}" for r in rows))

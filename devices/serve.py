@@ -58,6 +58,9 @@ DEFAULT_MAX_BYTES = 32 * 2**20
 DEFAULT_MIN_UPLOAD_RATE = 16 * 2**10
 UPLOAD_GRACE = 2.0
 SHUTDOWN_GRACE = 5  # seconds uvicorn waits for requests in progress on SIGTERM before cancelling them
+# images above this many pixels (header) are decoded one at a time: a 124 KB 16-bit 8000 x 8000 PNG takes about
+# 550 MB while decoded, four at once 1.1 GB and more (a 4 GB Pi with --workers 4 ran out)
+BIG_DECODE_PIXELS = 16_000_000
 TOKEN_ENV = "EDGECXR_SERVE_TOKEN"
 MIN_TOKEN = 16
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -246,6 +249,7 @@ class Service:
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgecxr-serve")
         self.lock = threading.Lock()  # the model call; the Classifier holds its own lock as well
+        self.big_decode = threading.Lock()  # one image above BIG_DECODE_PIXELS in memory at a time
         self.started = time.time()
         self.counts = {"classified": 0, "rejected": 0, "disconnected": 0, "errors": 0}
         manifest = classifier.bundle.manifest
@@ -256,13 +260,16 @@ class Service:
     # -- runs in the pool --------------------------------------------------------------
     def classify(self, data: bytes, name: str) -> dict:
         from edgecxr.devices.classifier import Timings
-        from edgecxr.images import decode_image
+        from edgecxr.images import declared_pixels, decode_image
 
         clock = time.perf_counter
-        t0 = clock()
-        image = decode_image(data, name, draft=self.clf.spec.draft_size)
-        t1 = clock()
-        x, _, pre_ms, warning = self.clf.prepare(image, name)
+        big = (declared_pixels(data, name) or 0) > BIG_DECODE_PIXELS
+        with self.big_decode if big else contextlib.nullcontext():
+            t0 = clock()
+            image = decode_image(data, name, draft=self.clf.spec.draft_size)
+            t1 = clock()
+            x, _, pre_ms, warning = self.clf.prepare(image, name)
+            del image
         with self.lock:
             p, infer_ms = self.clf.infer(x)
         pred = self.clf.decide(p, Timings((t1 - t0) * 1e3, pre_ms, infer_ms), warning=warning)

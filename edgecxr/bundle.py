@@ -349,6 +349,19 @@ def _extract_zip(archive: Path) -> Path:
     return inner[0] if len(inner) == 1 and inner[0].is_dir() else target
 
 
+def release_extraction(folder: Path) -> None:
+    """Remove this process's extraction of a zipped bundle now, not at exit (a ranking of many zips would keep
+    every one on disk); a bundle folder that is not an extraction is left alone."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    for candidate in (folder, folder.parent):
+        if candidate.name.startswith(f"{ZIP_PREFIX}{os.getpid()}-") and candidate.parent == Path(tempfile.gettempdir()):
+            shutil.rmtree(candidate, ignore_errors=True)
+            return
+
+
 def _remove_orphans(tmp: Path) -> None:
     """Extractions whose process is gone (killed with -9: no atexit ran) are removed by the next extraction."""
     import shutil

@@ -257,6 +257,20 @@ def decode_image(data: bytes, name: str = "<bytes>", draft: int | None = None) -
     return _decode_pil(data, name, draft)
 
 
+def declared_pixels(data: bytes, name: str = "<bytes>") -> int | None:
+    """Width x height (x frames for DICOM) from the header alone, no pixel decoded; None when it cannot tell."""
+    try:
+        if _is_dicom(data, name):
+            from pydicom import dcmread
+
+            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            return int(ds.Rows) * int(ds.Columns) * max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size[0] * img.size[1]
+    except Exception:  # noqa: BLE001 - a header no reader takes: the decode says why, in one line
+        return None
+
+
 def read_image(path: str | os.PathLike, draft: int | None = None) -> Image.Image:
     """Read an image file as an 8-bit grayscale PIL image, or raise ImageError.
 

@@ -54,10 +54,18 @@ class Found:
     seen: set = field(default_factory=set)  # files already read (a file given and its folder too)
 
 
+MAX_INPUT_JSON = 32 << 20  # edgecxr's largest (a benchmark with every row) is a few MB; a 50 MB string took 3.4 GB
+
+
 def _json(path: Path):
+    from edgecxr.atomic import read_small
+
+    if path.is_file() and path.stat().st_size > MAX_INPUT_JSON:
+        raise EdgecxrError(f"{path}: {path.stat().st_size >> 20} MB, larger than any JSON edgecxr writes "
+                           f"({MAX_INPUT_JSON >> 20} MB at most); pass the file edgecxr wrote, unchanged")
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):  # a file nested 100,000 deep is not one of edgecxr's
+        return json.loads(read_small(path, str(path), limit=MAX_INPUT_JSON, error=EdgecxrError))
+    except (EdgecxrError, ValueError, RecursionError):  # a file nested 100,000 deep is not one of edgecxr's
         return None
 
 

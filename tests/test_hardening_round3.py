@@ -386,3 +386,77 @@ def test_the_same_pixels_decide_the_same_as_png_dicom_array_and_rgba(tiny_bundle
     for item in (clear,):
         with pytest.raises(ImageError, match="constant or fully transparent"):
             clf.predict(item)
+
+
+def test_big_decodes_in_serve_run_one_at_a_time_and_small_ones_in_parallel(tiny_bundles, monkeypatch):
+    """28.6: four 16-bit 8000 x 8000 uploads at once took 1.1 GB; images above BIG_DECODE_PIXELS (read from the
+    header) now decode one at a time."""
+    import io
+    import threading
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from edgecxr import images
+    from edgecxr.devices import Classifier
+    from edgecxr.devices.serve import BIG_DECODE_PIXELS, Service
+    from edgecxr.errors import ImageError
+
+    def png(side, mode="I;16"):
+        buf = io.BytesIO()
+        Image.new(mode, (side, side)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    big, small = png(4096 + 1), png(512, "L")
+    assert images.declared_pixels(big) == 4097 ** 2 > BIG_DECODE_PIXELS and images.declared_pixels(b"junk") is None
+    inside, most = [0], [0]
+    guard = threading.Lock()
+
+    def slow_decode(data, name, draft=None):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.3)
+        with guard:
+            inside[0] -= 1
+        raise ImageError("stop here")
+
+    monkeypatch.setattr(images, "decode_image", slow_decode)
+    service = Service(Classifier.load(tiny_bundles["tflite-int8"]), max_bytes=2**30, workers=4, read_timeout=10)
+
+    def run(data):
+        threads = [threading.Thread(target=lambda: pytest.raises(ImageError, service.classify, data, "x.png"))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return most[0]
+
+    assert run(big) == 1
+    most[0] = 0
+    assert run(small) > 1
+
+
+def test_choose_removes_each_zip_extraction_after_its_row_and_report_caps_its_inputs(tiny_bundles, kermany, tmp_path,
+                                                                                    monkeypatch):
+    """28.6: `device choose DIR` kept every extracted zip until exit; a 50 MB string in a report input took 3.4 GB."""
+    import os
+    import tempfile
+
+    from edgecxr.bundle import ZIP_PREFIX, zip_bundle
+    from edgecxr.devices.choose import rank
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    archives = [zip_bundle(tiny_bundles[t], tmp_path / f"{t}.zip") for t in ("tflite-int8", "onnx-fp32")]
+    result = rank(archives, kermany, runs=2, warmup=0)
+    assert all(r.get("parity") is not None for r in result["rows"]), result["rows"]
+    assert not list(scratch.glob(f"{ZIP_PREFIX}{os.getpid()}-*"))
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"agreement": 0.99, "labeled": False, "note": "x" * (33 << 20)}))
+    r = cli("report", huge, "--out", tmp_path / "r.html", "--no-maps")
+    assert r.exit_code == 2 and "larger than any JSON edgecxr writes" in r.output
+    assert len(r.output.strip().splitlines()) == 1
