@@ -22,6 +22,11 @@ CODE_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "JaxLaye
 # plain data in Keras 3 configs (tensors, tuples, slices), never code.
 KERAS_EXTRAS = {"Functional", "Sequential", "Model", "__keras_tensor__", "__tensor__", "__numpy__", "__tuple__",
                 "__slice__", "__ellipsis__", "__bytes__"}
+# TensorFlow functions a TFOpLambda may name: elementwise arithmetic, no code (tf_keras writes `x + 3` and `x * (1/6)`
+# in MobileNetV3's hard-swish this way); any other function, or any other code class, is refused
+PURE_TF_OPS = {"__operators__.add", "__operators__.sub", "__operators__.mul", "__operators__.truediv",
+               "math.add", "math.subtract", "math.multiply", "math.truediv", "math.divide", "math.negative",
+               "nn.relu", "nn.relu6", "math.sigmoid", "math.maximum", "math.minimum"}
 SAFE_MODULES = ("keras", "tf_keras")  # a Keras 3 config's "module" is imported by the loader: only Keras' own
 DEEP = "the model config is nested too deeply to be a model (a damaged or hostile file); refusing it"
 
@@ -112,6 +117,13 @@ def _builtin_classes(keras3: bool) -> set:
     return (names | KERAS_EXTRAS) - CODE_CLASSES
 
 
+def _pure_op(entry: dict) -> bool:
+    body = entry.get("config")
+    module = entry.get("module")
+    return (isinstance(body, dict) and body.get("function") in PURE_TF_OPS and entry.get("registered_name") in (None, "TFOpLambda")
+            and (module is None or (isinstance(module, str) and module.split(".")[0] == "tf_keras")))
+
+
 def unsafe_entries(config, allowed: set, where: str = "config"):
     """Yield (place, reason) for every object of `config` that would run code or is not Keras' own."""
     if isinstance(config, list):
@@ -125,7 +137,9 @@ def unsafe_entries(config, allowed: set, where: str = "config"):
         module, registered = config.get("module"), config.get("registered_name")
         label = config.get("config", {}).get("name") if isinstance(config.get("config"), dict) else None
         place = f"{where} ({name}{' ' + repr(label) if label else ''})"
-        if not isinstance(name, str) or name in CODE_CLASSES:
+        if name == "TFOpLambda" and _pure_op(config):
+            pass  # a named elementwise TensorFlow op, called with the layer's own inputs
+        elif not isinstance(name, str) or name in CODE_CLASSES:
             yield place, f"{name!r} runs code stored in the file"
         elif name == "function":  # a Keras 3 function reference: only Keras' own activations
             if not (isinstance(module, str) and module.split(".")[0] in SAFE_MODULES and "activations" in module):

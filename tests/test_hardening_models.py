@@ -658,3 +658,29 @@ def test_a_config_bomb_in_a_keras_file_is_refused_uninflated(keras3_model, tmp_p
         tracemalloc.stop()
     assert "\n" not in str(info.value) and peak < 8 << 20, f"{peak >> 20} MB"
     check_safe(keras3_model, trust=False)
+
+
+def test_elementwise_tf_ops_pass_the_walk_and_any_other_tf_function_is_refused(plain_h5, tmp_path):
+    """MobileNetV3's hard-swish is saved as TFOpLambda layers naming `__operators__.add` and `math.multiply`: a model
+    edgecxr trains itself must load untrusted; a TFOpLambda naming any other function (io.write_file) must not."""
+    import os
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tf_keras as keras
+
+    from edgecxr.kerasfile import check_safe, load_keras
+
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(2, 3)(inp)
+    x = x * keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)  # hard-swish as tf_keras writes it
+    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x)))
+    path = tmp_path / "hswish.keras"
+    model.save(path)
+    check_safe(path, trust=False)
+    assert load_keras(path, False)[0].count_params() == model.count_params()
+    h5 = tmp_path / "m.h5"
+    shutil.copy(plain_h5, h5)
+    _rewrite_h5_config(h5, lambda c: _layer(c, "Conv2D").update(
+        class_name="TFOpLambda", config={"name": "w", "function": "io.write_file", "trainable": False}))
+    with pytest.raises(ModelError, match="TFOpLambda.*--trust-model"):
+        check_safe(h5, trust=False)
