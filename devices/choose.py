@@ -145,9 +145,10 @@ def format_choice(result: dict) -> str:
     if c is None:
         lines.append(f"no bundle keeps parity on this device{' and fits ' + wanted if limits else ''}: ship none of them here")
     elif limits:
+        numbers = [f"{k.replace('roc_auc', 'ROC-AUC')} {c[k]:.4f}" for k in ("accuracy", "recall", "specificity", "roc_auc")
+                   if c.get(k) is not None] or ["no clinical numbers (unlabeled images)"]
         lines.append(f"ship {c['target']} ({c.get('model')}, {c['bundle']}) here: the most accurate of the bundles that "
-                     f"keep parity and fit {wanted}: accuracy {c['accuracy']:.4f}, recall {c['recall']:.4f}, "
-                     f"specificity {c['specificity']:.4f}, ROC-AUC {c['roc_auc']:.4f}, p50 {c['p50_ms']:.2f} ms")
+                     f"keep parity and fit {wanted}: {', '.join(numbers)}, p50 {c['p50_ms']:.2f} ms")
     else:
         fp32 = [r for r in result["rows"] if r.get("p50_ms") and r["target"].endswith("fp32") and r is not c]
         faster = f", {min(fp32, key=lambda r: r['p50_ms'])['p50_ms'] / c['p50_ms']:.1f}x the fastest fp32 bundle" if fp32 else ""

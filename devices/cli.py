@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -464,14 +465,14 @@ def check_trt(model, json_file):
         click.echo(problem.line())
     if len(found) > 50:
         click.echo(f"... and {len(found) - 50} more (all in --json)")
-    qdq = sum(n.op_type in trt_check.QDQ for n in onnx_model.graph.node)
-    if not trt_check.quantized(onnx_model):
-        verdict = "no quantization: TensorRT builds it in float or fp16 (int8 needs a quantized model: onnx-int8-trt)"
-    elif errors:
+    qdq = sum(n.op_type in trt_check.QDQ for n in trt_check.all_nodes(onnx_model.graph))
+    if errors:
         rules = sorted({p.rule for p in errors})
         verdict = f"TensorRT would refuse it: {len(errors)} errors ({', '.join(rules)}) in {qdq} Q/DQ nodes"
+    elif not trt_check.quantized(onnx_model):
+        verdict = "no quantization: TensorRT builds it in float or fp16 (int8 needs a quantized model: onnx-int8-trt)"
     else:
-        verdict = f"TensorRT-clean: {qdq} Q/DQ nodes, int8, zero points 0" + (f"; {len(found)} warnings" if found else "")
+        verdict = f"TensorRT-clean: {qdq} Q/DQ nodes, zero points 0" + (f"; {len(found)} warnings above" if found else "")
     click.echo(f"{model}: {verdict}")
     if json_file:
         write_json_atomic(json_file, {"model": str(model), "passed": not errors, "qdq_nodes": qdq, "verdict": verdict,
@@ -615,6 +616,8 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     from edgecxr.devices.choose import find_bundles, format_choice, rank
 
     data = data or SAMPLE
+    if max_ms is not None and not math.isfinite(max_ms):  # click's FloatRange lets NaN and inf through
+        raise ConfigError(f"--max-ms {max_ms}: expected a latency in milliseconds, e.g. 5")
     _check_outputs((*bundles, data), json=json_file)
     found = find_bundles(bundles)
     result = rank(found, data, runs=runs, threads=threads, trusted_key=trusted_key,

@@ -101,8 +101,8 @@ def _reachable(address: str, seconds: float = CONNECT_TIMEOUT) -> None:
         raise MissingDependencyError(f"--ray {address}: Ray Client (ray://) needs grpcio; pip install 'ray[client]'")
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--ray {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--ray {address!r}: expected HOST:PORT (a port from 1 to 65535) or ray://HOST:PORT")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
     except OSError as exc:

@@ -61,6 +61,9 @@ SHUTDOWN_GRACE = 5  # seconds uvicorn waits for requests in progress on SIGTERM 
 # images above this many pixels (header) are decoded one at a time: a 124 KB 16-bit 8000 x 8000 PNG takes about
 # 550 MB while decoded, four at once 1.1 GB and more (a 4 GB Pi with --workers 4 ran out)
 BIG_DECODE_PIXELS = 16_000_000
+# request bodies held in memory at once, across every upload in progress, in units of --max-bytes: uploads hold no
+# request slot, so without this bound 25 stalled 30 MB uploads held 880 MB (503 beyond it)
+UPLOAD_BUFFERS = 4
 TOKEN_ENV = "EDGECXR_SERVE_TOKEN"
 MIN_TOKEN = 16
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -84,7 +87,10 @@ def parse_size(text, option: str = "--max-bytes") -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m[2].lower() not in _UNITS:
         raise ConfigError(f"{option} {text!r}: expected a size like 20MB, 512KB or 1048576")
-    size = int(float(m[1]) * _UNITS[m[2].lower()])
+    try:
+        size = int(float(m[1]) * _UNITS[m[2].lower()])
+    except (OverflowError, ValueError):  # 400 nines: float says inf
+        raise ConfigError(f"{option} {text!r} is too large; expected a size like 20MB") from None
     if size < 1:
         raise ConfigError(f"{option} must be at least 1 byte")
     return size
@@ -246,6 +252,7 @@ class Service:
         self.min_upload_rate = float(min_upload_rate)
         # requests whose body has arrived and that are being classified: an upload in progress holds no slot
         self.max_requests, self.active = max_requests, 0
+        self.buffered, self.max_buffered = 0, UPLOAD_BUFFERS * self.max_bytes  # body bytes held by uploads
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgecxr-serve")
         self.lock = threading.Lock()  # the model call; the Classifier holds its own lock as well
@@ -288,6 +295,25 @@ class Service:
             if int(declared) > self.max_bytes:
                 raise Reject(413, f"request body of {int(declared):,} bytes is above the {self.max_bytes:,}-byte limit "
                                   "(--max-bytes)")
+        held = [0]  # the bytes this upload counts against the shared buffer: its declared length, else what came
+        try:
+            self._hold(held, int(declared) if declared is not None else 0)
+            return await self._read_chunks(request, held)
+        finally:
+            self.buffered -= held[0]
+
+    def _hold(self, held: list, size: int) -> None:
+        more = size - held[0]
+        if more <= 0:
+            return
+        if self.buffered + more > self.max_buffered:
+            raise Reject(503, f"uploads in progress hold {self.buffered:,} bytes (limit {self.max_buffered:,}: "
+                              f"{UPLOAD_BUFFERS} x --max-bytes); retry shortly", {"Retry-After": "1"})
+        self.buffered += more
+        held[0] = size
+
+    async def _read_chunks(self, request, held: list) -> bytes:
+        """The body, at no less than the minimum upload rate."""
         import anyio
 
         chunks, size, started, stream = [], 0, time.monotonic(), request.stream().__aiter__()
@@ -300,12 +326,14 @@ class Service:
                     chunk = await stream.__anext__()
             if waited.cancelled_caught:
                 raise Reject(408, f"the upload is slower than {self.min_upload_rate / 1024:g} KiB/s "
-                                  f"({size:,} bytes in {time.monotonic() - started:.1f} s); send it faster or lower --min-upload-rate")
+                                  f"({size:,} bytes in {time.monotonic() - started:.1f} s); send it faster or lower "
+                                  "--min-upload-rate")
             if chunk is None:
                 break
             size += len(chunk)
             if size > self.max_bytes:
                 raise Reject(413, f"request body is above the {self.max_bytes:,}-byte limit (--max-bytes)")
+            self._hold(held, size)
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.errors import ModelError, require
+from edgecxr.errors import ModelError, first_line, require
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 # op type -> the weight input's output-channel axis (Gemm: by transB)
@@ -26,8 +26,11 @@ SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Resize": (1, 2, 
                 "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "Range": (0, 1, 2)}
 # ONNX element types by number (onnx.TensorProto)
 INT8, UINT8, INT32 = 3, 2, 6
-TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 10: "float16",
+TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 10: "float16",
               17: "float8e4m3fn", 19: "float8e5m2", 21: "uint4", 22: "int4"}
+# TensorRT 10 builds these too, but not on a Jetson Orin (FP8 needs Ada or Hopper; INT4 is weight-only): a warning
+FP8 = "FP8 Q/DQ builds on Ada or Hopper GPUs only, not on a Jetson Orin"
+OTHER_GPU_TYPES = {17: FP8, 19: FP8, 22: "INT4 is weight-only in TensorRT (activations stay float)"}
 
 
 @dataclass(frozen=True)
@@ -46,19 +49,41 @@ class _Graph:
         from onnx import numpy_helper
 
         graph = model.graph
-        self.nodes = list(graph.node)
-        self.consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-        self.const_types = {i.name: i.data_type for i in graph.initializer}
+        self.nodes = list(all_nodes(graph))  # subgraphs (If, Loop, Scan) too: TensorRT builds them all
+        initializers = [i for g in _all_graphs(graph) for i in g.initializer]
+        self.consts = {i.name: numpy_helper.to_array(i) for i in initializers}
+        self.const_types = {i.name: i.data_type for i in initializers}
         for n in self.nodes:  # Constant nodes hold constants too
-            if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t"):
-                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-                self.const_types[n.output[0]] = n.attribute[0].t.data_type
+            self._constant(n)
         self.producer = {o: n for n in self.nodes for o in n.output}
         self.consumers: dict[str, list] = {}
         for n in self.nodes:
             for k, name in enumerate(n.input):
                 self.consumers.setdefault(name, []).append((n, k))
         self.outputs = {o.name for o in graph.output}
+
+    def _constant(self, node) -> None:
+        from onnx import numpy_helper
+
+        if node.op_type != "Constant" or not node.attribute:
+            return
+        a = node.attribute[0]
+        if a.name == "value" and a.HasField("t"):
+            self.consts[node.output[0]], self.const_types[node.output[0]] = numpy_helper.to_array(a.t), a.t.data_type
+        elif a.name in ("value_float", "value_floats"):
+            self.consts[node.output[0]] = np.array(a.f if a.name == "value_float" else list(a.floats), np.float32)
+            self.const_types[node.output[0]] = 1
+        elif a.name in ("value_int", "value_ints"):
+            self.consts[node.output[0]] = np.array(a.i if a.name == "value_int" else list(a.ints), np.int64)
+            self.const_types[node.output[0]] = 7
+
+    def is_weight(self, node) -> bool:
+        """A Q/DQ on a constant: pre-quantized weights (constant -> DQ) or QAT's float weights (constant -> Q -> DQ)."""
+        if node.input[0] in self.consts:
+            return True
+        source = self.producer.get(node.input[0])
+        return node.op_type == "DequantizeLinear" and source is not None and source.op_type == "QuantizeLinear" \
+            and source.input[0] in self.consts
 
     def quantized_type(self, node) -> int | None:
         """The integer type a Q produces or a DQ reads."""
@@ -72,6 +97,19 @@ class _Graph:
             return self.const_types[x]
         source = self.producer.get(x)
         return self.quantized_type(source) if source is not None and source.op_type == "QuantizeLinear" else None
+
+
+def _all_graphs(graph):
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_graphs(sub)
+
+
+def all_nodes(graph):
+    for g in _all_graphs(graph):
+        yield from g.node
 
 
 def _name(node) -> str:
@@ -96,9 +134,14 @@ def _check_qdq(g: _Graph, node) -> list[Problem]:
     if qtype == INT32:
         found.append(Problem(name, "int32-bias", "int32 DequantizeLinear (a quantized bias); TensorRT refuses it: "
                                                  "keep biases float (onnxruntime: extra_options QuantizeBias=False)"))
+    elif qtype in OTHER_GPU_TYPES:
+        found.append(Problem(name, "not-int8", f"{TYPE_NAMES[qtype]}: {OTHER_GPU_TYPES[qtype]}", error=False))
     elif qtype != INT8:
         found.append(Problem(name, "not-int8", f"{TYPE_NAMES.get(qtype, qtype or 'unknown')} quantization; TensorRT "
                                                f"takes int8 (signed) only"))
+    if any(a.name == "block_size" and a.i for a in node.attribute):
+        found.append(Problem(name, "blockwise", "blockwise quantization (block_size); TensorRT takes it for INT4 weights "
+                                                "only, int8 must be per tensor or per channel"))
     zero_point = g.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if len(node.input) > 2 and node.input[2] and zero_point is None:
         found.append(Problem(name, "scale-not-constant", "the zero point is computed, not a constant"))
@@ -110,7 +153,7 @@ def _check_qdq(g: _Graph, node) -> list[Problem]:
         found.append(Problem(name, "scale-not-constant", "the scale is computed, not a constant initializer"))
     elif not np.all(np.isfinite(scale) & (scale > 0)):
         found.append(Problem(name, "scale", "a scale is zero, negative or not finite"))
-    elif scale.size > 1 and node.input[0] not in g.consts:
+    elif scale.size > 1 and not g.is_weight(node):
         found.append(Problem(name, "per-channel-activation", f"{scale.size} scales on an activation; TensorRT "
                                                              f"quantizes activations per tensor"))
     if node.op_type == "QuantizeLinear":
@@ -139,8 +182,10 @@ def _check_dq(g: _Graph, node, name, scale) -> list[Problem]:
         if k in SHAPE_INPUTS.get(consumer.op_type, ()):
             found.append(Problem(name, "shape-input", f"feeds input {k} of {consumer.op_type} "
                                                       f"{_name(consumer)}, a shape input TensorRT needs as integers"))
-        if x in g.consts and consumer.op_type in WEIGHTED and k == 1:
-            found += _check_weight(g.consts[x], node, consumer, name, scale)
+        if g.is_weight(node) and consumer.op_type in WEIGHTED and k == 1:
+            # int8 when pre-quantized; QAT's float weights (constant -> Q -> DQ) are rounded by TensorRT itself
+            weight = g.consts[x] if x in g.consts else g.consts[g.producer[x].input[0]]
+            found += _check_weight(weight, node, consumer, name, scale)
     return found
 
 
@@ -171,9 +216,9 @@ def check_model(model) -> list[Problem]:
     g = _Graph(model)
     found = []
     for node in g.nodes:
-        if node.domain not in ("", "ai.onnx") and node.op_type in (*QDQ, "DynamicQuantizeLinear"):
-            found.append(Problem(_name(node), "foreign-domain", f"{node.op_type} of domain {node.domain}; "
-                                                                f"TensorRT imports ONNX's own Q/DQ only"))
+        if node.domain not in ("", "ai.onnx", "ai.onnx.ml"):
+            found.append(Problem(_name(node), "foreign-domain", f"{node.op_type} of domain {node.domain}: not an ONNX "
+                                                                f"operator; TensorRT imports it only with a plugin"))
         elif node.op_type.startswith("QLinear") or node.op_type in ("ConvInteger", "MatMulInteger", "QGemm",
                                                                      "DynamicQuantizeLinear"):
             found.append(Problem(_name(node), "qoperator", f"{node.op_type}: an operator-format quantized op; "
@@ -186,7 +231,8 @@ def check_model(model) -> list[Problem]:
 
 
 def quantized(model) -> bool:
-    return any(n.op_type in QDQ or n.op_type.startswith("QLinear") for n in model.graph.node)
+    return any(n.op_type in QDQ or n.op_type.startswith("QLinear") or n.op_type in ("ConvInteger", "MatMulInteger")
+               or n.domain not in ("", "ai.onnx", "ai.onnx.ml") for n in all_nodes(model.graph))
 
 
 def load(path: Path):
@@ -198,6 +244,10 @@ def load(path: Path):
         raise ModelError(f"{path}: no ONNX model here (an onnx-* bundle folder or an .onnx file); "
                          f"TensorRT builds from ONNX, so export --target onnx-int8-trt")
     try:
-        return onnx.load_from_string(file.read_bytes())
-    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError
-        raise ModelError(f"{file}: not a readable ONNX model ({type(exc).__name__}); re-export it") from None
+        model = onnx.load(str(file))  # external data is read from beside the file, not from the current folder
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError, onnx its ValidationError
+        raise ModelError(f"{file}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc, 160)}); "
+                         f"re-export it") from None
+    if not model.ir_version or not model.graph.node:
+        raise ModelError(f"{file}: not an ONNX model (no graph); pass the model.onnx of an onnx-* bundle")
+    return model

@@ -152,6 +152,7 @@ def _onnx_keep_float(target, ctx, path, first):
     """TensorRT's scheme: NNCF's recovery would write uint8 activations, so the end layers stay float instead
     (the classifier, then the first convolution too): ONNX Runtime re-quantizes without them."""
     _announce(target, "keeping the first and last layers in float (two tries, seconds each)")
+    report = first
     for exclude in onnx_x.end_layers(ctx.onnx_fp32):
         onnx_x.quantize(ctx.onnx_fp32, path, ctx.calib_x, target.scheme, exclude=exclude)
         report = _gate_model(ctx, "onnx", path)

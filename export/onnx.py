@@ -68,7 +68,7 @@ def end_layers(fp32_path: Path) -> list[list[str]]:
     import onnx
 
     weighted = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    return [weighted[-1:], [weighted[0], weighted[-1]]] if weighted else []
+    return [weighted[-1:], [weighted[0], weighted[-1]]] if len(weighted) > 1 else [weighted] if weighted else []
 
 
 def tensorrt_check(path: Path, target: str) -> dict:
@@ -81,5 +81,5 @@ def tensorrt_check(path: Path, target: str) -> dict:
     if errors:
         raise ModelError(f"{target}: the quantized model is not what TensorRT takes ({len(errors)} findings, first: "
                           f"{errors[0]}); please report this")
-    return {"passed": True, "qdq_nodes": sum(n.op_type in trt_check.QDQ for n in model.graph.node),
+    return {"passed": True, "qdq_nodes": sum(n.op_type in trt_check.QDQ for n in trt_check.all_nodes(model.graph)),
             "warnings": [p.line() for p in found]}

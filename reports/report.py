@@ -187,22 +187,64 @@ def _number(path, where: str, value, *, optional=True, low=None, high=None):
         raise EdgecxrError(f"{path}: {where} is {value}, outside [{low}, {high}]; pass the file edgecxr wrote, unchanged")
 
 
+DICT_FIELDS = ("bundle", "runtime", "data", "positives", "criteria", "host", "timing", "device", "float", "delta",
+               "flipped_counts", "calibration", "bootstrap", "mcnemar", "subgroups", "tolerances", "stability", "sbom",
+               "reference", "prob_abs_diff")
+METRICS = ("accuracy", "recall", "specificity", "precision", "f1", "roc_auc")
+
+
+def _kind_error(path, where: str, value, expected: str):
+    return EdgecxrError(f"{path}: {where} is {type(value).__name__} {str(value)[:40]!r}, not {expected}; pass the file "
+                        "edgecxr wrote, unchanged")
+
+
 def _check_parity_numbers(path, r: dict) -> None:
-    """A parity JSON's numbers, before any is formatted or compared (a string there was an internal error)."""
+    """A parity JSON's fields the report reads, checked for type and range before any is formatted or compared
+    (a string there was an internal error, "passed": "false" a PASSED page)."""
     _number(path, "agreement", r.get("agreement"), optional=False, low=0, high=1)
-    _number(path, "n", r.get("n"), low=0)
+    if not isinstance(r.get("n"), int) or isinstance(r.get("n"), bool) or r["n"] < 0:
+        raise _kind_error(path, "n", r.get("n"), "a count")
     _number(path, "threshold", r.get("threshold"), low=0, high=1)
-    for side in ("float", "device", "delta"):
-        for k, v in (r.get(side) or {}).items() if isinstance(r.get(side), dict) else ():
-            if k != "confusion":
-                _number(path, f"{side}.{k}", v)
-    for i, f in enumerate(r.get("flipped") or []):
-        if not isinstance(f, dict):
-            raise EdgecxrError(f"{path}: flipped[{i}] is not a record; pass the file edgecxr wrote, unchanged")
-        for k in ("float_prob", "device_prob"):
-            _number(path, f"flipped[{i}].{k}", f.get(k), optional=False, low=0, high=1)
+    if not isinstance(r.get("passed"), bool):
+        raise _kind_error(path, "passed", r.get("passed"), "true or false")
+    for key in DICT_FIELDS:
+        if r.get(key) is not None and not isinstance(r[key], dict):
+            raise _kind_error(path, key, r[key], "an object")
+    for side in ("float", "device"):
+        for k in METRICS:
+            _number(path, f"{side}.{k}", (r.get(side) or {}).get(k), low=0, high=1)
+    for k, v in (r.get("delta") or {}).items():
+        if k != "confusion":
+            _number(path, f"delta.{k}", v, low=-1, high=1)
+    for k, v in (r.get("timing") or {}).items():
+        _number(path, f"timing.{k}", v, low=0)
     for k, v in (r.get("flipped_counts") or {}).items():
         _number(path, f"flipped_counts.{k}", v, low=0)
+    root = (r.get("data") or {}).get("root")
+    if root is not None and not isinstance(root, str):
+        raise _kind_error(path, "data.root", root, "a path")
+    _check_records(path, r)
+
+
+def _check_records(path, r: dict) -> None:
+    for field_name, keys in (("checks", ("name", "message")), ("flipped", ("file", "kind"))):
+        items = r.get(field_name) or []
+        if not isinstance(items, list):
+            raise _kind_error(path, field_name, items, "a list")
+        for i, item in enumerate(items):
+            where = f"{field_name}[{i}]"
+            if not isinstance(item, dict):
+                raise _kind_error(path, where, item, "a record")
+            for k in keys:
+                if not isinstance(item.get(k), str):
+                    raise _kind_error(path, f"{where}.{k}", item.get(k), "text")
+            if field_name == "checks" and not isinstance(item.get("passed"), bool):
+                raise _kind_error(path, f"{where}.passed", item.get("passed"), "true or false")
+            if field_name == "flipped":
+                for k in ("float_prob", "device_prob"):
+                    _number(path, f"{where}.{k}", item.get(k), optional=False, low=0, high=1)
+                if "label" in item and item["label"] not in (0, 1):
+                    raise _kind_error(path, f"{where}.label", item["label"], "0 or 1")
 
 
 def _parity_row(r: dict) -> dict:

@@ -269,3 +269,12 @@ def test_choose_across_models_with_a_latency_budget_and_clinical_floors(tiny_mod
                                   "--max-ms", "100000", "--min-recall", "0"])
     assert r.exit_code == 0 and "the most accurate of the bundles that keep parity and fit p50 <= 100000 ms" in r.output
     assert best["model"] in r.output.splitlines()[-1]
+    r = CliRunner().invoke(main, ["device", "choose", str(tiny), "--data", str(sample), "--max-ms", "nan"])
+    assert r.exit_code == 2 and "--max-ms nan" in r.output
+    site = tmp_path / "site"  # unlabeled images: no clinical numbers, a budget still chooses
+    site.mkdir()
+    for f in sorted((sample / "test" / "PNEUMONIA").iterdir())[:6]:
+        (site / f.name).write_bytes(f.read_bytes())
+    r = CliRunner().invoke(main, ["device", "choose", str(shipped_int8), "--data", str(site), "--runs", "3",
+                                  "--max-ms", "100000"])
+    assert r.exit_code == 0 and "no clinical numbers (unlabeled images)" in r.output, r.output

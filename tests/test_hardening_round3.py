@@ -230,6 +230,8 @@ def test_ray_at_an_address_where_nothing_listens_is_one_line_within_seconds(tiny
         assert r.exit_code == 2 and "pip install 'ray[client]'" in r.output, r.output
     with pytest.raises(ConfigError, match="expected HOST:PORT"):
         distributed._reachable("nohost")
+    with pytest.raises(ConfigError, match="a port from 1 to 65535"):
+        distributed._reachable("127.0.0.1:99999")  # getaddrinfo wraps it to 34463, where anything may listen
 
 
 def test_report_reads_an_unlabeled_site_parity_and_refuses_strings_for_numbers(tiny_bundles, kermany, tmp_path):
@@ -256,6 +258,14 @@ def test_report_reads_an_unlabeled_site_parity_and_refuses_strings_for_numbers(t
     r = cli("report", tmp_path / "bad.json", "--out", tmp_path / "bad.html", "--no-maps")
     assert r.exit_code == 2 and "agreement is '0.99', not a number" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "bad.html").exists()
+    good = json.loads(parity.read_text())
+    for field, value, message in (("passed", "false", "passed is str 'false', not true or false"),
+                                  ("runtime", "onnxruntime", "runtime is str 'onnxruntime', not an object"),
+                                  ("checks", [5], "checks[0] is int '5', not a record"),
+                                  ("n", 7.5, "n is float '7.5', not a count")):
+        (tmp_path / "bad.json").write_text(json.dumps({**good, field: value}))
+        r = cli("report", tmp_path / "bad.json", "--out", tmp_path / "bad.html", "--no-maps")
+        assert r.exit_code == 2 and message in r.output, (field, r.output)
 
 
 def test_export_on_a_full_disk_names_the_full_disk(tiny_model, sample, tmp_path, monkeypatch):
@@ -460,3 +470,37 @@ def test_choose_removes_each_zip_extraction_after_its_row_and_report_caps_its_in
     r = cli("report", huge, "--out", tmp_path / "r.html", "--no-maps")
     assert r.exit_code == 2 and "larger than any JSON edgecxr writes" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_uploads_in_progress_cannot_hold_more_than_four_bodies_of_memory(tiny_bundles, kermany):
+    """The hostile review: uploads hold no request slot, so 25 stalled 30 MB uploads held 880 MB. Bodies in memory
+    across uploads are bounded by 4 x --max-bytes (declared lengths reserved up front): the fifth gets 503."""
+    import socket
+    import time
+
+    import httpx
+
+    from tests.test_serve import start_server
+
+    proc, url = start_server(tiny_bundles["tflite-int8"], "--max-bytes", "1MB", "--read-timeout", "4")
+    port = int(url.rsplit(":", 1)[1])
+    held = []
+    try:
+        for _ in range(4):  # each declares 1 MB, sends 900 kB at once, then stalls
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                      b"Content-Length: 1048576\r\n\r\n" + b"\0" * 900_000)
+            held.append(s)
+        time.sleep(0.5)
+        image = next((kermany / "test" / "NORMAL").iterdir()).read_bytes()
+        r = httpx.post(f"{url}/v1/classify", content=image, headers={"Content-Type": "image/jpeg"}, timeout=10)
+        assert r.status_code == 503 and "uploads in progress hold" in r.json()["error"], r.text
+        assert r.headers.get("retry-after") == "1"
+        time.sleep(4.5)  # the stalled uploads end at --read-timeout and free their share
+        r = httpx.post(f"{url}/v1/classify", content=image, headers={"Content-Type": "image/jpeg"}, timeout=10)
+        assert r.status_code == 200, r.text
+    finally:
+        for s in held:
+            s.close()
+        proc.kill()
+        proc.wait()

@@ -247,3 +247,87 @@ def test_the_gpu_script_runs_its_cpu_part_and_skips_the_gpu_in_one_line(tiny_bun
     report = json.loads((out / "onnx-int8-trt.onnxruntime-cpu.json").read_text())
     assert report["runtime"]["provider"] == "CPUExecutionProvider" and "checks" in report
     assert "| onnx-int8-trt.onnxruntime-cpu |" in (out / "summary.md").read_text()
+
+
+def _qat_conv(axis=0, domain=""):
+    """x -> Q/DQ (per tensor) -> Conv whose float weight goes through a per-channel Q -> DQ (the QAT export format)."""
+    w = np.random.default_rng(0).normal(size=(4, 1, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(4, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "wz"), numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+             numpy_helper.from_array(np.array(0, np.int8), "xz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="xq"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="xd"),
+             helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], name="wq", axis=axis),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], name="wd", axis=axis, domain=domain),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_qat_weights_subgraphs_foreign_ops_empty_files_and_external_data(tmp_path, monkeypatch):
+    """The hostile review: QAT's float weight -> Q -> DQ is TensorRT's own format (was refused as a per-channel
+    activation); Q/DQ inside an If branch was never looked at; a com.microsoft op was not flagged; an empty
+    file passed as 'no quantization'; external data was read from the current folder."""
+    assert _errors(_qat_conv()) == set()
+    assert _errors(_qat_conv(axis=1)) == {"weight-axis"}
+    assert _errors(_qat_conv(domain="com.microsoft")) >= {"foreign-domain"}
+    branch = _qat_conv().graph
+    for init in branch.initializer:
+        if init.name == "xz":
+            init.CopyFrom(numpy_helper.from_array(np.array(128, np.uint8), "xz"))
+    outer = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)], "outer",
+                              [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    assert {"not-int8", "zero-point"} <= _errors(helper.make_model(outer, opset_imports=[helper.make_opsetid("", 17)]))
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    r = CliRunner().invoke(main, ["device", "check-trt", str(empty)])
+    assert r.exit_code == 2 and "not an ONNX model" in r.output
+    model = _qat_conv()
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path.parent)
+    r = CliRunner().invoke(main, ["device", "check-trt", str(tmp_path / "ext.onnx")])
+    assert r.exit_code == 0 and "TensorRT-clean" in r.output, r.output
+
+
+def test_end_layers_and_a_refused_trt_export(tmp_path, tiny_model, sample):
+    from edgecxr.export.onnx import end_layers
+
+    def graph(ops):
+        nodes = [helper.make_node(op, ["x"], [f"y{i}"], name=f"n{i}") for i, op in enumerate(ops)]
+        path = tmp_path / f"{len(ops)}.onnx"
+        onnx.save(helper.make_model(helper.make_graph(nodes, "g", [], [])), str(path))
+        return path
+
+    assert end_layers(graph(["Relu"])) == []
+    assert end_layers(graph(["MatMul", "Relu"])) == [["n0"]]
+    assert end_layers(graph(["Conv", "Relu", "Conv", "Gemm"])) == [["n3"], ["n0", "n3"]]
+    # every try misses the gate: post-training int8, the classifier kept float, the first layer too; then a refusal
+    from edgecxr.errors import GateFailed
+    from edgecxr.export import build as B
+    from edgecxr.export import export_model
+
+    tries = []
+    real_quantize = B.onnx_x.quantize
+
+    def counting_quantize(fp32, out, calib, scheme="", exclude=()):
+        tries.append((scheme, list(exclude)))
+        return real_quantize(fp32, out, calib, scheme, exclude)
+
+    def missed(ctx, family, model):
+        report = ctx.gate.check(B.Runner(family, model)(ctx.gate.x), "post-training quantization")
+        report["passed"] = False
+        return report
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(B.onnx_x, "quantize", counting_quantize)
+    mp.setattr(B, "_gate_model", missed)
+    try:
+        with pytest.raises(GateFailed, match="onnx-int8-trt"):
+            export_model(tiny_model, ["onnx-int8-trt"], sample, tmp_path / "o", calib_count=24)
+    finally:
+        mp.undo()
+    assert [scheme for scheme, _ in tries] == ["tensorrt"] * 3 and tries[0][1] == [] and len(tries[2][1]) == 2
+    assert not (tmp_path / "o" / "onnx-int8-trt").exists()
