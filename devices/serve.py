@@ -58,9 +58,8 @@ DEFAULT_MAX_BYTES = 32 * 2**20
 DEFAULT_MIN_UPLOAD_RATE = 16 * 2**10
 UPLOAD_GRACE = 2.0
 SHUTDOWN_GRACE = 5  # seconds uvicorn waits for requests in progress on SIGTERM before cancelling them
-# images above this many pixels (header) are decoded one at a time: a 124 KB 16-bit 8000 x 8000 PNG takes about
-# 550 MB while decoded, four at once 1.1 GB and more (a 4 GB Pi with --workers 4 ran out)
-BIG_DECODE_PIXELS = 16_000_000
+# images above edgecxr.images.BIG_DECODE_PIXELS (header) are decoded and preprocessed one at a time: a 124 KB 16-bit
+# 8000 x 8000 PNG takes about 550 MB while decoded, four at once 1.1 GB and more (a 4 GB Pi with --workers 4 ran out)
 # request bodies held in memory at once, across every upload in progress, in units of --max-bytes: uploads hold no
 # request slot, so without this bound 25 stalled 30 MB uploads held 880 MB (503 beyond it)
 UPLOAD_BUFFERS = 4
@@ -267,7 +266,7 @@ class Service:
     # -- runs in the pool --------------------------------------------------------------
     def classify(self, data: bytes, name: str) -> dict:
         from edgecxr.devices.classifier import Timings
-        from edgecxr.images import declared_pixels, decode_image
+        from edgecxr.images import BIG_DECODE_PIXELS, declared_pixels, decode_image
 
         clock = time.perf_counter
         big = (declared_pixels(data, name) or 0) > BIG_DECODE_PIXELS

@@ -5,8 +5,10 @@ luma, which keeps equal-channel RGB files (the Kermany JPEGs) exactly as they ar
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,6 +20,10 @@ from edgecxr.errors import ImageError
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"}
 MAX_PIXELS = 64_000_000  # above this a file is refused as a decompression bomb
 MAX_BYTES = 256 * 1024 * 1024
+# above this many pixels (read from the header) a decode takes hundreds of MB (a 124 KB 16-bit 8000 x 8000 PNG:
+# about 550 MB): such images are decoded one at a time in a process, whatever its --workers
+BIG_DECODE_PIXELS = 16_000_000
+_BIG_DECODE = threading.Lock()
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -252,9 +258,11 @@ def decode_image(data: bytes, name: str = "<bytes>", draft: int | None = None) -
     if not data:
         raise ImageError(f"{name}: file is empty")
     _check_size(len(data), name)
-    if _is_dicom(data, name):
-        return _decode_dicom(data, name)
-    return _decode_pil(data, name, draft)
+    big = (declared_pixels(data, name) or 0) > BIG_DECODE_PIXELS
+    with _BIG_DECODE if big else contextlib.nullcontext():
+        if _is_dicom(data, name):
+            return _decode_dicom(data, name)
+        return _decode_pil(data, name, draft)
 
 
 def declared_pixels(data: bytes, name: str = "<bytes>") -> int | None:

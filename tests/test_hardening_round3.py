@@ -410,7 +410,8 @@ def test_big_decodes_in_serve_run_one_at_a_time_and_small_ones_in_parallel(tiny_
 
     from edgecxr import images
     from edgecxr.devices import Classifier
-    from edgecxr.devices.serve import BIG_DECODE_PIXELS, Service
+    from edgecxr.devices.serve import Service
+    from edgecxr.images import BIG_DECODE_PIXELS
     from edgecxr.errors import ImageError
 
     def png(side, mode="I;16"):
@@ -447,6 +448,22 @@ def test_big_decodes_in_serve_run_one_at_a_time_and_small_ones_in_parallel(tiny_
     assert run(big) == 1
     most[0] = 0
     assert run(small) > 1
+    monkeypatch.undo()  # the decoder itself: big images one at a time in any caller (device run --workers 4 too)
+    assert images._BIG_DECODE.acquire(blocking=False)
+    try:
+        done = []
+        t = threading.Thread(target=lambda: done.append(images.decode_image(small, "s.png").size))
+        t.start()
+        t.join(10)
+        assert done == [(512, 512)]  # a small image does not wait for a big one
+        t = threading.Thread(target=lambda: done.append(images.decode_image(big, "b.png").size))
+        t.start()
+        t.join(1)
+        assert t.is_alive() and len(done) == 1  # a big one waits
+    finally:
+        images._BIG_DECODE.release()
+    t.join(30)
+    assert done[-1] == (4097, 4097)
 
 
 def test_choose_removes_each_zip_extraction_after_its_row_and_report_caps_its_inputs(tiny_bundles, kermany, tmp_path,
