@@ -24,8 +24,8 @@ from edgecxr.targets import TARGETS
 @click.option("--prune", type=float, help="Target sparsity (e.g. 0.5): magnitude pruning + fine-tuning.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning for tflite-int8.")
 @click.option("--distill", is_flag=True,
-              help="With --qat: fine-tune towards the float model's own probabilities (the pruned model's with "
-                   "--prune) instead of the labels; compare both variants on the validation gate.")
+              help="With --prune: the pruned model fine-tunes towards the dense model's probabilities; with --qat: "
+                   "towards the float model's (the pruned model's with --prune); instead of the labels.")
 @click.option("--qat-fallback/--no-qat-fallback", default=True, show_default=True,
               help="When post-training tflite-int8 misses the gate, try quantization-aware fine-tuning (minutes).")
 @click.option("--finetune-epochs", default=2, show_default=True, help="Fine-tuning epochs for --prune / --qat.")

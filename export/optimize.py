@@ -69,8 +69,9 @@ def require_keras(source, what: str):
     return source.keras_model
 
 
-def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr: float = 1e-4):
-    """(stripped pruned tf_keras model, report) after magnitude pruning with polynomial decay and fine-tuning."""
+def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr: float = 1e-4, distill: bool = False):
+    """(stripped pruned tf_keras model, report) after magnitude pruning with polynomial decay and fine-tuning
+    (towards the labels, or with distill towards the dense model's own probabilities)."""
     import tensorflow as tf
 
     tfmot = _tfmot()
@@ -84,7 +85,7 @@ def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr:
         pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"--prune: this model cannot be pruned by tensorflow-model-optimization ({str(exc)[:200]})") from None
-    _fit(pruned, source, x, labels, max(1, epochs), lr, [tfmot.sparsity.keras.UpdatePruningStep()], seed)
+    _fit(pruned, source, x, labels, max(1, epochs), lr, [tfmot.sparsity.keras.UpdatePruningStep()], seed, distill=distill)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     return stripped, {"target_sparsity": sparsity, "finetune_epochs": epochs, "finetune_images": int(len(x)),
                       "schedule": f"polynomial decay 0 -> {sparsity} over {end} steps",

@@ -82,11 +82,12 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
     can recompute the float reference on a site's own images.
     split_file: train/val/test from this split file (default: the model's own split.json; see datasets.export_splits).
     calib_count: calibration images (default: DEFAULT_CALIBRATION, or the whole train split when it is smaller).
-    distill: quantization-aware training learns the float (pruned) model's probabilities instead of the labels.
+    distill: pruning fine-tunes towards the dense model's probabilities, quantization-aware training towards the
+    float (pruned) model's, instead of the labels.
     """
     start = time.time()
-    if distill and not qat:
-        raise ConfigError("--distill changes how --qat trains; add --qat (or leave out --distill)")
+    if distill and not (qat or prune):
+        raise ConfigError("--distill changes how --prune and --qat fine-tune; add one (or leave out --distill)")
     chosen, signing_key, out_dir = _check_request(targets, out_dir, model_path, data_root, prune, qat, overwrite,
                                                   signing_key, (max_recall_drop, max_accuracy_drop, min_agreement,
                                                                 finetune_epochs, overrides))
@@ -94,7 +95,7 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
                       trust_model)
     source, prune_report = data.source, None
     if prune:
-        source, prune_report = _prune(source, data, prune, finetune_epochs, seed)
+        source, prune_report = _prune(source, data, prune, finetune_epochs, seed, distill)
     reference = _reference(source, data.test, data.test_x, data.test_y,
                            pooled=D.is_pooled(D.model_split_file(model_path, split_file)))
     gate, predict_s = _gate(source, data, reference, max_recall_drop, max_accuracy_drop, min_agreement)
@@ -199,7 +200,11 @@ def _val_probs(src, data):
     return checked_prob(src.predict(data.val_x), src.info.output, src.info.positive_index, "validation")
 
 
-def _prune(source, data, prune, finetune_epochs, seed):
+# how far pruning may move the clinical numbers on validation (threshold re-chosen) before export says so
+PRUNE_MARGINS = {"recall": 0.01, "specificity": 0.03}
+
+
+def _prune(source, data, prune, finetune_epochs, seed, distill=False):
     """(pruned source with its threshold re-chosen on validation, the manifest's prune report)."""
     from edgecxr.export.loading import keras_source
     from edgecxr.export.optimize import prune as run_prune
@@ -207,8 +212,9 @@ def _prune(source, data, prune, finetune_epochs, seed):
     val_y = data.val_y
     before = metrics.binary_metrics(val_y, _val_probs(source, data), source.info.threshold)
     fit_x, fit_y = data.fit_data()
-    _say(f"pruning to {prune:.0%} sparsity, fine-tuning {finetune_epochs} epoch(s) on {len(fit_x)} images")
-    pruned, report = run_prune(source, fit_x, fit_y, prune, finetune_epochs, seed=seed)
+    towards = "the dense model's probabilities" if distill else "the labels"
+    _say(f"pruning to {prune:.0%} sparsity, fine-tuning {finetune_epochs} epoch(s) on {len(fit_x)} images towards {towards}")
+    pruned, report = run_prune(source, fit_x, fit_y, prune, finetune_epochs, seed=seed, distill=distill)
     source = keras_source(pruned, source, f"pruned to {prune}")
     probs = _val_probs(source, data)
     drifted = metrics.binary_metrics(val_y, probs, source.info.threshold)
@@ -220,6 +226,13 @@ def _prune(source, data, prune, finetune_epochs, seed):
                             for k in ("recall", "specificity", "accuracy", "roc_auc")}
     _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
          f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
+    report["training"] = "distillation" if distill else "labels"
+    report["moved"] = [f"{k} {before[k]:.4f} -> {after[k]:.4f}" for k, margin in PRUNE_MARGINS.items()
+                       if before[k] - after[k] > margin + 1e-12]
+    if report["moved"]:
+        _say(f"warning: pruning moved the clinical numbers against the dense model on validation "
+             f"({'; '.join(report['moved'])}; margins: recall {PRUNE_MARGINS['recall']}, specificity "
+             f"{PRUNE_MARGINS['specificity']}): check the pruned model's own evaluation before shipping it")
     return source, report
 
 
