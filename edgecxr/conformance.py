@@ -33,7 +33,7 @@ TOLERANCE = {"decoded": {"max_abs": 2, "mean_abs": 0.5,
              "other": "every other stage: exactly the contract's step applied to the stage before it"}
 KINDS = {"fullsize-normal.jpeg": "full-size JPEG (grayscale, decoded at a reduced scale)",
          "fullsize-pneumonia.jpeg": "full-size JPEG (grayscale, decoded at a reduced scale)",
-         "png16-normal.png": "16-bit PNG (12-bit values through a gamma, offset: min-max scaled, rounded)",
+         "png16-normal.png": "16-bit PNG (12-bit values through a gamma, offset: scaled by the rank rule, rounded)",
          "portrait-normal.jpeg": "full-size JPEG taller than wide (the resize's pass order shows)",
          "dicom-monochrome1-pneumonia.dcm": "DICOM CR, MONOCHROME1, 12 bits stored, LINEAR window",
          "exif6-colour-pneumonia.jpeg": "colour JPEG stored turned, EXIF orientation 6"}
@@ -118,7 +118,7 @@ def to_gray(samples: np.ndarray, mode: str, swap_rb: bool = False) -> np.ndarray
     if mode in ("L", "DICOM"):
         return samples
     if samples.dtype == np.float32:
-        return C.minmax_uint8(samples)
+        return C.scale_uint8(samples)
     if mode == "LA":
         samples = np.concatenate([np.repeat(samples[..., :1], 3, axis=-1), samples[..., 1:2]], axis=-1)
     if samples.shape[-1] == 4:

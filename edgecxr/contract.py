@@ -50,8 +50,11 @@ def algorithms(spec) -> dict:
             "other_color_models": "palette, CMYK, YCbCr and 1-bit images are converted to RGB by the decoder "
                                   "(Pillow's conversions) before the luma",
             "alpha": "composited over opaque black: c' = (t + (t >> 8)) >> 8 with t = c * a + 128, then the luma",
-            "high_bit_depth": "16-bit gray, 32-bit integer or float samples: v' = rint((v - min) * float32(255 / "
-                              "(max - min))) in float32, round half to even; a constant image gives 0. 16-bit "
+            "high_bit_depth": "16-bit gray, 32-bit integer or float samples: low and high are the samples of rank k "
+                              "and N - 1 - k in ascending order, k = (N - 1) // 2000 with N the sample count (the "
+                              "0.05th and 99.95th percentiles, no interpolation); v' = rint((clip(v, low, high) - "
+                              "low) * float32(255 / (high - low))) in float32, round half to even; high <= low "
+                              "gives 0. 16-bit "
                               "colour PNGs: the decoder's 8-bit reduction (Pillow keeps the high byte), then the luma",
             "dicom": "unsigned 8-bit grey samples with no modality LUT, no rescale other than slope 1 / intercept 0 and "
                      "no window: taken as they are (as an 8-bit PNG), MONOCHROME1 inverted; otherwise "
@@ -121,12 +124,15 @@ def composite_on_black(rgba: np.ndarray) -> np.ndarray:
     return ((tmp + (tmp >> 8)) >> 8).astype(np.uint8)
 
 
-def minmax_uint8(values: np.ndarray) -> np.ndarray:
-    """16-bit or float samples -> uint8 by the contract's rule (float32, round half to even)."""
-    v = np.asarray(values, np.float32).copy()
-    low, high = float(v.min()), float(v.max())
+def scale_uint8(values: np.ndarray) -> np.ndarray:
+    """16-bit or float samples -> uint8 by the contract's rule: clip to the samples of rank k and N - 1 - k
+    (k = (N - 1) // 2000), then rint((v - low) * float32(255 / (high - low))) in float32, round half to even."""
+    v = np.sort(np.asarray(values, np.float32).reshape(-1))
+    k = (v.size - 1) // 2000
+    low, high = float(v[k]), float(v[v.size - 1 - k])
     if high <= low:
-        return np.zeros(v.shape, np.uint8)
+        return np.zeros(np.shape(values), np.uint8)
+    v = np.clip(np.asarray(values, np.float32), np.float32(low), np.float32(high))
     v -= np.float32(low)
     v *= np.float32(255.0 / (high - low))
     return np.rint(v).astype(np.uint8)

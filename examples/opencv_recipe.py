@@ -23,11 +23,15 @@ def luma(bgr):
 
 
 def to_uint8(values):
-    """16-bit samples: rint((v - min) * float32(255 / (max - min))) in float32."""
+    """16-bit samples: clip to the samples of rank k and N-1-k, k = (N-1) // 2000, then
+    rint((v - low) * float32(255 / (high - low))) in float32."""
     v = values.astype(np.float32)
-    low, high = float(v.min()), float(v.max())
+    ranked = np.sort(v, axis=None)
+    k = (ranked.size - 1) // 2000
+    low, high = float(ranked[k]), float(ranked[-1 - k])
     if high <= low:
         return np.zeros(v.shape, np.uint8)
+    v = np.clip(v, np.float32(low), np.float32(high))
     return np.rint((v - np.float32(low)) * np.float32(255.0 / (high - low))).astype(np.uint8)
 
 
@@ -36,7 +40,7 @@ def decode_dicom(path):
 
     ds = pydicom.dcmread(path)
     v = ds.pixel_array.astype(np.float32) * np.float32(ds.get("RescaleSlope", 1)) + np.float32(ds.get("RescaleIntercept", 0))
-    if "WindowCenter" in ds:  # LINEAR window: clip, the min-max scaling does the rest
+    if "WindowCenter" in ds:  # LINEAR window: clip, the scaling does the rest
         c, w = float(ds.WindowCenter) - 0.5, float(ds.WindowWidth) - 1
         v = np.clip(v, c - w / 2, c + w / 2)
     gray = to_uint8(v)

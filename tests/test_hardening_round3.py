@@ -521,3 +521,55 @@ def test_uploads_in_progress_cannot_hold_more_than_four_bodies_of_memory(tiny_bu
             s.close()
         proc.kill()
         proc.wait()
+
+
+def test_one_saturated_pixel_does_not_squeeze_a_16_bit_xray(shipped_int8, kermany):
+    """28.8: min-max put 98 % of a 12-bit image with one pixel at 65535 into grey levels 0..13 and the domain check
+    refused it as nearly constant; the contract's rank rule (clip to the samples of rank k and N-1-k) decodes it
+    as without the pixel, for PNG and un-windowed DICOM alike."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from edgecxr import contract
+    from edgecxr.devices import Classifier
+    from edgecxr.images import decode_image
+
+    gray = np.asarray(Image.open(sorted((kermany / "test" / "PNEUMONIA").iterdir())[0]).convert("L"), np.uint16)
+    twelve = gray * 16 + 7  # 12-bit values
+    marked = twelve.copy()
+    marked[5, 5] = 65535  # a burned-in marker pixel
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a.astype(np.uint16)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def dcm(a):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, "CR"
+        ds.Rows, ds.Columns = a.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = a.astype(np.uint16).tobytes()
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    clf = Classifier.load(shipped_int8)
+    for encode in (png, dcm):
+        clean, with_marker = (np.asarray(decode_image(encode(a), "x.dcm" if encode is dcm else "x.png")) for a in (twelve, marked))
+        assert np.array_equal(clean, contract.scale_uint8(twelve))
+        moved = np.abs(clean.astype(int) - with_marker)
+        moved[5, 5] = 0  # the marker itself is clipped to white
+        assert moved.max() <= 2  # the high rank moves by one sample: a grey level or two elsewhere
+        assert len(np.unique(with_marker)) > 200  # min-max left 14 levels
+        p_clean, p_marked = (clf.predict(encode(a)).probability for a in (twelve, marked))
+        assert (p_clean >= clf.threshold) == (p_marked >= clf.threshold) and abs(p_clean - p_marked) < 0.02

@@ -9,7 +9,7 @@
  * Every number comes from BUNDLE/manifest.json (`preprocess`, `input_contract`, `input`, `output`, `threshold`).
  * Scope: ONNX bundles (onnx-fp32, onnx-int8: both take a float32 tensor; NHWC or NCHW), the bilinear resize,
  * JPEG (grayscale or colour; EXIF orientation 1-8, or XMP's where EXIF has none, as edgecxr's runner reads it)
- * and PNG (every colour type and bit depth: 16-bit gray min-max scaled, alpha over black; eXIf or XMP
+ * and PNG (every colour type and bit depth: 16-bit gray scaled by the contract's rank rule, alpha over black; eXIf or XMP
  * orientation). DICOM is out of scope: such files are refused (skipped with a note in --conformance mode, so
  * `conform` lists them as missing), and so are CMYK JPEGs and bundles with an integer input tensor.
  *
@@ -348,7 +348,7 @@ static int decode_jpeg(const unsigned char *data, size_t size, int draft, Gray *
 
 #ifdef WITH_PNG
 /* -- decoded: PNG by libpng, as Pillow reads it ------------------------------------------------------------
-   16-bit gray: min-max to 8 bits in float32 (the contract's high-bit-depth rule); other 16-bit types: the high
+   16-bit gray: to 8 bits by the contract's high-bit-depth rule (ranks, float32); other 16-bit types: the high
    byte (Pillow's ;16B unpackers); 1/2/4-bit gray scaled to 8 bits; a palette to RGB, or to RGBA where it has a
    tRNS chunk (tRNS of gray or RGB images is ignored, as Pillow's decode does); alpha composited over black. */
 #include <png.h>
@@ -415,16 +415,22 @@ static int decode_png(const unsigned char *data, size_t size, Gray *out, char *e
   out->w = (int)w;
   out->h = (int)h;
   out->px = malloc((size_t)w * h);
-  if (gray16) {
-    unsigned lo = 65535, hi = 0;
-    for (size_t i = 0; i < (size_t)w * h; i++) {
-      unsigned v = buf[2 * i] << 8 | buf[2 * i + 1];
-      lo = v < lo ? v : lo;
-      hi = v > hi ? v : hi;
+  if (gray16) { /* low, high: the samples of rank k and N-1-k, k = (N-1) / 2000 (a histogram ranks 16-bit exactly) */
+    size_t n = (size_t)w * h, k = (n - 1) / 2000, seen = 0;
+    size_t *count = calloc(65536, sizeof *count);
+    for (size_t i = 0; i < n; i++) count[buf[2 * i] << 8 | buf[2 * i + 1]]++;
+    unsigned lo = 0, hi = 0;
+    for (unsigned v = 0; v < 65536; v++) {
+      if (count[v] && seen <= k && k < seen + count[v]) lo = v;
+      if (count[v] && seen <= n - 1 - k && n - 1 - k < seen + count[v]) hi = v;
+      seen += count[v];
     }
+    free(count);
     float f = (float)(255.0 / ((double)hi - (double)lo)), low = (float)lo;
-    for (size_t i = 0; i < (size_t)w * h; i++) {
-      volatile float v = (float)(buf[2 * i] << 8 | buf[2 * i + 1]) - low;
+    for (size_t i = 0; i < n; i++) {
+      unsigned c = buf[2 * i] << 8 | buf[2 * i + 1];
+      c = c < lo ? lo : c > hi ? hi : c;
+      volatile float v = (float)c - low;
       out->px[i] = hi <= lo ? 0 : (unsigned char)nearbyintf(v * f);
     }
   } else {

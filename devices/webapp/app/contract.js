@@ -3,7 +3,7 @@
 // `edgecxr device conform` checks: decoded, cropped, equalized, resized, input, quantized.
 import { decodeJpeg, jpegInfo, JpegUnsupported } from "./jpeg.js";
 import { decodePng, isPng, pngInfo } from "./png.js";
-import { decodeDicom, isDicom, minmaxUint8, rintEven } from "./dicom.js";
+import { decodeDicom, isDicom, rintEven, scaleUint8 } from "./dicom.js";
 
 export const MAX_PIXELS = 64_000_000; // edgecxr.images: above it a file is refused as a decompression bomb
 export const MAX_BYTES = 256 * 1024 * 1024;
@@ -84,7 +84,7 @@ export async function decode(bytes, name, draft) {
       const p = await decodePng(bytes, MAX_PIXELS);
       const n = p.width * p.height;
       let gray;
-      if (p.mode === "I;16") gray = minmaxUint8(p.data);
+      if (p.mode === "I;16") gray = scaleUint8(p.data);
       else if (p.mode === "L") gray = p.data;
       else if (p.mode === "LA") {
         const rgba = new Uint8Array(4 * n);

@@ -1,7 +1,7 @@
 // DICOM for the input contract, as edgecxr's reader does it with pydicom: the first frame of uncompressed
 // pixel data (Implicit or Explicit VR Little Endian, or Deflated Explicit VR Little Endian), unused high bits
 // masked (signed values sign-extended), Rescale Slope/Intercept in float32, a LINEAR or LINEAR_EXACT VOI window
-// by clipping, the 16-bit min-max rule, MONOCHROME1 inverted.
+// by clipping, the 16-bit scaling rule, MONOCHROME1 inverted.
 // Not supported (DicomUnsupported): compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000, RLE...), big
 // endian, Modality or VOI LUT sequences, SIGMOID windows, palette and YBR colour, float pixel data.
 
@@ -174,21 +174,30 @@ export async function decodeDicom(b, maxPixels = Infinity) {
     }
     v = m;
   }
-  gray = minmaxUint8(v);
+  gray = scaleUint8(v);
   if (photometric === "MONOCHROME1") for (let i = 0; i < gray.length; i++) gray[i] = 255 - gray[i];
   const up = (s) => String(s || "").trim().toUpperCase();
   return { width: cols, height: rows, gray, modality: up(ds.Modality), viewPosition: up(ds.ViewPosition) };
 }
 
-/** The contract's 16-bit rule: rint((v - min) * float32(255 / (max - min))) in float32, round half to even. */
-export function minmaxUint8(v) {
+/** The contract's 16-bit rule: clip to the samples of rank k and N - 1 - k (k = (N - 1) // 2000, ascending), then
+ *  rint((v - low) * float32(255 / (high - low))) in float32, round half to even. */
+export function scaleUint8(v) {
   let low = Infinity, high = -Infinity;
   for (let i = 0; i < v.length; i++) { const x = v[i]; if (x < low) low = x; if (x > high) high = x; if (x !== x) { low = high = NaN; break; } }
   if (!Number.isFinite(low) || !Number.isFinite(high)) throw new DicomError("pixel values include NaN or infinite numbers; not a usable image");
+  const k = Math.floor((v.length - 1) / 2000);
+  if (k > 0) {
+    const ranked = Float32Array.from(v).sort();
+    low = ranked[k]; high = ranked[v.length - 1 - k];
+  }
   const out = new Uint8Array(v.length);
   if (high <= low) return out;
   const f = Math.fround(255 / (high - low)), l = Math.fround(low);
-  for (let i = 0; i < v.length; i++) out[i] = rintEven(Math.fround(Math.fround(v[i] - l) * f));
+  for (let i = 0; i < v.length; i++) {
+    const c = v[i] < low ? low : v[i] > high ? high : v[i];
+    out[i] = rintEven(Math.fround(Math.fround(c - l) * f));
+  }
   return out;
 }
 

@@ -1,5 +1,5 @@
 // A PNG decoder giving the samples Pillow gives (its modes L, I;16, RGB, RGBA, LA, P, 1), for the input
-// contract: 16-bit grey stays 16-bit (min-max scaled later), 16-bit colour keeps its high byte, a palette with
+// contract: 16-bit grey stays 16-bit (scaled later by the rank rule), 16-bit colour keeps its high byte, a palette with
 // transparency becomes RGBA, tRNS of grey and RGB images is ignored. Inflating uses the browser's
 // DecompressionStream (zlib), so decodePng is async. Interlaced (Adam7) images are supported.
 
