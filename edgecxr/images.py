@@ -23,6 +23,7 @@ MAX_BYTES = 256 * 1024 * 1024
 # above this many pixels (read from the header) a decode takes hundreds of MB (a 124 KB 16-bit 8000 x 8000 PNG:
 # about 550 MB): such images are decoded one at a time in a process, whatever its --workers
 BIG_DECODE_PIXELS = 16_000_000
+RANK_CHUNK = 1 << 20  # samples ranked at a time by robust_range
 _BIG_DECODE = threading.Lock()
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -50,8 +51,17 @@ def robust_range(values: np.ndarray) -> tuple[float, float]:
     k = (flat.size - 1) // 2000
     if k == 0:
         return float(flat.min()), float(flat.max())
-    ranked = np.partition(flat, (k, flat.size - 1 - k))  # a copy: 4 bytes per pixel for a moment
-    return float(ranked[k]), float(ranked[flat.size - 1 - k])
+    # the k+1 smallest (largest) samples are among the k+1 smallest (largest) of each chunk: exact, and no
+    # copy of the whole image (a partition of all of it took 4 more bytes per pixel)
+    lows, highs = [], []
+    for start in range(0, flat.size, RANK_CHUNK):
+        chunk = flat[start:start + RANK_CHUNK]
+        ranked = np.partition(chunk, (min(k, chunk.size - 1), max(chunk.size - 1 - k, 0)))
+        lows.append(ranked[:k + 1].copy())  # copies: a view would keep each chunk's ranking alive
+        highs.append(ranked[-(k + 1):].copy())
+        del ranked
+    lows, highs = np.concatenate(lows), np.concatenate(highs)
+    return float(np.partition(lows, k)[k]), float(np.partition(highs, highs.size - 1 - k)[highs.size - 1 - k])
 
 
 def _to_uint8(values: np.ndarray, name: str) -> np.ndarray:
@@ -176,6 +186,11 @@ def _decode_dicom(data: bytes, name: str) -> Image.Image:
     if decoded > MAX_BYTES:  # from the header, before any pixel data is touched
         raise ImageError(f"{name}: DICOM claims {frames} frame(s) of {cols}x{rows}x{samples} at {bits} bits "
                          f"({decoded / 2**20:,.0f} MB decoded), above the {MAX_BYTES >> 20} MB limit")
+    with _one_at_a_time(rows * cols):
+        return _dicom_pixels_to_gray(ds, name)
+
+
+def _dicom_pixels_to_gray(ds, name: str) -> Image.Image:
     try:
         ds.pixel_array_options(index=0)  # decode the first frame only
         with warnings.catch_warnings():  # a compressed frame larger than its header says: Pillow only warns
@@ -272,21 +287,22 @@ def decode_image(data: bytes, name: str = "<bytes>", draft: int | None = None) -
     if not data:
         raise ImageError(f"{name}: file is empty")
     _check_size(len(data), name)
-    big = (declared_pixels(data, name) or 0) > BIG_DECODE_PIXELS
-    with _BIG_DECODE if big else contextlib.nullcontext():
-        if _is_dicom(data, name):
-            return _decode_dicom(data, name)
+    if _is_dicom(data, name):
+        return _decode_dicom(data, name)  # serialized there, once its header is checked (a deflated one too)
+    with _one_at_a_time(declared_pixels(data, name)):
         return _decode_pil(data, name, draft)
 
 
-def declared_pixels(data: bytes, name: str = "<bytes>") -> int | None:
-    """Width x height (x frames for DICOM) from the header alone, no pixel decoded; None when it cannot tell."""
-    try:
-        if _is_dicom(data, name):
-            from pydicom import dcmread
+def _one_at_a_time(pixels):
+    return _BIG_DECODE if (pixels or 0) > BIG_DECODE_PIXELS else contextlib.nullcontext()
 
-            ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-            return int(ds.Rows) * int(ds.Columns) * max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+
+def declared_pixels(data: bytes, name: str = "<bytes>") -> int | None:
+    """Width x height from the header alone, no pixel decoded; None when it cannot tell. A DICOM file is not
+    parsed here (a deflated one would be inflated to read its header): _decode_dicom checks its own."""
+    if _is_dicom(data, name):
+        return None
+    try:
         with Image.open(io.BytesIO(data)) as img:
             return img.size[0] * img.size[1]
     except Exception:  # noqa: BLE001 - a header no reader takes: the decode says why, in one line
