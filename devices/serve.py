@@ -483,6 +483,9 @@ async def _classify(service, request, headers):
     except ClientDisconnect:
         service.counts["disconnected"] += 1
         return _json_error(400, "client disconnected during the upload")  # nobody reads it
+    except asyncio.CancelledError:  # SIGTERM's grace ran out: uvicorn cancels the uploads still in progress
+        service.counts["disconnected"] += 1
+        return _json_error(503, "the service is shutting down; retry on another instance or later")
     except EdgecxrError as exc:  # ImageError and friends: the image, not the server
         service.counts["rejected"] += 1
         return _json_error(422, str(exc))
