@@ -175,6 +175,7 @@ def test_shipped_and_keras3_models_pass_the_walk(tmp_path):
     from edgecxr.modelinfo import default_model_path
 
     check_safe(default_model_path(), trust=False)
+    check_safe(default_model_path().parents[1] / "fast" / "model.keras", trust=False)  # MobileNetV3: TFOpLambda
     import subprocess
     import sys
 
@@ -684,3 +685,19 @@ def test_elementwise_tf_ops_pass_the_walk_and_any_other_tf_function_is_refused(p
         class_name="TFOpLambda", config={"name": "w", "function": "io.write_file", "trainable": False}))
     with pytest.raises(ModelError, match="TFOpLambda.*--trust-model"):
         check_safe(h5, trust=False)
+
+
+def test_shipped_fast_model_decides_the_sample(tmp_path):
+    """edgecxr/fast (MobileNetV3-Small, 160 px) loads untrusted and classifies the shipped sample's test images
+    at its validation threshold as its model card says it is built (input size and threshold from model.json)."""
+    from edgecxr.modelinfo import default_model_path, load_info
+
+    fast = default_model_path().parents[1] / "fast" / "model.keras"
+    info = load_info(fast)
+    assert info.arch == "mobilenet_v3_small" and info.preprocess.size == 160 and 0 < info.threshold < 0.5
+    r = _cli("evaluate", "--model", fast, "--data", SAMPLE_IMAGE.parents[2], "--split", "test", "--out", tmp_path / "e",
+             "--no-shortcuts")
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["n"] >= 40 and metrics["threshold"] == pytest.approx(info.threshold)
+    assert metrics["roc_auc"] >= 0.9 and metrics["recall"] >= 0.9
