@@ -43,7 +43,7 @@ def _decoder_noise(img: Image.Image) -> Image.Image:
 
 
 def _png16(img: Image.Image) -> Image.Image:
-    """The image as a 16-bit PNG, read back by edgecxr.images (min-max scaling of 16-bit data)."""
+    """The image as a 16-bit PNG, read back by edgecxr.images (16-bit data scaled by ranks, as every 16-bit file)."""
     buf = io.BytesIO()
     Image.fromarray(np.asarray(img, np.uint16) * 257).save(buf, "PNG")
     return decode_image(buf.getvalue())
