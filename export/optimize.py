@@ -69,9 +69,11 @@ def require_keras(source, what: str):
     return source.keras_model
 
 
-def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr: float = 1e-4, distill: bool = False):
+def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr: float = 1e-4, distill: bool = False,
+          freeze_bn: bool = False):
     """(stripped pruned tf_keras model, report) after magnitude pruning with polynomial decay and fine-tuning
-    (towards the labels, or with distill towards the dense model's own probabilities)."""
+    (towards the labels, or with distill towards the dense model's own probabilities). freeze_bn: BatchNorm layers
+    run in inference mode while fine-tuning (the dense model's statistics kept)."""
     import tensorflow as tf
 
     tfmot = _tfmot()
@@ -85,11 +87,28 @@ def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr:
         pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"--prune: this model cannot be pruned by tensorflow-model-optimization ({str(exc)[:200]})") from None
+    if freeze_bn:
+        freeze_batchnorm(pruned)
     _fit(pruned, source, x, labels, max(1, epochs), lr, [tfmot.sparsity.keras.UpdatePruningStep()], seed, distill=distill)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     return stripped, {"target_sparsity": sparsity, "finetune_epochs": epochs, "finetune_images": int(len(x)),
+                      "batchnorm": "frozen (inference mode)" if freeze_bn else "trained",
                       "schedule": f"polynomial decay 0 -> {sparsity} over {end} steps",
                       "layers": layer_sparsity(stripped)}
+
+
+def freeze_batchnorm(model) -> int:
+    """Every BatchNormalization layer (inside prune wrappers too) non-trainable, so that it runs in inference mode;
+    returns how many."""
+    import tf_keras as keras
+
+    count = 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            inner.trainable = layer.trainable = False
+            count += 1
+    return count
 
 
 def layer_sparsity(model) -> dict:

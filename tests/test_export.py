@@ -694,3 +694,29 @@ def test_qat_export_of_a_mobilenet_is_the_quantization_aware_model_and_passes_pa
     assert int8_weight_sparsity((bundle / "model.tflite").read_bytes())["weights"] > 10000
     r = CliRunner().invoke(main, ["device", "parity", str(bundle), "--data", str(kermany)])
     assert r.exit_code == 0 and "parity PASSED" in r.output, r.output[-1500:]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_pruning_with_frozen_batchnorm_keeps_the_dense_statistics(freeze):
+    """prune(freeze_bn=True): BatchNorm runs in inference mode while the pruned model fine-tunes, so its moving
+    statistics stay the dense model's; trained (the default), they move towards the fine-tuning images."""
+    from types import SimpleNamespace
+
+    import tf_keras as keras
+
+    from edgecxr.export.optimize import prune
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3)(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x)))
+    model = keras.Model(inp, out)
+    before = model.get_layer("bn").moving_mean.numpy().copy()
+    rng = np.random.default_rng(0)
+    images = rng.normal(5.0, 1.0, (64, 8, 8, 1)).astype(np.float32)  # far from the statistics BN starts with
+    source = SimpleNamespace(keras_model=model, info=SimpleNamespace(output="sigmoid", positive_index=0), out_dim=1)
+    pruned, report = prune(source, images, rng.integers(0, 2, 64), 0.5, 1, freeze_bn=freeze)
+    after = next(layer for layer in pruned.layers if isinstance(layer, keras.layers.BatchNormalization)).moving_mean.numpy()
+    assert np.allclose(after, before) is freeze
+    assert report["batchnorm"] == ("frozen (inference mode)" if freeze else "trained")
