@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgecxr.comparison import PARITY_BOOTSTRAP
 from edgecxr.bundle import release_extraction
-from edgecxr.errors import BundleError, DataError, EdgecxrError
+from edgecxr.errors import BundleError, DataError, EdgecxrError, ModelError
 
 
 def find_bundles(paths) -> list[Path]:
@@ -22,7 +22,11 @@ def find_bundles(paths) -> list[Path]:
         if (p / "manifest.json").is_file() or p.suffix.lower() == ".zip":
             found.append(p)
         elif p.is_dir():
-            found += sorted(c for c in p.iterdir() if (c / "manifest.json").is_file() or c.suffix.lower() == ".zip")
+            inside = sorted(c for c in p.iterdir() if (c / "manifest.json").is_file() or c.suffix.lower() == ".zip")
+            if not inside:
+                raise DataError(f"{p}: no bundles in it (folders holding manifest.json, or .zip files); "
+                                "pass bundle folders or a folder of them")
+            found += inside
         else:
             raise DataError(f"{p}: not a bundle folder, a bundle .zip or a folder of bundles")
     if not found:
@@ -97,9 +101,14 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
                 bench = run_bench(clf, data=data, warmup=warmup, runs=runs, cold=False)
                 row["p50_ms"], row["p90_ms"] = bench["latency_ms"]["p50"], bench["latency_ms"]["p90"]
                 row["misses"] = _misses(row, max_ms, floors)
-        # a bundle exported from other images (DataError), no runtime here, a tampered bundle: a skipped row;
-        # data that no bundle can use ends below, in one error naming each bundle's reason
-        except (BundleError, EdgecxrError, ImportError, OSError) as exc:
+        # a tampered or malformed bundle, or a model it cannot run, stops the choice: dropping a candidate silently
+        # could change which model ships
+        except (BundleError, ModelError) as exc:
+            cls = BundleError if isinstance(exc, BundleError) else ModelError
+            raise cls(f"{path}: {exc}; fix the bundle or leave it out of the list") from None
+        # a bundle exported from other images (DataError), no runtime here: a skipped row; data that no bundle can
+        # use ends below, in one error naming each bundle's reason
+        except (EdgecxrError, ImportError, OSError) as exc:
             row.update(parity=None, error=str(exc) if isinstance(exc, EdgecxrError) else f"{type(exc).__name__}: {exc}")
         finally:
             if clf is not None:

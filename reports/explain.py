@@ -157,3 +157,6 @@ def explain(image, model_path, bundle, method, patch, stride, out, trust_model, 
         e = FloatExplainer(model_path or default_model_path(), trust=trust_model).explain(image, method or "gradcam", **kw)
     write_bytes_atomic(out, figure(e))
     click.echo(f"{image}: {e.label} (p={e.prob:.3f}, threshold {e.threshold:.3f}); {e.method} map written to {out}")
+    if not np.any(e.heat > 0):
+        click.echo(f"warning: the {e.method} map is empty: no region raised the score of this decision, so the picture "
+                   "has no colour and explains nothing; try --method occlusion", err=True)

@@ -278,3 +278,29 @@ def test_choose_across_models_with_a_latency_budget_and_clinical_floors(tiny_mod
     r = CliRunner().invoke(main, ["device", "choose", str(shipped_int8), "--data", str(site), "--runs", "3",
                                   "--max-ms", "100000"])
     assert r.exit_code == 0 and "no clinical numbers (unlabeled images)" in r.output, r.output
+
+
+def test_choose_refuses_a_tampered_bundle_or_an_empty_folder_among_good_ones(tiny_bundles, sample, tmp_path):
+    """The hostile review: a tampered or malformed bundle, or a folder without bundles, beside good ones was a
+    "skipped" row (or ignored) and choose still named a bundle with exit 0; with floors that can change what ships."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    good = tiny_bundles["onnx-fp32"]
+    tampered = tmp_path / "tampered"
+    shutil.copytree(good, tampered)
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    manifest["threshold"] = 0.01
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    broken = tmp_path / "broken"
+    shutil.copytree(good, broken)
+    (broken / "manifest.json").write_text("{not json")
+    (tmp_path / "empty").mkdir()
+    for bad in (tampered, broken, tmp_path / "empty"):
+        r = CliRunner().invoke(main, ["device", "choose", str(good), str(bad), "--data", str(sample), "--runs", "2"])
+        errors = [line for line in r.output.splitlines() if line.startswith("error: ")]
+        assert r.exit_code == 2 and len(errors) == 1 and str(bad) in errors[0], r.output
+        assert "ship " not in r.output

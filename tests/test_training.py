@@ -335,3 +335,45 @@ def test_train_with_a_teacher(tmp_path, sample, tiny_model):
     lonely.write_bytes(tiny_model.read_bytes())  # no model.json beside it
     with pytest.raises(ConfigError, match="no model.json beside it"):
         teacher_probs(tf, lonely, samples)
+
+
+def _teacher(folder, *, size: int = 32, out: int = 1, activation="sigmoid", info: dict):
+    """A small tf_keras model with the model.json given (which may disagree with the model)."""
+    import tf_keras as keras
+
+    folder.mkdir(parents=True)
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp))
+    keras.Model(inp, keras.layers.Dense(out, activation=activation, bias_initializer="ones")(x)).save(folder / "model.keras")
+    spec = {"size": 32, "channels": 3, "crop": None, "equalize": False, "scale": 1 / 255, "offset": 0.0,
+            "interpolation": "bilinear"}
+    (folder / "model.json").write_text(json.dumps({"preprocess": spec, "labels": ["NORMAL", "PNEUMONIA"],
+                                                   "threshold": 0.5, "output": "sigmoid", "positive_index": 0, **info}))
+    return folder / "model.keras"
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("logits-declared-sigmoid", "declares probabilities"),
+    ("three-classes", "two-class"),
+    ("positive-index-out-of-range", "two-class"),
+    ("input-size-disagrees", "takes input"),
+])
+def test_a_teacher_that_cannot_give_probabilities_is_refused(tmp_path, sample, case, expect):
+    """--teacher: outputs its declared kind cannot produce, more than two classes, an index past the outputs, an
+    input size its model.json does not state: one line, exit 2, before any training."""
+    made = {"logits-declared-sigmoid": dict(activation=None, info={}),
+            "three-classes": dict(out=3, activation="softmax", info={"output": "softmax", "positive_index": 1}),
+            "positive-index-out-of-range": dict(out=2, activation="softmax", info={"output": "softmax", "positive_index": 5}),
+            "input-size-disagrees": dict(size=64, info={})}[case]
+    teacher = _teacher(tmp_path / "t", **made)
+    r = _cli("train", "--arch", "tiny_cnn", "--data", str(sample), "--epochs", "1", "--out", str(tmp_path / "r"),
+             "--teacher", str(teacher))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 2 and len(errors) == 1 and expect in errors[0] and "--teacher" in errors[0], r.stderr[-2000:]
+    assert not (tmp_path / "r").exists()
+
+
+def test_distill_without_a_teacher_is_refused(tmp_path, sample):
+    r = _cli("train", "--arch", "tiny_cnn", "--data", str(sample), "--epochs", "1", "--out", str(tmp_path / "r"),
+             "--distill", "0.7")
+    assert r.returncode == 2 and "add --teacher" in r.stderr and not (tmp_path / "r").exists()

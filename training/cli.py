@@ -44,7 +44,7 @@ from edgecxr.cli import CLASSES, DATA, STRICT
 @click.option("--target-recall", type=float, help="Pick the threshold reaching this validation recall (default: Youden's J).")
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Distill from this edgecxr model: each training target mixes the label with the teacher's probability.")
-@click.option("--distill", default=0.5, show_default=True, help="With --teacher: the teacher's share of each target.")
+@click.option("--distill", type=float, help="With --teacher: the teacher's share of each target (default 0.5).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to cache the decoded training images in (later epochs and runs read them back).")
@@ -67,6 +67,12 @@ def train(out, overwrite, classes, **options):
     from edgecxr.data import parse_classes
     from edgecxr.training.train import TrainConfig, train as run
 
+    if options["distill"] is None:
+        options["distill"] = 0.5
+    elif options["teacher"] is None:
+        from edgecxr.errors import ConfigError
+
+        raise ConfigError("--distill sets the teacher's share of each target; add --teacher MODEL (or leave out --distill)")
     cfg = TrainConfig(classes=parse_classes(classes), **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
     run(cfg, out, overwrite=overwrite)
     click.echo(f"run written to {out}")

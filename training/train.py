@@ -316,23 +316,48 @@ def _distilled(tf, elements, soft: np.ndarray, shard: tuple, weight: float):
 def teacher_probs(tf, path, samples) -> np.ndarray:
     """The teacher's probability for each training sample (unaugmented, at the teacher's own preprocessing);
     an image it cannot read keeps its label. Loaded as every model is: no code from the file runs."""
-    from edgecxr.modelinfo import load_info, to_prob
+    from edgecxr.errors import ModelError
+    from edgecxr.kerasfile import TRUST_HINT
+    from edgecxr.modelinfo import checked_prob, load_info
     from edgecxr.training.evaluate import load_model
 
     info = load_info(Path(path))
     if info is None:
         raise ConfigError(f"--teacher {path}: no model.json beside it; the teacher must be an edgecxr model "
                           "(its preprocessing and output kind are read from there)")
-    model = load_model(Path(path))
+    try:
+        model = load_model(Path(path))
+    except ModelError as exc:  # train has no --trust-model: a teacher must load without running its code
+        raise ModelError(f"--teacher {path}: " + str(exc).replace(
+            TRUST_HINT, "a teacher must load without running code stored in the file (train has no --trust-model)")) from None
+    check_teacher(model, info, path)
     pixels, _, kept, _ = D.load_pixels(samples, info.preprocess, progress="teacher: predicting the training images")
     raw = model.predict(make_dataset(tf, pixels, np.zeros(len(pixels)), info.preprocess, 64).map(lambda x, y: x), verbose=0)
-    probs = to_prob(raw, info.output, info.positive_index)
+    try:
+        probs = checked_prob(raw, info.output, info.positive_index, "training", use="a teacher",
+                             fix=f"set the output kind in {Path(path).with_suffix('.json')}")
+    except ModelError as exc:
+        raise ModelError(f"--teacher {path}: {exc}") from None
     soft = np.array([s.label for s in samples], np.float32)
     position = {s.path: i for i, s in enumerate(samples)}
     soft[[position[s.path] for s in kept]] = probs
     print(f"teacher {path}: mean probability {soft.mean():.3f} on {len(kept)} training images "
           f"(labels {np.mean([s.label for s in samples]):.3f})", file=sys.stderr)
     return soft
+
+
+def check_teacher(model, info, path) -> None:
+    """The teacher's input and output shapes agree with its model.json and it decides between two classes."""
+    from edgecxr.errors import ModelError
+
+    spec, want = info.preprocess, (info.preprocess.size, info.preprocess.size, info.preprocess.channels)
+    shape, width = tuple(model.input_shape[1:]), int(model.output_shape[-1])
+    if len(shape) != 3 or any(s is not None and s != w for s, w in zip(shape, want)):
+        raise ModelError(f"--teacher {path}: the model takes input {shape} but its model.json says {spec.size} px with "
+                         f"{spec.channels} channel(s); fix model.json or pass the right model")
+    if width > 2 or (info.output == "sigmoid") != (width == 1) or info.positive_index >= width:
+        raise ModelError(f"--teacher {path}: {width} output(s) with output kind '{info.output}' and positive_index "
+                         f"{info.positive_index}; a teacher must be a two-class edgecxr model (one sigmoid output or two)")
 
 
 def _validation_probs(tf, model, elements, spec, samples, batch_size: int = 64):
