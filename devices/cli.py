@@ -80,6 +80,18 @@ TRUSTED = click.option("--trusted-key", type=click.Path(dir_okay=False, path_typ
                        help="Public key (edgecxr keygen's .pub): refuse bundles not signed by it (default: $EDGECXR_TRUSTED_KEY).")
 
 
+def _probe_write(flag: str, path: Path, parent: Path) -> None:
+    """Create and remove a file where the output will go: some folders pass every permission check and still refuse
+    files (/proc, a read-only mount seen by root)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".edgecxr-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write to {parent} ({exc.strerror or exc}); choose another path") from None
+
+
 def _check_outputs(inputs=(), **outputs) -> None:
     """Refuse output files that cannot be written before the long work starts.
 
@@ -101,6 +113,7 @@ def _check_outputs(inputs=(), **outputs) -> None:
             raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; fix the path")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise ConfigError(f"{flag} {path}: cannot write to {parent} (permission denied); choose another path")
+        _probe_write(flag, path, parent)
     paths = [p.resolve() for p in given.values()]
     if len(set(paths)) < len(paths):
         raise ConfigError(f"{' and '.join('--' + o for o in given)} name the same file; pass different paths")

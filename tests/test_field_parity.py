@@ -304,3 +304,14 @@ def test_choose_refuses_a_tampered_bundle_or_an_empty_folder_among_good_ones(tin
         errors = [line for line in r.output.splitlines() if line.startswith("error: ")]
         assert r.exit_code == 2 and len(errors) == 1 and str(bad) in errors[0], r.output
         assert "ship " not in r.output
+
+
+def test_choose_probes_the_json_folder_before_the_work(tiny_bundles, sample):
+    """The hostile review: --json /proc/x.json passed the permission checks and failed after every parity run."""
+    from click.testing import CliRunner
+
+    from edgecxr.cli import main
+
+    r = CliRunner().invoke(main, ["device", "choose", str(tiny_bundles["onnx-fp32"]), "--data", str(sample),
+                                  "--json", "/proc/edgecxr-choice.json"])
+    assert r.exit_code == 2 and "cannot write to /proc" in r.output and "parity and latency" not in r.output, r.output
