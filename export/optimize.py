@@ -97,18 +97,14 @@ def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr:
                       "layers": layer_sparsity(stripped)}
 
 
-def freeze_batchnorm(model) -> int:
-    """Every BatchNormalization layer (inside prune wrappers too) non-trainable, so that it runs in inference mode;
-    returns how many."""
+def freeze_batchnorm(model) -> None:
+    """Every BatchNormalization layer (inside prune wrappers too) non-trainable, so that it runs in inference mode."""
     import tf_keras as keras
 
-    count = 0
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
         if isinstance(inner, keras.layers.BatchNormalization):
             inner.trainable = layer.trainable = False
-            count += 1
-    return count
 
 
 def layer_sparsity(model) -> dict:

@@ -108,7 +108,6 @@ def test_explain_gradcam_and_occlusion_cli(tiny_model, sample, tmp_path):
     _png_ok(out2)
 
 
-
 def test_explain_says_when_the_map_is_empty(tiny_model, sample, tmp_path, monkeypatch):
     """The hostile review: a Grad-CAM map of zeros (36 of 100 sample images with the fast model) was written as an
     explanation without a word; it is still written, with a warning naming what to try."""
@@ -120,6 +119,7 @@ def test_explain_says_when_the_map_is_empty(tiny_model, sample, tmp_path, monkey
     result = _run(["explain", sample / PNEUMONIA, "--model", tiny_model, "--method", "occlusion", "--patch", "6",
                    "--out", tmp_path / "occ.png"])
     assert "is empty" not in result.stderr
+
 
 @pytest.fixture(scope="session")
 def int8_bundle(tiny_bundles) -> Path:

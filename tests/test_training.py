@@ -377,3 +377,13 @@ def test_distill_without_a_teacher_is_refused(tmp_path, sample):
     r = _cli("train", "--arch", "tiny_cnn", "--data", str(sample), "--epochs", "1", "--out", str(tmp_path / "r"),
              "--distill", "0.7")
     assert r.returncode == 2 and "add --teacher" in r.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_single_logit_teacher_passes_the_shape_check(tmp_path):
+    """output "logits" with one output is a binary model (sigmoid applied by edgecxr): not refused as non-binary."""
+    from edgecxr.modelinfo import load_info
+    from edgecxr.training.evaluate import load_model
+    from edgecxr.training.train import check_teacher
+
+    path = _teacher(tmp_path / "t", activation=None, info={"output": "logits"})
+    check_teacher(load_model(path), load_info(path), path)

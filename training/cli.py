@@ -68,7 +68,7 @@ def train(out, overwrite, classes, **options):
     from edgecxr.training.train import TrainConfig, train as run
 
     if options["distill"] is None:
-        options["distill"] = 0.5
+        del options["distill"]  # TrainConfig's default
     elif options["teacher"] is None:
         from edgecxr.errors import ConfigError
 

@@ -13,7 +13,7 @@ import numpy as np
 from edgecxr import data as D
 from edgecxr import metrics
 from edgecxr.atomic import atomic_dir, check_writable
-from edgecxr.errors import ConfigError, DataError, EdgecxrError
+from edgecxr.errors import ConfigError, DataError, EdgecxrError, ModelError
 from edgecxr.modelinfo import ModelInfo, save_info
 from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
 from edgecxr.training import import_tf
@@ -316,7 +316,6 @@ def _distilled(tf, elements, soft: np.ndarray, shard: tuple, weight: float):
 def teacher_probs(tf, path, samples) -> np.ndarray:
     """The teacher's probability for each training sample (unaugmented, at the teacher's own preprocessing);
     an image it cannot read keeps its label. Loaded as every model is: no code from the file runs."""
-    from edgecxr.errors import ModelError
     from edgecxr.kerasfile import TRUST_HINT
     from edgecxr.modelinfo import checked_prob, load_info
     from edgecxr.training.evaluate import load_model
@@ -348,14 +347,13 @@ def teacher_probs(tf, path, samples) -> np.ndarray:
 
 def check_teacher(model, info, path) -> None:
     """The teacher's input and output shapes agree with its model.json and it decides between two classes."""
-    from edgecxr.errors import ModelError
-
-    spec, want = info.preprocess, (info.preprocess.size, info.preprocess.size, info.preprocess.channels)
+    spec = info.preprocess
     shape, width = tuple(model.input_shape[1:]), int(model.output_shape[-1])
-    if len(shape) != 3 or any(s is not None and s != w for s, w in zip(shape, want)):
+    if len(shape) != 3 or any(s is not None and s != w for s, w in zip(shape, (spec.size, spec.size, spec.channels))):
         raise ModelError(f"--teacher {path}: the model takes input {shape} but its model.json says {spec.size} px with "
                          f"{spec.channels} channel(s); fix model.json or pass the right model")
-    if width > 2 or (info.output == "sigmoid") != (width == 1) or info.positive_index >= width:
+    widths = {"sigmoid": (1,), "softmax": (2,), "logits": (1, 2)}[info.output]  # one logit or two
+    if width not in widths or info.positive_index >= width:
         raise ModelError(f"--teacher {path}: {width} output(s) with output kind '{info.output}' and positive_index "
                          f"{info.positive_index}; a teacher must be a two-class edgecxr model (one sigmoid output or two)")
 
