@@ -1,5 +1,5 @@
 """Issue 32's frontier: smaller models measured the same way as the shipped one, and the fast model chosen by the
-rule written in NOTES.md before their numbers existed (validation numbers only; test numbers reported, never used).
+rule written in CHANGELOG.md before their numbers existed (validation numbers only; test numbers reported, never used).
 
     python benchmarks/frontier.py --run edgecxr/default --run /work/runs/frontier/mnv3s_160 ... \
         --data ../shared/data/kermany-cxr-224 --work /work/runs/frontier-work --out benchmarks/results/frontier-DATE
@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SPEEDUP, MIN_AUC, MIN_RECALL = 3.0, 0.96, 0.96  # the choice rule (NOTES.md, 2026-12-07)
+SPEEDUP, MIN_AUC, MIN_RECALL = 3.0, 0.96, 0.96  # the choice rule (CHANGELOG.md, 2026-12-07)
 TARGETS = ("tflite-int8", "tflite-fp32", "onnx-int8", "openvino-int8", "openvino-fp32")
 
 
@@ -123,7 +123,7 @@ def time_together(rows: list[dict], work: Path) -> None:
 
 
 def choose(rows: list[dict]) -> dict:
-    """The rule of NOTES.md: at least SPEEDUP x faster than the shipped tflite-int8 and keeping parity, validation
+    """The rule of CHANGELOG.md: at least SPEEDUP x faster than the shipped tflite-int8 and keeping parity, validation
     ROC-AUC >= MIN_AUC and recall >= MIN_RECALL; the highest validation ROC-AUC among those."""
     ref = rows[0]
     base = ref["tflite_int8_p50_ms"]

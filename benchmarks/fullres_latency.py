@@ -18,7 +18,7 @@ import numpy as np
 
 
 def measure(clf, paths, rounds: int) -> dict:
-    from edgecxr.images import read_image
+    from edgecxr.data.images import read_image
 
     spec, clock = clf.spec, time.perf_counter
     decoders = {"reduced_decode": spec.read, "full_decode": read_image}
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from edgecxr.cpu import cpu_info
+    from edgecxr.utils.cpu import cpu_info
     from edgecxr.devices import Classifier
 
     clf = Classifier.load(args.bundle, threads=args.threads)

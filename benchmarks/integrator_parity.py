@@ -1,10 +1,10 @@
 """How far an integrator's own input path moves a bundle's decisions, against edgecxr's runner.
 
 On the 624 test images, the 16 full-size originals and the conformance fixtures, through the same bundle:
-  - the numpy reference of the input contract (edgecxr.conformance.run_pipeline): bit-exact count, largest
+  - the numpy reference of the input contract (edgecxr.data.conformance.run_pipeline): bit-exact count, largest
     difference of the resized pixels and of the model's input tensor, decisions;
   - Pillow's own equalize + resize (edgecxr's runner before the contract): the same;
-  - the OpenCV recipe of the README (examples/opencv_recipe.py) on the bare LiteRT interpreter;
+  - the OpenCV recipe of docs/integrators.md (examples/opencv_recipe.py) on the bare LiteRT interpreter;
   - OpenCV written from `"equalize": true` alone (cv2.equalizeHist + INTER_LINEAR / INTER_AREA / INTER_CUBIC);
   - for scale: the bundle's float32 twin against the int8 model on the runner's inputs.
 
@@ -50,7 +50,7 @@ def _pillow_pixels(img, spec):
 def measure(bundle_dir: Path, files: dict[str, list[Path]]) -> dict:
     import cv2
 
-    from edgecxr import conformance as K
+    from edgecxr.data import conformance as K
     from edgecxr.devices.classifier import Classifier
 
     clf = Classifier.load(bundle_dir)

@@ -34,7 +34,7 @@ TARGETS = ("tflite-fp32", "tflite-fp16", "tflite-int8")
 
 def compare(name: str, clf, samples, pixels: np.ndarray, root: Path) -> dict:
     from edgecxr.export import tflite_metadata as M
-    from edgecxr.errors import ModelError
+    from edgecxr.utils.errors import ModelError
 
     t0 = time.perf_counter()
     runner = np.array([clf.infer(clf.from_pixels(x))[0] for x in pixels])
@@ -103,8 +103,8 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="export the bundles into this folder and keep them (default: a temporary one)")
     args = ap.parse_args()
 
-    from edgecxr import data as D
-    from edgecxr.cpu import cpu_info
+    from edgecxr.data import folders as D
+    from edgecxr.utils.cpu import cpu_info
     from edgecxr.devices.classifier import Classifier
 
     t0 = time.time()

@@ -2,7 +2,7 @@
 
 Each recipe is `edgecxr export --target tflite-fp32 --prune S` of the same dense model: fine-tuned towards the labels
 or the dense model's probabilities (`--distill`), with BatchNorm trained or frozen. The recipe kept is chosen on
-validation by the rule of NOTES.md (smallest specificity drop among those whose recall drop is <= 0.01, else the
+validation by the rule of CHANGELOG.md (smallest specificity drop among those whose recall drop is <= 0.01, else the
 smallest sum of the two drops; a tie keeps the earlier); the test numbers (the bundle's export parity reference)
 are reported for every recipe and not used.
 

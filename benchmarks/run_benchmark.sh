@@ -43,7 +43,7 @@ small)
         "${threads[@]}" "${EXTRA[@]}"
     ;;
 scaling)  # export cost per architecture on its own (also part of `full`), plus batch scaling of those bundles
-    python -m edgecxr.export.scaling --data "$DATA" --out "$WORK/scaling" --batch "${threads[@]}"
+    python -m edgecxr.bench.scaling --data "$DATA" --out "$WORK/scaling" --batch "${threads[@]}"
     ;;
 *)
     echo "usage: $0 [full|small|scaling]" >&2

@@ -57,7 +57,7 @@ def _ship_model(src: Path, dst: Path) -> None:
 
 def _int8_gate(run: Path, data: Path) -> dict:
     """The export stage's tflite-int8 gate on validation for one run (its recovery steps included)."""
-    from edgecxr.errors import EdgecxrError
+    from edgecxr.utils.errors import EdgecxrError
     from edgecxr.export import export_model
 
     with tempfile.TemporaryDirectory(prefix="edgecxr-select-") as tmp:

@@ -140,8 +140,8 @@ def main(argv=None):
     import httpx
 
     sys.path.insert(0, str(REPO))
-    from edgecxr.atomic import write_json_atomic, write_text_atomic
-    from edgecxr.images import is_image_file
+    from edgecxr.utils.atomic import write_json_atomic, write_text_atomic
+    from edgecxr.data.images import is_image_file
 
     files = sorted(p for p in (args.data / "test").rglob("*") if p.is_file() and is_image_file(p))
     if not files:

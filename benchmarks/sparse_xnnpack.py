@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--calls", type=int, default=25)
     args = ap.parse_args(argv)
-    from edgecxr.kerasfile import load_keras
+    from edgecxr.formats.kerasfile import load_keras
 
     variants = {"dense": None, "all-layers 0.5": (0.5, False), "1x1 0.5": (0.5, True), "1x1 0.75": (0.75, True),
                 "1x1 0.9": (0.9, True)}

@@ -2,7 +2,7 @@
 
 The bundle's probability on each image and under each of `device stability`'s variants, recorded once; then, for
 every threshold t in a grid, recall and accuracy on the unmodified images and the share of images whose decision
-flips under some variant. The rule (NOTES.md, written before the numbers): among thresholds keeping validation
+flips under some variant. The rule (CHANGELOG.md, written before the numbers): among thresholds keeping validation
 recall and accuracy at or above the shipped model's, the smallest unstable share (tie: nearest the shipped
 threshold); adopted only if that share is <= MAX_UNSTABLE.
 

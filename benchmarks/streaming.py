@@ -42,7 +42,7 @@ def measure(data: str, mode: str, arch: str, epochs: int, cache: str | None) -> 
     """One input path in this process: per-epoch seconds and images/s, and the peak RSS."""
     import numpy as np
 
-    from edgecxr import data as D
+    from edgecxr.data import folders as D
     from edgecxr.training import import_tf
     from edgecxr.training.augment import get_preset
     from edgecxr.training.stream import Inputs

@@ -48,8 +48,8 @@ def main():
     import keras
     from tqdm import tqdm
 
-    from edgecxr import data as D
-    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.data import folders as D
+    from edgecxr.data.preprocess import PreprocessSpec
 
     keras.utils.set_random_seed(0)
     spec = PreprocessSpec(size=SIZE, channels=3, scale=SCALE, offset=OFFSET)

@@ -64,7 +64,7 @@ def _native(bundle: Path, samples) -> np.ndarray:
 
 def measure(bundle: Path, data: Path, *, conformance: bool, other_threads: int | None, flips_shown: int = 20) -> dict:
     """other_threads: also classify every image with the model on this many WebAssembly threads."""
-    from edgecxr.data import list_site
+    from edgecxr.data.folders import list_site
     from edgecxr.devices.parity import format_report
     from edgecxr.devices.web import (Browser, browser_runtime, build_site, conform_submission, page_conformance,
                                      parity_report, serve_site)
@@ -152,7 +152,7 @@ def interleaved(bundles, data: Path, rounds: int = 5, per_round: int = 20, threa
     images given to each in turn (the order reversed every other round); p10/p50/p90 of the model call per bundle."""
     import contextlib
 
-    from edgecxr.data import list_site
+    from edgecxr.data.folders import list_site
     from edgecxr.devices.web import Browser, build_site, serve_site
 
     paths = [s.path for s in list_site(data, "test")]
@@ -197,7 +197,7 @@ def main(argv=None):
                     "under the same load (one thread each)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    from edgecxr.cpu import host_info
+    from edgecxr.utils.cpu import host_info
 
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": host_info(), "cpus": os.cpu_count(),
               "load_average_start": os.getloadavg(), "command": " ".join([Path(sys.executable).name, *sys.argv]),

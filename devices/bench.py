@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.data import list_site
-from edgecxr.errors import DataError, EdgecxrError
+from edgecxr.data.folders import list_site
+from edgecxr.utils.errors import DataError, EdgecxrError
 
 from edgecxr.devices.classifier import Classifier
 from edgecxr.runtimes import runtime_notes
@@ -149,7 +149,7 @@ def run_bench(clf: Classifier, *, data=None, split: str = "test", warmup: int = 
         result.update(cold_start(clf.bundle.path, paths[0], runtime=clf.runtime["name"], threads=clf.session.threads,
                                  device=clf.device))
     result["peak_rss_mb"] = peak_rss_mb()
-    from edgecxr.cpu import host_info
+    from edgecxr.utils.cpu import host_info
 
     result["host"] = host_info()
     return result

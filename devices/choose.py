@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecxr.comparison import PARITY_BOOTSTRAP
-from edgecxr.bundle import release_extraction
-from edgecxr.errors import BundleError, DataError, EdgecxrError, ModelError
+from edgecxr.parity.comparison import PARITY_BOOTSTRAP
+from edgecxr.formats.bundle import release_extraction
+from edgecxr.utils.errors import BundleError, DataError, EdgecxrError, ModelError
 
 
 def find_bundles(paths) -> list[Path]:
@@ -76,9 +76,9 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
     floors = {k: v for k, v in (floors or {}).items() if v is not None}
     from edgecxr.devices.bench import run_bench
     from edgecxr.devices.classifier import Classifier
-    from edgecxr.cpu import host_info
+    from edgecxr.utils.cpu import host_info
     from edgecxr.devices.parity import run_parity
-    from edgecxr.data import list_site
+    from edgecxr.data.folders import list_site
 
     list_site(data)  # data no bundle could use: one error now, not one row per bundle
     rows = []

@@ -26,14 +26,14 @@ from typing import Iterable, Union
 
 import numpy as np
 
-from edgecxr.bundle import Bundle, load_bundle
-from edgecxr.domain import check_domain
-from edgecxr.errors import ConfigError, EdgecxrError, ImageError, ModelError
-from edgecxr.images import decode_image, to_gray
+from edgecxr.formats.bundle import Bundle, load_bundle
+from edgecxr.data.domain import check_domain
+from edgecxr.utils.errors import ConfigError, EdgecxrError, ImageError, ModelError
+from edgecxr.data.images import decode_image, to_gray
 
 from edgecxr.runtimes import Session, dequantize, is_nchw, open_session, quantize_input
 
-from edgecxr.modelinfo import OUTPUT_KINDS as KINDS, to_prob  # noqa: E402
+from edgecxr.formats.modelinfo import OUTPUT_KINDS as KINDS, to_prob  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class Classifier:
         (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt); trusted_key: a public key
         file (default: $EDGECXR_TRUSTED_KEY): the bundle must be signed by it.
         """
-        from edgecxr.signing import trusted_key_path
+        from edgecxr.formats.signing import trusted_key_path
 
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle, trusted_key=trusted_key_path(trusted_key))
@@ -170,7 +170,7 @@ class Classifier:
         """Decode, check against the bundle's input domain, preprocess to the model's input tensor.
 
         Returns (model_input, decode_ms, preprocess_ms, warning). Raises ImageError for an unreadable
-        image or one outside the domain (edgecxr.domain). Thread-safe; no runtime call.
+        image or one outside the domain (edgecxr.data.domain). Thread-safe; no runtime call.
         """
         clock = time.perf_counter
         t0 = clock()

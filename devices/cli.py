@@ -10,11 +10,14 @@ from pathlib import Path
 
 import click
 
-from edgecxr.errors import ConfigError, DataError, ImageError
+from edgecxr.formats.targets import device_help, runtime_help
+from edgecxr.options import (CLASSES, data_option, json_option, max_accuracy_drop_option, max_recall_drop_option,
+                             min_agreement_option, overwrite_option, strict_option, threads_option)
+from edgecxr.parity.criteria import Tolerances
+from edgecxr.utils.errors import ConfigError, DataError, ImageError
 
-RUNTIME = click.option("--runtime", help="litert | tflite-runtime | tf-lite | onnxruntime | openvino "
-                                          "(default: the first installed one for the bundle; see `edgecxr device runtimes`).")
-THREADS = click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
+RUNTIME = click.option("--runtime", help=runtime_help())
+THREADS = threads_option()
 class Share(click.ParamType):
     """A share from 0 to 1 (click's FloatRange lets NaN through: every comparison with it is false)."""
 
@@ -36,13 +39,16 @@ SHARE = Share()
 def TOLERANCES(f):
     """The parity gate's limits (device parity, merge, choose): the bundle's acceptance criteria unless given."""
     for opt in reversed([
-        click.option("--max-recall-drop", type=SHARE, help="Recall non-inferiority margin (default: the bundle's "
-                     "acceptance criteria, else 0.01). Loosening the bundle's is recorded as a deviation."),
-        click.option("--max-accuracy-drop", type=SHARE, help="Accuracy non-inferiority margin (default: the bundle's, else 0.01)."),
-        click.option("--min-agreement", type=SHARE, help="Share of identical decisions (default: the bundle's, else 0.98)."),
+        max_recall_drop_option(f"Recall non-inferiority margin (default: the bundle's acceptance criteria, else "
+                               f"{Tolerances.max_recall_drop}). Loosening the bundle's is recorded as a deviation.",
+                               default=None, type=SHARE),
+        max_accuracy_drop_option(f"Accuracy non-inferiority margin (default: the bundle's, else "
+                                 f"{Tolerances.max_accuracy_drop}).", default=None, type=SHARE),
+        min_agreement_option(f"Share of identical decisions (default: the bundle's, else {Tolerances.min_agreement}).",
+                             default=None, type=SHARE),
         click.option("--min-coverage", type=SHARE,
-                     help="Share of the bundle's reference images that must be compared (default: the bundle's, else "
-                          "1.0; lower it for a deliberate subset)."),
+                     help=f"Share of the bundle's reference images that must be compared (default: the bundle's, else "
+                          f"{Tolerances.min_coverage}; lower it for a deliberate subset)."),
     ]):
         f = opt(f)
     return f
@@ -57,7 +63,7 @@ def given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_cove
 def REPORTS(f):
     """Where a parity report goes (device parity, device merge)."""
     f = click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")(f)
-    return click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")(f)
+    return json_option()(f)
 
 
 class ShardSpec(click.ParamType):
@@ -66,7 +72,7 @@ class ShardSpec(click.ParamType):
     name = "I/N"
 
     def convert(self, value, param, ctx):
-        from edgecxr.shards import parse_shard
+        from edgecxr.parity.shards import parse_shard
 
         if isinstance(value, tuple):
             return value
@@ -74,7 +80,7 @@ class ShardSpec(click.ParamType):
             return parse_shard(value)
         except ConfigError as exc:
             self.fail(str(exc), param, ctx)
-DEVICE = click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt, tensorrt-fp16).")
+DEVICE = click.option("--device", "device_name", help=device_help())
 BUNDLE = click.argument("bundle", type=click.Path(path_type=Path))
 TRUSTED = click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
                        help="Public key (edgecxr keygen's .pub): refuse bundles not signed by it (default: $EDGECXR_TRUSTED_KEY).")
@@ -98,7 +104,7 @@ def _check_outputs(inputs=(), **outputs) -> None:
     outputs: option name -> path or None. Cheap checks only: the target overlaps no input, is not a
     folder and its nearest existing parent is a writable folder (the atomic writers create missing parents).
     """
-    from edgecxr.atomic import refuse_overlap
+    from edgecxr.utils.atomic import refuse_overlap
 
     given = {opt: Path(p) for opt, p in outputs.items() if p is not None}
     for opt, path in given.items():
@@ -144,7 +150,7 @@ def runtimes():
 
 def _expand(paths):
     """[(path, explicit)]: files as given, folders expanded to their image files (recursively, sorted)."""
-    from edgecxr.images import is_image_file
+    from edgecxr.data.images import is_image_file
 
     items = []
     for p in paths:
@@ -159,7 +165,7 @@ def _expand(paths):
 
 
 def _run_help() -> str:
-    from edgecxr.domain import describe_domain
+    from edgecxr.data.domain import describe_domain
 
     return f"""Classify image files or folders (JPEG, PNG, DICOM) with BUNDLE.
 
@@ -184,7 +190,7 @@ def _run_help() -> str:
               help="What to print on stdout: a table, JSON (results, failures, runtime) or CSV. (--json PATH in the "
                    "other commands writes a file.)")
 @click.option("--workers", type=click.IntRange(1, 64), help="Decoding threads, 1-64 (default: up to 4).")
-@click.option("--strict", is_flag=True, help="Stop at the first unreadable image.")
+@strict_option("Stop at the first unreadable image.")
 def run(bundle, paths, runtime, threads, device_name, trusted_key, output_format, workers, strict):
     from edgecxr.devices.classifier import Failure
     from edgecxr.runtimes import runtime_notes
@@ -233,7 +239,7 @@ def run(bundle, paths, runtime, threads, device_name, trusted_key, output_format
 
 @device.command()
 @BUNDLE
-@click.option("--data", type=click.Path(path_type=Path), help="Kermany-layout ROOT whose real images are timed (default: the shipped sample).")
+@data_option("Kermany-layout ROOT whose real images are timed (default: the shipped sample).", required=False)
 @click.option("--split", default="test", show_default=True)
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
 @click.option("--runs", default=200, show_default=True, type=click.IntRange(min=1))
@@ -243,12 +249,12 @@ def run(bundle, paths, runtime, threads, device_name, trusted_key, output_format
 @DEVICE
 @TRUSTED
 @click.option("--cold-start/--no-cold-start", default=True, show_default=True, help="Time a fresh process to its first result.")
-@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write all numbers to this JSON file.")
+@json_option("Write all numbers to this JSON file.")
 def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_name, trusted_key, cold_start, json_file):
     """Latency (model call vs bare runtime), end to end, throughput, cold start, peak RSS, drift.
 
     Example: edgecxr device bench bundles/tflite-int8 --runs 200 --json bench.json"""
-    from edgecxr.atomic import write_json_atomic
+    from edgecxr.utils.atomic import write_json_atomic
     from edgecxr.devices.bench import format_bench, run_bench
 
     _check_outputs((bundle, data), json=json_file)
@@ -262,10 +268,9 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 
 @device.command()
 @BUNDLE
-@click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="Kermany-layout ROOT, a CSV manifest (path[,label]), or a folder of a site's X-rays.")
+@data_option("Kermany-layout ROOT, a CSV manifest (path[,label]), or a folder of a site's X-rays.")
 @click.option("--split", default="test", show_default=True)
-@click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
+@CLASSES
 @TOLERANCES
 @REPORTS
 @RUNTIME
@@ -273,7 +278,7 @@ def bench(bundle, data, split, warmup, runs, duration, threads, runtime, device_
 @DEVICE
 @TRUSTED
 @click.option("--workers", type=click.IntRange(1, 64), help="Decoding threads, 1-64 (default: up to 4).")
-@click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
+@strict_option("Fail on the first unreadable image instead of skipping it.")
 @click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
 @click.option("--reference", type=click.Choice(["auto", "bundle", "twin"]), default="auto", show_default=True,
               help="Float reference: stored at export (bundle), recomputed here by the bundle's float32 twin (twin), "
@@ -307,7 +312,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     bundle holds no reference for, its float32 twin computes the float reference here (no TensorFlow).
 
     Exit 0 when parity holds, 1 when it does not, 2 for usage or input errors, 3 for internal
-    errors (see the README's reliability section). Comparing fewer than
+    errors (see docs/reliability.md). Comparing fewer than
     --min-coverage of the reference images (a subset, unreadable files) is a failure.
 
     The acceptance criteria are the ones the bundle's manifest fixed at export (bundles exported before
@@ -317,7 +322,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
 
     Example: edgecxr device parity bundles/tflite-int8 --data clinic-xrays/ --json parity.json
     """
-    from edgecxr.data import parse_classes
+    from edgecxr.data.folders import parse_classes
     from edgecxr.devices.parity import run_parity
 
     _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address,
@@ -332,7 +337,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
     if signing_key:
         if not predictions_file:
             raise ConfigError("--signing-key signs a --predictions file; add --predictions FILE")
-        from edgecxr.signing import load_signing_key
+        from edgecxr.formats.signing import load_signing_key
 
         signing_key = load_signing_key(signing_key)  # a bad key fails now, not after the run
     tol = given_tolerances(max_recall_drop, max_accuracy_drop, min_agreement, min_coverage)
@@ -358,7 +363,7 @@ def parity(bundle, data, split, classes, max_recall_drop, max_accuracy_drop, min
 
 def _check_parity_modes(shard, predictions_file, json_file, junit_file, stability, max_unstable, ray_address,
                         ray_ignores: dict) -> None:
-    from edgecxr.errors import ConfigError
+    from edgecxr.utils.errors import ConfigError
 
     if shard and not predictions_file:
         raise ConfigError("--shard needs --predictions FILE (where the shard's per-image predictions go)")
@@ -372,7 +377,7 @@ def _check_parity_modes(shard, predictions_file, json_file, junit_file, stabilit
 
 
 def _write_shard(clf, data, split, classes, reference, workers, strict, shard, predictions_file, signing_key=None):
-    from edgecxr import shards
+    from edgecxr.parity import shards
     from edgecxr.devices.parity import parity_predictions, parity_samples
 
     doc = parity_predictions(clf, data, parity_samples(clf, data, split, classes, reference), split=split,
@@ -385,7 +390,7 @@ def _write_shard(clf, data, split, classes, reference, workers, strict, shard, p
 
 
 def _write_parity(report, show, json_file, junit_file):
-    from edgecxr.atomic import write_json_atomic
+    from edgecxr.utils.atomic import write_json_atomic
     from edgecxr.devices.junit import parity_junit
     from edgecxr.devices.parity import format_report
 
@@ -404,7 +409,7 @@ def _write_parity(report, show, json_file, junit_file):
 @THREADS
 @DEVICE
 @TRUSTED
-@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
+@json_option()
 @click.option("--write-example", type=click.Path(path_type=Path),
               help="Write edgecxr's own results for the conformance images as a .npz in the layout it reads, and stop.")
 @click.option("--only-submitted", is_flag=True, help="Check only the images SUBMISSION has results for (a pipeline "
@@ -423,8 +428,8 @@ def conform(bundle, submission, runtime, threads, device_name, trusted_key, json
     \b
     edgecxr device conform bundles/tflite-int8 mine.npz --json conform.json
     """
-    from edgecxr import conform as check, conformance as K
-    from edgecxr.atomic import write_json_atomic
+    from edgecxr.data import conform as check, conformance as K
+    from edgecxr.utils.atomic import write_json_atomic
 
     _check_outputs((bundle,) + ((submission,) if submission else ()), json=json_file, write_example=write_example)
     clf = _load(bundle, runtime, threads, device_name, trusted_key)
@@ -432,7 +437,7 @@ def conform(bundle, submission, runtime, threads, device_name, trusted_key, json
                     lambda: clf.session)
     ids = [entry["id"] for entry, _, _ in K.golden_set(clf.bundle)]
     if write_example:
-        from edgecxr.atomic import write_bytes_atomic
+        from edgecxr.utils.atomic import write_bytes_atomic
         import io as _io
 
         import numpy as np
@@ -455,7 +460,7 @@ def conform(bundle, submission, runtime, threads, device_name, trusted_key, json
 
 @device.command("check-trt")
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every finding here.")
+@json_option("Write every finding here.")
 def check_trt(model, json_file):
     """List what TensorRT would refuse in a quantized ONNX model (no GPU needed).
 
@@ -467,8 +472,8 @@ def check_trt(model, json_file):
     \b
     edgecxr device check-trt bundles/onnx-int8-trt
     """
-    from edgecxr import trt_check
-    from edgecxr.atomic import write_json_atomic
+    from edgecxr.formats import trt_check
+    from edgecxr.utils.atomic import write_json_atomic
 
     _check_outputs((model,), json=json_file)
     onnx_model = trt_check.load(model)
@@ -500,7 +505,7 @@ def check_trt(model, json_file):
 @click.option("--show", default=10, show_default=True, help="Flipped cases printed (all are in --json).")
 @click.option("--out", type=click.Path(path_type=Path), help="For `evaluate` shards: the output folder (metrics.json, "
                                                               "predictions.npz, figures), as `edgecxr evaluate --out`.")
-@click.option("--overwrite", is_flag=True, help="With --out: replace an existing edgecxr output folder.")
+@overwrite_option("With --out: replace an existing edgecxr output folder.")
 @click.option("--bundle", "bundle_path", type=click.Path(path_type=Path),
               help="Parity shards: the bundle they ran; its acceptance criteria, threshold and stored float references "
                    "must be the files' (an edited criterion or reference is refused).")
@@ -523,18 +528,18 @@ def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage
 
     Example: edgecxr device merge shard-1.json shard-2.json shard-3.json --json parity.json --junit parity.xml
     """
-    from edgecxr import shards
+    from edgecxr.parity import shards
     from edgecxr.devices.parity import parity_from_predictions
-    from edgecxr.errors import ConfigError
+    from edgecxr.utils.errors import ConfigError
 
-    from edgecxr.bundle import load_bundle
-    from edgecxr.signing import trusted_key_path
+    from edgecxr.formats.bundle import load_bundle
+    from edgecxr.formats.signing import trusted_key_path
 
     _check_outputs(files, json=json_file, junit=junit_file)
     bundle = load_bundle(bundle_path, trusted_key=trusted_key_path(trusted_key)) if bundle_path else None
     doc = shards.merge(files, bundle=bundle, trusted_key=device_key)
     if doc["task"] == "evaluate":
-        from edgecxr.evaluation import write_merged
+        from edgecxr.parity.clinical import write_merged
 
         ignored = [n for n, v in {"--json": json_file, "--junit": junit_file, "--max-recall-drop": max_recall_drop,
                                   "--max-accuracy-drop": max_accuracy_drop, "--min-agreement": min_agreement,
@@ -552,14 +557,14 @@ def merge(files, max_recall_drop, max_accuracy_drop, min_agreement, min_coverage
 
 @device.command()
 @BUNDLE
-@click.option("--data", type=click.Path(path_type=Path), help="Folder of images, or a data ROOT holding SPLIT/ (searched recursively).")
+@data_option("Folder of images, or a data ROOT holding SPLIT/ (searched recursively).", required=False)
 @click.option("--split", default="test", show_default=True, help="Used when DATA/SPLIT is a folder.")
 @click.option("--float", "float_bundle", type=click.Path(path_type=Path),
               help="The float model's bundle (e.g. tflite-fp32), measured too (default: the bundle's float twin, if any).")
 @click.option("--pairs", nargs=2, type=click.Path(path_type=Path), metavar="ORIGINALS DOWNSIZED",
               help="Full-size originals and their downsized files (same relative paths): decision on each against the other.")
 @click.option("--max-unstable", type=SHARE, help="Gate: fail (exit 1) when a larger share of images flips under any variant.")
-@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write the full report here.")
+@json_option()
 @click.option("--show", default=10, show_default=True, help="Least stable images printed.")
 @RUNTIME
 @THREADS
@@ -575,8 +580,8 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
 
     Example: edgecxr device stability bundles/tflite-int8 --data data/kermany-cxr-224 --max-unstable 0.02
     """
-    from edgecxr.atomic import write_json_atomic
-    from edgecxr.cpu import host_info
+    from edgecxr.utils.atomic import write_json_atomic
+    from edgecxr.utils.cpu import host_info
     from edgecxr.devices.stability import format_stability, image_files, match_pairs, measure_stability
 
     pairs = pairs or ()
@@ -598,12 +603,12 @@ def stability(bundle, data, split, float_bundle, pairs, max_unstable, json_file,
 
 @device.command()
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), help="Kermany-layout ROOT the bundles were exported with (default: the shipped sample).")
+@data_option("Kermany-layout ROOT the bundles were exported with (default: the shipped sample).", required=False)
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed calls per bundle that keeps parity.")
 @TOLERANCES
 @THREADS
 @TRUSTED
-@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every row to this JSON file.")
+@json_option("Write every row to this JSON file.")
 @click.option("--max-ms", type=click.FloatRange(min=0, min_open=True),
               help="Latency budget: p50 per image on this device (choose the most accurate bundle within it).")
 @click.option("--min-recall", type=SHARE, help="Clinical floor: device recall at the bundle's threshold on --data.")
@@ -624,7 +629,7 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
     Example: edgecxr device choose bundles/ --data data/kermany-cxr-224 --json choice.json
              edgecxr device choose fast/ accurate/ --data data/kermany-cxr-224 --max-ms 5 --min-recall 0.96
     """
-    from edgecxr.atomic import write_json_atomic
+    from edgecxr.utils.atomic import write_json_atomic
     from edgecxr.devices.bench import SAMPLE
     from edgecxr.devices.choose import find_bundles, format_choice, rank
 
@@ -647,7 +652,7 @@ def choose(bundles, data, runs, max_recall_drop, max_accuracy_drop, min_agreemen
 @device.command()
 @BUNDLE
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the site (index.html, the model, the runtime).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing site edgecxr wrote.")
+@overwrite_option("Replace an existing site edgecxr wrote.")
 @click.option("--npm-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Where the WebAssembly runtime is installed once by npm ci of edgecxr's lockfile (default: "
                    "$EDGECXR_WEB_CACHE or ~/.cache/edgecxr-web).")
@@ -666,7 +671,7 @@ def web(bundle, out, overwrite, npm_cache, trusted_key):
 
     Example: edgecxr device web bundles/tflite-int8 --out site/
     """
-    from edgecxr.atomic import check_writable
+    from edgecxr.utils.atomic import check_writable
     from edgecxr.devices.web import build_site, pick_bundle
 
     check_writable(out, overwrite=overwrite, inputs=(bundle,))

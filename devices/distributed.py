@@ -15,9 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from edgecxr.comparison import PARITY_BOOTSTRAP
-from edgecxr.data import DEFAULT_CLASSES, Sample
-from edgecxr.errors import ConfigError, MissingDependencyError, first_line, require
+from edgecxr.parity.comparison import PARITY_BOOTSTRAP
+from edgecxr.data.folders import DEFAULT_CLASSES, Sample
+from edgecxr.utils.errors import ConfigError, MissingDependencyError, first_line, require
 
 CONNECT_TIMEOUT = 5.0  # seconds to reach a Ray head given as HOST:PORT
 
@@ -54,9 +54,9 @@ def parity_ray(bundle, data, *, split: str = "test", classes=DEFAULT_CLASSES, to
     called); "auto" or "ray://HOST:PORT" joins a cluster. workers: classifier actors (default: the
     cluster's CPUs, one each). threads: the runtime's threads per worker.
     """
-    from edgecxr import shards
+    from edgecxr.parity import shards
     from edgecxr.devices.classifier import Classifier
-    from edgecxr.cpu import host_info
+    from edgecxr.utils.cpu import host_info
     from edgecxr.devices.parity import parity_context, parity_from_predictions, parity_samples
 
     clf = Classifier.load(bundle, runtime=runtime, threads=threads, trusted_key=trusted_key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from edgecxr.atomic import write_bytes_atomic
+from edgecxr.utils.atomic import write_bytes_atomic
 
 
 def junit_xml(suite: str, checks: list[dict], *, seconds: float = 0.0, properties: dict | None = None,

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.cpu import host_info, path_note
-from edgecxr.bundle import sha256_file
-from edgecxr.data import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id
-from edgecxr.comparison import PARITY_BOOTSTRAP, COMPARED, _coverage_check, compare, compare_unlabeled  # noqa: F401  (compare: re-exported)
-from edgecxr.criteria import Tolerances
-from edgecxr.errors import ConfigError, DataError
+from edgecxr.utils.cpu import host_info, path_note
+from edgecxr.formats.bundle import sha256_file
+from edgecxr.data.folders import DEFAULT_CLASSES, UNLABELED, files_hash, list_site, patient_id
+from edgecxr.parity.comparison import PARITY_BOOTSTRAP, COMPARED, _coverage_check, compare, compare_unlabeled  # noqa: F401  (compare: re-exported)
+from edgecxr.parity.criteria import Tolerances
+from edgecxr.parity.verdict import judge
+from edgecxr.utils.errors import ConfigError, DataError
 
 from edgecxr.devices.classifier import Classifier, Failure
 from edgecxr.runtimes import runtime_notes
@@ -38,7 +39,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
     tolerances: None applies the acceptance criteria in the bundle's manifest; a dict sets some of them, a
     Tolerances all of them (tightening is applied, loosening too but recorded as a deviation: report["criteria"]).
     The report is computed from per-image predictions (parity_predictions -> parity_from_predictions), the
-    same path a merge of shards takes (edgecxr.shards).
+    same path a merge of shards takes (edgecxr.parity.shards).
     """
     samples = parity_samples(clf, data, split, classes, reference)
     predictions = parity_predictions(clf, data, samples, split=split, reference=reference, workers=workers,
@@ -53,8 +54,7 @@ def run_parity(clf: Classifier, data, *, split: str = "test", classes=DEFAULT_CL
         report["stability"] = measure_stability(clf, [paths[r] for r in rels], names=rels, float_clf=clf.twin(),
                                                 max_unstable=max_unstable, progress=True)
         if max_unstable is not None:
-            report["checks"].append(stability_check(report["stability"]))
-            report["passed"] = all(c["passed"] for c in report["checks"])
+            judge(report, [*report["checks"], stability_check(report["stability"])])
     return report
 
 
@@ -62,7 +62,7 @@ def parity_samples(clf: Classifier, data, split: str = "test", classes=DEFAULT_C
     """The images parity compares: those under `data` (see list_site); for a bundle exported on a pooled
     re-split (`edgecxr split`), whose test images come from every official folder, those of its reference
     when `data` is a data root holding them (a site's own folder, or --reference twin, is listed as usual)."""
-    from edgecxr.data import SPLITS, pooled
+    from edgecxr.data.folders import SPLITS, pooled
 
     ref = clf.bundle.reference
     root = Path(data)
@@ -74,8 +74,8 @@ def parity_samples(clf: Classifier, data, split: str = "test", classes=DEFAULT_C
 def parity_predictions(clf: Classifier, data, samples, *, split: str = "test", reference: str = "auto",
                        workers: int | None = None, strict: bool = False, shard: tuple[int, int] = (1, 1)) -> dict:
     """The per-image predictions of parity on shard (I, N) of `samples` (all of them for (1, 1)): a
-    prediction document of edgecxr.shards, the unit `edgecxr device merge` combines."""
-    from edgecxr import shards
+    prediction document of edgecxr.parity.shards, the unit `edgecxr device merge` combines."""
+    from edgecxr.parity import shards
 
     context = parity_context(clf, samples, split, reference, data)
     mine = shards.select(samples, *shard)
@@ -130,7 +130,7 @@ def predict_records(clf: Classifier, indexed, context: dict, *, workers: int | N
 def parity_from_predictions(pred: dict, tolerances=None, *, n_boot: int = PARITY_BOOTSTRAP, max_unstable=None) -> dict:
     """The parity report and verdict from a prediction document (one run, or shards merged). tolerances: as
     for run_parity: the bundle's acceptance criteria (carried in the document) apply unless given."""
-    from edgecxr.criteria import resolve
+    from edgecxr.parity.criteria import resolve
 
     ctx, records = pred["context"], pred["records"]
     given = asdict(tolerances) if isinstance(tolerances, Tolerances) else dict(tolerances or {})
@@ -156,8 +156,8 @@ def parity_from_predictions(pred: dict, tolerances=None, *, n_boot: int = PARITY
         else:
             report = compare(rels, labels, float_probs, device_probs, threshold, tolerances, n_boot=n_boot,
                              groups=patients)
-        report["checks"].append(_coverage_check(len(ok), len(listed), tolerances.min_coverage, "images listed"))
-        report["passed"] = all(c["passed"] for c in report["checks"])
+        coverage = _coverage_check(len(ok), len(listed), tolerances.min_coverage, "images listed")
+        judge(report, [*report["checks"], coverage])
     for case, r in zip(report["cases"], ok):
         case["sha256"] = r["sha256"]  # the exact images, so the run can be repeated
     infer = np.array([r["infer_ms"] for r in ok])
@@ -238,7 +238,7 @@ def _bundle_info(clf: Classifier) -> dict:
 
 
 def format_report(r: dict, max_flips: int = 10) -> str:
-    from edgecxr.errors import printable
+    from edgecxr.utils.errors import printable
 
     """The human summary printed by `edgecxr device parity`."""
     rt = r["runtime"]
@@ -266,7 +266,7 @@ def format_report(r: dict, max_flips: int = 10) -> str:
 
         lines.append(format_stability(r["stability"] | {"passed": None}, show=max_flips))  # its check is listed next
     if r.get("criteria"):
-        from edgecxr.criteria import format_criteria
+        from edgecxr.parity.criteria import format_criteria
 
         lines += format_criteria(r["criteria"])
     for c in r["checks"]:

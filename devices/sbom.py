@@ -36,13 +36,13 @@ import time
 import zipfile
 from pathlib import Path
 
-from edgecxr.atomic import sha256_file
-from edgecxr.errors import MissingDependencyError
+from edgecxr.utils.atomic import sha256_file
+from edgecxr.utils.errors import MissingDependencyError
 
 SPEC = "1.6"
 INSTALL = "pip install 'edgecxr[sbom]'"
 # the packages of pyproject.toml's [tool.setuptools] (an editable install maps each to its own folder)
-PACKAGES = ("edgecxr", "edgecxr.training", "edgecxr.export", "edgecxr.devices", "edgecxr.reports")
+PACKAGES = ("edgecxr", "edgecxr.training", "edgecxr.export", "edgecxr.devices", "edgecxr.bench", "edgecxr.reports")
 CORE_REQUIRES = ("numpy", "pillow", "click", "tqdm", "pydicom")  # when edgecxr's metadata is not installed
 IF_IMPORTED = ("cryptography",)  # listed when this process imported it (a signed bundle's --trusted-key)
 RECORD_OF = ("its installed {dist}/RECORD: the installer's list of every installed file with that file's "
@@ -373,75 +373,92 @@ def _props(fact: dict) -> dict:
     return {k: str(v) for k, v in p.items() if v is not None}
 
 
+def _cyclonedx():
+    """The cyclonedx-python-lib classes build_bom uses, as one namespace (their module paths moved in 11.5)."""
+    require_cyclonedx()
+    from types import SimpleNamespace
+
+    from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgorithm, HashType, Property, XsUri  # noqa: F401
+    from cyclonedx.model.bom import Bom, BomMetaData  # noqa: F401
+    from cyclonedx.model.component import Component, ComponentType  # noqa: F401
+    from cyclonedx.model.lifecycle import LifecyclePhase, PredefinedLifecycle  # noqa: F401
+    from packageurl import PackageURL  # noqa: F401
+
+    try:
+        from cyclonedx.contrib.this.builders import this_component  # noqa: F401
+    except ImportError:  # cyclonedx-python-lib before 11.5
+        from cyclonedx.builder.this import this_component  # noqa: F401
+    try:
+        from cyclonedx.contrib.license.factories import LicenseFactory  # noqa: F401
+    except ImportError:
+        from cyclonedx.factory.license import LicenseFactory  # noqa: F401
+    c = SimpleNamespace(**{k: v for k, v in locals().items() if k != "SimpleNamespace"})
+    c.sha = lambda content: [HashType(alg=HashAlgorithm.SHA_256, content=content)] if content else []
+    c.props = lambda d: [Property(name=k, value=v) for k, v in d.items()]
+    c.kinds = {"library": ComponentType.LIBRARY, "application": ComponentType.APPLICATION,
+               "platform": ComponentType.PLATFORM, "operating-system": ComponentType.OPERATING_SYSTEM}
+    return c
+
+
+def _fact_component(f: dict, c):
+    """One fact of environment() as a component: its loaded files nested, its wheel as a distribution reference."""
+    ref = f["purl"] or f"{f['kind']}:{f['name']}@{f['version']}"
+    nested = [c.Component(type=c.ComponentType.FILE, name=x["path"], bom_ref=f"{ref}#{x['path']}", hashes=c.sha(x["sha256"]),
+                          properties=c.props({"edgecxr:loaded": "mapped into the process that ran parity"}))
+              for x in f["files"]]
+    refs = []
+    if f["archive"]:
+        a = f["archive"]
+        refs.append(c.ExternalReference(type=c.ExternalReferenceType.DISTRIBUTION, url=c.XsUri(a["url"] or "urn:unknown"),
+                                        hashes=c.sha(a["sha256"]), comment=a["source"]))
+    lic = [c.LicenseFactory().make_from_string(f["license"])] if f["license"] else []
+    key = _norm(f["name"]) if f["kind"] in ("library", "application") else ref
+    return key, c.Component(
+        type=c.kinds[f["kind"]], name=f["name"], version=f["version"], bom_ref=ref, description=f.get("description"),
+        purl=c.PackageURL.from_string(f["purl"]) if f["purl"] else None, cpe=f.get("cpe"), hashes=c.sha(f["sha256"]),
+        external_references=refs, licenses=lic, properties=c.props(_props(f)), components=nested)
+
+
+def _model_components(clf, report, c):
+    """The bundle's model (the BOM's subject) and, when the report's reference was recomputed by it, its twin."""
+    m = clf.bundle.manifest
+    model = c.Component(type=c.ComponentType.MACHINE_LEARNING_MODEL, name=f"edgecxr bundle {m['target']}", bom_ref="model",
+                        hashes=c.sha(m["sha256"]), properties=c.props({k: str(v) for k, v in {
+                            "edgecxr:sha256-of": f"the model file {m['model_file']}",
+                            "edgecxr:bundle:path": str(clf.bundle.path), "edgecxr:bundle:digest": m.get("digest"),
+                            "edgecxr:bundle:created": m.get("created"), "edgecxr:threshold": m.get("threshold")}.items()
+                            if v is not None}))
+    twin = m.get("twin")
+    if not (twin and (report or {}).get("reference", {}).get("source") == "twin"):
+        return model, None
+    return model, c.Component(
+        type=c.ComponentType.MACHINE_LEARNING_MODEL, name=f"edgecxr bundle {m['target']}: float twin {twin['target']}",
+        bom_ref="model-twin", hashes=c.sha(m["files"][twin["model_file"]]),
+        properties=c.props({"edgecxr:sha256-of": f"the model file {twin['model_file']}",
+                            "edgecxr:role": "float reference recomputed on this device"}))
+
+
 def build_bom(clf, report: dict | None = None):
     """The cyclonedx Bom of this environment, whose subject is `clf`'s model (and its float twin when `report`
     recomputed the reference with it)."""
-    require_cyclonedx()
-    from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgorithm, HashType, Property, XsUri
-    from cyclonedx.model.bom import Bom, BomMetaData
-    from cyclonedx.model.component import Component, ComponentType
-    from cyclonedx.model.lifecycle import LifecyclePhase, PredefinedLifecycle
-    from packageurl import PackageURL
-
-    try:
-        from cyclonedx.contrib.this.builders import this_component
-    except ImportError:  # cyclonedx-python-lib before 11.5
-        from cyclonedx.builder.this import this_component
-    try:
-        from cyclonedx.contrib.license.factories import LicenseFactory
-    except ImportError:
-        from cyclonedx.factory.license import LicenseFactory
-
+    c = _cyclonedx()
     import edgecxr
 
-    def sha(content):
-        return [HashType(alg=HashAlgorithm.SHA_256, content=content)] if content else []
-
-    def props(d: dict):
-        return [Property(name=k, value=v) for k, v in d.items()]
-
-    kinds = {"library": ComponentType.LIBRARY, "application": ComponentType.APPLICATION,
-             "platform": ComponentType.PLATFORM, "operating-system": ComponentType.OPERATING_SYSTEM}
     facts = environment(clf.runtime)
-    components = {}
-    for f in facts:
-        ref = f["purl"] or f"{f['kind']}:{f['name']}@{f['version']}"
-        nested = [Component(type=ComponentType.FILE, name=x["path"], bom_ref=f"{ref}#{x['path']}", hashes=sha(x["sha256"]),
-                            properties=props({"edgecxr:loaded": "mapped into the process that ran parity"}))
-                  for x in f["files"]]
-        refs = []
-        if f["archive"]:
-            a = f["archive"]
-            refs.append(ExternalReference(type=ExternalReferenceType.DISTRIBUTION, url=XsUri(a["url"] or "urn:unknown"),
-                                          hashes=sha(a["sha256"]), comment=a["source"]))
-        lic = [LicenseFactory().make_from_string(f["license"])] if f["license"] else []
-        components[_norm(f["name"]) if f["kind"] in ("library", "application") else ref] = Component(
-            type=kinds[f["kind"]], name=f["name"], version=f["version"], bom_ref=ref, description=f.get("description"),
-            purl=PackageURL.from_string(f["purl"]) if f["purl"] else None, cpe=f.get("cpe"), hashes=sha(f["sha256"]),
-            external_references=refs, licenses=lic, properties=props(_props(f)), components=nested)
-    m = clf.bundle.manifest
-    model = Component(type=ComponentType.MACHINE_LEARNING_MODEL, name=f"edgecxr bundle {m['target']}", bom_ref="model",
-                      hashes=sha(m["sha256"]), properties=props({k: str(v) for k, v in {
-                          "edgecxr:sha256-of": f"the model file {m['model_file']}",
-                          "edgecxr:bundle:path": str(clf.bundle.path), "edgecxr:bundle:digest": m.get("digest"),
-                          "edgecxr:bundle:created": m.get("created"), "edgecxr:threshold": m.get("threshold")}.items()
-                          if v is not None}))
-    bom = Bom(metadata=BomMetaData(component=model, lifecycles=[PredefinedLifecycle(LifecyclePhase.OPERATIONS)],
-                                   properties=props({"edgecxr:hashes": POLICY,
-                                                     "edgecxr:made-by": "edgecxr device parity --sbom"})))
-    bom.metadata.tools.components.add(this_component())
-    bom.metadata.tools.components.add(Component(type=ComponentType.APPLICATION, name="edgecxr", version=edgecxr.__version__))
-    for c in components.values():
-        bom.components.add(c)
-    twin = m.get("twin")
+    components = dict(_fact_component(f, c) for f in facts)
+    model, twin = _model_components(clf, report, c)
+    bom = c.Bom(metadata=c.BomMetaData(component=model, lifecycles=[c.PredefinedLifecycle(c.LifecyclePhase.OPERATIONS)],
+                                       properties=c.props({"edgecxr:hashes": POLICY,
+                                                           "edgecxr:made-by": "edgecxr device parity --sbom"})))
+    bom.metadata.tools.components.add(c.this_component())
+    bom.metadata.tools.components.add(c.Component(type=c.ComponentType.APPLICATION, name="edgecxr",
+                                                  version=edgecxr.__version__))
+    for component in components.values():
+        bom.components.add(component)
     uses = [components[_norm(f["name"])] for f in facts if f["role"] in ("model runtime", "edgecxr")]
-    if twin and (report or {}).get("reference", {}).get("source") == "twin":
-        twin_c = Component(type=ComponentType.MACHINE_LEARNING_MODEL, name=f"edgecxr bundle {m['target']}: float twin "
-                           f"{twin['target']}", bom_ref="model-twin", hashes=sha(m["files"][twin["model_file"]]),
-                           properties=props({"edgecxr:sha256-of": f"the model file {twin['model_file']}",
-                                             "edgecxr:role": "float reference recomputed on this device"}))
-        bom.components.add(twin_c)
-        bom.register_dependency(twin_c, uses)
+    if twin is not None:
+        bom.components.add(twin)
+        bom.register_dependency(twin, uses)
     bom.register_dependency(model, uses)
     for f in facts:
         if f["kind"] in ("library", "application"):
@@ -459,7 +476,7 @@ def write_sbom(path, clf, report: dict | None = None) -> dict:
     its SHA-256, the BOM itself and warnings (installed files that differ from their RECORD)."""
     from cyclonedx.output.json import JsonV1Dot6
 
-    from edgecxr.atomic import write_text_atomic
+    from edgecxr.utils.atomic import write_text_atomic
 
     t0 = time.perf_counter()
     bom, facts = build_bom(clf, report)

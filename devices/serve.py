@@ -12,13 +12,13 @@
 Every error is JSON ``{"error": "<one line>"}``: 400 malformed request, 401 missing or wrong token,
 404/405 wrong route, 408 upload too slow, 413 body above --max-bytes, 415 not an image content type,
 421 Host header not allowed, 422 unreadable image (corrupt, truncated, above the pixel limit, DICOM
-without a codec) or one outside the bundle's input domain (edgecxr.domain: blank, tiny, an MR/CT
+without a codec) or one outside the bundle's input domain (edgecxr.data.domain: blank, tiny, an MR/CT
 DICOM...), 500 unexpected (logged), 503 more than --max-connections requests in progress.
 
 Binds to 127.0.0.1 by default. Optional bearer-token authentication (--token-file or
 EDGECXR_SERVE_TOKEN; /healthz then says only "ok" to callers without the token); the Host header is
 checked against --allowed-host (default: localhost names and the bind address) so a web page cannot
-reach it through DNS rebinding. No TLS: put it behind a TLS reverse proxy before exposing it (README).
+reach it through DNS rebinding. No TLS: put it behind a TLS reverse proxy before exposing it (docs/devices.md).
 A connection that has not sent complete request headers within --header-timeout is closed; an upload
 that averages less than --min-upload-rate after its first 2 s gets 408; --max-connections counts only
 requests whose body has arrived. So idle or slow clients never hold the request limit; on SIGTERM,
@@ -49,8 +49,10 @@ from pathlib import Path
 
 import click
 
-from edgecxr.atomic import read_small
-from edgecxr.errors import ConfigError, EdgecxrError, require
+from edgecxr.options import threads_option
+from edgecxr.utils.atomic import read_small
+from edgecxr.formats.targets import device_help, runtime_help
+from edgecxr.utils.errors import ConfigError, EdgecxrError, require
 
 DEFAULT_MAX_BYTES = 32 * 2**20
 # an upload must keep an average of at least MIN_UPLOAD_RATE bytes/s once UPLOAD_GRACE seconds have passed: a client
@@ -58,7 +60,7 @@ DEFAULT_MAX_BYTES = 32 * 2**20
 DEFAULT_MIN_UPLOAD_RATE = 16 * 2**10
 UPLOAD_GRACE = 2.0
 SHUTDOWN_GRACE = 5  # seconds uvicorn waits for requests in progress on SIGTERM before cancelling them
-# images above edgecxr.images.BIG_DECODE_PIXELS (header) are decoded and preprocessed one at a time: a 124 KB 16-bit
+# images above edgecxr.data.images.BIG_DECODE_PIXELS (header) are decoded and preprocessed one at a time: a 124 KB 16-bit
 # 8000 x 8000 PNG takes about 550 MB while decoded, four at once 1.1 GB and more (a 4 GB Pi with --workers 4 ran out)
 # request bodies held in memory at once, across every upload in progress, in units of --max-bytes: uploads hold no
 # request slot, so without this bound 25 stalled 30 MB uploads held 880 MB (503 beyond it)
@@ -266,7 +268,7 @@ class Service:
     # -- runs in the pool --------------------------------------------------------------
     def classify(self, data: bytes, name: str) -> dict:
         from edgecxr.devices.classifier import Timings
-        from edgecxr.images import BIG_DECODE_PIXELS, declared_pixels, decode_image
+        from edgecxr.data.images import BIG_DECODE_PIXELS, declared_pixels, decode_image
 
         clock = time.perf_counter
         big = (declared_pixels(data, name) or 0) > BIG_DECODE_PIXELS
@@ -519,7 +521,7 @@ def _check_serve_deps() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback exposes the service: add --token-file and a TLS proxy.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads of the runtime (default: the runtime's).")
+@threads_option()
 @click.option("--workers", type=click.IntRange(1, 64), help="Decode/preprocess threads, 1-64 (default: up to 4).")
 @click.option("--max-bytes", default="32MB", show_default=True, help="Largest request body (e.g. 20MB, 512KB); above it: 413.")
 @click.option("--read-timeout", default=15.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -537,8 +539,8 @@ def _check_serve_deps() -> None:
               help="Repeatable: a Host name clients use (default: localhost names and --host); '*' allows any.")
 @click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Public key (edgecxr keygen's .pub): refuse a bundle not signed by it (default: $EDGECXR_TRUSTED_KEY).")
-@click.option("--runtime", help="litert | tflite-runtime | tf-lite | onnxruntime | openvino (default: the first installed one).")
-@click.option("--device", "device_name", help="OpenVINO device (CPU, GPU, NPU) or ONNX Runtime provider (cpu, cuda, tensorrt).")
+@click.option("--runtime", help=runtime_help())
+@click.option("--device", "device_name", help=device_help())
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--app", "app_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -568,7 +570,7 @@ def serve(bundle, host, port, threads, workers, max_bytes, read_timeout, min_upl
     if not _is_loopback(host):
         click.echo(f"warning: binding to {host}: the service has no TLS" +
                    ("" if token else " and no authentication (--token-file)") +
-                   "; put it behind a TLS reverse proxy (see the README)" +
+                   "; put it behind a TLS reverse proxy (see docs/devices.md)" +
                    ("" if hosts else "; clients must send Host " + host + " or localhost: add --allowed-host NAME for others"),
                    err=True)
     rt = clf.runtime

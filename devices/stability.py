@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgecxr.errors import DataError, ImageError
-from edgecxr.images import decode_image, is_image_file
-from edgecxr.preprocess import INTERPOLATIONS
+from edgecxr.utils.errors import DataError, ImageError
+from edgecxr.data.images import decode_image, is_image_file
+from edgecxr.data.preprocess import INTERPOLATIONS
+from edgecxr.parity.verdict import at_most, judge
 
 PAIR = "full-size"  # the row of --pairs: decision on the original against decision on the downsized file
 
@@ -43,7 +44,7 @@ def _decoder_noise(img: Image.Image) -> Image.Image:
 
 
 def _png16(img: Image.Image) -> Image.Image:
-    """The image as a 16-bit PNG, read back by edgecxr.images (16-bit data scaled by ranks, as every 16-bit file)."""
+    """The image as a 16-bit PNG, read back by edgecxr.data.images (16-bit data scaled by ranks, as every 16-bit file)."""
     buf = io.BytesIO()
     Image.fromarray(np.asarray(img, np.uint16) * 257).save(buf, "PNG")
     return decode_image(buf.getvalue())
@@ -211,8 +212,8 @@ def measure_stability(clf, paths=(), *, float_clf=None, pairs=(), variants=None,
         report[m] = _summary(probs[m], model.threshold, order, show) | {"model": _describe(model)}
     report["seconds"] = time.perf_counter() - started
     report["max_unstable"] = max_unstable
-    report["passed"] = None if max_unstable is None else report["device"]["unstable"] <= max_unstable + 1e-12
-    return report
+    gate = [] if max_unstable is None else [stability_check(report)]
+    return judge(report, also=gate, decided=bool(gate))  # no limit: passed None (not decided)
 
 
 def _describe(clf) -> dict:
@@ -224,9 +225,8 @@ def _describe(clf) -> dict:
 def stability_check(report: dict) -> dict:
     """The gate as a parity-style check (name, value, limit, passed, message)."""
     d, limit = report["device"], report["max_unstable"]
-    return {"name": "stability", "value": d["unstable"], "limit": limit, "passed": bool(report["passed"]),
-            "message": f"{d['unstable_n']} of {d['n']} images ({d['unstable']:.4f}) flip under some input variant "
-                       f"(allowed {limit})"}
+    return at_most("stability", d["unstable"], limit, f"{d['unstable_n']} of {d['n']} images ({d['unstable']:.4f}) "
+                   f"flip under some input variant (allowed {limit})", eps=1e-12)
 
 
 def format_stability(report: dict, show: int = 10) -> str:

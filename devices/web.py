@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecxr.atomic import sha256_file
-from edgecxr.errors import BundleError, ConfigError, MissingDependencyError
+from edgecxr.utils.atomic import sha256_file
+from edgecxr.utils.errors import BundleError, ConfigError, MissingDependencyError
 
 WEB = Path(__file__).parent / "webapp"
 APP_FILES = ("index.html", "app.js", "contract.js", "jpeg.js", "png.js", "dicom.js", "runtime.js", "style.css", "sw.js")
@@ -49,8 +49,8 @@ class WebRuntime:
     importmap: dict | None = None  # bare specifiers the runtime's modules import
 
 
-RUNTIMES = {  # bundle family -> the browser runtime that runs it
-    "tflite": WebRuntime(
+RUNTIMES = {  # the browser runtimes; which family each runs: the format table's `web` (edgecxr.formats.targets)
+    "litert.js": WebRuntime(
         "litert.js", "litert", "@litertjs/core",
         (("@litertjs/core/dist/index.js", "litert/index.js"),
          ("@litertjs/wasm-utils/dist/index.js", "litert/wasm-utils.js"),
@@ -61,7 +61,7 @@ RUNTIMES = {  # bundle family -> the browser runtime that runs it
          ("@litertjs/core/wasm/litert_wasm_threaded_internal.js", "litert/litert_wasm_threaded_internal.js"),
          ("@litertjs/core/wasm/litert_wasm_threaded_internal.wasm", "litert/litert_wasm_threaded_internal.wasm")),
         ("@litertjs/core", "@litertjs/wasm-utils"), {"@litertjs/wasm-utils": "./vendor/litert/wasm-utils.js"}),
-    "onnx": WebRuntime(
+    "onnxruntime-web": WebRuntime(
         "onnxruntime-web", "ort", "onnxruntime-web",
         (("onnxruntime-web/dist/ort.wasm.min.mjs", "ort/ort.wasm.min.mjs"),
          ("onnxruntime-web/dist/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.mjs"),
@@ -157,8 +157,8 @@ def csp(imports: str | None) -> str:
 def page_config(bundle, runtime: WebRuntime, version: str) -> dict:
     """config.json: what the page reads from the bundle (no reference predictions, no paths)."""
     from edgecxr import __version__
-    from edgecxr.domain import MIN_RANGE, describe_domain
-    from edgecxr.domain import INTENDED_USE
+    from edgecxr.data.domain import MIN_RANGE, describe_domain
+    from edgecxr.data.domain import INTENDED_USE
     from edgecxr.runtimes import is_nchw
 
     m = bundle.manifest
@@ -184,15 +184,17 @@ def page_config(bundle, runtime: WebRuntime, version: str) -> dict:
 
 def build_site(bundle_path, out, *, cache: Path | None = None, trusted_key=None, overwrite: bool = False) -> dict:
     """Write the site for a bundle into `out` (atomically); returns files.json's content."""
-    from edgecxr.atomic import atomic_dir
-    from edgecxr.bundle import load_bundle
+    from edgecxr.formats.bundle import load_bundle
+    from edgecxr.formats.targets import FAMILIES
+    from edgecxr.utils.atomic import atomic_dir
 
     bundle = load_bundle(bundle_path, trusted_key=trusted_key)
-    family = bundle.target.family
-    if family not in RUNTIMES:
-        raise ConfigError(f"{bundle.manifest['target']}: no browser runtime runs {family} models; build the page from "
-                          f"a {' or '.join(sorted(RUNTIMES))} bundle (e.g. edgecxr export --target tflite-int8)")
-    runtime = RUNTIMES[family]
+    family = FAMILIES[bundle.target.family]
+    if not family.web:
+        web = sorted(f.name for f in FAMILIES.values() if f.web)
+        raise ConfigError(f"{bundle.manifest['target']}: no browser runtime runs {family.name} models; build the page "
+                          f"from a {' or '.join(web)} bundle (e.g. edgecxr export --target tflite-int8)")
+    runtime = RUNTIMES[family.web]
     nm = node_modules(runtime, cache)
     version = _installed_version(nm, runtime.package)
     if version != _locked(runtime, runtime.package)["version"]:
@@ -511,10 +513,10 @@ def parity_report(bundle_path, data, results: list[dict], *, runtime: dict, spli
                   seconds: float | None = None) -> dict:
     """edgecxr's parity report (devices.parity) of the page's results for the images of `data` (the same
     images, in list_site order), against the float reference stored in the bundle."""
-    from edgecxr import shards
-    from edgecxr.bundle import load_bundle
-    from edgecxr.cpu import host_info
-    from edgecxr.data import list_site
+    from edgecxr.parity import shards
+    from edgecxr.formats.bundle import load_bundle
+    from edgecxr.utils.cpu import host_info
+    from edgecxr.data.folders import list_site
     from edgecxr.devices.parity import parity_context, parity_from_predictions
 
     bundle = load_bundle(bundle_path)

@@ -7,6 +7,6 @@ The core package is light (numpy, Pillow, click). The stages live in
 
 __version__ = "0.1.0"
 
-from edgecxr.errors import EdgecxrError  # noqa: E402
+from edgecxr.utils.errors import EdgecxrError  # noqa: E402
 
 __all__ = ["EdgecxrError", "__version__"]

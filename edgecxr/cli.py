@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from edgecxr import __version__
-from edgecxr.errors import EXIT_INTERNAL, EXIT_USAGE, EdgecxrError, first_line
+from edgecxr.utils.errors import EXIT_INTERNAL, EXIT_USAGE, EdgecxrError, first_line
+from edgecxr.options import CLASSES, DATA, STRICT, data_option, overwrite_option  # noqa: F401 (re-exported)
 
 
 # Commands that live in a stage package, loaded only when named (no TensorFlow on start-up).
@@ -23,7 +24,7 @@ LAZY_COMMANDS = {
     "models": "edgecxr.training.cli:models",
     "export": "edgecxr.export.cli:export",
     "device": "edgecxr.devices.cli:device",
-    "benchmark": "edgecxr.export.benchmark:benchmark",
+    "benchmark": "edgecxr.bench.run:benchmark",
     "explain": "edgecxr.reports.explain:explain",
     "report": "edgecxr.reports.report:report",
     "baseline": "edgecxr.training.baseline:baseline_command",
@@ -33,7 +34,7 @@ LAZY_COMMANDS = {
 
 
 class Group(click.Group):
-    """Loads stage commands lazily; turns every error into one line on stderr and its exit code (edgecxr.errors)."""
+    """Loads stage commands lazily; turns every error into one line on stderr and its exit code (edgecxr.utils.errors)."""
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
@@ -130,7 +131,7 @@ def os_error_message(exc: OSError) -> str:
     if name is None:
         return f"{reason}; {hint}"
     name = Path(os.fsdecode(name)) if isinstance(name, (str, bytes, os.PathLike)) else Path(str(name))
-    temp = re.fullmatch(r"\.(.+)\.tmp-\d+-.*", name.name)  # edgecxr.atomic's temporary beside the real file
+    temp = re.fullmatch(r"\.(.+)\.tmp-\d+-.*", name.name)  # edgecxr.utils.atomic's temporary beside the real file
     if temp:
         name = name.with_name(temp[1])
     return f"cannot {verb} {name}: {reason}; {hint}"
@@ -149,22 +150,15 @@ def main(verbose):
     """
     if verbose:
         os.environ["EDGECXR_VERBOSE"] = "1"
-    from edgecxr.quiet import quiet_frameworks
+    from edgecxr.utils.quiet import quiet_frameworks
 
     quiet_frameworks()
 
 
-DATA = click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-                    help="Kermany-layout folder ROOT/{train,val,test}/{NORMAL,PNEUMONIA} or a CSV manifest.")
-CLASSES = click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True,
-                       help="The two class folder names, negative first.")
-STRICT = click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
-
-
 def _split_file_of_ours(path) -> bool:
     """True for a pooled split file that `edgecxr split` wrote (what its --overwrite may replace)."""
-    from edgecxr.data import is_pooled
-    from edgecxr.errors import DataError
+    from edgecxr.data.folders import is_pooled
+    from edgecxr.utils.errors import DataError
 
     try:
         return path.is_file() and is_pooled(path)
@@ -173,13 +167,12 @@ def _split_file_of_ours(path) -> bool:
 
 
 @main.command()
-@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="Kermany-layout folder ROOT/{train,val,test}/{NORMAL,PNEUMONIA} (a CSV manifest is not re-split).")
+@data_option("Kermany-layout folder ROOT/{train,val,test}/{NORMAL,PNEUMONIA} (a CSV manifest is not re-split).")
 @click.option("--ratios", default="0.79,0.05,0.16", show_default=True, help="Shares of train,val,test.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Split file to write.")
 @click.option("--seed", default=0, show_default=True)
 @CLASSES
-@click.option("--overwrite", is_flag=True, help="Replace a split file that edgecxr split wrote.")
+@overwrite_option("Replace a split file that edgecxr split wrote.")
 def split(data, ratios, out, seed, classes, overwrite):
     """Pool a Kermany-layout folder's train, val and test images and re-split them by patient (stratified, seeded).
 
@@ -191,9 +184,9 @@ def split(data, ratios, out, seed, classes, overwrite):
     """
     import json
 
-    from edgecxr.atomic import refuse_overlap, write_text_atomic
-    from edgecxr.data import parse_classes, resplit
-    from edgecxr.errors import DataError
+    from edgecxr.utils.atomic import refuse_overlap, write_text_atomic
+    from edgecxr.data.folders import parse_classes, resplit
+    from edgecxr.utils.errors import DataError
 
     try:
         shares = tuple(float(r) for r in ratios.split(","))
@@ -221,7 +214,7 @@ def keygen(key):
     """Create an Ed25519 key pair for signing bundles: KEY (private, mode 0600) and KEY.pub (for devices).
 
     Example: edgecxr keygen keys/release (then edgecxr export ... --signing-key keys/release)"""
-    from edgecxr.signing import keygen as make
+    from edgecxr.formats.signing import keygen as make
 
     private, public = make(key)
     click.echo(f"private key {private} (keep it secret; edgecxr export --signing-key {private})")

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import click
 
-from edgecxr.modelinfo import default_model_path
+from edgecxr.formats.modelinfo import default_model_path
 
 SAMPLE = Path(__file__).parent / "sample"
 
 
 def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False) -> bool:
-    from edgecxr.atomic import MARKER, check_writable, write_json_atomic
-    from edgecxr.errors import ConfigError
-    from edgecxr.targets import TARGETS
+    from edgecxr.utils.atomic import MARKER, check_writable, write_json_atomic
+    from edgecxr.utils.errors import ConfigError
+    from edgecxr.formats.targets import TARGETS
 
     if target not in TARGETS:
         raise ConfigError(f"the demo checks one target; --target {target!r} is not one of {', '.join(TARGETS)}")
@@ -44,8 +44,8 @@ def run_demo(out: Path, target: str = "tflite-int8", *, overwrite: bool = False)
     report = run_parity(clf, SAMPLE, split="test")
     write_json_atomic(out / "parity.json", report)
     click.echo(format_report(report))
-    from edgecxr.conform import check
-    from edgecxr.conformance import own_submission
+    from edgecxr.data.conform import check
+    from edgecxr.data.conformance import own_submission
 
     conform = check(clf.bundle, own_submission(clf.bundle, clf))
     click.echo(f"input contract: this device reproduces the bundle's golden vectors on "

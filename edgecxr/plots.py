@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr import metrics
+from edgecxr.parity import metrics
 
 
 def _plt():
-    from edgecxr.errors import require
+    from edgecxr.utils.errors import require
 
     mpl = require("matplotlib", "train")
     mpl.use("Agg")
@@ -66,7 +66,7 @@ def confusion_png(cm: dict, labels, path: Path, title: str = "Confusion matrix")
 
 
 def calibration_png(y_true, scores, path: Path, bins: int = 10) -> None:
-    """Reliability diagram: the share of positives against the mean probability per bin (edgecxr.metrics.calibration)."""
+    """Reliability diagram: the share of positives against the mean probability per bin (edgecxr.parity.metrics.calibration)."""
     plt = _plt()
     cal = metrics.calibration(y_true, scores, bins=bins)
     mean_pred = [b["mean_prob"] for b in cal["bins"]]

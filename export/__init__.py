@@ -9,14 +9,16 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from edgecxr.quiet import quiet_frameworks  # noqa: E402
+from edgecxr.utils.quiet import quiet_frameworks  # noqa: E402
 
 quiet_frameworks()
 
-from edgecxr.export.datasets import calibration_samples  # noqa: E402
-from edgecxr.modelinfo import to_prob  # noqa: E402
+from edgecxr.export.calibration import calibration_samples  # noqa: E402
+from edgecxr.formats.modelinfo import to_prob  # noqa: E402
 from edgecxr.export.loading import ModelOverrides, load_source  # noqa: E402
+from edgecxr.export.config import ExportConfig  # noqa: E402
 from edgecxr.export.pipeline import export_model  # noqa: E402
-from edgecxr.export.runners import Runner, run_bundle  # noqa: E402
+from edgecxr.export.float_runs import Runner, run_bundle  # noqa: E402
 
-__all__ = ["export_model", "ModelOverrides", "load_source", "calibration_samples", "to_prob", "Runner", "run_bundle"]
+__all__ = ["export_model", "ExportConfig", "ModelOverrides", "load_source", "calibration_samples", "to_prob", "Runner",
+           "run_bundle"]

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecxr import metrics
-from edgecxr.criteria import Tolerances, point_checks, small_set_limits
-from edgecxr.errors import GateFailed
-from edgecxr.modelinfo import to_prob
+from edgecxr.parity import metrics
+from edgecxr.parity.criteria import Tolerances, point_checks, small_set_limits
+from edgecxr.parity.verdict import at_least, judge
+from edgecxr.utils.errors import GateFailed
+from edgecxr.formats.modelinfo import to_prob
 
 
 def _agreement(probs, float_probs, threshold) -> float:
@@ -66,7 +67,7 @@ class Gate:
     max_recall_drop: float
     max_accuracy_drop: float
     source: str  # where the validation split came from
-    min_agreement: float = 0.98
+    min_agreement: float = Tolerances.min_agreement
     reference_float_probs: np.ndarray | None = None  # the float model on the test images device parity will use
 
     def __post_init__(self):
@@ -88,7 +89,7 @@ class Gate:
         flipped = int(np.sum((probs >= self.threshold) != (self.float_probs >= self.threshold)))
         report["checks"] = point_checks(f, m, report["decision_agreement"], len(self.y), flipped,
                                         Tolerances(self.max_recall_drop, self.max_accuracy_drop, self.min_agreement))
-        passed = all(c["passed"] for c in report["checks"])
+        predicts = []  # decides with the checks, not listed among them
         if self.reference_float_probs is not None:
             need = small_set_limits(len(self.reference_float_probs), self.max_accuracy_drop, self.min_agreement)[1]
             predicted = predicted_agreement(probs, self.float_probs, self.reference_float_probs, self.threshold)
@@ -96,11 +97,12 @@ class Gate:
                 report["predicted_reference_agreement"] = predicted["lower"]
                 report["predicted_reference"] = predicted | {"need": need}  # need: parity's limit on that many images
                 if not self.too_small:  # a handful of validation images cannot measure the noise: export parity decides
-                    passed = passed and predicted["lower"] >= need - 1e-9
+                    predicts.append(at_least("predicted_reference_agreement", predicted["lower"], need,
+                                             f"predicted test agreement (95 % lower bound) {predicted['lower']:.4f} "
+                                             f"(need {need:.4g})", eps=1e-9))
         if self.too_small:
             report["small_validation"] = self.too_small
-        report["passed"] = bool(passed)
-        return report
+        return judge(report, also=predicts)
 
     @property
     def too_small(self) -> str | None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from edgecxr.errors import ConfigError
-from edgecxr.targets import TARGETS
+from edgecxr.utils.errors import ConfigError
+from edgecxr.formats.targets import FAMILIES, TARGETS, load
 from edgecxr.export import accuracy, onnx as onnx_x, openvino as ov_x, tflite, tflite_metadata
-from edgecxr.export.runners import Runner
+from edgecxr.export.float_runs import Runner
 
 
 class Context:
@@ -47,13 +47,17 @@ def _gate_model(ctx, family, model) -> dict:
 
 
 def build(target, ctx: Context, folder: Path) -> dict:
-    """Write target.model_file into folder; returns {"qat": bool, "accuracy_control": dict|None}."""
-    path = folder / target.model_file
-    if target.family == "tflite":
-        return _tflite(target, ctx, path)
-    if target.family == "onnx":
-        return _onnx(target, ctx, path)
-    return _openvino(target, ctx, path)
+    """Write target.model_file into folder with its family's converter (the format table names it);
+    returns {"qat": bool, "accuracy_control": dict|None, ...}."""
+    family = FAMILIES[target.family]
+    if target.precision not in family.precisions:
+        raise ConfigError(f"target {target.name}: the {family.name} converter writes {', '.join(family.precisions)}, "
+                          f"not {target.precision}")
+    return load(family.converter)(target, ctx, folder / target.model_file)
+
+
+def _refuse(target):
+    raise ConfigError(f"target {target.name}: this converter does not implement precision {target.precision!r}")
 
 
 def _announce(target, step: str) -> None:
@@ -76,7 +80,8 @@ def _write_tflite(target, ctx, path, model: bytes) -> None:
                           int8_input=target.int8)
 
 
-def _tflite(target, ctx, path):
+def build_tflite(target, ctx, path):
+    """The TFLite family's converter: fp32, fp16, dynamic; int8 through the gate (QAT, PTQ, float layers, QAT fallback)."""
     if tflite_metadata.enabled():
         tflite_metadata.mediapipe_python()  # a missing MediaPipe fails now, not after the conversion
     if target.precision != "int8":
@@ -119,10 +124,13 @@ def _tflite(target, ctx, path):
     return {"qat": best["qat"], "accuracy_control": report}
 
 
-def _onnx(target, ctx, path):
-    if target.precision != "int8":
+def build_onnx(target, ctx, path):
+    """The ONNX family's converter: fp32 (tf2onnx), int8 static QDQ through the gate (NNCF accuracy control)."""
+    if target.precision == "fp32":
         shutil.copyfile(ctx.onnx_fp32, path)
         return {"qat": False, "accuracy_control": None}
+    if target.precision != "int8":
+        _refuse(target)
     onnx_x.quantize(ctx.onnx_fp32, path, ctx.calib_x, target.scheme)
     report = _gate_model(ctx, "onnx", path)
     if target.scheme == "tensorrt":
@@ -163,7 +171,10 @@ def _onnx_keep_float(target, ctx, path, first):
     ctx.gate.fail(target.name, report)
 
 
-def _openvino(target, ctx, path):
+def build_openvino(target, ctx, path):
+    """The OpenVINO family's converter: fp32 and fp16 IR; int8 (NNCF) through the gate (accuracy control)."""
+    if target.precision not in ("fp32", "fp16", "int8"):
+        _refuse(target)
     model = ov_x.read_onnx(ctx.onnx_fp32)
     if target.precision != "int8":
         ov_x.save(model, path, fp16=target.precision == "fp16")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.bundle import sha256_file
-from edgecxr.errors import ConfigError, ModelError, require
-from edgecxr.modelinfo import ModelInfo, load_info
-from edgecxr.preprocess import PreprocessSpec
-from edgecxr.kerasfile import check_safe, _safe_scope, _load_keras, TRUST_HINT
+from edgecxr.formats.bundle import sha256_file
+from edgecxr.utils.errors import ConfigError, ModelError, require
+from edgecxr.formats.modelinfo import ModelInfo, load_info
+from edgecxr.data.preprocess import PreprocessSpec
+from edgecxr.formats.kerasfile import check_safe, _safe_scope, _load_keras, TRUST_HINT
 
 
 
@@ -235,7 +235,7 @@ def _model_hash(path: Path) -> str:
 
 def keras_source(model, base: SourceModel, note: str) -> SourceModel:
     """A SourceModel for a transformed tf_keras model (pruned), keeping the original's info and hash."""
-    from edgecxr.kerasfile import import_tf
+    from edgecxr.formats.kerasfile import import_tf
 
     tf, _ = import_tf()
     return replace(base, fn=_keras_fn(tf, model, base.spec.input_shape), trackable=model, keras_model=model,

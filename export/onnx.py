@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.errors import ModelError, require
+from edgecxr.utils.errors import ModelError, require
 
 OPSET = 17
 
@@ -72,8 +72,8 @@ def end_layers(fp32_path: Path) -> list[list[str]]:
 
 
 def tensorrt_check(path: Path, target: str) -> dict:
-    """The static TensorRT check of a written model (edgecxr.trt_check); an export that fails it is a bug here."""
-    from edgecxr import trt_check
+    """The static TensorRT check of a written model (edgecxr.formats.trt_check); an export that fails it is a bug here."""
+    from edgecxr.formats import trt_check
 
     model = trt_check.load(path)
     found = trt_check.check_model(model)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.errors import require
+from edgecxr.utils.errors import require
 
 
 def read_onnx(onnx_path: Path):

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from edgecxr.errors import ConfigError, require
+from edgecxr.utils.errors import ConfigError, require
 
 
 def _tfmot():

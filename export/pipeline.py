@@ -13,25 +13,29 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edgecxr import data as D
-from edgecxr import metrics
-from edgecxr.atomic import atomic_dir, check_writable
-from edgecxr.cpu import cpu_info
-from edgecxr.bundle import finalize, load_bundle
-from edgecxr.domain import DOMAIN
-from edgecxr.errors import ConfigError, EdgecxrError, ExportIncomplete, GateFailed, ModelError, first_line
-from edgecxr.targets import FAMILIES, TARGETS, resolve_targets
+from edgecxr.data import folders as D
+from edgecxr.export.config import ExportConfig
+from edgecxr.options import configured
+from edgecxr.parity import metrics
+from edgecxr.utils.atomic import atomic_dir, check_writable
+from edgecxr.utils.cpu import cpu_info
+from edgecxr.formats.bundle import finalize, load_bundle
+from edgecxr.data.domain import DOMAIN
+from edgecxr.utils.errors import ConfigError, EdgecxrError, ExportIncomplete, GateFailed, ModelError, first_line
+from edgecxr.formats.targets import FAMILIES, TARGETS, export_packages, load, resolve_targets
 
 TWIN_TOLERANCE = 1e-3  # a float32 conversion of the model reproduces its probabilities to about 1e-6
-VERSION_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
-                    "onnxruntime", "openvino", "nncf", "ai-edge-litert", "numpy", "edgecxr")
+# the build packages; each family's runtime package comes from the format table (versions())
+VERSION_PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "tf2onnx", "onnx", "nncf",
+                    "numpy", "edgecxr")
 
 
 def versions() -> dict:
     from importlib import metadata
 
     out = {"python": sys.version.split()[0]}
-    for name in VERSION_PACKAGES:
+    runtime_packages = [f.package.replace("_", "-") for f in FAMILIES.values()]
+    for name in dict.fromkeys(VERSION_PACKAGES[:6] + tuple(runtime_packages) + VERSION_PACKAGES[6:]):
         try:
             out[name.replace("-", "_")] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -45,7 +49,7 @@ def _say(msg: str) -> None:
 
 
 def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides=None):
-    from edgecxr.modelinfo import check_threshold
+    from edgecxr.formats.modelinfo import check_threshold
 
     if getattr(overrides, "threshold", None) is not None:
         check_threshold(overrides.threshold)
@@ -60,7 +64,7 @@ def _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, fin
 
 
 def _reference(source, test, test_x, test_y, pooled: bool = False):
-    from edgecxr.modelinfo import checked_prob
+    from edgecxr.formats.modelinfo import checked_prob
 
     probs = checked_prob(source.predict(test_x), source.info.output, source.info.positive_index, "test")
     return {"split": "test", **({"pooled": True} if pooled else {}), "probs": {s.rel: float(p) for s, p in zip(test, probs)},
@@ -69,14 +73,11 @@ def _reference(source, test, test_x, test_y, pooled: bool = False):
             "files_sha256": D.files_hash(test)}
 
 
-def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | None = None, prune: float | None = None,
-                 qat: bool = False, finetune_epochs: int = 2, max_recall_drop: float = 0.01,
-                 max_accuracy_drop: float = 0.01, min_agreement: float = 0.98, classes=D.DEFAULT_CLASSES, overwrite: bool = False,
-                 overrides=None, trust_model: bool = False, seed: int = 0,
-                 qat_fallback: bool = True, signing_key=None, twin: bool = True, split_file=None,
-                 distill: bool = False) -> list[Path]:
+def export_model(model_path, targets, data_root, out_dir, config: ExportConfig | None = None, **settings) -> list[Path]:
     """Export a float model to bundles DIR/<target>/; returns the bundle folders (each verified).
 
+    config: the settings (ExportConfig; its defaults without one); keyword settings replace its fields, e.g.
+    export_model(m, ["tflite-int8"], d, out, calib_count=96). Among them:
     signing_key: an Ed25519 private key file (edgecxr keygen): each bundle gets signature.json.
     twin: ship the float32 model of the same format in twin/ of every other bundle, so that device parity
     can recompute the float reference on a site's own images.
@@ -86,21 +87,22 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
     float (pruned) model's, instead of the labels.
     """
     start = time.time()
-    if distill and not (qat or prune):
+    c = configured(ExportConfig, config, settings)
+    if c.distill and not (c.qat or c.prune):
         raise ConfigError("--distill changes how --prune and --qat fine-tune; add one (or leave out --distill)")
-    chosen, signing_key, out_dir = _check_request(targets, out_dir, model_path, data_root, prune, qat, overwrite,
-                                                  signing_key, (max_recall_drop, max_accuracy_drop, min_agreement,
-                                                                finetune_epochs, overrides))
-    data = _load_data(model_path, data_root, classes, split_file, seed, chosen, prune, qat, calib_count, overrides,
-                      trust_model)
+    chosen, signing_key, out_dir = _check_request(targets, out_dir, model_path, data_root, c.prune, c.qat, c.overwrite,
+                                                  c.signing_key, (c.max_recall_drop, c.max_accuracy_drop,
+                                                                  c.min_agreement, c.finetune_epochs, c.overrides))
+    data = _load_data(model_path, data_root, c.classes, c.split_file, c.seed, chosen, c.prune, c.qat, c.calib_count,
+                      c.overrides, c.trust_model)
     source, prune_report = data.source, None
-    if prune:
-        source, prune_report = _prune(source, data, prune, finetune_epochs, seed, distill)
+    if c.prune:
+        source, prune_report = _prune(source, data, c.prune, c.finetune_epochs, c.seed, c.distill)
     reference = _reference(source, data.test, data.test_x, data.test_y,
-                           pooled=D.is_pooled(D.model_split_file(model_path, split_file)))
-    gate, predict_s = _gate(source, data, reference, max_recall_drop, max_accuracy_drop, min_agreement)
-    make_qat = _qat_maker(source, data, finetune_epochs, bool(prune), seed, predict_s, distill)
-    qat_source = make_qat() if qat and any(t.family == "tflite" and t.int8 for t in chosen) else None
+                           pooled=D.is_pooled(D.model_split_file(model_path, c.split_file)))
+    gate, predict_s = _gate(source, data, reference, c.max_recall_drop, c.max_accuracy_drop, c.min_agreement)
+    make_qat = _qat_maker(source, data, c.finetune_epochs, bool(c.prune), c.seed, predict_s, c.distill)
+    qat_source = make_qat() if c.qat and any(FAMILIES[t.family].qat and t.int8 for t in chosen) else None
     base = _manifest_base(source, model_path, reference)
     calibration = ({"count": len(data.calib), "split": "train", "files_sha256": D.files_hash(data.calib)}
                    if data.calib else None)
@@ -108,10 +110,10 @@ def export_model(model_path, targets, data_root, out_dir, *, calib_count: int | 
         from edgecxr.export.build import Context
 
         ctx = Context(source, data.calib_x, gate, Path(work), qat_source=qat_source,
-                      qat_fallback=make_qat if source.keras_model is not None and qat_fallback else None,
-                      test=(data.test, data.test_x, data.test_y), twin=twin,
-                      qat_training="distillation" if distill else "labels")
-        written, refused, gate_only = _export_each(chosen, ctx, out_dir, overwrite, base, calibration, prune_report,
+                      qat_fallback=make_qat if source.keras_model is not None and c.qat_fallback else None,
+                      test=(data.test, data.test_x, data.test_y), twin=c.twin,
+                      qat_training="distillation" if c.distill else "labels")
+        written, refused, gate_only = _export_each(chosen, ctx, out_dir, c.overwrite, base, calibration, prune_report,
                                                    source.info, signing_key)
     _say(f"exported {len(written)} bundle(s) in {time.time() - start:.1f} s")
     if refused:
@@ -129,10 +131,10 @@ def _check_request(targets, out_dir, model_path, data_root, prune, qat, overwrit
     _check_options(prune, max_recall_drop, max_accuracy_drop, min_agreement, finetune_epochs, overrides)
     _check_extras(chosen, prune, qat)
     if signing_key:
-        from edgecxr.signing import load_signing_key
+        from edgecxr.formats.signing import load_signing_key
 
         signing_key = load_signing_key(signing_key)  # a bad key fails now, not after the export
-    if qat and not any(t.family == "tflite" and t.int8 for t in chosen):
+    if qat and not any(FAMILIES[t.family].qat and t.int8 for t in chosen):
         _say("note: --qat applies to tflite-int8; the other int8 targets use post-training quantization")
     out_dir = Path(out_dir)
     _check_out(out_dir)
@@ -157,7 +159,7 @@ class _Data:
     fit: tuple | None  # (x, y) of the train split, for fine-tuning
 
     def fit_data(self):
-        from edgecxr.export import datasets as X
+        from edgecxr.export import calibration as X
 
         if self.fit is None:
             fit_x, fit_y, _ = X.load_inputs(self.train, self.source.spec, "loading train (fine-tuning)")
@@ -167,7 +169,7 @@ class _Data:
 
 def _load_data(model_path, data_root, classes, split_file, seed, chosen, prune, qat, calib_count, overrides, trust_model):
     """The splits first (bad folders fail in a second, before TensorFlow starts), then the model, then the images."""
-    from edgecxr.export import datasets as X
+    from edgecxr.export import calibration as X
     from edgecxr.export.loading import load_source
 
     train, val, test, val_source = X.export_splits(data_root, classes, Path(model_path), split_file=split_file, seed=seed)
@@ -195,7 +197,7 @@ def _load_data(model_path, data_root, classes, split_file, seed, chosen, prune, 
 
 
 def _val_probs(src, data):
-    from edgecxr.modelinfo import checked_prob
+    from edgecxr.formats.modelinfo import checked_prob
 
     return checked_prob(src.predict(data.val_x), src.info.output, src.info.positive_index, "validation")
 
@@ -337,7 +339,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         export_parity = _export_parity(target, ctx, tmp, info, result["accuracy_control"])
         runner_specs = _specs(target, tmp)
         size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
-        qat_requested = ctx.qat_source is not None and target.family == "tflite" and target.int8
+        qat_requested = ctx.qat_source is not None and FAMILIES[target.family].qat and target.int8
         opt = {"prune": None, "qat": result["qat"],
                # --qat asked for it; "qat" says whether the written model is the QAT one (it may fall back)
                "qat_requested": qat_requested,
@@ -349,10 +351,9 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         twin = _add_twin(target, ctx, tmp, info) if ctx.with_twin and target.precision != "fp32" else None
         if prune_report is not None:
             opt["prune"] = {**prune_report, "gzip_bytes": opt["size"]["gzip_bytes"]}
-            if target.family == "tflite" and target.int8:
-                from edgecxr.export.runners import int8_weight_sparsity
-
-                opt["prune"]["int8_weights"] = int8_weight_sparsity(tmp / target.model_file)  # measured, not assumed
+            sparsity = FAMILIES[target.family].int8_sparsity
+            if sparsity and target.int8:  # measured, not assumed
+                opt["prune"]["int8_weights"] = load(sparsity)(tmp / target.model_file)
         manifest = {"target": target.name, "runtime": FAMILIES[target.family].runtime, "model_file": target.model_file,
                     "acceptance": _acceptance(target, ctx, base),
                     "input": runner_specs[0], "output": {**runner_specs[1], "kind": info.output,
@@ -363,7 +364,7 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
         manifest.update(_conformance(target, ctx, tmp, manifest))
         manifest = finalize(tmp, manifest)
         if signing_key is not None:
-            from edgecxr.signing import sign_bundle
+            from edgecxr.formats.signing import sign_bundle
 
             sign_bundle(tmp, signing_key, manifest)
         load_bundle(tmp)
@@ -381,15 +382,15 @@ def _write_target(target, ctx, final: Path, overwrite, base, calibration, prune_
 
 
 def _tolerances(gate):
-    from edgecxr.criteria import Tolerances
+    from edgecxr.parity.criteria import Tolerances
 
     return Tolerances(gate.max_recall_drop, gate.max_accuracy_drop, gate.min_agreement)
 
 
 def _acceptance(target, ctx, base: dict) -> dict:
     """The release criteria written into the manifest: the gate's limits, the test set export parity ran on,
-    and the runtime and CPU that passed them (see edgecxr.criteria)."""
-    from edgecxr.criteria import export_criteria
+    and the runtime and CPU that passed them (see edgecxr.parity.criteria)."""
+    from edgecxr.parity.criteria import export_criteria
 
     family = FAMILIES[target.family]
     runtime, version = family.runtime, base["versions"].get(family.package)
@@ -406,9 +407,9 @@ def _export_parity(target, ctx, folder: Path, info, validation: dict | None) -> 
     The validation gate chooses; this only verifies, so a bundle that `edgecxr device parity` would fail
     on this CPU is never written. A failure here refuses the target (no further attempt is tuned on test).
     """
-    from edgecxr.comparison import compare
-    from edgecxr.modelinfo import to_prob
-    from edgecxr.export.runners import Runner
+    from edgecxr.parity.comparison import compare
+    from edgecxr.formats.modelinfo import to_prob
+    from edgecxr.export.float_runs import Runner
 
     test, test_x, test_y = ctx.test
     gate = ctx.gate
@@ -434,8 +435,8 @@ def _export_parity(target, ctx, folder: Path, info, validation: dict | None) -> 
 def _conformance(target, ctx, folder: Path, manifest: dict) -> dict:
     """The manifest's `input_contract` and `conformance` (golden vectors of every stage, written into
     folder/conformance/ by the bundle's own model)."""
-    from edgecxr import conformance as K, contract
-    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.data import conformance as K, contract
+    from edgecxr.data.preprocess import PreprocessSpec
     from edgecxr.runtimes import open_session
 
     spec = PreprocessSpec.from_dict(manifest["preprocess"])
@@ -464,8 +465,8 @@ def _add_twin(target, ctx, folder: Path, info) -> dict | None:
     """Copy the float32 model of the target's family into folder/twin/ when it reproduces the bundle's float
     reference on the test images (it is the same model, converted): `device parity` then recomputes the
     reference on images the bundle has none for. Returns the manifest's `twin` entry."""
-    from edgecxr.modelinfo import to_prob
-    from edgecxr.export.runners import Runner
+    from edgecxr.formats.modelinfo import to_prob
+    from edgecxr.export.float_runs import Runner
 
     fp32 = TARGETS[f"{target.family}-fp32"]
     source = ctx.twin(target.family)
@@ -494,19 +495,13 @@ def _rechoose_threshold(source, val_y, val_probs, change: str):
     return replace(source, info=info)
 
 
-NEEDS = {"tflite": ("tensorflow", "tf_keras"), "onnx": ("tensorflow", "tf_keras", "tf2onnx", "onnx", "onnxruntime"),
-         "openvino": ("tensorflow", "tf_keras", "tf2onnx", "onnx", "onnxruntime", "openvino")}
-
-
 def _check_extras(chosen, prune, qat) -> None:
     """Fail in a second, not after minutes of work, when a package of the export extra is missing."""
     import importlib.util
 
-    from edgecxr.errors import MissingDependencyError
+    from edgecxr.utils.errors import MissingDependencyError
 
-    wanted = {m for t in chosen for m in NEEDS[t.family]}
-    if any(t.family == "openvino" and t.int8 for t in chosen) or any(t.family == "onnx" and t.int8 for t in chosen):
-        wanted.add("nncf")
+    wanted = export_packages(chosen)
     if prune or qat:
         wanted.add("tensorflow_model_optimization")
     missing = sorted(m for m in wanted if importlib.util.find_spec(m) is None)
@@ -523,6 +518,6 @@ def _check_out(out_dir: Path) -> None:
 
 
 def _specs(target, folder: Path):
-    from edgecxr.export.runners import Runner
+    from edgecxr.export.float_runs import Runner
 
     return Runner(target.family, folder / target.model_file).specs()

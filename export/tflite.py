@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 
+from edgecxr.utils.errors import ConfigError
+
 
 def representative(x: np.ndarray):
     def gen():
@@ -41,11 +43,13 @@ def configure(conv, precision: str, calib_x: np.ndarray | None = None, io_dtype:
         conv.representative_dataset = representative(calib_x)
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io_dtype]
+    elif precision != "fp32":
+        raise ConfigError(f"the TFLite converter writes fp32, fp16, dynamic and int8, not {precision!r}")
     return conv
 
 
 def convert(source, precision: str, calib_x: np.ndarray | None = None) -> bytes:
-    from edgecxr.quiet import native_output_captured
+    from edgecxr.utils.quiet import native_output_captured
 
     converter = configure(converter_for(source), precision, calib_x)
     with native_output_captured():  # the converter's "fully_quantize: ..." lines

@@ -96,7 +96,7 @@ def _venv_python(venv: Path) -> Path:
 
 
 def _missing(reason: str):
-    from edgecxr.errors import MissingDependencyError
+    from edgecxr.utils.errors import MissingDependencyError
 
     return MissingDependencyError(
         f"TFLite metadata needs MediaPipe in a venv of its own ({reason}): python -m venv VENV && "
@@ -173,7 +173,7 @@ def _clean_env() -> dict:
 
 def _run(command: str, request: dict, timeout: float = 900) -> dict:
     """Run this file's `command` with MediaPipe's Python; returns the answer it wrote (raises on a crash)."""
-    from edgecxr.errors import ModelError
+    from edgecxr.utils.errors import ModelError
 
     python = mediapipe_python()
     with tempfile.TemporaryDirectory(prefix="edgecxr-mediapipe-") as tmp:
@@ -227,7 +227,7 @@ def classify(model: Path, pixels, positive_index: int = 0, timeout: float = 1800
         answer = _run("classify", {"model": str(Path(model)), "pixels": str(arrays),
                                    "positive_index": int(positive_index)}, timeout=timeout)
     if "error" in answer:
-        from edgecxr.errors import ModelError
+        from edgecxr.utils.errors import ModelError
 
         raise ModelError(f"MediaPipe {answer['mediapipe']}'s ImageClassifier refused {model}: {answer['error']}")
     return answer

@@ -8,8 +8,8 @@ import hashlib
 import html
 import time
 
-from edgecxr import metrics
-from edgecxr.domain import DOMAIN, INTENDED_USE, describe_domain
+from edgecxr.parity import metrics, verdict as rule
+from edgecxr.data.domain import DOMAIN, INTENDED_USE, describe_domain
 
 
 
@@ -66,8 +66,9 @@ def _bench(b: dict) -> dict:
 
 def verdict(parity: list, bundles: list) -> dict:
     """Passed when every parity run passed; its reasons say what decided, what was not shown and every deviation."""
-    if not parity:
-        return {"passed": None, "text": "no device verdict: no parity result in this report "
+    passed = rule.verdict(parity, decided=bool(parity))  # None: no parity result decides
+    if passed is None:
+        return {"passed": passed, "text": "no device verdict: no parity result in this report "
                                         "(run `edgecxr device parity --json FILE` and add the file)", "reasons": []}
     reasons = []
     for r in parity:
@@ -87,7 +88,6 @@ def verdict(parity: list, bundles: list) -> dict:
                            "(SHA-256 differs)")
         if crit.get("source") == "defaults":
             reasons.append(f"{target}: {crit.get('note')}")
-    passed = all(r.get("passed") for r in parity)
     deviations = any((r.get("criteria") or {}).get("deviations") for r in parity)
     text = ("PASSED" if passed else "FAILED") + (" with deviations from the bundle's criteria" if passed and deviations else "")
     return {"passed": passed, "deviations": deviations, "text": text, "reasons": reasons}

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edgecxr.errors import ConfigError, ModelError
+from edgecxr.options import trust_model_option
+from edgecxr.utils.errors import ConfigError, ModelError
 
 METHODS = ("gradcam", "occlusion")
 
@@ -42,7 +43,7 @@ class FloatExplainer:
     """A float tf_keras model with its sidecar info; Grad-CAM or occlusion."""
 
     def __init__(self, model_path: Path, *, trust: bool = False):
-        from edgecxr.modelinfo import load_info
+        from edgecxr.formats.modelinfo import load_info
         from edgecxr.training.evaluate import load_model
 
         self.info = load_info(model_path)
@@ -132,14 +133,14 @@ def figure(e: Explanation, side: int = 320) -> bytes:
 @click.option("--patch", type=int, help="Occlusion patch side in pixels (default: input size / 7).")
 @click.option("--stride", type=int, help="Occlusion stride in pixels (default: patch / 2).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
-@click.option("--trust-model", is_flag=True, help="Allow models that contain code (Lambda layers): trusted files only.")
+@trust_model_option()
 @click.option("--trusted-key", type=click.Path(dir_okay=False, path_type=Path),
               help="With --bundle: refuse a bundle not signed by this public key (default: $EDGECXR_TRUSTED_KEY).")
 def explain(image, model_path, bundle, method, patch, stride, out, trust_model, trusted_key):
     """Show which regions of IMAGE drove the decision, as a colour map over the X-ray.
 
     Example: edgecxr explain chest.jpeg --out cam.png (Grad-CAM of the shipped model; --bundle B for occlusion)"""
-    from edgecxr.atomic import refuse_overlap, write_bytes_atomic
+    from edgecxr.utils.atomic import refuse_overlap, write_bytes_atomic
 
     refuse_overlap(out, (image, model_path, bundle))
     if model_path and bundle:
@@ -148,11 +149,11 @@ def explain(image, model_path, bundle, method, patch, stride, out, trust_model, 
         raise ConfigError("a bundle has no gradients: Grad-CAM needs the float model (--model); use --method occlusion")
     kw = {"patch": patch, "stride": stride} if (method == "occlusion" or bundle) else {}
     if bundle:
-        from edgecxr.signing import trusted_key_path
+        from edgecxr.formats.signing import trusted_key_path
 
         e = BundleExplainer(bundle, trusted_key_path(trusted_key)).explain(image, method or "occlusion", **kw)
     else:
-        from edgecxr.modelinfo import default_model_path
+        from edgecxr.formats.modelinfo import default_model_path
 
         e = FloatExplainer(model_path or default_model_path(), trust=trust_model).explain(image, method or "gradcam", **kw)
     write_bytes_atomic(out, figure(e))

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgecxr import metrics
-from edgecxr.errors import EdgecxrError
+from edgecxr.parity import metrics
+from edgecxr.utils.errors import EdgecxrError
 
 if TYPE_CHECKING:
     from edgecxr.reports.report import Found, Section
@@ -120,7 +120,7 @@ def _xray_and_maps(path: Path, mapper: Mapper, bundle=None) -> list[tuple[str, b
     if o is not None:
         images.append((f"device {o.source}: occlusion", png_bytes(o.overlay(), 180)))
     if base is None and path is not None:
-        from edgecxr.images import read_image
+        from edgecxr.data.images import read_image
 
         img = read_image(path).convert("L")
         img.thumbnail((360, 360))

@@ -21,8 +21,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edgecxr import metrics
-from edgecxr.errors import EdgecxrError
+from edgecxr.options import data_option
+from edgecxr.parity import metrics
+from edgecxr.utils.errors import EdgecxrError
 from edgecxr.reports.html import Mapper, render
 
 
@@ -58,7 +59,7 @@ MAX_INPUT_JSON = 32 << 20  # edgecxr's largest (a benchmark with every row) is a
 
 
 def _json(path: Path):
-    from edgecxr.atomic import read_small
+    from edgecxr.utils.atomic import read_small
 
     if path.is_file() and path.stat().st_size > MAX_INPUT_JSON:
         raise EdgecxrError(f"{path}: {path.stat().st_size >> 20} MB, larger than any JSON edgecxr writes "
@@ -81,7 +82,7 @@ def _read_history(path: Path) -> dict:
 
 
 def _scan(folder: Path, found: Found) -> None:
-    from edgecxr.modelinfo import load_info
+    from edgecxr.formats.modelinfo import load_info
 
     if (folder / "val_predictions.npz").is_file():
         info = load_info(folder / "model.keras") if (folder / "model.json").is_file() else None
@@ -264,7 +265,7 @@ def _parity_row(r: dict) -> dict:
 
 
 def collect(paths, model: Path | None = None) -> Found:
-    from edgecxr.data import patient_id
+    from edgecxr.data.folders import patient_id
 
     found = Found(model=Path(model) if model else None)
     for path in map(Path, paths):
@@ -298,7 +299,7 @@ def collect(paths, model: Path | None = None) -> Found:
                **{k: s.m[k] for k in ("data", "model_sha256", "model") if k in s.m}}
     found.sections.sort(key=lambda s: (s.title.startswith("Validation"), s.title))  # test first
     if found.model is not None:
-        from edgecxr.modelinfo import load_info
+        from edgecxr.formats.modelinfo import load_info
 
         found.info = load_info(found.model)
     return found
@@ -307,7 +308,7 @@ def collect(paths, model: Path | None = None) -> Found:
 def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gallery: int = 6,
                  maps: bool = True, title: str = "Pneumonia classifier report") -> Path:
     """Write the HTML page to `out` and its JSON twin (the verification record) beside it, OUT with .json."""
-    from edgecxr.atomic import refuse_overlap, write_json_atomic, write_text_atomic
+    from edgecxr.utils.atomic import refuse_overlap, write_json_atomic, write_text_atomic
     from edgecxr.reports.evidence import build_record
 
     found = collect(folders, model)
@@ -350,8 +351,8 @@ def build_report(folders, out: Path, *, model=None, bundle=None, data=None, gall
               help="Float model for Grad-CAM maps (default: the run's model.keras or the evaluated model).")
 @click.option("--bundle", type=click.Path(exists=True, path_type=Path),
               help="Bundle to check on this machine: adds its parity row and device occlusion maps of flipped cases.")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Data root holding the X-rays (default: the one recorded in the run).")
+@data_option("Data root holding the X-rays (default: the one recorded in the run).", required=False,
+             type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--gallery", default=6, show_default=True, help="Cases shown per gallery group.")
 @click.option("--maps/--no-maps", default=True, show_default=True, help="Draw Grad-CAM/occlusion maps (slower).")
 @click.option("--title", default="Pneumonia classifier report", show_default=True)

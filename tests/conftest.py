@@ -119,3 +119,12 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.name.split("[")[0] in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+def assert_exit_is_verdict(result, report_path) -> dict:
+    """A parity command's exit code is its report's verdict: 0 passed, 1 failed (never just "0 or 1")."""
+    import json
+
+    report = json.loads(Path(report_path).read_text())
+    assert result.exit_code == (0 if report["passed"] else 1), (report["passed"], result.output)
+    return report

@@ -27,7 +27,7 @@ def _decode(path, draft, mistake):
 
 
 def mistaken_stages(path, manifest, mistake: str) -> dict:
-    """The recipe's stages for one file with `mistake` (a name of edgecxr.conformance.MISTAKES) made."""
+    """The recipe's stages for one file with `mistake` (a name of edgecxr.data.conformance.MISTAKES) made."""
     pre, steps = manifest["preprocess"], manifest["input_contract"]["steps"]
     out = {"decoded": _decode(path, steps["decoded"]["draft_size"], mistake)}
     gray = out["decoded"]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecxr.errors import ConfigError
+from edgecxr.utils.errors import ConfigError
 from edgecxr.training.augment import Augment, acquisition_path, augment_batch, get_preset
 
 
@@ -123,7 +123,7 @@ def test_acquisition_share_outside_0_1_is_refused(share):
 
 def test_acquisition_reaches_the_training_batches(tf, xrays):
     """In the tf.data graph the training pipeline builds (batch_inputs), not only eagerly."""
-    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.data.preprocess import PreprocessSpec
     from edgecxr.training.train import batch_inputs
 
     spec = PreprocessSpec(size=224, channels=1, scale=1.0, offset=0.0)

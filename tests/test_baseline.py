@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from edgecxr import data as D
-from edgecxr import metrics
-from edgecxr.errors import ConfigError, DataError, ImageError
-from edgecxr.modelinfo import DEFAULT_DIR
+from edgecxr.data import folders as D
+from edgecxr.parity import metrics
+from edgecxr.utils.errors import ConfigError, DataError, ImageError
+from edgecxr.formats.modelinfo import DEFAULT_DIR
 from edgecxr.training import baseline as B
 
 

@@ -13,9 +13,9 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("openvino")
 
-from edgecxr.criteria import Tolerances  # noqa: E402
-from edgecxr.errors import ConfigError  # noqa: E402
-from edgecxr.targets import TARGETS  # noqa: E402
+from edgecxr.parity.criteria import Tolerances  # noqa: E402
+from edgecxr.utils.errors import ConfigError  # noqa: E402
+from edgecxr.formats.targets import TARGETS  # noqa: E402
 from conftest import TINY_INT8_LIMITS  # noqa: E402
 
 TARGET_NAMES = ["tflite-fp32", "tflite-int8", "onnx-int8", "openvino-fp32"]
@@ -29,7 +29,7 @@ FIELDS = ("target", "runtime", "size_mb", "size_gz_mb", "accuracy", "recall", "s
 
 @pytest.fixture(scope="module")
 def bench(tiny_model, kermany, tmp_path_factory):
-    from edgecxr.export.benchmark import run_benchmark
+    from edgecxr.bench.run import run_benchmark
 
     out = tmp_path_factory.mktemp("bench")
     result = run_benchmark(tiny_model, kermany, out, targets=TARGET_NAMES, limit=LIMIT, runs=20, warmup=3, n_boot=200,
@@ -38,8 +38,8 @@ def bench(tiny_model, kermany, tmp_path_factory):
 
 
 def test_make_subset_is_balanced_symlinked_and_deterministic(kermany, tmp_path):
-    from edgecxr.data import files_hash, list_split
-    from edgecxr.export.benchmark import make_subset
+    from edgecxr.data.folders import files_hash, list_split
+    from edgecxr.bench.run import make_subset
 
     a = make_subset(kermany, tmp_path / "a", test=11, train=30)
     b = make_subset(kermany, tmp_path / "b", test=11, train=30)
@@ -88,7 +88,7 @@ def _copy(out: Path, dest: Path) -> Path:
 
 def test_reuse_and_a_failing_target_becomes_an_error_row(bench, tiny_model, kermany, tmp_path, monkeypatch):
     from edgecxr.export import pipeline
-    from edgecxr.export.benchmark import run_benchmark
+    from edgecxr.bench.run import run_benchmark
 
     out = _copy(bench[0], tmp_path)
     real = pipeline.export_model
@@ -136,8 +136,8 @@ def test_ci_gate_exits_non_zero_when_int8_loses_parity(bench, tiny_model, kerman
 
 
 def test_batch_scaling_resizes_every_runtime(bench, kermany):
-    from edgecxr.bundle import load_bundle
-    from edgecxr.export import scaling
+    from edgecxr.formats.bundle import load_bundle
+    from edgecxr.bench import scaling
 
     out, result = bench
     rows = {r["target"]: r for r in result["rows"]}
@@ -158,7 +158,7 @@ def test_batch_scaling_resizes_every_runtime(bench, kermany):
 
 
 def test_a_row_can_be_asked_for_by_its_name_and_runs_once():
-    from edgecxr.export.bench_rows import plan_rows
+    from edgecxr.bench.rows import plan_rows
 
     def rows(*args, **kw):
         return [(p.name, p.prune, p.qat, p.distill) for p in plan_rows(*args, **kw)]
@@ -184,8 +184,8 @@ def test_a_qat_row_that_fell_back_to_post_training_int8_is_reused(monkeypatch, t
     and fell back to post-training int8 used to be rebuilt (about 7 minutes) on every benchmark run."""
     from types import SimpleNamespace
 
-    import edgecxr.bundle
-    from edgecxr.export.bench_rows import plan_rows, reuse_problem
+    import edgecxr.formats.bundle
+    from edgecxr.bench.rows import plan_rows, reuse_problem
 
     (tmp_path / "manifest.json").write_text("{}")
     plan = next(p for p in plan_rows(["tflite-int8"], None, True) if p.qat)
@@ -199,7 +199,7 @@ def test_a_qat_row_that_fell_back_to_post_training_int8_is_reused(monkeypatch, t
                           ({"qat": True}, None),  # bundles from before the field: what was used
                           ({"qat": False, "qat_requested": False}, "not exported with --qat"),
                           ({"qat": False}, "not exported with --qat")):
-        monkeypatch.setattr(edgecxr.bundle, "load_bundle", lambda folder, opt=opt: manifest(opt))
+        monkeypatch.setattr(edgecxr.formats.bundle, "load_bundle", lambda folder, opt=opt: manifest(opt))
         assert reuse_problem(tmp_path, plan, "m", "t") == expected, opt
 
     # a distilled QAT row is another row: neither bundle stands in for the other
@@ -210,7 +210,7 @@ def test_a_qat_row_that_fell_back_to_post_training_int8_is_reused(monkeypatch, t
                                     (distilled, "distillation", None)):
         opt = {"qat": True, "qat_requested": True, "qat_training": training,
                "prune": {"target_sparsity": 0.5} if row.prune else None}
-        monkeypatch.setattr(edgecxr.bundle, "load_bundle", lambda folder, opt=opt: manifest(opt))
+        monkeypatch.setattr(edgecxr.formats.bundle, "load_bundle", lambda folder, opt=opt: manifest(opt))
         assert reuse_problem(tmp_path, row, "m", "t") == expected, (row.name, training)
     with pytest.raises(ConfigError, match="add --qat"):
         plan_rows(["tflite-int8"], 0.5, False, distill=True)
@@ -221,13 +221,15 @@ def test_the_benchmark_export_and_device_parity_draw_the_same_bootstrap():
     the benchmark (1000 draws, -0.0103): every parity verdict, `device choose`'s too, uses one resample count."""
     import inspect
 
-    from edgecxr.comparison import PARITY_BOOTSTRAP, compare
+    from edgecxr.parity.comparison import PARITY_BOOTSTRAP, compare
     from edgecxr.devices.choose import rank
     from edgecxr.devices.parity import parity_from_predictions, run_parity
-    from edgecxr.export.benchmark import benchmark, run_benchmark
+    from edgecxr.bench.config import BenchConfig
+    from edgecxr.bench.run import benchmark
 
     defaults = {f.__name__: inspect.signature(f).parameters["n_boot"].default
-                for f in (compare, run_parity, parity_from_predictions, run_benchmark, rank)}
+                for f in (compare, run_parity, parity_from_predictions, rank)}
+    defaults["run_benchmark"] = BenchConfig().n_boot
     assert set(defaults.values()) == {PARITY_BOOTSTRAP}, defaults
     assert next(p for p in benchmark.params if p.name == "n_boot").default == PARITY_BOOTSTRAP
 

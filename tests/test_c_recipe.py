@@ -151,7 +151,7 @@ def _made_up_images(folder: Path, draft: int, png: bool) -> list[Path]:
     orders), 4:4:4 / 4:2:2 / 4:2:0 colour, grayscale, progressive, orientation from XMP only; PNGs of every type."""
     from PIL import Image, PngImagePlugin
 
-    from edgecxr import contract as C
+    from edgecxr.data import contract as C
 
     rng = np.random.default_rng(0)
 
@@ -204,8 +204,8 @@ def _made_up_images(folder: Path, draft: int, png: bool) -> list[Path]:
 
 def test_c_recipe_decodes_as_edgecxr_does(recipe, tiny_bundles, tmp_path):
     """decoded (and resized) of the C recipe equal edgecxr's reference decode (Pillow) + the contract's steps."""
-    from edgecxr import conformance as K
-    from edgecxr import contract as C
+    from edgecxr.data import conformance as K
+    from edgecxr.data import contract as C
 
     manifests = {t: json.loads((tiny_bundles[t] / "manifest.json").read_text()) for t in ONNX}
     draft = manifests["onnx-fp32"]["input_contract"]["steps"]["decoded"]["draft_size"]

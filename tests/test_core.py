@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecxr import data as D
-from edgecxr import metrics
-from edgecxr.errors import ConfigError, DataError, ImageError
-from edgecxr.images import decode_image, read_image
-from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
+from edgecxr.data import folders as D
+from edgecxr.parity import metrics
+from edgecxr.utils.errors import ConfigError, DataError, ImageError
+from edgecxr.data.images import decode_image, read_image
+from edgecxr.data.preprocess import LUNG_CROP, PreprocessSpec
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -262,7 +262,7 @@ def test_bad_split_file_is_one_line_error(tmp_path, text, match):
 
 
 def test_export_falls_back_from_a_bad_split_file(tmp_path, capsys):
-    from edgecxr.export.datasets import train_val
+    from edgecxr.export.calibration import train_val
 
     (tmp_path / "m.csv").write_text("path,label,patient_id\n" + "".join(f"p{i}.png,{i % 2},{i}\n" for i in range(40)))
     (tmp_path / "run").mkdir()
@@ -407,7 +407,7 @@ def test_mcnemar_exact():
 
 def test_split_file_applies_to_a_subset_of_its_images(tmp_path, kermany):
     """The shipped sample is a subset of the training data: every image keeps its side of the model's split."""
-    from edgecxr import data as D
+    from edgecxr.data import folders as D
 
     samples = D.list_split(kermany, "train")
     train, val = D.grouped_split(samples, 0.1, 0)
@@ -485,7 +485,7 @@ def test_every_command_has_an_example_in_its_help():
 
 def test_output_kinds_and_layout_rules():
     """One place for output kinds (the export gate and the device both use to_prob) and one NCHW rule."""
-    from edgecxr.modelinfo import to_prob
+    from edgecxr.formats.modelinfo import to_prob
     from edgecxr.runtimes import dequantize, is_nchw, quantize_input
 
     assert to_prob(np.array([[0.8]]), "sigmoid", 0).tolist() == [0.8]
@@ -503,7 +503,7 @@ def test_native_output_is_captured_and_replayed_on_failure(capfd, monkeypatch):
     """What C++ code writes to fd 1/2 inside the block is hidden, shown when the block fails or with --verbose."""
     import os
 
-    from edgecxr.quiet import native_output_captured
+    from edgecxr.utils.quiet import native_output_captured
 
     monkeypatch.delenv("EDGECXR_VERBOSE", raising=False)
     with native_output_captured():

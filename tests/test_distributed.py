@@ -119,7 +119,7 @@ def test_killed_worker_resumes_at_the_last_finished_epoch(manifest, tmp_path):
 
 
 def test_backup_of_another_configuration_is_refused(manifest, tmp_path):
-    from edgecxr.errors import ConfigError
+    from edgecxr.utils.errors import ConfigError
     from edgecxr.training.distribute import Backup
 
     Backup(tmp_path / "b", chief=True).check({"epochs": 3})

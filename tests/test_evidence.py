@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from edgecxr import metrics
-from edgecxr.errors import ConfigError
+from edgecxr.parity import metrics
+from edgecxr.utils.errors import ConfigError
 
 
 def _clustered(n_patients=60, per_patient=4, seed=0):
@@ -132,8 +132,8 @@ def test_parity_reports_the_calibration_change():
 
 
 def test_criteria_come_from_the_bundle_and_loosening_is_a_deviation():
-    from edgecxr.criteria import check_criteria, format_criteria, resolve
-    from edgecxr.criteria import Tolerances
+    from edgecxr.parity.criteria import check_criteria, format_criteria, resolve
+    from edgecxr.parity.criteria import Tolerances
 
     acceptance = {"max_recall_drop": 0.02, "max_accuracy_drop": 0.01, "min_agreement": 0.98, "min_coverage": 1.0,
                   "level": 0.95, "max_unstable": None, "test_set": {"files_sha256": "ab"}}

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr.bundle import load_bundle, sha256_file
-from edgecxr.data import list_split
-from edgecxr.errors import ConfigError, DataError, EdgecxrError, ModelError
-from edgecxr.targets import TARGETS
+from edgecxr.formats.bundle import load_bundle, sha256_file
+from edgecxr.data.folders import list_split
+from edgecxr.utils.errors import ConfigError, DataError, EdgecxrError, ModelError
+from edgecxr.formats.targets import TARGETS
 from conftest import TINY_CALIBRATION, TINY_INT8_LIMITS
 
 pytest.importorskip("tensorflow")
@@ -97,7 +97,7 @@ def test_quantized_tflite_is_smaller(bundles):
 
 
 def test_calibration_is_balanced_grouped_and_from_train(kermany):
-    from edgecxr.export.datasets import calibration_samples, train_val
+    from edgecxr.export.calibration import calibration_samples, train_val
 
     train, val, _ = train_val(kermany, ("NORMAL", "PNEUMONIA"), Path("/nonexistent/model.keras"))
     picked = calibration_samples(train, 100, seed=3)
@@ -135,9 +135,9 @@ def test_export_parity_refusal_names_the_validation_result_it_overrules(monkeypa
     error says what validation measured (the numbers a user compares variants by, e.g. label vs distilled QAT)."""
     from types import SimpleNamespace
 
-    import edgecxr.export.runners
-    from edgecxr.data import Sample
-    from edgecxr.errors import GateFailed
+    import edgecxr.export.float_runs
+    from edgecxr.data.folders import Sample
+    from edgecxr.utils.errors import GateFailed
     from edgecxr.export.pipeline import _export_parity
 
     rng = np.random.default_rng(0)
@@ -146,7 +146,7 @@ def test_export_parity_refusal_names_the_validation_result_it_overrules(monkeypa
     float_probs = np.clip(y * 0.8 + 0.1 + rng.normal(0, 0.05, len(y)), 0, 1)
     device_probs = float_probs.copy()
     device_probs[np.flatnonzero(y == 1)[:20]] = 0.05  # 20 of 100 pneumonia decisions lost on the device
-    monkeypatch.setattr(edgecxr.export.runners, "Runner", lambda family, model: lambda x: device_probs[:, None])
+    monkeypatch.setattr(edgecxr.export.float_runs, "Runner", lambda family, model: lambda x: device_probs[:, None])
     gate = SimpleNamespace(reference_float_probs=float_probs, max_recall_drop=0.01, max_accuracy_drop=0.01,
                            min_agreement=0.98)
     ctx = SimpleNamespace(test=(test, np.zeros((len(y), 1)), y), gate=gate)
@@ -182,8 +182,8 @@ def test_empty_and_small_calibration_folders(tiny_model, sample, tmp_path):
 
 def test_default_calibration_is_what_a_small_train_split_holds(capsys):
     """Without --calib-count: 300, or as many as the train split holds half per class (said on stderr)."""
-    from edgecxr.data import Sample
-    from edgecxr.export.datasets import calibration_samples, default_calibration_count
+    from edgecxr.data.folders import Sample
+    from edgecxr.export.calibration import calibration_samples, default_calibration_count
 
     def train(normal, pneumonia):
         return [Sample(Path(f"/x/p{i}.jpeg"), f"p{i}.jpeg", int(i >= normal), f"p{i}") for i in range(normal + pneumonia)]
@@ -299,8 +299,8 @@ def test_interrupted_export_leaves_no_bundle(tiny_model, kermany, tmp_path, monk
 # -- a model made elsewhere: Keras 3, 64 px, one channel, two-class softmax ---------------
 KERAS3_SCRIPT = r"""
 import sys, numpy as np, keras
-from edgecxr.data import list_split
-from edgecxr.preprocess import PreprocessSpec
+from edgecxr.data.folders import list_split
+from edgecxr.data.preprocess import PreprocessSpec
 root, out = sys.argv[1], sys.argv[2]
 spec = PreprocessSpec(size=64, channels=1, scale=1 / 255.0, offset=0.0)
 samples = list_split(root, "train")
@@ -353,10 +353,10 @@ def test_external_keras3_softmax_model_keeps_its_decisions(kermany, sample, tmp_
 
 def test_prune_reaches_sparsity_and_rechooses_the_threshold(tiny_model, kermany, tmp_path):
     """--prune: every prunable kernel at the target sparsity, and the pruned model's own validation threshold."""
-    from edgecxr import metrics
+    from edgecxr.parity import metrics
     from edgecxr.devices import Classifier
     from edgecxr.export import export_model
-    from edgecxr.export.datasets import train_val
+    from edgecxr.export.calibration import train_val
 
     (bundle,) = export_model(tiny_model, ["tflite-fp32"], kermany, tmp_path / "b", prune=0.5, finetune_epochs=1)
     m = load_bundle(bundle).manifest
@@ -403,7 +403,7 @@ def test_pruning_preserving_qat_keeps_the_zeros_in_the_int8_file(kermany):
     from PIL import Image
 
     from edgecxr.export.optimize import qat
-    from edgecxr.export.runners import int8_weight_sparsity
+    from edgecxr.export.float_runs import int8_weight_sparsity
     from edgecxr.training.models import build_model
 
     model, _ = build_model("tiny_mobilenet_v2", size=48)
@@ -487,7 +487,7 @@ def test_distilled_qat_keeps_the_float_models_outputs_where_label_qat_moves_them
 
 def test_int8_weight_sparsity_counts_zeros_of_an_unpruned_model_as_few(tiny_model, tmp_path):
     from edgecxr.export.loading import load_source
-    from edgecxr.export.runners import int8_weight_sparsity
+    from edgecxr.export.float_runs import int8_weight_sparsity
     from edgecxr.export import tflite
 
     source = load_source(tiny_model)
@@ -578,7 +578,7 @@ def test_device_input_quantization_equals_the_runtimes_own_quantize_op():
     import tf_keras as keras
     from ai_edge_litert import interpreter as litert
 
-    from edgecxr.modelinfo import load_info
+    from edgecxr.formats.modelinfo import load_info
     from edgecxr.runtimes import quantize_input
 
     spec = load_info(Path(__file__).resolve().parents[1] / "edgecxr/default/model.keras").preprocess
@@ -640,7 +640,7 @@ def test_an_attempt_that_missed_the_gate_records_which_check_it_missed():
 def test_recovery_ladder_keeps_the_worst_layers_float_when_post_training_int8_misses(tiny_model, kermany, tmp_path,
                                                                                      monkeypatch):
     from edgecxr.export import export_model
-    from edgecxr.export.runners import int8_weight_sparsity
+    from edgecxr.export.float_runs import int8_weight_sparsity
 
     _gate_refusing(monkeypatch, lambda method: method == "post-training quantization")
     [plain] = export_model(tiny_model, ["tflite-int8"], kermany, tmp_path / "plain", calib_count=50, twin=False,
@@ -680,7 +680,7 @@ def test_qat_export_of_a_mobilenet_is_the_quantization_aware_model_and_passes_pa
 
     from edgecxr.cli import main
     from edgecxr.export import export_model
-    from edgecxr.export.runners import int8_weight_sparsity
+    from edgecxr.export.float_runs import int8_weight_sparsity
     from edgecxr.training.train import TrainConfig, train
 
     run = train(TrainConfig(arch="tiny_mobilenet_v2", data=str(kermany), epochs=2, augment="none", seed=1),

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr.cpu import X86_BITS, cpu_info, int8_path, path_note
-from edgecxr.errors import ExportIncomplete, ModelError
+from edgecxr.utils.cpu import X86_BITS, cpu_info, int8_path, path_note
+from edgecxr.utils.errors import ExportIncomplete, ModelError
 
 
 def test_cpu_features_agree_with_the_kernels_list():
@@ -132,7 +132,7 @@ def test_export_refuses_a_bundle_that_would_fail_device_parity(tiny_model, sampl
     """At export, device parity's own check runs on the reference test images: a model file whose answers
     differ from the float model's is refused there, not written for the device to fail."""
     from edgecxr.export import export_model
-    from edgecxr.export.runners import Runner
+    from edgecxr.export.float_runs import Runner
 
     real = Runner.__call__
     monkeypatch.setattr(Runner, "__call__", lambda self, x: 1.0 - real(self, x))
@@ -221,7 +221,7 @@ def test_an_exact_agreement_limit_is_measurable_on_any_split():
 
 
 def test_threshold_outside_zero_one_is_refused(tiny_model, sample, tmp_path):
-    from edgecxr.errors import ConfigError
+    from edgecxr.utils.errors import ConfigError
     from edgecxr.export import ModelOverrides, export_model
 
     for bad in (0.0, 1.0, 1.5, -1.0, float("nan")):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecxr.errors import ImageError
-from edgecxr.images import decode_image, read_image
+from edgecxr.utils.errors import ImageError
+from edgecxr.data.images import decode_image, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 NORMAL = sorted((REPO / "edgecxr" / "sample" / "test" / "NORMAL").glob("*.jpeg"))
@@ -155,7 +155,7 @@ def test_deflated_dicom_with_bytes_after_the_stream_does_not_hang(tmp_path):
     assert len(body) < 1 << 14
     path = tmp_path / "padded.dcm"
     path.write_bytes(head[:meta_end] + body + b"\0" * (1 + len(body) % 2))
-    r = _python("import sys, numpy as np; from edgecxr.images import read_image; "
+    r = _python("import sys, numpy as np; from edgecxr.data.images import read_image; "
                 "print(np.asarray(read_image(sys.argv[1])).shape)", path, timeout=60)
     assert r.returncode == 0 and "(1024, 768)" in r.stdout, (r.stdout, r.stderr[-500:])
 
@@ -280,7 +280,7 @@ def test_lateral_view_is_classified_with_a_warning(clf):
 
 
 def test_real_images_are_inside_the_domain(kermany, fullres):
-    from edgecxr.domain import DOMAIN, check_domain
+    from edgecxr.data.domain import DOMAIN, check_domain
 
     paths = sorted((kermany / "test").rglob("*.jpeg")) + sorted(fullres.rglob("*.jpeg")) + NORMAL
     assert len(paths) > 624 + 16
@@ -318,9 +318,9 @@ def test_the_domain_is_in_the_manifest_and_old_bundles_load(bundle, tmp_path):
     import json
     import shutil
 
-    from edgecxr import bundle as B
-    from edgecxr.domain import DOMAIN
-    from edgecxr.errors import BundleError
+    from edgecxr.formats import bundle as B
+    from edgecxr.data.domain import DOMAIN
+    from edgecxr.utils.errors import BundleError
 
     assert B.load_bundle(bundle).manifest["domain"] == DOMAIN
     old = tmp_path / "old"
@@ -372,7 +372,7 @@ def _python(code: str, *args, timeout: float = 60, memory: int = 4 << 30):
         pytest.fail(f"still running after {timeout} s: {code} {args}")
 
 
-READ = "import sys; from edgecxr.images import read_image; from edgecxr.errors import ImageError\n" \
+READ = "import sys; from edgecxr.data.images import read_image; from edgecxr.utils.errors import ImageError\n" \
        "try: read_image(sys.argv[1])\nexcept ImageError as e: print(e)"
 
 
@@ -401,7 +401,7 @@ def test_device_run_on_non_regular_files_is_one_line(bundle, which, fifo):
 
 
 def test_a_file_above_the_byte_limit_is_refused_unread(tmp_path):
-    from edgecxr.images import MAX_BYTES
+    from edgecxr.data.images import MAX_BYTES
 
     big = tmp_path / "big.png"
     with open(big, "wb") as fh:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgecxr import atomic
-from edgecxr.atomic import atomic_dir, check_writable
+from edgecxr.utils import atomic
+from edgecxr.utils.atomic import atomic_dir, check_writable
 from edgecxr.cli import main
-from edgecxr.errors import EdgecxrError
+from edgecxr.utils.errors import EdgecxrError
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = getattr(atomic, "MARKER", ".edgecxr-output")
@@ -173,7 +173,7 @@ def stop(proc) -> str:
 
 def test_sigterm_removes_the_extracted_zip_bundle(tmp_path, bundle_dir):
     pytest.importorskip("uvicorn")
-    from edgecxr.bundle import zip_bundle
+    from edgecxr.formats.bundle import zip_bundle
 
     archive = zip_bundle(bundle_dir, tmp_path / "b.zip")
     scratch = tmp_path / "tmp"
@@ -273,7 +273,7 @@ def test_token_and_host_checks(guarded_app, sample):
 
 def test_token_sources(tmp_path, monkeypatch):
     from edgecxr.devices.serve import TOKEN_ENV, read_token
-    from edgecxr.errors import ConfigError
+    from edgecxr.utils.errors import ConfigError
 
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     assert read_token(None) is None
@@ -316,7 +316,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(k
 
 def _forge(folder: Path) -> None:
     """What a forger does: change the decision threshold and recompute every digest."""
-    from edgecxr import bundle as B
+    from edgecxr.formats import bundle as B
 
     manifest = json.loads((folder / B.MANIFEST).read_text())
     manifest["threshold"] = 0.99  # every image would be normal
@@ -325,10 +325,10 @@ def _forge(folder: Path) -> None:
 
 
 def test_signed_bundle_verifies_and_a_forged_one_is_refused(signed_bundle, bundle_dir, keys, tmp_path, sample, monkeypatch):
-    from edgecxr.bundle import load_bundle
+    from edgecxr.formats.bundle import load_bundle
     from edgecxr.devices.classifier import Classifier
-    from edgecxr.errors import BundleError
-    from edgecxr.signing import TRUSTED_KEY_ENV
+    from edgecxr.utils.errors import BundleError
+    from edgecxr.formats.signing import TRUSTED_KEY_ENV
 
     monkeypatch.delenv(TRUSTED_KEY_ENV, raising=False)
     release, other = keys / "release.pub", keys / "other.pub"
@@ -359,7 +359,7 @@ def test_device_stage_needs_cryptography_only_to_verify(signed_bundle, keys):
             "from edgecxr.devices.classifier import Classifier\n"
             f"Classifier.load({str(signed_bundle)!r})\n"
             "print('loaded without cryptography')\n"
-            "from edgecxr.errors import MissingDependencyError\n"
+            "from edgecxr.utils.errors import MissingDependencyError\n"
             "try:\n"
             f"    Classifier.load({str(signed_bundle)!r}, trusted_key={str(keys / 'release.pub')!r})\n"
             "except MissingDependencyError as exc:\n"

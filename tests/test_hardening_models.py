@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr import bundle as B
-from edgecxr.errors import BundleError, ConfigError, DataError, ModelError
+from edgecxr.formats import bundle as B
+from edgecxr.utils.errors import BundleError, ConfigError, DataError, ModelError
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 EXTERNAL = {"scale": 1 / 255, "offset": 0.0}
@@ -108,9 +108,13 @@ def test_savedmodel_runs_with_trust(code_models):
     from edgecxr.export import ModelOverrides, load_source
 
     paths, marker = code_models
-    source = load_source(paths["savedmodel"], ModelOverrides(**EXTERNAL), trust=True)
-    assert source.out_dim == 1
     marker.unlink(missing_ok=True)
+    source = load_source(paths["savedmodel"], ModelOverrides(**EXTERNAL), trust=True)
+    x = np.random.default_rng(0).random((3, 32, 32, 1), np.float32)
+    probs = source.predict(x)
+    assert source.out_dim == 1 and np.allclose(probs[:, 0], x.mean(axis=(1, 2, 3)), atol=1e-6), probs  # its graph: the mean
+    assert marker.exists(), "trusted: the SavedModel's own graph ran (it writes the marker)"
+    marker.unlink()
 
 
 def _rewrite_h5_config(path: Path, change) -> None:
@@ -145,7 +149,7 @@ def _layer(cfg, cls):
     ("duplicate-key", "twice"),
 ])
 def test_model_config_walk(plain_h5, tmp_path, case, expect):
-    from edgecxr.kerasfile import check_safe
+    from edgecxr.formats.kerasfile import check_safe
 
     path = tmp_path / "m.h5"
     shutil.copy(plain_h5, path)
@@ -171,8 +175,8 @@ def test_model_config_walk(plain_h5, tmp_path, case, expect):
 
 
 def test_shipped_and_keras3_models_pass_the_walk(tmp_path):
-    from edgecxr.kerasfile import check_safe
-    from edgecxr.modelinfo import default_model_path
+    from edgecxr.formats.kerasfile import check_safe
+    from edgecxr.formats.modelinfo import default_model_path
 
     check_safe(default_model_path(), trust=False)
     check_safe(default_model_path().parents[1] / "fast" / "model.keras", trust=False)  # MobileNetV3: TFOpLambda
@@ -206,7 +210,7 @@ def test_evaluate_threshold_out_of_range_is_refused(sample, tmp_path, value):
 @pytest.mark.parametrize("field, value", [("threshold", float("nan")), ("threshold", 5.0), ("threshold", True),
                                           ("positive_index", -1), ("positive_index", 1.5), ("labels", ["only"])])
 def test_model_info_with_impossible_values_is_refused(tmp_path, field, value):
-    from edgecxr.modelinfo import DEFAULT_DIR, load_info
+    from edgecxr.formats.modelinfo import DEFAULT_DIR, load_info
 
     info = json.loads((DEFAULT_DIR / "model.json").read_text())
     info[field] = value
@@ -298,7 +302,7 @@ def test_parity_fails_a_degenerate_operating_point():
 
 
 def test_parity_compares_absolute_metrics_with_the_manifest():
-    from edgecxr import metrics
+    from edgecxr.parity import metrics
     from edgecxr.devices.parity import compare
 
     rels, y, probs = _degenerate_case()
@@ -316,7 +320,7 @@ def test_parity_compares_absolute_metrics_with_the_manifest():
 def test_reference_metrics_check_is_not_a_stricter_gate_than_parity():
     """One normal of 50 flipped on 100 images: specificity -0.02, accuracy -0.01 (one decision of 100) passes
     parity (as in the demo); the recorded metrics are consistent, so the reference check passes too."""
-    from edgecxr import metrics
+    from edgecxr.parity import metrics
     from edgecxr.devices.parity import compare
 
     y = np.array([0] * 50 + [1] * 50)
@@ -336,7 +340,7 @@ def _csv(tmp_path, rows) -> Path:
 
 
 def test_duplicate_csv_rows_are_refused(tmp_path, sample):
-    from edgecxr.data import list_split
+    from edgecxr.data.folders import list_split
 
     normal = sorted((sample / "test" / "NORMAL").iterdir())[:2]
     pneu = sorted((sample / "test" / "PNEUMONIA").iterdir())[:2]
@@ -398,7 +402,7 @@ def test_model_input_must_match_the_spec_at_load(bundle_dir, tmp_path, change):
 
 # -- 5. exit codes: 0 pass, 1 a gate failed, 2 usage or input error, 3 internal error; one line each ----
 def test_exit_codes_are_defined():
-    from edgecxr import errors as E
+    from edgecxr.utils import errors as E
 
     assert (E.EXIT_OK, E.EXIT_GATE_FAILED, E.EXIT_USAGE, E.EXIT_INTERNAL) == (0, 1, 2, 3)
     assert E.EdgecxrError.exit_code == 2 and E.GateFailed.exit_code == 1 and issubclass(E.GateFailed, ModelError)
@@ -457,8 +461,8 @@ def keras3_model(tmp_path_factory):
     import subprocess
     import sys
 
-    from edgecxr.modelinfo import ModelInfo, save_info
-    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.formats.modelinfo import ModelInfo, save_info
+    from edgecxr.data.preprocess import PreprocessSpec
 
     out = tmp_path_factory.mktemp("k3") / "k3.keras"
     code = ("import keras; i = keras.Input((32, 32, 1)); x = keras.layers.Conv2D(2, 3, activation='relu')(i); "
@@ -482,8 +486,8 @@ def test_evaluate_a_keras3_model(keras3_model, sample, tmp_path):
 
 
 def test_evaluate_a_savedmodel_is_one_line(code_models, sample, tmp_path):
-    from edgecxr.modelinfo import ModelInfo, save_info
-    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.formats.modelinfo import ModelInfo, save_info
+    from edgecxr.data.preprocess import PreprocessSpec
 
     paths, marker = code_models
     folder = tmp_path / "sm"
@@ -501,8 +505,8 @@ def test_evaluate_refuses_logits_declared_sigmoid(sample, tmp_path):
     refuses with export's check; declared as logits, the same model evaluates."""
     import tf_keras as keras
 
-    from edgecxr.modelinfo import ModelInfo, save_info
-    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.formats.modelinfo import ModelInfo, save_info
+    from edgecxr.data.preprocess import PreprocessSpec
 
     inp = keras.Input((32, 32, 1))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp))
@@ -528,7 +532,7 @@ DEEP = "[" * 200_000 + "]" * 200_000
 
 def test_deeply_nested_manifest_and_model_config_are_one_line(bundle_dir, plain_h5, sample, tmp_path):
     """[[[[... 200k levels deep ended in `internal error: RecursionError`, exit 3."""
-    from edgecxr.kerasfile import check_safe
+    from edgecxr.formats.kerasfile import check_safe
 
     folder = tmp_path / "bundle"
     shutil.copytree(bundle_dir, folder)
@@ -574,7 +578,7 @@ def test_key_and_token_files_are_read_bounded(bundle_dir, tmp_path, which):
     r, lines = _child("from edgecxr.cli import main; main()", "device", "run", bundle_dir, SAMPLE_IMAGE,
                       "--trusted-key", path)
     assert r.returncode == 2 and len(lines) == 1 and "--trusted-key" in lines[0] and why in lines[0], r.stderr[-500:]
-    r, lines = _child("import sys; from edgecxr.devices.serve import read_token; from edgecxr.errors import ConfigError\n"
+    r, lines = _child("import sys; from edgecxr.devices.serve import read_token; from edgecxr.utils.errors import ConfigError\n"
                       "try: read_token(sys.argv[1])\nexcept ConfigError as e: print(e)", path)
     assert r.returncode == 0 and "--token-file" in r.stdout and why in r.stdout, (r.stdout, r.stderr[-500:])
 
@@ -606,7 +610,7 @@ def test_nested_compile_configs_are_walked(keras3_model, tmp_path, loss):
     """Keras 3 compiles a nested model from its compile_config even with compile=False: the walk skipped it.
     The model's own compile_config (never deserialized) is still not walked: a shipped model's names its
     optimizer and metrics."""
-    from edgecxr.kerasfile import check_safe
+    from edgecxr.formats.kerasfile import check_safe
 
     def rewrite(change) -> Path:
         path = tmp_path / f"{loss}-{len(list(tmp_path.iterdir()))}.keras"
@@ -637,7 +641,7 @@ def test_a_config_bomb_in_a_keras_file_is_refused_uninflated(keras3_model, tmp_p
     """A 1.5 MB .keras whose config.json inflated to 1.6 GB took 3.7 GB: refused from the zip header."""
     import tracemalloc
 
-    from edgecxr.kerasfile import MAX_CONFIG, check_safe
+    from edgecxr.formats.kerasfile import MAX_CONFIG, check_safe
 
     bomb = tmp_path / "bomb.keras"
     with zipfile.ZipFile(keras3_model) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
@@ -669,7 +673,7 @@ def test_elementwise_tf_ops_pass_the_walk_and_any_other_tf_function_is_refused(p
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tf_keras as keras
 
-    from edgecxr.kerasfile import check_safe, load_keras
+    from edgecxr.formats.kerasfile import check_safe, load_keras
 
     inp = keras.Input((16, 16, 1))
     x = keras.layers.Conv2D(2, 3)(inp)
@@ -690,7 +694,7 @@ def test_elementwise_tf_ops_pass_the_walk_and_any_other_tf_function_is_refused(p
 def test_shipped_fast_model_decides_the_sample(tmp_path):
     """edgecxr/fast (MobileNetV3-Small, 160 px) loads untrusted and classifies the shipped sample's test images
     at its validation threshold as its model card says it is built (input size and threshold from model.json)."""
-    from edgecxr.modelinfo import default_model_path, load_info
+    from edgecxr.formats.modelinfo import default_model_path, load_info
 
     fast = default_model_path().parents[1] / "fast" / "model.keras"
     info = load_info(fast)

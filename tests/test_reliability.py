@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edgecxr import bundle as B
-from edgecxr.errors import BundleError, ImageError, ModelError
-from edgecxr.images import MAX_PIXELS, decode_image
+from edgecxr.formats import bundle as B
+from edgecxr.utils.errors import BundleError, ImageError, ModelError
+from edgecxr.data.images import MAX_PIXELS, decode_image
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_JPEG = REPO / "edgecxr" / "sample" / "test" / "NORMAL" / "IM-0009-0001.jpeg"
@@ -489,7 +489,7 @@ def _kill_when_writing(cmd, watch: Path, final_name: str, delay: float, log: Pat
 
 def _assert_intact_after_kill(parent: Path, final: Path, before: dict, kept=()):
     """kept: names left on purpose (training's BackupAndRestore folder: the same command resumes from it)."""
-    from edgecxr.atomic import check_writable
+    from edgecxr.utils.atomic import check_writable
 
     assert _tree(final) == before, "the previous result changed"
     others = sorted(p.name for p in parent.iterdir() if p.name != final.name and p.name not in kept)
@@ -531,7 +531,7 @@ def test_kill_9_during_export_keeps_the_previous_bundle(bundle_dir, tiny_model, 
 
 
 def test_stale_leftovers_of_dead_writers_are_cleaned_and_a_half_swap_is_undone(tmp_path):
-    from edgecxr.atomic import atomic_dir, clean_stale, write_json_atomic
+    from edgecxr.utils.atomic import atomic_dir, clean_stale, write_json_atomic
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
+from edgecxr.data.preprocess import LUNG_CROP, PreprocessSpec
 
 SIZE = 32
 SPEC = PreprocessSpec(size=SIZE)  # input = pixel / 127.5 - 1, so a masked pixel (0) is -1

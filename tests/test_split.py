@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 from click.testing import CliRunner
 
-from edgecxr import data as D
+from edgecxr.data import folders as D
 from edgecxr.cli import main
 from tests.conftest import REPO
 
@@ -90,7 +90,7 @@ def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany, caps
     from edgecxr.devices.classifier import Classifier
     from edgecxr.devices.parity import run_parity
     from edgecxr.export import export_model
-    from edgecxr.export.datasets import export_splits
+    from edgecxr.export.calibration import export_splits
     from edgecxr.training.train import TrainConfig, train
 
     root = small_kermany
@@ -122,7 +122,7 @@ def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany, caps
 
     import shutil
 
-    from edgecxr.errors import DataError
+    from edgecxr.utils.errors import DataError
 
     copy = tmp_path / "copy"  # the model without its split.json would be scored on test/, mostly its own train images
     copy.mkdir()
@@ -134,8 +134,8 @@ def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany, caps
     assert not (tmp_path / "eval-copy").exists()
     assert export_splits(root, D.DEFAULT_CLASSES, copy / "model.keras", split_file=split_file)[2] == test_s
 
-    from edgecxr.errors import ConfigError
-    from edgecxr.export.benchmark import run_benchmark
+    from edgecxr.utils.errors import ConfigError
+    from edgecxr.bench.run import run_benchmark
 
     with pytest.raises(ConfigError, match="pooled"):  # a --limit subset of test/ would not hold its test images
         run_benchmark(run / "model.keras", root, tmp_path / "bench-limit", targets=["tflite-fp32"], limit=8)
@@ -148,7 +148,7 @@ def test_train_export_and_parity_on_a_pooled_split(tmp_path, small_kermany, caps
 
 
 def test_folds_and_a_split_file_are_refused(tmp_path):
-    from edgecxr.errors import ConfigError
+    from edgecxr.utils.errors import ConfigError
     from edgecxr.training.train import TrainConfig
 
     with pytest.raises(ConfigError, match="--folds"):

@@ -15,7 +15,7 @@ from PIL import ImageOps
 from edgecxr.cli import main
 from edgecxr.devices import stability as S
 from edgecxr.devices.classifier import Timings
-from edgecxr.preprocess import PreprocessSpec
+from edgecxr.data.preprocess import PreprocessSpec
 
 IDENTITY = {"identity": lambda img: img}
 INVERT = {"invert": ImageOps.invert}
@@ -138,9 +138,9 @@ def test_cli_json_inside_the_data_is_refused(brightness_cli, sample):
 
 
 def test_parity_stability_adds_report_and_gate(brightness_cli, sample, tmp_path, monkeypatch):
-    from edgecxr.data import list_split
+    from edgecxr.data.folders import list_split
     from edgecxr.devices import cli as device_cli
-    from edgecxr.metrics import binary_metrics
+    from edgecxr.parity.metrics import binary_metrics
 
     clf = Brightness()
     samples = list_split(sample, "test")
@@ -161,10 +161,10 @@ def test_parity_stability_adds_report_and_gate(brightness_cli, sample, tmp_path,
 
 
 def test_benchmark_unstable_column(brightness_cli, sample):
-    from edgecxr.export.bench_rows import measure_unstable
-    from edgecxr.export.bench_table import COLUMNS, format_table
+    from edgecxr.bench.rows import measure_unstable
+    from edgecxr.bench.table import COLUMNS, format_table
 
-    from edgecxr.data import list_split
+    from edgecxr.data.folders import list_split
 
     got = measure_unstable(Brightness(), list_split(sample, "test", ("NORMAL", "PNEUMONIA")), 8)
     assert got["stability_n"] == 8 and got["unstable"] >= 0.875  # inverted: nearly every decision flips

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from edgecxr import data as D
-from edgecxr.errors import DataError, ImageError
-from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
+from edgecxr.data import folders as D
+from edgecxr.utils.errors import DataError, ImageError
+from edgecxr.data.preprocess import LUNG_CROP, PreprocessSpec
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_cache_is_read_back_without_the_files(tf, sample, tmp_path):
 
     samples = _folder_with_one_bad(sample, tmp_path / "d")
     spec = PreprocessSpec(size=32)
-    code = ("import os, sys; from edgecxr import data as D; from edgecxr.preprocess import PreprocessSpec; "
+    code = ("import os, sys; from edgecxr.data import folders as D; from edgecxr.data.preprocess import PreprocessSpec; "
             "from edgecxr.training import import_tf; from edgecxr.training.stream import Skipped, pixel_dataset; "
             "it = iter(pixel_dataset(import_tf()[0], D.list_split(sys.argv[1], 'train'), PreprocessSpec(size=32), "
             "Skipped(), cache=sys.argv[2])); next(it); os._exit(0)")

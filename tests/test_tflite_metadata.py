@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecxr.errors import MissingDependencyError, ModelError
+from edgecxr.utils.errors import MissingDependencyError, ModelError
 from edgecxr.export import tflite_metadata as M
-from edgecxr.modelinfo import ModelInfo
-from edgecxr.preprocess import PreprocessSpec
+from edgecxr.formats.modelinfo import ModelInfo
+from edgecxr.data.preprocess import PreprocessSpec
 
 REPO = Path(__file__).resolve().parents[1]
 INFO = ModelInfo(PreprocessSpec(equalize=True), threshold=0.1687015444)
@@ -139,7 +139,7 @@ def test_mediapipe_image_classifier_decides_like_edgecxrs_runner_on_the_sample(s
 
 @pytest.mark.slow
 def test_mediapipe_image_classifier_and_the_int8_model(shipped_int8, sample):
-    """MediaPipe (1.2.3) takes uint8 or float32 input only: it refuses tflite-int8 (README, Android). Should a
+    """MediaPipe (1.2.3) takes uint8 or float32 input only: it refuses tflite-int8 (docs/devices.md, Android). Should a
     later release take it, it must decide like edgecxr's int8 runner."""
     from edgecxr.devices.classifier import Classifier
 

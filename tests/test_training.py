@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgecxr.errors import ConfigError, EdgecxrError, ModelError
+from edgecxr.utils.errors import ConfigError, EdgecxrError, ModelError
 
 
 def test_registry_has_the_issue_architectures():
@@ -139,7 +139,7 @@ def test_cli_bad_inputs_one_line(tmp_path, kermany):
 
 def test_failed_run_leaves_nothing(tmp_path, sample):
     """A run that fails mid-way (here: no readable validation images) leaves no run folder."""
-    from edgecxr.errors import DataError
+    from edgecxr.utils.errors import DataError
     from edgecxr.training.train import TrainConfig, train
 
     root = tmp_path / "data"
@@ -189,7 +189,7 @@ def test_weight_averaging_loads_the_mean_of_the_last_epochs():
 
 
 def test_target_recall_out_of_range():
-    from edgecxr import metrics
+    from edgecxr.parity import metrics
     from edgecxr.training.train import TrainConfig
 
     with pytest.raises(ConfigError, match="--target-recall 95"):
@@ -200,8 +200,8 @@ def test_target_recall_out_of_range():
 
 def test_recalibrate_bn_measures_plain_inputs(sample):
     """After recalibration a BatchNorm layer right after the input holds the mean and variance of the scaled pixels."""
-    from edgecxr import data as D
-    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.data import folders as D
+    from edgecxr.data.preprocess import PreprocessSpec
     from edgecxr.training import import_tf
     from edgecxr.training.train import recalibrate_bn
 
@@ -220,8 +220,9 @@ def test_recalibrate_bn_measures_plain_inputs(sample):
 def assert_val_metrics_are_the_saved_models(out, data):
     """val_metrics.json must be what the saved model.keras scores on the run's own validation images
     (so the written model is the one that was evaluated: the averaged one with --swa)."""
-    from edgecxr import data as D, metrics
-    from edgecxr.modelinfo import load_info
+    from edgecxr.data import folders as D
+    from edgecxr.parity import metrics
+    from edgecxr.formats.modelinfo import load_info
     from edgecxr.training import import_tf
     from edgecxr.training.evaluate import load_model
     from edgecxr.training.train import predict_probs
@@ -249,7 +250,7 @@ def test_train_with_weight_averaging(tmp_path, sample):
 
 
 def test_mixup_blends_images_labels_and_class_weights_alike():
-    from edgecxr.preprocess import PreprocessSpec
+    from edgecxr.data.preprocess import PreprocessSpec
     from edgecxr.training import import_tf
     from edgecxr.training.train import make_dataset
 
@@ -325,7 +326,7 @@ def test_train_with_a_teacher(tmp_path, sample, tiny_model):
     assert config["teacher"] == str(tiny_model) and config["distill"] == 0.5
     import tensorflow as tf
 
-    from edgecxr import data as D
+    from edgecxr.data import folders as D
     from edgecxr.devices import Classifier  # noqa: F401  (the device stage stays importable beside training)
 
     samples = D.list_split(sample, "train", D.DEFAULT_CLASSES)[:8]
@@ -381,7 +382,7 @@ def test_distill_without_a_teacher_is_refused(tmp_path, sample):
 
 def test_a_single_logit_teacher_passes_the_shape_check(tmp_path):
     """output "logits" with one output is a binary model (sigmoid applied by edgecxr): not refused as non-binary."""
-    from edgecxr.modelinfo import load_info
+    from edgecxr.formats.modelinfo import load_info
     from edgecxr.training.evaluate import load_model
     from edgecxr.training.train import check_teacher
 

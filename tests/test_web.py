@@ -191,7 +191,7 @@ def _node(request: dict) -> dict:
 
 
 def _edgecxr_decoded(path: Path) -> np.ndarray:
-    from edgecxr.images import decode_image
+    from edgecxr.data.images import decode_image
 
     return np.asarray(decode_image(path.read_bytes(), path.name, draft=224))
 
@@ -239,7 +239,7 @@ def test_page_decoders_match_edgecxr_bit_for_bit(tmp_path, fullres, kermany):
 
 
 def test_page_resize_and_equalize_are_the_contracts():
-    from edgecxr import contract as C
+    from edgecxr.data import contract as C
 
     rng = np.random.default_rng(3)
     cases = [(300, 420, 224, "bilinear"), (224, 224, 224, "bilinear"), (100, 150, 224, "bilinear"),
@@ -259,8 +259,8 @@ def test_page_resize_and_equalize_are_the_contracts():
 
 
 def test_page_refuses_what_edgecxr_cannot_read(tmp_path):
-    from edgecxr.errors import ImageError
-    from edgecxr.images import decode_image
+    from edgecxr.utils.errors import ImageError
+    from edgecxr.data.images import decode_image
 
     good = _jpeg(_xray(300, 420))
     bad = {"truncated.jpeg": good[: len(good) // 2], "garbage.jpeg": b"\xff\xd8\xff" + bytes(range(256)) * 4,
@@ -276,10 +276,10 @@ def test_page_refuses_what_edgecxr_cannot_read(tmp_path):
 # -- the site, in headless Chromium ---------------------------------------------------------------------------
 def _npm_ready() -> str | None:
     from edgecxr.devices.web import RUNTIMES, node_modules
-    from edgecxr.errors import MissingDependencyError
+    from edgecxr.utils.errors import MissingDependencyError
 
     try:
-        node_modules(RUNTIMES["tflite"], install=False)
+        node_modules(RUNTIMES["litert.js"], install=False)
         return None
     except MissingDependencyError:
         return None if shutil.which("npm") else "npm is not installed and the web runtime is not cached"
@@ -323,7 +323,7 @@ def page(site):
 def test_page_classifies_the_sample_with_parity_in_headless_chromium(page, shipped_int8, sample):
     """Issue 30's done-when: the shipped model's int8 bundle, in the page, in Chromium, on the sample's 100 test
     images picked through the page's file input: parity with the bundle's acceptance criteria passes."""
-    from edgecxr.data import list_site
+    from edgecxr.data.folders import list_site
     from edgecxr.devices.classifier import Classifier
     from edgecxr.devices.parity import format_report
     from edgecxr.devices.web import browser_runtime, parity_report
@@ -369,7 +369,7 @@ def test_page_refuses_inputs_outside_the_domain(page, shipped_int8, tmp_path):
     from pydicom.uid import JPEGBaseline8Bit
 
     from edgecxr.devices.classifier import Classifier
-    from edgecxr.errors import ImageError
+    from edgecxr.utils.errors import ImageError
 
     g = _xray(300, 420)
     files = {"tiny.jpeg": _jpeg(_xray(40, 60)), "constant.png": _png(np.full((300, 300), 90, np.uint8), 8, 0),
@@ -395,7 +395,7 @@ def test_device_web_writes_a_listed_self_contained_site(site, shipped_int8, tmp_
     import sys
 
     from edgecxr.devices.web import load_site, pick_bundle
-    from edgecxr.errors import ConfigError
+    from edgecxr.utils.errors import ConfigError
 
     out = tmp_path / "site"
     code = ("import sys\nfrom edgecxr.cli import main\ntry:\n    main(sys.argv[1:], standalone_mode=False)\n"
@@ -444,7 +444,7 @@ def test_serve_app_keeps_the_services_protections(service, site, shipped_int8):
     from edgecxr.devices.classifier import Classifier
     from edgecxr.devices.serve import create_app
     from edgecxr.devices.web import load_site
-    from edgecxr.errors import ConfigError
+    from edgecxr.utils.errors import ConfigError
 
     c = TestClient(service, base_url="http://127.0.0.1")
     assert c.get("/app/").status_code == 401

@@ -7,8 +7,8 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from edgecxr.quiet import quiet_frameworks  # noqa: E402
+from edgecxr.utils.quiet import quiet_frameworks  # noqa: E402
 
 quiet_frameworks()
 
-from edgecxr.kerasfile import import_tf  # noqa: E402,F401  (the training stage's way in; lives in the core)
+from edgecxr.formats.kerasfile import import_tf  # noqa: E402,F401  (the training stage's way in; lives in the core)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from edgecxr.errors import ConfigError
+from edgecxr.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edgecxr import data as D
-from edgecxr import metrics
-from edgecxr.atomic import atomic_dir, check_writable
-from edgecxr.errors import ConfigError, DataError, ModelError, require
-from edgecxr.modelinfo import DEFAULT_DIR, default_model_path, info_path, load_info
+from edgecxr.options import CLASSES, STRICT, data_option, overwrite_option
+from edgecxr.data import folders as D
+from edgecxr.parity import metrics
+from edgecxr.utils.atomic import atomic_dir, check_writable
+from edgecxr.utils.errors import ConfigError, DataError, ModelError, require
+from edgecxr.formats.modelinfo import DEFAULT_DIR, default_model_path, info_path, load_info
 
 MODELS = ("logreg", "linear_svm", "knn", "random_forest")
 FEATURES = ("pixels", "hog")
@@ -398,8 +399,7 @@ def invoked_command() -> str:
 
 
 @click.command("baseline")
-@click.option("--data", "data_root", required=True, type=click.Path(path_type=Path),
-              help="Kermany-layout folder ROOT/{train,test}/{NORMAL,PNEUMONIA} or a CSV manifest.")
+@data_option("Kermany-layout folder ROOT/{train,test}/{NORMAL,PNEUMONIA} or a CSV manifest.", name="data_root")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder to create: one sub-folder per model (metrics.json, predictions, ROC) and comparison.md/json.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
@@ -418,10 +418,10 @@ def invoked_command() -> str:
               help="Bootstrap resamples for the intervals.")
 @click.option("--cnn", type=click.Path(path_type=Path),
               help="metrics.json of `edgecxr evaluate` on the same test split: added as the CNN row.")
-@click.option("--classes", default="NORMAL,PNEUMONIA", show_default=True, help="The two class folder names, negative first.")
-@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@CLASSES
+@STRICT
 @click.option("--plots/--no-plots", default=True, show_default=True, help="ROC and confusion PNGs per model.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@overwrite_option("Replace an existing output folder.")
 def baseline_command(data_root, out, model_path, model_names, feature_names, size, split_file, val_fraction, seed,
                      bootstrap, cnn, classes, strict, plots, overwrite):
     """Classic baselines (logistic regression, linear SVM, kNN, random forest on pixel and HOG features) on the

@@ -6,76 +6,41 @@ from pathlib import Path
 
 import click
 
-from edgecxr.cli import CLASSES, DATA, STRICT
+from edgecxr.options import (CLASSES, DATA, STRICT, config_file_option, config_from, config_options,
+                             overwrite_option, trust_model_option)
+from edgecxr.training.train import TrainConfig
 
 
 @click.command()
-@click.option("--arch", default="mobilenet_v2", show_default=True, help="Architecture (see `edgecxr models`).")
-@DATA
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory to create.")
-@click.option("--epochs", default=15, show_default=True)
-@click.option("--size", type=int, help="Input size in pixels (default: the architecture's).")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True, help="Learning rate (Adam).")
-@click.option("--augment", default="standard", show_default=True, help="standard | no-flip | strong | none")
-@click.option("--intensity", default=0.0, show_default=True, help="Brightness/contrast/gamma jitter strength.")
-@click.option("--acquisition", default=0.0, show_default=True,
-              help="Share of training images sent through another acquisition path (resampling, blur/sharpening, "
-                   "JPEG re-encoding), e.g. 0.5: makes decisions stable across scanners and exports.")
-@click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
-@click.option("--mixup", default=0.0, show_default=True, help="mixup Beta parameter (e.g. 0.2); 0 = off.")
-@click.option("--label-smoothing", default=0.0, show_default=True, help="Label smoothing of the loss (e.g. 0.1).")
-@click.option("--class-weights/--no-class-weights", default=True, show_default=True)
-@click.option("--weights", default="none", show_default=True, help="none | imagenet | PATH to a weights file.")
-@click.option("--alpha", type=float, help="Width multiplier of MobileNet models.")
-@click.option("--lung-crop/--no-lung-crop", default=False, show_default=True, help="Fixed lung-region crop.")
-@click.option("--equalize/--no-equalize", default=False, show_default=True, help="Histogram equalization.")
-@click.option("--val-fraction", default=0.1, show_default=True, help="Share of train/ held out, grouped by patient.")
-@click.option("--split-file", type=click.Path(exists=True),
-              help="Reuse the split of an earlier run, or a pooled re-split from `edgecxr split`.")
-@click.option("--folds", default=0, help="K-fold patient-grouped cross-validation instead of one model.")
-@click.option("--patience", default=8, show_default=True, help="Early-stopping patience (epochs).")
-@click.option("--head-epochs", default=3, show_default=True, help="Frozen-base epochs when weights are pretrained.")
-@click.option("--finetune-layers", default=30, show_default=True, help="Base layers unfrozen in phase 2.")
-@click.option("--bn-momentum", default=0.9, show_default=True, help="BatchNorm momentum when training from scratch.")
-@click.option("--mixed-precision", is_flag=True, help="float16 compute on a GPU.")
-@click.option("--swa", default=0, show_default=True,
-              help="Average the weights of the last N epochs, then re-estimate BatchNorm statistics on plain training images.")
-@click.option("--target-recall", type=float, help="Pick the threshold reaching this validation recall (default: Youden's J).")
-@click.option("--teacher", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Distill from this edgecxr model: each training target mixes the label with the teacher's probability.")
-@click.option("--distill", type=float, help="With --teacher: the teacher's share of each target (default 0.5).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to cache the decoded training images in (later epochs and runs read them back).")
-@click.option("--in-memory", is_flag=True,
-              help="Decode all images into memory before training (small sets; memory grows with the data). "
-                   "Default: streamed from disk.")
-@click.option("--backup/--no-backup", default=True, show_default=True,
-              help="Back up each epoch; a killed run started again with the same command resumes there.")
-@click.option("--backup-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the backup goes (default: OUT.backup beside the run folder; shared by all workers).")
-@CLASSES
-@STRICT
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
-def train(out, overwrite, classes, **options):
+@config_file_option(TrainConfig, help="Settings from a TOML, JSON or YAML file whose keys are the option names "
+                                      "(batch_size or batch-size), e.g. a run's config.json; options given here win.")
+@config_options(TrainConfig, before={"epochs": [click.option("--out", required=True, type=click.Path(path_type=Path),
+                                                             help="Run directory to create.")]})
+@overwrite_option("Replace an existing run directory.")
+def train(out, overwrite, **options):
     """Train a classifier; writes model, spec, split, history, curves and validation metrics.
 
     Example: edgecxr train --arch mobilenet_v2 --data data/kermany-cxr-224 --out runs/mnv2 --cache /tmp/cxr-cache
 
-    With TF_CONFIG set, every worker runs the same command and only the chief writes --out (see README)."""
-    from edgecxr.data import parse_classes
-    from edgecxr.training.train import TrainConfig, train as run
+    With TF_CONFIG set, every worker runs the same command and only the chief writes --out (see docs/training.md)."""
+    from edgecxr.training.train import train as run
 
-    if options["distill"] is None:
-        del options["distill"]  # TrainConfig's default
-    elif options["teacher"] is None:
-        from edgecxr.errors import ConfigError
+    if options["distill"] is not None and options["teacher"] is None and _distill_given(options["distill"]):
+        from edgecxr.utils.errors import ConfigError
 
         raise ConfigError("--distill sets the teacher's share of each target; add --teacher MODEL (or leave out --distill)")
-    cfg = TrainConfig(classes=parse_classes(classes), **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
+    cfg = config_from(TrainConfig, options)
     run(cfg, out, overwrite=overwrite)
     click.echo(f"run written to {out}")
+
+
+def _distill_given(value) -> bool:
+    """--distill on the command line, or a --config file's share other than the default (a run's config.json
+    records the default share with no teacher)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source("distill")
+    return source is not ParameterSource.DEFAULT_MAP or value != TrainConfig.distill
 
 
 @click.command()
@@ -89,13 +54,13 @@ def train(out, overwrite, classes, **options):
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
 @CLASSES
 @STRICT
-@click.option("--trust-model", is_flag=True, help="Allow models that contain code (Lambda layers): trusted files only.")
+@trust_model_option()
 @click.option("--shortcuts/--no-shortcuts", default=True, show_default=True,
               help="Shortcut check: metrics with the border outside the lung box and the top band masked, and the "
                    "share of Grad-CAM mass inside the lung box.")
 @click.option("--cam-images", default=100, show_default=True, type=click.IntRange(min=0),
               help="Grad-CAM on a seeded random subset of this many images (0: all).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@overwrite_option("Replace an existing output folder.")
 @click.option("--shard", help="I/N: evaluate shard I of N only and write its --predictions (merge the N files with "
                               "`edgecxr device merge FILES --out DIR`).")
 @click.option("--predictions", type=click.Path(path_type=Path),
@@ -108,12 +73,12 @@ def evaluate(model_path, data, split, split_file, out, threshold, bootstrap, cla
     Sharded: edgecxr evaluate --data D --shard 2/3 --predictions eval-2.json (on each machine), then
     edgecxr device merge eval-*.json --out eval/ (the metrics.json of `evaluate --no-shortcuts`).
     """
-    from edgecxr.data import parse_classes
-    from edgecxr.shards import parse_shard
+    from edgecxr.data.folders import parse_classes
+    from edgecxr.parity.shards import parse_shard
     from edgecxr.training.evaluate import evaluate as run, format_metrics
 
     if (shard and not predictions) or (predictions and out) or not (out or predictions):
-        from edgecxr.errors import ConfigError
+        from edgecxr.utils.errors import ConfigError
 
         raise ConfigError("pass --out DIR, or --predictions FILE (with --shard I/N for one shard)")
     result = run(model_path, data, split, out, threshold=threshold, classes=parse_classes(classes), strict=strict,

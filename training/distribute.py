@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from edgecxr.errors import ConfigError
+from edgecxr.utils.errors import ConfigError
 
 
 def get_strategy(tf):
@@ -67,7 +67,7 @@ class Backup:
             raise ConfigError(f"--backup-dir {self.folder} holds the backup of a different training configuration; "
                               "delete it, or rerun the command that made it, or choose another --backup-dir")
         if self.chief:
-            from edgecxr.atomic import write_text_atomic
+            from edgecxr.utils.atomic import write_text_atomic
 
             write_text_atomic(saved, text)  # the other workers read it at the same time
 

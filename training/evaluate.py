@@ -6,23 +6,23 @@ import time
 from pathlib import Path
 
 
-from edgecxr import data as D
-from edgecxr import metrics
-from edgecxr.atomic import check_writable, refuse_overlap
-from edgecxr.bundle import sha256_file
-from edgecxr import shards
-from edgecxr.cpu import host_info
-from edgecxr.evaluation import metrics_with_intervals, write_folder
-from edgecxr.errors import ConfigError, ModelError
-from edgecxr.modelinfo import checked_prob
-from edgecxr.modelinfo import check_threshold, default_model_path, info_path, load_info
+from edgecxr.data import folders as D
+from edgecxr.parity import metrics
+from edgecxr.utils.atomic import check_writable, refuse_overlap
+from edgecxr.formats.bundle import sha256_file
+from edgecxr.parity import shards
+from edgecxr.utils.cpu import host_info
+from edgecxr.parity.clinical import metrics_with_intervals, write_folder
+from edgecxr.utils.errors import ConfigError, ModelError
+from edgecxr.formats.modelinfo import checked_prob
+from edgecxr.formats.modelinfo import check_threshold, default_model_path, info_path, load_info
 from edgecxr.training import import_tf
 from edgecxr.training.train import predict_probs
 
 
 def load_model(path: Path, *, trust: bool = False):
     """Load a Keras model (tf_keras or Keras 3) without running code from the file unless trusted."""
-    from edgecxr.kerasfile import load_keras
+    from edgecxr.formats.kerasfile import load_keras
 
     import_tf()
     return load_keras(path, trust)[0]

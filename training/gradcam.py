@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecxr.occlusion import resize_map
-from edgecxr.errors import ModelError
+from edgecxr.utils.errors import ModelError
 from edgecxr.training import import_tf
 
 CONV_TYPES = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgecxr.errors import ConfigError, ModelError
-from edgecxr.preprocess import PreprocessSpec
+from edgecxr.utils.errors import ConfigError, ModelError
+from edgecxr.data.preprocess import PreprocessSpec
 from edgecxr.training import import_tf
 
 

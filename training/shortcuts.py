@@ -4,7 +4,7 @@ Run by `edgecxr evaluate` (metrics.json["shortcuts"]) and shown by `edgecxr repo
 preprocessed pixels (uint8, after the spec's crop/equalize/resize) a region is set to 0, the pixel
 that means black for the model (input = 0 * scale + offset), and the split is predicted again:
 
-- ``border``: everything outside the lung box (`edgecxr.preprocess.LUNG_CROP`) masked;
+- ``border``: everything outside the lung box (`edgecxr.data.preprocess.LUNG_CROP`) masked;
 - ``top_band``: the top 15 % of the image masked (markers, labels and collimator edges sit there);
 
 each with accuracy, recall, specificity, ROC-AUC and the share of decisions that changed. Then the
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecxr import metrics
-from edgecxr.preprocess import LUNG_CROP
+from edgecxr.parity import metrics
+from edgecxr.data.preprocess import LUNG_CROP
 
 TOP_BAND = 0.15
 REPORTED = ("accuracy", "recall", "specificity", "roc_auc")
@@ -68,7 +68,7 @@ def shortcut_check(model, spec, pixels, labels, probs, threshold: float, *, kind
     probs: its probabilities on the unmasked pixels; cam_images: Grad-CAM on a seeded random subset
     of that many images (None or 0: all of them).
     """
-    from edgecxr.modelinfo import to_prob
+    from edgecxr.formats.modelinfo import to_prob
     from edgecxr.training import import_tf
     from edgecxr.training.gradcam import gradcam_batch
     from edgecxr.training.train import predict_probs

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecxr.errors import DataError, ImageError
-from edgecxr.preprocess import PreprocessSpec
+from edgecxr.utils.errors import DataError, ImageError
+from edgecxr.data.preprocess import PreprocessSpec
 
 CACHE_SHUFFLE_BUFFER = 2048  # images (about 100 MB at 224 px): a cached epoch is shuffled within this window
 
@@ -146,7 +146,7 @@ class Inputs:
         return ds.shuffle(len(pixels), seed=self.seed, reshuffle_each_iteration=True) if shuffle else ds
 
     def _load(self, samples, name, shard):
-        from edgecxr import data as D
+        from edgecxr.data import folders as D
 
         if (name, shard) not in self._arrays:
             part = list(samples)[shard[1]::shard[0]]

@@ -8,14 +8,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 
-from edgecxr import data as D
-from edgecxr import metrics
-from edgecxr.atomic import atomic_dir, check_writable
-from edgecxr.errors import ConfigError, DataError, EdgecxrError, ModelError
-from edgecxr.modelinfo import ModelInfo, save_info
-from edgecxr.preprocess import LUNG_CROP, PreprocessSpec
+from edgecxr.data import folders as D
+from edgecxr.options import classes_option, data_option, setting, strict_option
+from edgecxr.parity import metrics
+from edgecxr.utils.atomic import atomic_dir, check_writable
+from edgecxr.utils.errors import ConfigError, DataError, EdgecxrError, ModelError
+from edgecxr.formats.modelinfo import ModelInfo, save_info
+from edgecxr.data.preprocess import LUNG_CROP, PreprocessSpec
 from edgecxr.training import import_tf
 from edgecxr.training.augment import Augment, augment_batch, get_preset
 from edgecxr.training.distribute import Backup, distribute, get_strategy, is_chief
@@ -23,45 +25,65 @@ from edgecxr.training.models import build_model, get_entry
 from edgecxr.training.stream import Inputs
 
 
+_DISTILL = 0.5  # the teacher's share of each training target (with --teacher)
+_PATH = click.Path(file_okay=False, path_type=Path)
+
+
 @dataclass
 class TrainConfig:
-    arch: str = "mobilenet_v2"
-    data: str = ""
-    epochs: int = 15
-    size: int | None = None  # None: the architecture's default
-    batch_size: int = 32
-    lr: float = 1e-3
-    augment: str = "standard"
-    intensity: float = 0.0
-    acquisition: float = 0.0  # share of training images sent through another acquisition path
-    loss: str = "bce"  # bce | focal
-    class_weights: bool = True
-    weights: str = "none"  # none | imagenet | PATH
-    lung_crop: bool = False
-    equalize: bool = False
-    val_fraction: float = 0.1
-    split_file: str | None = None
-    folds: int = 0
-    seed: int = 0
-    patience: int = 8
-    head_epochs: int = 3
-    finetune_layers: int = 30
-    bn_momentum: float = 0.9
-    mixed_precision: bool = False
-    target_recall: float | None = None
-    classes: tuple = D.DEFAULT_CLASSES
-    alpha: float | None = None
-    swa: int = 0  # average the weights of the last N epochs, then re-estimate BatchNorm statistics
-    mixup: float = 0.0  # Beta(a, a) mixing of image pairs and their labels; 0 = off
-    label_smoothing: float = 0.0
-    teacher: str | None = None  # an edgecxr model whose probabilities the training targets are mixed with
-    distill: float = 0.5  # the teacher's share of each training target (with --teacher)
-    strict: bool = False
-    cache: str | None = None  # folder for the decoded training images (tf.data cache)
-    in_memory: bool = False  # decode every image into one array first (small sets); default: streamed
-    backup: bool = True  # BackupAndRestore: a restarted run resumes at its last finished epoch
-    backup_dir: str | None = None  # default: OUT.backup beside the run folder
-    extra: dict = field(default_factory=dict)
+    """The training settings; each field's option is `edgecxr train`'s (in this order): the defaults live here."""
+
+    arch: str = setting("mobilenet_v2", "Architecture (see `edgecxr models`).", show_default=True)
+    data: str = setting("", shared=data_option)
+    epochs: int = setting(15, show_default=True)
+    size: int | None = setting(None, "Input size in pixels (default: the architecture's).", type=int)
+    batch_size: int = setting(32, show_default=True)
+    lr: float = setting(1e-3, "Learning rate (Adam).", show_default=True)
+    augment: str = setting("standard", "standard | no-flip | strong | none", show_default=True)
+    intensity: float = setting(0.0, "Brightness/contrast/gamma jitter strength.", show_default=True)
+    acquisition: float = setting(  # share of training images sent through another acquisition path
+        0.0, "Share of training images sent through another acquisition path (resampling, blur/sharpening, "
+             "JPEG re-encoding), e.g. 0.5: makes decisions stable across scanners and exports.", show_default=True)
+    loss: str = setting("bce", type=click.Choice(["bce", "focal"]), show_default=True)
+    mixup: float = setting(0.0, "mixup Beta parameter (e.g. 0.2); 0 = off.", show_default=True)  # Beta(a, a) mixing
+    label_smoothing: float = setting(0.0, "Label smoothing of the loss (e.g. 0.1).", show_default=True)
+    class_weights: bool = setting(True, secondary=True, show_default=True)
+    weights: str = setting("none", "none | imagenet | PATH to a weights file.", show_default=True)
+    alpha: float | None = setting(None, "Width multiplier of MobileNet models.", type=float)
+    lung_crop: bool = setting(False, "Fixed lung-region crop.", secondary=True, show_default=True)
+    equalize: bool = setting(False, "Histogram equalization.", secondary=True, show_default=True)
+    val_fraction: float = setting(0.1, "Share of train/ held out, grouped by patient.", show_default=True)
+    split_file: str | None = setting(None, "Reuse the split of an earlier run, or a pooled re-split from `edgecxr split`.",
+                                     type=click.Path(exists=True))
+    folds: int = setting(0, "K-fold patient-grouped cross-validation instead of one model.")
+    patience: int = setting(8, "Early-stopping patience (epochs).", show_default=True)
+    head_epochs: int = setting(3, "Frozen-base epochs when weights are pretrained.", show_default=True)
+    finetune_layers: int = setting(30, "Base layers unfrozen in phase 2.", show_default=True)
+    bn_momentum: float = setting(0.9, "BatchNorm momentum when training from scratch.", show_default=True)
+    mixed_precision: bool = setting(False, "float16 compute on a GPU.", is_flag=True)
+    swa: int = setting(0, "Average the weights of the last N epochs, then re-estimate BatchNorm statistics on plain "
+                          "training images.", show_default=True)
+    target_recall: float | None = setting(
+        None, "Pick the threshold reaching this validation recall (default: Youden's J).", type=float)
+    teacher: str | None = setting(  # an edgecxr model whose probabilities the training targets are mixed with
+        None, "Distill from this edgecxr model: each training target mixes the label with the teacher's probability.",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    distill: float = setting(_DISTILL, f"With --teacher: the teacher's share of each target (default {_DISTILL:g}).",
+                             type=float, unset=True)
+    seed: int = setting(0, show_default=True)
+    cache: str | None = setting(  # folder for the decoded training images (tf.data cache)
+        None, "Folder to cache the decoded training images in (later epochs and runs read them back).", type=_PATH)
+    in_memory: bool = setting(  # decode every image into one array first (small sets); default: streamed
+        False, "Decode all images into memory before training (small sets; memory grows with the data). "
+               "Default: streamed from disk.", is_flag=True)
+    backup: bool = setting(  # BackupAndRestore: a restarted run resumes at its last finished epoch
+        True, "Back up each epoch; a killed run started again with the same command resumes there.", secondary=True,
+        show_default=True)
+    backup_dir: str | None = setting(
+        None, "Where the backup goes (default: OUT.backup beside the run folder; shared by all workers).", type=_PATH)
+    classes: tuple = setting(D.DEFAULT_CLASSES, shared=classes_option, to_config=D.parse_classes)
+    strict: bool = setting(False, shared=strict_option)
+    extra: dict = field(default_factory=dict)  # recorded in config.json; no option
 
     def validate(self):
         get_entry(self.arch)
@@ -316,8 +338,8 @@ def _distilled(tf, elements, soft: np.ndarray, shard: tuple, weight: float):
 def teacher_probs(tf, path, samples) -> np.ndarray:
     """The teacher's probability for each training sample (unaugmented, at the teacher's own preprocessing);
     an image it cannot read keeps its label. Loaded as every model is: no code from the file runs."""
-    from edgecxr.kerasfile import TRUST_HINT
-    from edgecxr.modelinfo import checked_prob, load_info
+    from edgecxr.formats.kerasfile import TRUST_HINT
+    from edgecxr.formats.modelinfo import checked_prob, load_info
     from edgecxr.training.evaluate import load_model
 
     info = load_info(Path(path))

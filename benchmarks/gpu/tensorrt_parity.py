@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from devices.parity import format_report, run_parity  # noqa: E402
-from edgecxr import trt_check  # noqa: E402
-from edgecxr.atomic import write_json_atomic  # noqa: E402
-from edgecxr.bundle import load_bundle  # noqa: E402
+from edgecxr.formats import trt_check  # noqa: E402
+from edgecxr.utils.atomic import write_json_atomic  # noqa: E402
+from edgecxr.formats.bundle import load_bundle  # noqa: E402
 from edgecxr.devices import Classifier  # noqa: E402
 from edgecxr.runtimes import Session  # noqa: E402
 

@@ -268,7 +268,7 @@ static int jpeg_orientation(struct jpeg_decompress_struct *cinfo) {
   return o ? o : (o = xmp_orientation(x, nx)) ? o : 1;
 }
 
-/* TIFF orientation 2-8 -> upright, as edgecxr.contract.exif_transpose (numpy flips and rotations). */
+/* TIFF orientation 2-8 -> upright, as edgecxr.data.contract.exif_transpose (numpy flips and rotations). */
 static Gray transpose(Gray g, int o) {
   if (o < 2 || o > 8) return g;
   int swap = o >= 5, W = swap ? g.h : g.w, H = swap ? g.w : g.h;
@@ -647,7 +647,7 @@ static size_t run_model(Model *m, float *x, const int64_t *shape, float **y) {
   return count;
 }
 
-/* edgecxr.modelinfo.to_prob: one value is the probability (sigmoid) or a logit; K values: softmax of logits. */
+/* edgecxr.formats.modelinfo.to_prob: one value is the probability (sigmoid) or a logit; K values: softmax of logits. */
 static double probability(const float *y, size_t k, const Contract *c) {
   if (k == 1) return strcmp(c->kind, "sigmoid") == 0 ? (double)y[0] : 1.0 / (1.0 + exp(-(double)y[0]));
   if (c->positive_index < 0 || (size_t)c->positive_index >= k) die("output.positive_index out of range", NULL, NULL);

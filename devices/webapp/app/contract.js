@@ -1,11 +1,11 @@
 // edgecxr's input contract in JavaScript: every stage from file bytes to the model's input tensor, as the
-// bundle's manifest (`input_contract`) writes it and edgecxr/contract.py executes it. The stages are the ones
+// bundle's manifest (`input_contract`) writes it and edgecxr/data/contract.py executes it. The stages are the ones
 // `edgecxr device conform` checks: decoded, cropped, equalized, resized, input, quantized.
 import { decodeJpeg, jpegInfo, JpegUnsupported } from "./jpeg.js";
 import { decodePng, isPng, pngInfo } from "./png.js";
 import { decodeDicom, isDicom, rintEven, scaleUint8 } from "./dicom.js";
 
-export const MAX_PIXELS = 64_000_000; // edgecxr.images: above it a file is refused as a decompression bomb
+export const MAX_PIXELS = 64_000_000; // edgecxr.data.images: above it a file is refused as a decompression bomb
 export const MAX_BYTES = 256 * 1024 * 1024;
 
 export class ImageError extends Error {}
@@ -142,7 +142,7 @@ async function browserDecode(bytes, name, format, why) {
            orientation: 1, note: `decoded by the browser (${why}): not edgecxr's decoder, the pixels may differ slightly` };
 }
 
-// -- the input domain (edgecxr/domain.py) ----------------------------------------------------------------
+// -- the input domain (edgecxr/data/domain.py) ----------------------------------------------------------------
 /** Throws ImageError outside the bundle's domain; returns a warning or null. */
 export function checkDomain(d, name, domain, minRange) {
   const { sourceWidth: w, sourceHeight: h } = d;
@@ -215,7 +215,7 @@ const KERNELS = {
   }, 3],
 };
 
-/** Per output pixel: first input index and 22-bit fixed-point weights (edgecxr.contract.resize_weights). */
+/** Per output pixel: first input index and 22-bit fixed-point weights (edgecxr.data.contract.resize_weights). */
 export function resizeWeights(inSize, outSize, kernel) {
   const [fn, support0] = KERNELS[kernel];
   const scale = inSize / outSize, filterscale = Math.max(scale, 1), support = support0 * filterscale;

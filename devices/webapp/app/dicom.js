@@ -116,7 +116,7 @@ export async function parseDicom(b) {
 
 const first = (v) => parseFloat(String(v).split("\\")[0]);
 
-/** -> {width, height, gray (Uint8Array), modality, viewPosition}, as edgecxr.images._decode_dicom. */
+/** -> {width, height, gray (Uint8Array), modality, viewPosition}, as edgecxr.data.images._decode_dicom. */
 export async function decodeDicom(b, maxPixels = Infinity) {
   const { ds } = await parseDicom(b);
   if (!ds.PixelData) throw new DicomError("DICOM file has no pixel data");

@@ -1,0 +1,1 @@
+"""Statistics and verdicts: metrics, acceptance criteria, comparisons, clinical evaluations, shards."""
