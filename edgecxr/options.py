@@ -34,7 +34,7 @@ class NameList(click.ParamType):
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return ",".join(value)
         if not isinstance(value, str):
-            self.fail(f"expected comma-separated names or a list of names, got {value!r}", param, ctx)
+            self.fail(f"expected comma-separated names or a list of names, got {_shown(value)}", param, ctx)
         return value
 
 
@@ -227,33 +227,61 @@ def config_file_option(cls, help="Settings from a TOML, JSON or YAML file whose 
                         is_eager=True, expose_value=False, callback=load, help=help)
 
 
+CONFIG_LIMIT = 1 << 20  # a settings file is a few hundred bytes; a megabyte is far more than one holds
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"key {twice[0]!r} given twice")
+    return dict(pairs)
+
+
 def read_settings(path: Path) -> dict:
     """A TOML, JSON or YAML file's table of settings; a ConfigError naming the file otherwise."""
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        import tomllib as parser
+    from edgecxr.utils.atomic import read_small
 
-        kind, load = "TOML", lambda: parser.loads(path.read_text(encoding="utf-8"))
-    elif suffix == ".json":
-        kind, parser, load = "JSON", json, lambda: json.loads(path.read_text(encoding="utf-8"))
-    elif suffix in (".yaml", ".yml"):
+    suffix = path.suffix.lower()
+    parser = json
+    if suffix in (".yaml", ".yml"):
         try:
             import yaml as parser
         except ImportError:
             raise ConfigError(f"--config {path}: reading YAML needs PyYAML: pip install pyyaml "
                               "(or write the settings as TOML or JSON)") from None
-        kind, load = "YAML", lambda: parser.safe_load(path.read_text(encoding="utf-8"))
-    else:
+    elif suffix not in (".toml", ".json"):
         raise ConfigError(f"--config {path}: unknown format {suffix or '(no suffix)'}; use .toml, .json, .yaml or .yml")
+    kind = {".toml": "TOML", ".json": "JSON"}.get(suffix, "YAML")
+    data = read_small(path, f"--config {path}", limit=CONFIG_LIMIT)
     try:
-        values = load()
-    except (ValueError, getattr(parser, "YAMLError", ValueError)) as exc:  # TOML, JSON, YAML syntax; not UTF-8
+        text = data.decode("utf-8-sig")
+        if kind == "TOML":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif kind == "JSON":
+            values = json.loads(text, object_pairs_hook=_no_duplicates)
+        else:
+            values = parser.safe_load(text)
+    except (ValueError, RecursionError, getattr(parser, "YAMLError", ValueError)) as exc:  # syntax; not UTF-8; nesting
         raise ConfigError(f"--config {path}: not valid {kind}: {first_line(exc, 200)}") from None
     if values is None and kind == "YAML":
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a table of settings (name = value), got {type(values).__name__}")
     return values
+
+
+def _shown(value) -> str:
+    """A file value in a message: its repr, cut short (a YAML alias can expand to gigabytes)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 60
+    short.maxlist = short.maxdict = 4
+    short.maxlevel = 2
+    return short.repr(value)
 
 
 def _settings(ctx, cls, raw: dict, path) -> tuple[dict, dict]:
@@ -264,21 +292,33 @@ def _settings(ctx, cls, raw: dict, path) -> tuple[dict, dict]:
     hints = typing.get_type_hints(cls)
     plain = {f.name for f in dataclasses.fields(cls) if OPTION not in f.metadata}
     nested = _nested(cls)
-    given, file_only = {}, {}
-    items = list(raw.items())
+    given, file_only, where = {}, {}, {}
+    items = [(key, value, False) for key, value in raw.items()]
     while items:
-        key, value = items.pop(0)
+        key, value, inside = items.pop(0)
+        if not isinstance(key, str):
+            raise ConfigError(f"--config {path}: the key {_shown(key)} is not a name; the keys are option names")
         name = key if key in options or key in plain or key in nested else spelled.get(key, key.replace("-", "_"))
+        if name in where:
+            raise ConfigError(f"--config {path}: {key}: set twice (also as {where[name]!r}); keep one")
         if name in nested:  # e.g. [overrides] scale = 0.5 (or scale = 0.5 at the top)
-            if not isinstance(value, dict):
-                raise ConfigError(f"--config {path}: {key}: expected a table of {', '.join(nested[name])}, got {value!r}")
-            items += list(value.items())
-        elif name in options:
+            if inside or not isinstance(value, dict):
+                raise ConfigError(f"--config {path}: {key}: expected a table of {', '.join(nested[name])} at the top "
+                                  f"level, got {_shown(value)}")
+            items += [(k, v, True) for k, v in value.items()]
+            continue
+        where[name] = key
+        if name in options:
             checked = _checked(options[name], value, key, path)
+            flag = options[name]
+            if flag.is_flag and not flag.secondary_opts and checked is True:  # nothing on the command line undoes it
+                raise ConfigError(f"--config {path}: {key}: a file cannot switch on {flag.opts[0]} (no option switches it "
+                                  f"off again); give {flag.opts[0]} on the command line")
             if checked is not dataclasses.MISSING:
                 given[name] = checked
         elif name in plain:
             file_only[name] = _checked_hint(hints[name], value, key, path)
+            _check_json(value, key, path)
         else:
             near = difflib.get_close_matches(key, sorted(options) + sorted(plain), n=1)
             raise ConfigError(f"--config {path}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
@@ -320,7 +360,7 @@ def _checked(param: click.Option, value, key, path):
     converted = []
     for item in items:
         if expected and (not isinstance(item, expected[0]) or (isinstance(item, bool) and bool not in expected[0])):
-            raise ConfigError(f"--config {path}: {key}: expected {expected[1]}, got {item!r}")
+            raise ConfigError(f"--config {path}: {key}: expected {expected[1]}, got {_shown(item)}")
         if isinstance(param.type, click.Choice) and isinstance(item, int):
             item = str(item)  # channels = 3
         try:
@@ -335,4 +375,25 @@ def _checked_hint(hint, value, key, path):
     types = tuple(typing.get_origin(t) or t for t in (typing.get_args(hint) or (hint,)))
     if type(None) in types and value is None or any(isinstance(value, t) for t in types if isinstance(t, type)):
         return value
-    raise ConfigError(f"--config {path}: {key}: expected {' or '.join(t.__name__ for t in types)}, got {value!r}")
+    raise ConfigError(f"--config {path}: {key}: expected {' or '.join(t.__name__ for t in types)}, got {_shown(value)}")
+
+
+def _check_json(value, key, path, most: int = 10_000) -> None:
+    """A field without an option (e.g. extra) is written into the run's config.json: plain JSON values (finite
+    numbers, string keys), at most `most` of them counted as visited (a YAML alias bomb stops here, not in json)."""
+    import math
+
+    todo, seen = [(value, 0)], 0
+    while todo:
+        item, depth = todo.pop()
+        seen += 1
+        if seen > most or depth > 20:
+            raise ConfigError(f"--config {path}: {key}: more than {most:,} values or 20 levels; a setting holds a few")
+        if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                raise ConfigError(f"--config {path}: {key}: must be plain JSON values (keys are strings)")
+            todo += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            todo += [(v, depth + 1) for v in item]
+        elif not (item is None or isinstance(item, (str, bool, int)) or isinstance(item, float) and math.isfinite(item)):
+            raise ConfigError(f"--config {path}: {key}: must be plain JSON values, got {_shown(item)}")

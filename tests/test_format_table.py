@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import replace as dataclasses_replace
 import json
 import re
 import tomllib
@@ -20,6 +21,7 @@ def test_a_family_added_through_the_table_alone_exports_and_passes_device_parity
                                                                                  monkeypatch):
     import toy_family
 
+    import edgecxr.devices.cli  # noqa: F401  (its help texts are read from the table at import: before the toy rows)
     from edgecxr.cli import main
     from edgecxr.export import export_model
 
@@ -82,3 +84,49 @@ def test_help_texts_and_extras_come_from_the_table():
         for runtime in family.runtimes:
             dist = runtime.module.split(".")[0].replace("_", "-")
             assert any(req.startswith(dist) for req in extras[runtime.extra]), (runtime.name, runtime.extra)
+
+
+def test_an_installed_runtime_that_does_not_import_falls_through_or_is_one_line(monkeypatch, tmp_path):
+    """Review of issue 29: the table's lazily loaded opener raising ImportError is a missing dependency, so
+    open_session moves on to the family's next runtime, and naming that runtime is a one-line error."""
+    import dataclasses
+
+    import numpy as np
+    import toy_family
+
+    import edgecxr.runtimes as R
+    from edgecxr.formats.targets import RuntimeRow
+    from edgecxr.utils.errors import MissingDependencyError
+
+    broken = RuntimeRow("broken-ref", "numpy", "", "installed, does not import", "toy_family:broken_opener")
+    family = dataclasses.replace(toy_family.FAMILY, runtimes=(broken, *toy_family.FAMILY.runtimes))
+    monkeypatch.setitem(FAMILIES, family.name, family)
+    monkeypatch.setattr(R, "RUNTIMES", R._registry())
+    model = tmp_path / "model.npz"
+    np.savez(model, layers=np.array('[{"kind": "Flatten", "activation": null, "epsilon": null}]'),
+             **{"0_0": np.zeros((3, 3, 1, 1))})
+    assert R.open_session(model, "npref").runtime == "numpy-ref"
+    with pytest.raises(MissingDependencyError, match="runtime broken-ref is installed but does not import"):
+        R.open_session(model, "npref", runtime="broken-ref")
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda f: {"runtimes": ()}, "has no runtime"),
+    (lambda f: {"converter": "no colon"}, "is not 'module:name'"),
+    (lambda f: {"runtimes": (dataclasses_replace(f.runtimes[0], name="onnxruntime"),)}, "runtime names repeat"),
+])
+def test_a_broken_family_row_is_refused_before_any_work(monkeypatch, change, named):
+    import toy_family
+
+    from edgecxr.formats.targets import resolve_targets
+    from edgecxr.utils.errors import ConfigError
+
+    toy_family.add(monkeypatch)
+    monkeypatch.setitem(FAMILIES, "npref", dataclasses_replace(toy_family.FAMILY, **change(toy_family.FAMILY)))
+    with pytest.raises(ConfigError, match=named):
+        resolve_targets(["npref-fp32"])
+    monkeypatch.setitem(FAMILIES, "npref", toy_family.FAMILY)
+    monkeypatch.delitem(TARGETS, "npref-fp32")
+    monkeypatch.setitem(TARGETS, "npref-int8", Target("npref-int8", "npref", "fp32", False, "no fp32 row"))
+    with pytest.raises(ConfigError, match="has no npref-fp32 target"):
+        resolve_targets(["tflite-fp32"])

@@ -156,3 +156,47 @@ def test_the_functions_take_a_config_or_its_fields_as_keywords():
     assert configured(BenchConfig, BenchConfig(runs=3), {"tolerances": Tolerances(0.1, 0.1, 0.9)}).runs == 3
     with pytest.raises(TypeError, match="'epochs'"):
         configured(BenchConfig, None, {"epochs": 3})
+
+
+@pytest.mark.parametrize("name,text,named", [
+    ("dup.toml", "epochs = 3\nbatch-size = 8\nbatch_size = 16\n", "set twice"),
+    ("dup.json", '{"epochs": 3, "epochs": 7}', "key 'epochs' given twice"),
+    ("flag.toml", "in_memory = true\n", "give --in-memory on the command line"),
+    ("keys.yaml", "1: 2\n", "is not a name"),
+    ("deep.json", "[" * 100000 + "]" * 100000, "not valid JSON"),
+    ("bom.toml", "\ufeffepochs = 3\nepoch = 1\n", "unknown key 'epoch'"),
+    ("when.yaml", "extra: {when: 2024-01-01}\n", "extra: must be plain JSON values, got datetime.date"),
+    ("laughs.yaml", "extra:\n  a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+        for i in range(1, 9)) + "arch: *a8\n", "more than 10,000 values"),
+])
+def test_a_hostile_config_file_is_one_line(tmp_path, sample, captured_train, name, text, named):
+    """Duplicates, a flag a file cannot undo, non-string keys, deep nesting, a BOM, non-JSON extras and an alias
+    bomb: one line, exit 2, before anything runs (review of issue 29)."""
+    cfg = tmp_path / name
+    cfg.write_text(text, encoding="utf-8")
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg), "--data", str(sample), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and named in r.output and r.output.count("\n") == 1 and len(r.output) < 600, r.output[:600]
+    assert "cfg" not in captured_train
+
+
+def test_a_config_that_is_not_a_small_regular_file_is_refused(tmp_path, sample, captured_train):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    big.write_text('{"arch": "' + "x" * (2 << 20) + '"}')
+    for path, named in ((fifo, "not a regular file"), (big, "larger than")):
+        r = CliRunner().invoke(main, ["train", "--config", str(path), "--data", str(sample), "--out", str(tmp_path / "o")])
+        assert r.exit_code == 2 and named in r.output and r.output.count("\n") == 1, r.output[:300]
+
+
+def test_a_recursive_yaml_override_table_is_refused(tmp_path, sample, monkeypatch):
+    import edgecxr.export as E
+
+    monkeypatch.setattr(E, "export_model", lambda *a, **k: pytest.fail("export ran"))
+    cfg = tmp_path / "rec.yaml"
+    cfg.write_text(f"target: onnx-fp32\ndata: {sample}\nout: {tmp_path / 'o'}\noverrides: &o\n  scale: 0.5\n  overrides: *o\n")
+    r = CliRunner().invoke(main, ["export", "--config", str(cfg)])
+    assert r.exit_code == 2 and "at the top level" in r.output and r.output.count("\n") == 1, r.output[:300]

@@ -89,3 +89,8 @@ class NumpySession(Session):
         return ({"name": "input", "shape": [-1, -1, -1, int(self.input_shape[3])], "dtype": "float32",
                  "quantization": None},
                 {"name": "prob", "shape": [-1, 1], "dtype": "float32", "quantization": None})
+
+
+def broken_opener(model, **kwargs):
+    """A runtime that is installed but does not import (an old wheel under numpy 2)."""
+    raise ImportError("numpy.core.multiarray failed to import")

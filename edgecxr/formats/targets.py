@@ -119,13 +119,31 @@ def load(path: str):
 
 
 def check_table() -> None:
-    """Every target's family exists and implements its precision (a wrong row would ship the wrong model)."""
+    """The rows hold together: every target's family exists and implements its precision (a wrong row would ship
+    the wrong model), every family has runtimes, a float32 target (the twin) and well-formed references, and no
+    two runtimes share a name (the later would take the earlier's place)."""
+    import re
+
+    def fail(message):
+        raise ConfigError(f"the format table: {message}")
+
     for t in TARGETS.values():
         if t.family not in FAMILIES:
-            raise ConfigError(f"target {t.name}: unknown family {t.family!r}; families: {', '.join(FAMILIES)}")
+            fail(f"target {t.name}: unknown family {t.family!r}; families: {', '.join(FAMILIES)}")
         if t.precision not in FAMILIES[t.family].precisions:
             raise ConfigError(f"target {t.name}: the {t.family} converter writes "
                               f"{', '.join(FAMILIES[t.family].precisions)}, not {t.precision}")
+    names = [r.name for f in FAMILIES.values() for r in f.runtimes]
+    for f in FAMILIES.values():
+        if not f.runtimes:
+            fail(f"family {f.name} has no runtime")
+        if f"{f.name}-fp32" not in TARGETS:
+            fail(f"family {f.name} has no {f.name}-fp32 target (the float twin of its other targets)")
+        for ref in (f.converter, f.from_bytes, f.int8_sparsity, *(r.opener for r in f.runtimes)):
+            if ref and not re.fullmatch(r"[\w.]+:\w+", ref):
+                fail(f"family {f.name}: {ref!r} is not 'module:name'")
+    if len(names) != len(set(names)):
+        fail(f"runtime names repeat: {sorted({n for n in names if names.count(n) > 1})}")
 
 
 def resolve_targets(names) -> list[Target]:
@@ -158,3 +176,6 @@ def runtime_help() -> str:
 
 def device_help() -> str:
     return " or ".join(f"{f.device_help} ({', '.join(f.devices)})" for f in FAMILIES.values() if f.devices) + "."
+
+
+check_table()

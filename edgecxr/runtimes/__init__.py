@@ -29,7 +29,7 @@ from pathlib import Path
 from edgecxr.formats.targets import FAMILIES, RuntimeRow, load
 from edgecxr.runtimes.base import (Session, default_threads, dequantize, is_nchw, quantize_input, run_float,  # noqa: F401
                                    runtime_notes)
-from edgecxr.utils.errors import ConfigError, MissingDependencyError
+from edgecxr.utils.errors import ConfigError, MissingDependencyError, first_line
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,12 @@ class Runtime:
         (OpenVINO runs every model in f32 on CPU); batch: resize a fixed batch axis to this size."""
         if isinstance(model, (str, os.PathLike)):
             model = Path(model)
-        return load(self.row.opener)(model, threads=threads, device=device, precision=precision, batch=batch)
+        try:
+            opener = load(self.row.opener)
+            return opener(model, threads=threads, device=device, precision=precision, batch=batch)
+        except ImportError as exc:  # installed but broken (numpy 2 under an old wheel, a missing library)
+            raise MissingDependencyError(f"runtime {self.name} is installed but does not import ({first_line(exc, 200)}); "
+                                         f"reinstall it: pip install --force-reinstall 'edgecxr[{self.extra}]'") from None
 
 
 def _registry() -> dict[str, Runtime]:
