@@ -119,7 +119,7 @@ def to_markdown(result: dict, command: str) -> str:
              f"Command: `{command}`", "",
              "| input path | " + " | ".join(result["summary"]) + " |", "|---|" + "---:|" * len(result["summary"])]
     names = {"reference": "numpy reference of the contract", "pillow": "Pillow equalize + resize (the runner before)",
-             "opencv_recipe": "OpenCV recipe (README), bare LiteRT",
+             "opencv_recipe": "OpenCV recipe (docs/integrators.md), bare LiteRT",
              "opencv_equalizehist_linear": "OpenCV equalizeHist + INTER_LINEAR",
              "opencv_equalizehist_area": "OpenCV equalizeHist + INTER_AREA",
              "opencv_equalizehist_cubic": "OpenCV equalizeHist + INTER_CUBIC",

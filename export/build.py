@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgecxr.utils.errors import ConfigError
-from edgecxr.formats.targets import FAMILIES, TARGETS, load
+from edgecxr.formats.targets import FAMILIES, TARGETS, check_precision, load
 from edgecxr.export import accuracy, onnx as onnx_x, openvino as ov_x, tflite, tflite_metadata
 from edgecxr.export.float_runs import Runner
 
@@ -49,11 +49,8 @@ def _gate_model(ctx, family, model) -> dict:
 def build(target, ctx: Context, folder: Path) -> dict:
     """Write target.model_file into folder with its family's converter (the format table names it);
     returns {"qat": bool, "accuracy_control": dict|None, ...}."""
-    family = FAMILIES[target.family]
-    if target.precision not in family.precisions:
-        raise ConfigError(f"target {target.name}: the {family.name} converter writes {', '.join(family.precisions)}, "
-                          f"not {target.precision}")
-    return load(family.converter)(target, ctx, folder / target.model_file)
+    check_precision(target)
+    return load(FAMILIES[target.family].converter)(target, ctx, folder / target.model_file)
 
 
 def _refuse(target):

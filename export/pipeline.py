@@ -34,8 +34,8 @@ def versions() -> dict:
     from importlib import metadata
 
     out = {"python": sys.version.split()[0]}
-    runtime_packages = [f.package.replace("_", "-") for f in FAMILIES.values()]
-    for name in dict.fromkeys(VERSION_PACKAGES[:6] + tuple(runtime_packages) + VERSION_PACKAGES[6:]):
+    runtime_packages = tuple(f.package.replace("_", "-") for f in FAMILIES.values())
+    for name in dict.fromkeys(VERSION_PACKAGES + runtime_packages):
         try:
             out[name.replace("-", "_")] = metadata.version(name)
         except metadata.PackageNotFoundError:

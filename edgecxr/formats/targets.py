@@ -118,6 +118,14 @@ def load(path: str):
     return getattr(importlib.import_module(module), attribute)
 
 
+def check_precision(target: Target) -> None:
+    """A target whose family's converter does not implement its precision is refused (it would ship another)."""
+    family = FAMILIES[target.family]
+    if target.precision not in family.precisions:
+        raise ConfigError(f"target {target.name}: the {family.name} converter writes {', '.join(family.precisions)}, "
+                          f"not {target.precision}")
+
+
 def check_table() -> None:
     """The rows hold together: every target's family exists and implements its precision (a wrong row would ship
     the wrong model), every family has runtimes, a float32 target (the twin) and well-formed references, and no
@@ -130,9 +138,7 @@ def check_table() -> None:
     for t in TARGETS.values():
         if t.family not in FAMILIES:
             fail(f"target {t.name}: unknown family {t.family!r}; families: {', '.join(FAMILIES)}")
-        if t.precision not in FAMILIES[t.family].precisions:
-            raise ConfigError(f"target {t.name}: the {t.family} converter writes "
-                              f"{', '.join(FAMILIES[t.family].precisions)}, not {t.precision}")
+        check_precision(t)
     names = [r.name for f in FAMILIES.values() for r in f.runtimes]
     for f in FAMILIES.values():
         if not f.runtimes:
