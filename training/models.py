@@ -130,8 +130,9 @@ def _build_base(keras, entry, input_shape, weights, options):
 
 
 def build_model(name: str, *, size: int | None = None, channels: int = 3, weights: str = "none",
-                bn_momentum: float | None = 0.9, **options):
-    """Build a registered model with a single sigmoid output.
+                bn_momentum: float | None = 0.9, antialias: bool = False, **options):
+    """Build a registered model with a single sigmoid output (anti-aliased after the weights are loaded, with
+    `antialias`).
 
     weights: "none" (from scratch), "imagenet" (downloaded by Keras) or a path to a
     weights file saved by Keras (full model, or base network only).
@@ -158,7 +159,17 @@ def build_model(name: str, *, size: int | None = None, channels: int = 3, weight
         for layer in model.submodules if hasattr(model, "submodules") else model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = bn_momentum
+    if antialias:
+        model, base = _antialiased(keras, model, base)
     return model, base
+
+
+def _antialiased(keras, model, base):
+    """(model, base) anti-aliased; the new base is the new model up to the old base's last layer."""
+    new = antialias(keras, model)
+    if base is model:
+        return new, new
+    return new, keras.Model(new.input, new.get_layer(base.layers[-1].name).output, name=base.name)
 
 
 def _load_weights(model, base, path: Path):
@@ -170,3 +181,67 @@ def _load_weights(model, base, path: Path):
         except Exception as exc:  # shape or layer-count mismatch: try the base network
             errors.append(str(exc).splitlines()[0][:200])
     raise ModelError(f"weights file {path} fits neither the full {model.name} model nor its base ({errors[-1]})")
+
+
+def antialias(keras, model):
+    """The same model with every stride-2 convolution anti-aliased (Zhang, "Making convolutional networks
+    shift-invariant again", 2019): the convolution runs at stride 1 and a fixed 3x3 binomial blur after its
+    activation does the subsampling. Weights are copied; the blur is a frozen DepthwiseConv2D, so the file needs
+    no custom code. A functional model of single-call layers (the registry's)."""
+    graph = [(entry["config"]["name"], [n[0] for node in entry["inbound_nodes"] for n in node])
+             for entry in model.get_config()["layers"]]
+    after: dict[str, list[str]] = {}
+    for name, inputs in graph:
+        for source in inputs:
+            after.setdefault(source, []).append(name)
+    strided = [layer.name for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+               and tuple(layer.strides) == (2, 2)]
+    pads = {name for name, _ in graph if isinstance(model.get_layer(name), keras.layers.ZeroPadding2D)
+            and len(after.get(name, [])) == 1 and after[name][0] in strided}
+    blur_after = {_activation_after(keras, model, after, name) for name in strided}
+    tensors = {}
+    for name, inputs in graph:
+        layer = model.get_layer(name)
+        if not inputs:
+            tensors[name] = keras.Input(batch_shape=layer.get_config()["batch_input_shape"], name=name)
+            continue
+        args = [tensors[source] for source in inputs]
+        out = tensors[name] = args[0] if name in pads else _strided_to_one(layer, name in strided)(args if len(args) > 1 else args[0])
+        if name in blur_after:
+            tensors[name] = _blur(keras, out, f"{name}_blur")
+    new = keras.Model(tensors[graph[0][0]], tensors[graph[-1][0]], name=model.name)
+    for layer in new.layers:
+        if layer.name in {n for n, _ in graph} and layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return new
+
+
+def _strided_to_one(layer, strided: bool):
+    """A fresh copy of `layer` (stride 1, padding "same" when `strided`)."""
+    config = layer.get_config()
+    if strided:
+        config.update(strides=(1, 1), padding="same")
+    return layer.__class__.from_config(config)
+
+
+def _activation_after(keras, model, after, name: str) -> str:
+    """The activation of conv -> BatchNorm -> activation starting at layer `name` (the conv itself when none)."""
+    current = name
+    for _ in range(2):
+        nxt = after.get(current, [])
+        if len(nxt) != 1:
+            break
+        current = nxt[0]
+        if isinstance(model.get_layer(current), (keras.layers.ReLU, keras.layers.Activation)):
+            return current
+    return name
+
+
+def _blur(keras, x, name: str):
+    import numpy as np
+
+    blur = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, trainable=False, name=name)
+    out = blur(x)
+    taps = np.outer([1, 2, 1], [1, 2, 1]).astype(np.float32) / 16
+    blur.set_weights([np.repeat(taps[:, :, None, None], int(x.shape[-1]), axis=2)])
+    return out

@@ -50,6 +50,10 @@ class TrainConfig:
     class_weights: bool = setting(True, secondary=True, show_default=True)
     weights: str = setting("none", "none | imagenet | PATH to a weights file.", show_default=True)
     alpha: float | None = setting(None, "Width multiplier of MobileNet models.", type=float)
+    antialias: bool = setting(  # Zhang 2019: blur before every stride-2 subsampling
+        False, "Anti-alias every stride-2 convolution (a fixed blur does the subsampling): decisions move less "
+               "when the image shifts by a few pixels. With --weights PATH, BatchNorm statistics are re-estimated "
+               "on the training images before fine-tuning.", is_flag=True)
     lung_crop: bool = setting(False, "Fixed lung-region crop.", secondary=True, show_default=True)
     equalize: bool = setting(False, "Histogram equalization.", secondary=True, show_default=True)
     val_fraction: float = setting(0.1, "Share of train/ held out, grouped by patient.", show_default=True)
@@ -173,10 +177,12 @@ def recalibrate_bn(tf, keras, model, pixels, spec: PreprocessSpec, batch_size: i
     return _recalibrate(keras, model, (x for x, _ in make_dataset(tf, pixels, np.zeros(len(pixels)), spec, batch_size)))
 
 
-def _recalibrate(keras, model, batches) -> int:
-    # frozen layers (a pretrained base) run in inference mode and keep their statistics
-    layers = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization) and m.trainable]
-    saved = [layer.momentum for layer in layers]
+def _recalibrate(keras, model, batches, every: bool = False) -> int:
+    # frozen layers (a pretrained base) run in inference mode and keep their statistics, unless `every`
+    layers = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization) and (every or m.trainable)]
+    saved = [(layer.momentum, layer.trainable) for layer in layers]
+    for layer in layers:
+        layer.trainable = True
     seen = 0
     for x in batches:
         n = int(x.shape[0])
@@ -184,8 +190,8 @@ def _recalibrate(keras, model, batches) -> int:
             layer.momentum = seen / (seen + n)  # running mean over every image seen so far
         model(x, training=True)
         seen += n
-    for layer, momentum in zip(layers, saved):
-        layer.momentum = momentum
+    for layer, (momentum, trainable) in zip(layers, saved):
+        layer.momentum, layer.trainable = momentum, trainable
     return len(layers)
 
 
@@ -257,7 +263,8 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = 
 
     if cfg.weights != "none" and base is not model:
         base.trainable = False  # phase 1: train the new head on a frozen pretrained base
-        run(cfg.head_epochs, cfg.lr)
+        if cfg.head_epochs:  # 0: the weights' own head is kept as it is
+            run(cfg.head_epochs, cfg.lr)
         base.trainable = True
         for layer in base.layers[: max(0, len(base.layers) - cfg.finetune_layers)]:
             layer.trainable = False
@@ -311,7 +318,12 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
     val_ds = distribute(tf, strategy, val_batches, cfg.batch_size, len(val))
     options = {"alpha": cfg.alpha} if cfg.alpha is not None else {}
     with strategy.scope():
-        model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum, **options)
+        model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum,
+                                  antialias=cfg.antialias, **options)
+    if cfg.antialias and cfg.weights != "none":  # the blur changes every activation's statistics after it
+        with inputs.skipped.raising(tf, train):
+            _recalibrate(keras, model, (x for x, _ in batch_inputs(tf, _xy(inputs.elements(train, "train")), spec, 64)),
+                         every=True)
     with inputs.skipped.raising(tf, train):
         history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup, inputs.skipped)
     with inputs.skipped.raising(tf, val):
