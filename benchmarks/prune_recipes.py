@@ -1,7 +1,8 @@
 """Pruning recipes for issue 32.3: which fine-tuning keeps the dense model's clinical behaviour at 50 % sparsity.
 
 Each recipe is `edgecxr export --target tflite-fp32 --prune S` of the same dense model: fine-tuned towards the labels
-or the dense model's probabilities (`--distill`), with BatchNorm trained or frozen. The recipe kept is chosen on
+or the dense model's probabilities (`--distill`), with BatchNorm trained or frozen, with or without the dense
+model's own augmentation and label smoothing. Each round of recipes has its own rule (`--round`). The recipe kept is chosen on
 validation by the rule of CHANGELOG.md (smallest specificity drop among those whose recall drop is <= 0.01, else the
 smallest sum of the two drops; a tie keeps the earlier); the test numbers (the bundle's export parity reference)
 are reported for every recipe and not used.
@@ -18,24 +19,39 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = {"labels": (False, False), "distill": (True, False), "labels-frozen-bn": (False, True),
-           "distill-frozen-bn": (True, True)}  # name -> (distill, freeze BatchNorm), in the rule's tie order
+AUGMENT = {"preset": "standard", "intensity": 0.2}  # the shipped model's own augmentation
+RECIPES = {  # name -> keyword arguments of export.optimize.prune beyond --distill
+    "labels": {}, "distill": {"distill": True},
+    "labels-frozen-bn": {"freeze_bn": True}, "distill-frozen-bn": {"distill": True, "freeze_bn": True},
+    "distill-augment": {"distill": True, "augment": AUGMENT},
+    "labels-augment-smoothing": {"augment": AUGMENT, "label_smoothing": 0.1},
+}
+ROUNDS = {  # the recipes each round's rule compares, in its tie order (CHANGELOG.md)
+    1: ["labels", "distill"],
+    2: ["labels", "distill", "labels-frozen-bn", "distill-frozen-bn"],
+    3: ["distill-augment", "labels-augment-smoothing"],
+}
 MAX_RECALL_DROP = 0.01
 EXPORT = """
-import sys
+import json, sys
 from functools import partial
 from edgecxr.export import optimize
-optimize.prune = partial(optimize.prune, freeze_bn=True)
+from edgecxr.training.augment import get_preset
+kw = json.loads(sys.argv[1])
+if "augment" in kw:
+    kw["augment"] = get_preset(kw["augment"]["preset"], kw["augment"]["intensity"])
+optimize.prune = partial(optimize.prune, **kw)
 from edgecxr.cli import main
-main(sys.argv[1:])
+main(sys.argv[2:])
 """
 
 
-def export(model: Path, data: Path, out: Path, sparsity: float, distill: bool, freeze_bn: bool) -> None:
+def export(model: Path, data: Path, out: Path, sparsity: float, recipe: dict) -> None:
+    extra = {k: v for k, v in recipe.items() if k != "distill"}
     args = ["export", "--model", str(model), "--target", "tflite-fp32", "--prune", str(sparsity), "--data", str(data),
-            "--out", str(out), "--overwrite", *(["--distill"] if distill else [])]
-    cmd = [sys.executable, "-c", EXPORT, *args] if freeze_bn else ["edgecxr", *args]
-    print("$", " ".join(cmd if not freeze_bn else ["python -c <frozen-BN export>", *args]), flush=True)
+            "--out", str(out), "--overwrite", *(["--distill"] if recipe.get("distill") else [])]
+    cmd = [sys.executable, "-c", EXPORT, json.dumps(extra), *args] if extra else ["edgecxr", *args]
+    print("$", " ".join(["python -c <export with prune(**" + json.dumps(extra) + ")>", *args] if extra else cmd), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
 
 
@@ -75,12 +91,14 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="one export per recipe, WORK/RECIPE (kept between runs)")
     ap.add_argument("--dense-bundle", type=Path, help="a tflite-fp32 bundle of the dense model, for its test numbers")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=max(ROUNDS),
+                    help="which round's recipes the rule compares (default: the latest)")
     args = ap.parse_args(argv)
     rows = []
-    for name, (distill, freeze_bn) in RECIPES.items():
+    for name in ROUNDS[args.round]:
         manifest = args.work / name / "tflite-fp32" / "manifest.json"
         if not manifest.is_file():
-            export(args.model, args.data, args.work / name, args.sparsity, distill, freeze_bn)
+            export(args.model, args.data, args.work / name, args.sparsity, RECIPES[name])
         rows.append(row(name, json.loads(manifest.read_text())))
     kept = choose(rows)
     dense = json.loads((args.dense_bundle / "manifest.json").read_text())["reference"]["metrics"] if args.dense_bundle else None

@@ -270,7 +270,7 @@ def format_report(r: dict, max_flips: int = 10) -> str:
 
         lines += format_criteria(r["criteria"])
     for c in r["checks"]:
-        state = "NOT SHOWN" if c.get("status") == "too_small" else "PASS" if c["passed"] else "FAIL"
+        state = {"too_small": "NOT SHOWN", "not_measured": "NOT MEASURED"}.get(c.get("status"), "PASS" if c["passed"] else "FAIL")
         lines.append(f"{state} {c['name']}: {c['message']}")
     cpu = r.get("host", {}).get("cpu")
     if cpu:

@@ -44,7 +44,8 @@ def _soft_targets(source, x):
     return raw.astype(np.float32), loss
 
 
-def _fit(model, source, x, labels, epochs, lr, callbacks=(), seed=0, batch_size=32, distill=False):
+def _fit(model, source, x, labels, epochs, lr, callbacks=(), seed=0, batch_size=32, distill=False, augment=None,
+         label_smoothing=0.0):
     import tensorflow as tf
     import tf_keras as keras
 
@@ -56,10 +57,25 @@ def _fit(model, source, x, labels, epochs, lr, callbacks=(), seed=0, batch_size=
         counts = np.bincount(labels, minlength=2)
         cw = {i: float(len(labels) / (2 * max(c, 1))) for i, c in enumerate(counts)}
         weights = np.array([cw[int(v)] for v in labels], np.float32)
+        if label_smoothing and isinstance(loss, keras.losses.BinaryCrossentropy):
+            loss = keras.losses.BinaryCrossentropy(from_logits=source.info.output == "logits",
+                                                   label_smoothing=label_smoothing)
     ds = tf.data.Dataset.from_tensor_slices((x, y, weights)).shuffle(len(x), seed=seed).batch(batch_size)
+    if augment is not None and augment.active:
+        ds = ds.map(lambda bx, by, bw: (_augmented(tf, bx, augment, source.spec), by, bw),
+                    num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
     model.fit(ds, epochs=epochs, callbacks=list(callbacks), verbose=2 if not sys.stderr.isatty() else 1)
     return model
+
+
+def _augmented(tf, x, augment, spec):
+    """A batch of model inputs (B, H, W, C) warped as the training stage warps its grey 0..255 images."""
+    from edgecxr.training.augment import augment_batch
+
+    grey = (x[..., 0] - np.float32(spec.offset)) / np.float32(spec.scale)
+    warped = augment_batch(tf, grey, augment) * np.float32(spec.scale) + np.float32(spec.offset)
+    return tf.repeat(warped[..., None], tf.shape(x)[-1], axis=-1)
 
 
 def require_keras(source, what: str):
@@ -70,10 +86,11 @@ def require_keras(source, what: str):
 
 
 def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr: float = 1e-4, distill: bool = False,
-          freeze_bn: bool = False):
+          freeze_bn: bool = False, augment=None, label_smoothing: float = 0.0):
     """(stripped pruned tf_keras model, report) after magnitude pruning with polynomial decay and fine-tuning
-    (towards the labels, or with distill towards the dense model's own probabilities). freeze_bn: BatchNorm layers
-    run in inference mode while fine-tuning (the dense model's statistics kept)."""
+    (towards the labels, or with distill towards the dense model's own probabilities on the unwarped images).
+    freeze_bn: BatchNorm layers run in inference mode while fine-tuning (the dense model's statistics kept);
+    augment (a training-stage Augment) warps the fine-tuning batches; label_smoothing applies to the labels."""
     import tensorflow as tf
 
     tfmot = _tfmot()
@@ -89,10 +106,13 @@ def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr:
         raise ConfigError(f"--prune: this model cannot be pruned by tensorflow-model-optimization ({str(exc)[:200]})") from None
     if freeze_bn:
         freeze_batchnorm(pruned)
-    _fit(pruned, source, x, labels, max(1, epochs), lr, [tfmot.sparsity.keras.UpdatePruningStep()], seed, distill=distill)
+    _fit(pruned, source, x, labels, max(1, epochs), lr, [tfmot.sparsity.keras.UpdatePruningStep()], seed, distill=distill,
+         augment=augment, label_smoothing=0.0 if distill else label_smoothing)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     return stripped, {"target_sparsity": sparsity, "finetune_epochs": epochs, "finetune_images": int(len(x)),
                       "batchnorm": "frozen (inference mode)" if freeze_bn else "trained",
+                      "augmentation": augment.to_dict() if augment is not None and augment.active else None,
+                      "label_smoothing": 0.0 if distill else label_smoothing,
                       "schedule": f"polynomial decay 0 -> {sparsity} over {end} steps",
                       "layers": layer_sparsity(stripped)}
 

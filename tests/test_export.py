@@ -720,3 +720,23 @@ def test_pruning_with_frozen_batchnorm_keeps_the_dense_statistics(freeze):
     after = next(layer for layer in pruned.layers if isinstance(layer, keras.layers.BatchNormalization)).moving_mean.numpy()
     assert np.allclose(after, before) is freeze
     assert report["batchnorm"] == ("frozen (inference mode)" if freeze else "trained")
+
+
+def test_pruning_fine_tunes_on_warped_batches_as_the_training_stage_warps_them():
+    """prune(augment=...): the fine-tuning batches are warped in the model's input scale, channels kept alike; an
+    inactive preset leaves them as they are."""
+    import tensorflow as tf
+
+    from edgecxr.data.preprocess import PreprocessSpec
+    from edgecxr.export.optimize import _augmented
+    from edgecxr.training.augment import get_preset
+
+    spec = PreprocessSpec(size=32, channels=3, scale=1 / 127.5, offset=-1.0)
+    grey = np.tile(np.linspace(0, 255, 32, dtype=np.float32), (4, 32, 1))
+    x = np.repeat((grey * spec.scale + spec.offset)[..., None], 3, -1)
+    tf.random.set_seed(0)
+    warped = _augmented(tf, tf.constant(x), get_preset("standard", 0.2), spec).numpy()
+    assert warped.shape == x.shape and np.all(warped >= -1 - 1e-5) and np.all(warped <= 1 + 1e-5)
+    assert np.array_equal(warped[..., 0], warped[..., 2]) and not np.allclose(warped, x, atol=0.05)
+    same = _augmented(tf, tf.constant(x), get_preset("none"), spec).numpy()
+    np.testing.assert_allclose(same, x, atol=1e-5)

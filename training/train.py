@@ -91,6 +91,7 @@ class TrainConfig:
 
     def validate(self):
         get_entry(self.arch)
+        self._check_numbers()
         get_preset(self.augment, self.intensity, self.acquisition)
         if self.loss not in ("bce", "focal"):
             raise ConfigError(f"unknown loss {self.loss!r}; valid: bce, focal")
@@ -112,6 +113,23 @@ class TrainConfig:
             raise ConfigError(f"--swa {self.swa} must be between 0 and --epochs ({self.epochs})")
         if not D.is_pooled(self.split_file):  # a wrong --data fails in a second, before TensorFlow starts
             D.list_split(self.data, "train", self.classes)
+
+    def _check_numbers(self):
+        """NaN, infinite or out-of-range numbers fail here, not as a NaN model after an hour of training."""
+        ranges = {  # flag: (value, lowest, highest, the lowest itself allowed)
+            "--lr": (self.lr, 0, None, False), "--bn-momentum": (self.bn_momentum, 0, 1, True),
+            "--val-fraction": (self.val_fraction, 0, 1, False), "--patience": (self.patience, 0, None, True),
+            "--folds": (self.folds, 0, None, True), "--head-epochs": (self.head_epochs, 0, None, True),
+            "--finetune-layers": (self.finetune_layers, 0, None, True), "--intensity": (self.intensity, 0, None, True),
+            "--mixup": (self.mixup, 0, None, True)}
+        for flag, (value, low, high, low_ok) in ranges.items():
+            if value is None:  # a library caller's "not set" (bn_momentum=None keeps Keras' own)
+                continue
+            if not np.isfinite(value) or value < low or (value == low and not low_ok) or (high is not None and value >= high):
+                span = f"{'at least' if low_ok else 'above'} {low}" + (f" and below {high}" if high is not None else "")
+                raise ConfigError(f"{flag} {value} must be a number {span}")
+        if self.folds == 1:
+            raise ConfigError("--folds 1 is one model without a held-out fold; use 0 (one split) or at least 2")
 
     def spec(self) -> PreprocessSpec:
         base = get_entry(self.arch).spec
