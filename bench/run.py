@@ -109,6 +109,18 @@ def _move_float_metrics(rows, float_info) -> None:
         r.pop("float_metrics", None)
 
 
+def _check_scaling(c: BenchConfig) -> None:
+    """--scaling-target / --scaling-arch names checked before the benchmark, not after it."""
+    from edgecxr.formats.targets import TARGETS
+    from edgecxr.training.models import get_entry
+
+    unknown = [t for t in c.scaling_targets or () if t not in TARGETS]
+    if unknown:
+        raise ConfigError(f"--scaling-target {unknown[0]}: unknown target; valid: {', '.join(TARGETS)}")
+    for arch in c.scaling_archs or ():
+        get_entry(arch)
+
+
 def _check_inputs(model_path, data_root, out_dir, c: BenchConfig):
     """(model path, data root, out folder, config with its threads resolved, the model's pooled split file or None),
     every input checked before the first export."""
@@ -132,6 +144,8 @@ def _check_inputs(model_path, data_root, out_dir, c: BenchConfig):
     _check_options(c.prune, t.max_recall_drop, t.max_accuracy_drop, t.min_agreement, c.finetune_epochs)
     if c.n_boot < MIN_BOOTSTRAP:
         raise ConfigError(f"--bootstrap {c.n_boot}: parity's confidence intervals need at least {MIN_BOOTSTRAP} resamples")
+    if c.scaling:
+        _check_scaling(c)
     return model_path, data_root, out_dir, replace(c, threads=c.threads or default_threads()), split_file
 
 

@@ -248,3 +248,13 @@ def test_impossible_options_are_usage_errors_before_any_work(tiny_model, kermany
     assert r.exit_code == 2, r.output
     assert option[-2].lstrip("-") in r.output.replace("--", "") and "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_unknown_scaling_target_or_arch_is_refused_before_the_benchmark(tiny_model, sample, tmp_path):
+    from edgecxr.bench.run import run_benchmark
+
+    for setting, message in (({"scaling_targets": ("tflite-int4",)}, "--scaling-target tflite-int4"),
+                             ({"scaling_archs": ("mobilenet_v9",)}, "mobilenet_v9")):
+        with pytest.raises(ConfigError, match=message):
+            run_benchmark(tiny_model, sample, tmp_path / "b", targets=["tflite-fp32"], scaling=True, **setting)
+        assert not (tmp_path / "b" / "bundles").exists()  # refused before the first export

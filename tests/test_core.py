@@ -379,7 +379,10 @@ def test_threshold_choice(scored):
     y, s = scored
     fpr, tpr, thr = metrics.roc_curve(y, s)
     youden = metrics.choose_threshold(y, s)
-    assert youden == thr[np.argmax(tpr - fpr)]
+    best = thr[np.argmax(tpr - fpr)]
+    below = np.max(np.asarray(s)[np.asarray(s) < best])
+    assert youden == pytest.approx((best + below) / 2)  # halfway to the next lower score: the same decisions
+    assert np.array_equal(np.asarray(s) >= youden, np.asarray(s) >= best) and youden not in set(np.asarray(s).tolist())
     t95 = metrics.choose_threshold(y, s, target_recall=0.95)
     assert metrics.binary_metrics(y, s, t95)["recall"] >= 0.95
     assert metrics.binary_metrics(y, s, t95 + 0.011)["recall"] < 0.95

@@ -435,10 +435,13 @@ def test_train_antialias_from_weights_reestimates_batchnorm(tmp_path, sample):
 
     plain = train(TrainConfig(arch="tiny_mobilenet_v2", data=str(sample), epochs=1, batch_size=16, augment="none"),
                   tmp_path / "plain")
-    out = train(TrainConfig(arch="tiny_mobilenet_v2", data=str(sample), epochs=1, batch_size=16, augment="none",
-                            weights=str(plain / "model.keras"), antialias=True, head_epochs=0, finetune_layers=1000,
-                            lr=1e-9, split_file=str(plain / "split.json")), tmp_path / "aa")
+    with pytest.raises(ConfigError, match="--epochs 0 only with --weights"):
+        TrainConfig(arch="tiny_mobilenet_v2", data=str(sample), epochs=0).validate()
+    out = train(TrainConfig(arch="tiny_mobilenet_v2", data=str(sample), epochs=0, batch_size=16, augment="none",
+                            weights=str(plain / "model.keras"), antialias=True,
+                            split_file=str(plain / "split.json")), tmp_path / "aa")  # no training: BatchNorm only
     assert json.loads((out / "config.json").read_text())["antialias"] is True
+    assert json.loads((out / "val_metrics.json").read_text())["epochs_run"] == 0
     before, after = load_model(plain / "model.keras"), load_model(out / "model.keras")  # loads without trusting code
     assert sum(layer.name.endswith("_blur") for layer in after.layers) == 5
     # the BatchNorm after the first blur sees blurred activations: its statistics were measured again
@@ -459,3 +462,19 @@ def test_numbers_that_would_train_a_nan_model_are_refused_before_training(sample
     with pytest.raises(ConfigError, match=flag):
         TrainConfig(arch="tiny_cnn", data=str(sample), **{field: value}).validate()
     TrainConfig(arch="tiny_cnn", data=str(sample), bn_momentum=0.0, patience=0, head_epochs=0, folds=0).validate()
+
+
+def test_a_teacher_that_trained_on_the_students_validation_images_is_named(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from edgecxr.training.train import _warn_teacher_trained_on
+
+    teacher = tmp_path / "teacher" / "model.keras"
+    teacher.parent.mkdir()
+    (teacher.parent / "split.json").write_text(json.dumps({"train": ["train/NORMAL/a.jpeg", "train/NORMAL/b.jpeg"],
+                                                           "val": ["train/NORMAL/c.jpeg"]}))
+    val = [SimpleNamespace(rel=r) for r in ("train/NORMAL/a.jpeg", "train/NORMAL/c.jpeg", "train/NORMAL/d.jpeg")]
+    assert _warn_teacher_trained_on(teacher, val) == 1
+    assert "1 of the 3 validation images are training images of the teacher" in capsys.readouterr().err
+    (teacher.parent / "split.json").unlink()
+    assert _warn_teacher_trained_on(teacher, val) == 0  # no split beside it: nothing to say

@@ -95,8 +95,9 @@ class TrainConfig:
         get_preset(self.augment, self.intensity, self.acquisition)
         if self.loss not in ("bce", "focal"):
             raise ConfigError(f"unknown loss {self.loss!r}; valid: bce, focal")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch size must be at least 1")
+        if self.epochs < (0 if self.weights != "none" else 1) or self.batch_size < 1:
+            raise ConfigError("epochs and batch size must be at least 1 (--epochs 0 only with --weights PATH: "
+                              "the loaded model as it is, its threshold chosen on validation)")
         if self.target_recall is not None and not 0 < self.target_recall <= 1:
             raise ConfigError(f"--target-recall {self.target_recall} must be a recall between 0 and 1, e.g. 0.95")
         if self.mixup < 0:
@@ -279,6 +280,8 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = 
             earlier = done.get(k, [float("nan")] * skipped_epochs)
             history.setdefault(k, []).extend(float(x) for x in earlier + list(h.history.get(k, [])))
 
+    if not cfg.epochs:  # --epochs 0 (with --weights): the loaded model as it is, no head epochs either
+        return history
     if cfg.weights != "none" and base is not model:
         base.trainable = False  # phase 1: train the new head on a frozen pretrained base
         if cfg.head_epochs:  # 0: the weights' own head is kept as it is
@@ -307,7 +310,7 @@ def _write_history(history: dict, path: Path) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["epoch", *keys])
-        for i in range(len(history[keys[0]])):
+        for i in range(len(history[keys[0]]) if keys else 0):
             writer.writerow([i + 1, *(history[k][i] for k in keys)])
 
 
@@ -322,6 +325,8 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
     weights = class_weights(labels) if cfg.class_weights else None
 
     soft = teacher_probs(tf, cfg.teacher, train) if cfg.teacher else None
+    if cfg.teacher:
+        _warn_teacher_trained_on(cfg.teacher, val)
 
     def train_batches(shard, batch):  # with mixup or class weights the dataset carries the weights
         elements = inputs.elements(train, "train", shuffle=True, shard=shard)
@@ -363,6 +368,21 @@ def _distilled(tf, elements, soft: np.ndarray, shard: tuple, weight: float):
     shard (every count-th sample from first)."""
     table, (count, first) = tf.constant(soft, tf.float32), shard
     return elements.map(lambda x, y, i: (x, (1 - weight) * y + weight * tf.gather(table, first + i * count)))
+
+
+def _warn_teacher_trained_on(teacher, val) -> int:
+    """Warn when the teacher trained on the student's validation images: the student learns their answers from
+    it, so its validation numbers (and the threshold chosen on them) come out optimistic."""
+    own = Path(teacher).parent / "split.json"
+    try:
+        trained = set(D.read_split_file(own).get("train", [])) if own.is_file() else set()
+    except DataError:
+        trained = set()
+    seen = sum(s.rel in trained for s in val)
+    if seen:
+        print(f"warning: {seen} of the {len(val)} validation images are training images of the teacher {teacher}: "
+              f"validation numbers will be optimistic; use the teacher's split (--split-file {own})", file=sys.stderr)
+    return seen
 
 
 def teacher_probs(tf, path, samples) -> np.ndarray:
@@ -493,7 +513,7 @@ def _train_to(tf, keras, strategy, cfg: TrainConfig, out: Path, overwrite: bool,
         model, (y_val, p_val, val_s), threshold, val_metrics, history = _train_one(
             tf, keras, cfg, spec, train_s, val_s, strategy, backup)
         val_metrics["train_seconds"] = round(time.time() - start, 1)
-        val_metrics["epochs_run"] = len(next(iter(history.values())))
+        val_metrics["epochs_run"] = len(next(iter(history.values()), []))
         if backup and backup.resumed_at:
             val_metrics["resumed_at_epoch"] = backup.resumed_at
         _save_inference_model(keras, model, tmp / "model.keras")
@@ -506,7 +526,8 @@ def _train_to(tf, keras, strategy, cfg: TrainConfig, out: Path, overwrite: bool,
         _write_history(history, tmp / "history.csv")
         from edgecxr import plots
 
-        plots.history_png(history, tmp / "training_curves.png")
+        if history:  # --epochs 0 trains nothing to draw
+            plots.history_png(history, tmp / "training_curves.png")
         print(f"validation: accuracy {val_metrics['accuracy']:.4f} recall {val_metrics['recall']:.4f} "
               f"specificity {val_metrics['specificity']:.4f} auc {val_metrics['roc_auc']:.4f} "
               f"at threshold {threshold:.4f}", file=sys.stderr)

@@ -219,8 +219,16 @@ def choose_threshold(y_true, scores, *, target_recall: float | None = None) -> f
         if not 0 < target_recall <= 1:
             raise ConfigError(f"target recall {target_recall} must be between 0 and 1, e.g. 0.95")
         ok = np.flatnonzero(tpr >= target_recall)
-        return _inside(thresholds[ok[0]])
-    return _inside(thresholds[int(np.argmax(tpr - fpr))])
+        return _inside(_between(thresholds[ok[0]], scores))
+    return _inside(_between(thresholds[int(np.argmax(tpr - fpr))], scores))
+
+
+def _between(score, scores) -> float:
+    """Halfway between the chosen score and the next lower one: the same decisions on these scores, but not sitting
+    on a probability that rounding in another runtime (float32, a thread count) could move to the other side."""
+    lower = np.asarray(scores, np.float64)
+    lower = lower[lower < score]
+    return float((score + lower.max()) / 2) if lower.size else float(score)
 
 
 def _inside(threshold) -> float:
