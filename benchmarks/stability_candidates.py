@@ -45,7 +45,8 @@ def candidate_row(name, run, bundles, stability, evaluation, shipped: dict, ship
 def _failures(row: dict, shipped: dict, shipped_eval: dict) -> list[str]:
     reasons = [] if row["int8_bundle"] else ["tflite-int8 refused by the export gate"]
     if row["unstable_int8"] is None or row["unstable_int8"] > MAX_UNSTABLE:
-        reasons.append(f"unstable {row['unstable_int8']} > {MAX_UNSTABLE}")
+        reasons.append("no stability run" if row["unstable_int8"] is None else
+                       f"unstable {row['unstable_int8']:.4f} > {MAX_UNSTABLE}")
     reasons += [f"{k} {row[k]:.5f} < {shipped[k]:.5f}" for k in FLOORS if row[k] < shipped[k]]
     if row["shortcuts"] is None:
         reasons.append("no validation shortcut check")

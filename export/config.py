@@ -33,7 +33,9 @@ class ExportConfig:
     calib_count: int | None = setting(
         None, f"Calibration images from the train split [default: {DEFAULT_CALIBRATION}, or every train image when "
               "there are fewer].", type=int)
-    prune: float | None = setting(None, "Target sparsity (e.g. 0.5): magnitude pruning + fine-tuning.", type=float)
+    prune: float | None = setting(
+        None, "Target sparsity (e.g. 0.5): magnitude pruning + fine-tuning with the dense model's own augmentation and "
+              "label smoothing (its run's config.json, else the shipped model's recipe).", type=float)
     qat: bool = setting(False, "Quantization-aware fine-tuning for tflite-int8.", is_flag=True)
     distill: bool = setting(
         False, "With --prune: the pruned model fine-tunes towards the dense model's probabilities; with --qat: "

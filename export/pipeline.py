@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import errno
 import shutil
 import sys
@@ -202,6 +203,32 @@ def _val_probs(src, data):
     return checked_prob(src.predict(data.val_x), src.info.output, src.info.positive_index, "validation")
 
 
+# What pruning fine-tunes with (issue 32.3, the rule of session 16 in CHANGELOG.md kept labels + the dense model's
+# augmentation + label smoothing): the dense model's own training recipe from the config.json its `edgecxr train` run
+# wrote beside it, else the shipped model's.
+SHIPPED_REGULARIZATION = {"augment": "standard", "intensity": 0.2, "acquisition": 0.0, "label_smoothing": 0.1}
+
+
+def dense_regularization(model_path) -> tuple:
+    """(Augment, label smoothing, where they came from) for pruning's fine-tuning of the model at model_path."""
+    from edgecxr.training.augment import get_preset
+
+    config = Path(model_path).parent / "config.json"
+    try:
+        recorded = json.loads(config.read_text()) if config.is_file() else None
+        recipe = {k: recorded.get(k, v) for k, v in SHIPPED_REGULARIZATION.items()} if isinstance(recorded, dict) else None
+        if recipe is not None:
+            smoothing = float(recipe["label_smoothing"])
+            if not 0 <= smoothing < 0.5:
+                raise ValueError(smoothing)
+            return (get_preset(recipe["augment"], float(recipe["intensity"]), float(recipe["acquisition"] or 0)),
+                    smoothing, f"its training run's {config.name}")
+    except (OSError, ValueError, TypeError, ConfigError):
+        pass  # an unreadable or foreign config.json: the shipped recipe
+    r = SHIPPED_REGULARIZATION
+    return get_preset(r["augment"], r["intensity"], r["acquisition"]), r["label_smoothing"], "the shipped model's recipe"
+
+
 # how far pruning may move the clinical numbers on validation (threshold re-chosen) before export says so
 PRUNE_MARGINS = {"recall": 0.01, "specificity": 0.03}
 
@@ -212,11 +239,16 @@ def _prune(source, data, prune, finetune_epochs, seed, distill=False):
     from edgecxr.export.optimize import prune as run_prune
 
     val_y = data.val_y
-    before = metrics.binary_metrics(val_y, _val_probs(source, data), source.info.threshold)
+    dense_probs = _val_probs(source, data)
+    before = metrics.binary_metrics(val_y, dense_probs, source.info.threshold)
     fit_x, fit_y = data.fit_data()
-    towards = "the dense model's probabilities" if distill else "the labels"
-    _say(f"pruning to {prune:.0%} sparsity, fine-tuning {finetune_epochs} epoch(s) on {len(fit_x)} images towards {towards}")
-    pruned, report = run_prune(source, fit_x, fit_y, prune, finetune_epochs, seed=seed, distill=distill)
+    augment, smoothing, recipe_from = dense_regularization(source.path)
+    towards = "the dense model's probabilities" if distill else f"the labels (label smoothing {smoothing:g})"
+    _say(f"pruning to {prune:.0%} sparsity, fine-tuning {finetune_epochs} epoch(s) on {len(fit_x)} images towards {towards}, "
+         f"augmented as the dense model was ({recipe_from})")
+    pruned, report = run_prune(source, fit_x, fit_y, prune, finetune_epochs, seed=seed, distill=distill,
+                               augment=augment, label_smoothing=smoothing)
+    report["regularization_from"] = recipe_from
     source = keras_source(pruned, source, f"pruned to {prune}")
     probs = _val_probs(source, data)
     drifted = metrics.binary_metrics(val_y, probs, source.info.threshold)
@@ -224,10 +256,12 @@ def _prune(source, data, prune, finetune_epochs, seed, distill=False):
     info = source.info
     after = metrics.binary_metrics(val_y, probs, info.threshold)
     report["threshold"] = {"before": before["threshold"], "after": info.threshold, "method": info.threshold_method}
+    report["validation_agreement"] = float(np.mean((dense_probs >= before["threshold"]) == (probs >= info.threshold)))
     report["validation"] = {k: {"before": before[k], "at_old_threshold": drifted[k], "after": after[k]}
                             for k in ("recall", "specificity", "accuracy", "roc_auc")}
     _say(f"pruned model: threshold re-chosen on validation {before['threshold']:.4f} -> {info.threshold:.4f} "
-         f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f})")
+         f"(recall {after['recall']:.4f}, specificity {after['specificity']:.4f}; "
+         f"{report['validation_agreement']:.4f} of its validation decisions are the dense model's)")
     report["training"] = "distillation" if distill else "labels"
     report["moved"] = [f"{k} {before[k]:.4f} -> {after[k]:.4f}" for k, margin in PRUNE_MARGINS.items()
                        if before[k] - after[k] > margin + 1e-12]

@@ -390,6 +390,7 @@ def test_pruning_by_distillation_reports_its_training_and_what_moved(tiny_model,
                              distill=True)
     pruned = load_bundle(bundle).manifest["optimization"]["prune"]
     assert seen["distill"] is True and pruned["training"] == "distillation"
+    assert 0.5 <= pruned["validation_agreement"] <= 1  # the share of validation decisions the dense model shares
     assert [m.split(" ")[0] for m in pruned["moved"]] == ["recall", "specificity"]
 
 
@@ -740,3 +741,19 @@ def test_pruning_fine_tunes_on_warped_batches_as_the_training_stage_warps_them()
     assert np.array_equal(warped[..., 0], warped[..., 2]) and not np.allclose(warped, x, atol=0.05)
     same = _augmented(tf, tf.constant(x), get_preset("none"), spec).numpy()
     np.testing.assert_allclose(same, x, atol=1e-5)
+
+
+def test_pruning_fine_tunes_with_the_dense_models_own_recipe(tmp_path):
+    """dense_regularization: the augmentation and label smoothing of the model's training run (config.json beside
+    it), else the shipped model's recipe; a broken or foreign config.json falls back too."""
+    from edgecxr.export.pipeline import dense_regularization
+
+    model = tmp_path / "model.keras"
+    aug, smoothing, source = dense_regularization(model)
+    assert (aug.shift, aug.intensity, smoothing, source) == (0.05, 0.2, 0.1, "the shipped model's recipe")
+    (tmp_path / "config.json").write_text(json.dumps({"augment": "no-flip", "intensity": 0.3, "label_smoothing": 0.0}))
+    aug, smoothing, source = dense_regularization(model)
+    assert (aug.rotation, aug.flip, aug.intensity, smoothing) == (30, False, 0.3, 0.0) and "config.json" in source
+    for broken in ("{not json", json.dumps({"augment": "sideways"}), json.dumps({"label_smoothing": 0.9}), "[1, 2]"):
+        (tmp_path / "config.json").write_text(broken)
+        assert dense_regularization(model)[2] == "the shipped model's recipe", broken

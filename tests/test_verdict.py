@@ -40,7 +40,7 @@ def test_verdict_all_pass_one_fails_and_undecided():
     from edgecxr.parity.verdict import verdict
 
     assert verdict([_c(True), _c(True)]) is True
-    assert verdict([]) is True  # nothing failed
+    assert verdict([]) is None  # nothing was measured: not a pass
     assert verdict([_c(True), _c(False), _c(True)]) is False
     assert verdict([_c(False)], decided=False) is None
     assert verdict([{"passed": True}, {}]) is False  # a record without a verdict never passes

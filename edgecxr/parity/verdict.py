@@ -29,8 +29,10 @@ def at_least(name, value, limit, message, *, eps: float) -> dict:
 
 
 def verdict(checks, *, decided: bool = True) -> bool | None:
-    """True when every check (any record with "passed") passed, False when one did not; None when not decided."""
-    if not decided:
+    """True when every check (any record with "passed") passed, False when one did not; None when not decided,
+    or when there is no check at all (nothing was measured: not a pass)."""
+    checks = list(checks)
+    if not decided or not checks:
         return None
     return all(c.get("passed") for c in checks)
 
