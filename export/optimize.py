@@ -106,13 +106,14 @@ def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr:
         raise ConfigError(f"--prune: this model cannot be pruned by tensorflow-model-optimization ({str(exc)[:200]})") from None
     if freeze_bn:
         freeze_batchnorm(pruned)
+    smoothing = label_smoothing if not distill and source.out_dim == 1 else 0.0  # BCE on labels only
     _fit(pruned, source, x, labels, max(1, epochs), lr, [tfmot.sparsity.keras.UpdatePruningStep()], seed, distill=distill,
-         augment=augment, label_smoothing=0.0 if distill else label_smoothing)
+         augment=augment, label_smoothing=smoothing)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     return stripped, {"target_sparsity": sparsity, "finetune_epochs": epochs, "finetune_images": int(len(x)),
                       "batchnorm": "frozen (inference mode)" if freeze_bn else "trained",
                       "augmentation": augment.to_dict() if augment is not None and augment.active else None,
-                      "label_smoothing": 0.0 if distill else label_smoothing,
+                      "label_smoothing": smoothing,
                       "schedule": f"polynomial decay 0 -> {sparsity} over {end} steps",
                       "layers": layer_sparsity(stripped)}
 

@@ -205,19 +205,23 @@ def _val_probs(src, data):
 
 # What pruning fine-tunes with (issue 32.3, the rule of session 16 in CHANGELOG.md kept labels + the dense model's
 # augmentation + label smoothing): the dense model's own training recipe from the config.json its `edgecxr train` run
-# wrote beside it, else the shipped model's.
+# wrote beside it (a key it lacks: train's default), else the shipped model's recipe.
 SHIPPED_REGULARIZATION = {"augment": "standard", "intensity": 0.2, "acquisition": 0.0, "label_smoothing": 0.1}
 
 
 def dense_regularization(model_path) -> tuple:
     """(Augment, label smoothing, where they came from) for pruning's fine-tuning of the model at model_path."""
+    from dataclasses import fields
+
     from edgecxr.training.augment import get_preset
+    from edgecxr.training.train import TrainConfig
 
     config = Path(model_path).parent / "config.json"
     try:
         recorded = json.loads(config.read_text()) if config.is_file() else None
-        recipe = {k: recorded.get(k, v) for k, v in SHIPPED_REGULARIZATION.items()} if isinstance(recorded, dict) else None
-        if recipe is not None:
+        if isinstance(recorded, dict) and "arch" in recorded:  # written by edgecxr train
+            defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in SHIPPED_REGULARIZATION}
+            recipe = {k: recorded.get(k, defaults[k]) for k in SHIPPED_REGULARIZATION}
             smoothing = float(recipe["label_smoothing"])
             if not 0 <= smoothing < 0.5:
                 raise ValueError(smoothing)

@@ -383,6 +383,9 @@ def test_threshold_choice(scored):
     below = np.max(np.asarray(s)[np.asarray(s) < best])
     assert youden == pytest.approx((best + below) / 2)  # halfway to the next lower score: the same decisions
     assert np.array_equal(np.asarray(s) >= youden, np.asarray(s) >= best) and youden not in set(np.asarray(s).tolist())
+    a = 0.3
+    b = float(np.nextafter(a, 0))  # adjacent floats: no middle, the chosen score itself
+    assert metrics.choose_threshold([0, 1], [b, a]) == a
     t95 = metrics.choose_threshold(y, s, target_recall=0.95)
     assert metrics.binary_metrics(y, s, t95)["recall"] >= 0.95
     assert metrics.binary_metrics(y, s, t95 + 0.011)["recall"] < 0.95

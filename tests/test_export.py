@@ -751,9 +751,14 @@ def test_pruning_fine_tunes_with_the_dense_models_own_recipe(tmp_path):
     model = tmp_path / "model.keras"
     aug, smoothing, source = dense_regularization(model)
     assert (aug.shift, aug.intensity, smoothing, source) == (0.05, 0.2, 0.1, "the shipped model's recipe")
-    (tmp_path / "config.json").write_text(json.dumps({"augment": "no-flip", "intensity": 0.3, "label_smoothing": 0.0}))
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "x", "augment": "no-flip", "intensity": 0.3,
+                                                      "label_smoothing": 0.0}))
     aug, smoothing, source = dense_regularization(model)
     assert (aug.rotation, aug.flip, aug.intensity, smoothing) == (30, False, 0.3, 0.0) and "config.json" in source
-    for broken in ("{not json", json.dumps({"augment": "sideways"}), json.dumps({"label_smoothing": 0.9}), "[1, 2]"):
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "x"}))  # an older run: train's defaults, not the shipped
+    aug, smoothing, _ = dense_regularization(model)
+    assert (aug.shift, aug.intensity, smoothing) == (0.05, 0.0, 0.0)
+    for broken in ("{not json", json.dumps({"arch": "x", "augment": "sideways"}),
+                   json.dumps({"arch": "x", "label_smoothing": 0.9}), "[1, 2]", json.dumps({"name": "not a run"})):
         (tmp_path / "config.json").write_text(broken)
         assert dense_regularization(model)[2] == "the shipped model's recipe", broken

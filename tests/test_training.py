@@ -64,6 +64,11 @@ def test_weights_path_route(tmp_path):
         build_model("tiny_mobilenet_v2", weights=str(tmp_path / "missing.h5"))
     with pytest.raises(ModelError, match="fits neither"):
         build_model("tiny_cnn", weights=str(tmp_path / "w.h5"))
+    _, base = build_model("tiny_mobilenet_v2")
+    base.save_weights(tmp_path / "base.h5")
+    build_model("tiny_mobilenet_v2", weights=str(tmp_path / "base.h5"))  # the base alone loads for fine-tuning
+    with pytest.raises(ModelError, match="not a whole"):  # --epochs 0 / --head-epochs 0 would keep a random head
+        build_model("tiny_mobilenet_v2", weights=str(tmp_path / "base.h5"), whole=True)
 
 
 def test_imagenet_download_refused_is_clear(monkeypatch):
@@ -448,6 +453,40 @@ def test_train_antialias_from_weights_reestimates_batchnorm(tmp_path, sample):
     bn = after.get_layer("block_1_expand_BN")
     assert not np.allclose(bn.moving_variance.numpy(), before.get_layer("block_1_expand_BN").moving_variance.numpy())
     assert_val_metrics_are_the_saved_models(out, sample)
+    # an anti-aliased model loads as --weights, and fine-tuning every layer leaves the blur a blur
+    again = train(TrainConfig(arch="tiny_mobilenet_v2", data=str(sample), epochs=1, batch_size=16, augment="none",
+                              weights=str(out / "model.keras"), antialias=True, head_epochs=0, finetune_layers=1000,
+                              lr=1e-2, split_file=str(plain / "split.json")), tmp_path / "again")
+    tuned = load_model(again / "model.keras")
+    for name in (la.name for la in after.layers if la.name.endswith("_blur")):
+        np.testing.assert_array_equal(tuned.get_layer(name).get_weights()[0], after.get_layer(name).get_weights()[0])
+    assert not np.allclose(tuned.get_layer("prob").get_weights()[0], after.get_layer("prob").get_weights()[0])
+
+
+def test_antialias_rewrites_every_registry_family_it_can_and_refuses_what_it_cannot():
+    from edgecxr.training import import_tf
+    from edgecxr.training.models import antialias, build_model
+
+    _, keras = import_tf()
+    for arch, blurs in (("mobilenet_v3_small", 5), ("resnet50", 7)):  # hard-swish TF-op layers; strided shortcuts
+        model, _ = build_model(arch, size=64, antialias=True)
+        assert sum(la.name.endswith("_blur") for la in model.layers) == blurs and model(np.zeros((1, 64, 64, 3))).shape == (1, 1)
+    inner, _ = build_model("tiny_mobilenet_v2", size=48)
+    outer = keras.Sequential([keras.Input((48, 48, 3)), inner])
+    with pytest.raises(ModelError, match="nested model"):
+        antialias(keras, keras.Model(outer.input, outer.output))
+
+
+def test_epochs_zero_and_head_epochs_zero_need_a_whole_model(tmp_path, sample, tiny_model):
+    from edgecxr.training.train import TrainConfig
+
+    for settings, message in (({"weights": "imagenet", "arch": "mobilenet_v2"}, "--epochs 0 only with --weights PATH"),
+                              ({"weights": str(tiny_model), "folds": 3}, "--folds"),
+                              ({"weights": str(tiny_model), "teacher": str(tiny_model)}, "--teacher")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**{"arch": "tiny_cnn", "data": str(sample), "epochs": 0, **settings}).validate()
+    with pytest.raises(ConfigError, match="ImageNet weights have none"):
+        TrainConfig(arch="mobilenet_v2", data=str(sample), weights="imagenet", head_epochs=0).validate()
 
 
 @pytest.mark.parametrize("field, value, flag", [
@@ -455,7 +494,7 @@ def test_train_antialias_from_weights_reestimates_batchnorm(tmp_path, sample):
     ("bn_momentum", float("nan"), "--bn-momentum"), ("val_fraction", 0.0, "--val-fraction"),
     ("val_fraction", float("inf"), "--val-fraction"), ("patience", -1, "--patience"), ("folds", -2, "--folds"),
     ("folds", 1, "--folds 1"), ("head_epochs", -1, "--head-epochs"), ("intensity", float("nan"), "--intensity"),
-    ("mixup", float("nan"), "--mixup")])
+    ("mixup", float("nan"), "--mixup"), ("alpha", 0.0, "--alpha"), ("lr", "fast", "--lr")])
 def test_numbers_that_would_train_a_nan_model_are_refused_before_training(sample, field, value, flag):
     from edgecxr.training.train import TrainConfig
 

@@ -130,12 +130,12 @@ def _build_base(keras, entry, input_shape, weights, options):
 
 
 def build_model(name: str, *, size: int | None = None, channels: int = 3, weights: str = "none",
-                bn_momentum: float | None = 0.9, antialias: bool = False, **options):
+                bn_momentum: float | None = 0.9, antialias: bool = False, whole: bool = False, **options):
     """Build a registered model with a single sigmoid output (anti-aliased after the weights are loaded, with
-    `antialias`).
+    `antialias`; a file of an anti-aliased model loads too).
 
     weights: "none" (from scratch), "imagenet" (downloaded by Keras) or a path to a
-    weights file saved by Keras (full model, or base network only).
+    weights file saved by Keras (full model, or base network only; `whole`: the full model only).
     Returns (model, base); base is the pretrained part that fine-tuning freezes.
     """
     _, keras = import_tf()
@@ -152,7 +152,14 @@ def build_model(name: str, *, size: int | None = None, channels: int = 3, weight
     base = _build_base(keras, entry, input_shape, "imagenet" if weights == "imagenet" else None, options)
     model = base if entry.head == "none" else _add_head(keras, base, entry.head)
     if path is not None:
-        _load_weights(model, base, path)
+        try:
+            _load_weights(model, base, path, whole)
+        except ModelError:
+            if not antialias:
+                raise
+            model, base = _antialiased(keras, model, base)  # the file may hold an anti-aliased model
+            _load_weights(model, base, path, whole)
+            antialias = False
     if weights == "none" and bn_momentum is not None:
         # Keras applications use momentum 0.99/0.999: from scratch on ~150 steps per epoch the
         # moving statistics lag far behind and validation output is constant (see DESIGN.md).
@@ -172,14 +179,17 @@ def _antialiased(keras, model, base):
     return new, keras.Model(new.input, new.get_layer(base.layers[-1].name).output, name=base.name)
 
 
-def _load_weights(model, base, path: Path):
+def _load_weights(model, base, path: Path, whole: bool = False):
     errors = []
-    for target in (model, base):
+    for target in (model,) if whole else (model, base):
         try:
             target.load_weights(str(path))
             return
         except Exception as exc:  # shape or layer-count mismatch: try the base network
             errors.append(str(exc).splitlines()[0][:200])
+    if whole:
+        raise ModelError(f"weights file {path} is not a whole {model.name} model ({errors[-1]}); --epochs 0 and "
+                         "--head-epochs 0 keep the file's own head: pass a model trained with this --arch")
     raise ModelError(f"weights file {path} fits neither the full {model.name} model nor its base ({errors[-1]})")
 
 
@@ -188,32 +198,53 @@ def antialias(keras, model):
     shift-invariant again", 2019): the convolution runs at stride 1 and a fixed 3x3 binomial blur after its
     activation does the subsampling. Weights are copied; the blur is a frozen DepthwiseConv2D, so the file needs
     no custom code. A functional model of single-call layers (the registry's)."""
-    graph = [(entry["config"]["name"], [n[0] for node in entry["inbound_nodes"] for n in node])
-             for entry in model.get_config()["layers"]]
+    graph = _graph(keras, model)
     after: dict[str, list[str]] = {}
-    for name, inputs in graph:
+    for name, inputs, _ in graph:
         for source in inputs:
             after.setdefault(source, []).append(name)
     strided = [layer.name for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
                and tuple(layer.strides) == (2, 2)]
-    pads = {name for name, _ in graph if isinstance(model.get_layer(name), keras.layers.ZeroPadding2D)
+    pads = {name for name, _, _ in graph if isinstance(model.get_layer(name), keras.layers.ZeroPadding2D)
             and len(after.get(name, [])) == 1 and after[name][0] in strided}
     blur_after = {_activation_after(keras, model, after, name) for name in strided}
     tensors = {}
-    for name, inputs in graph:
+    for name, inputs, kwargs in graph:
         layer = model.get_layer(name)
         if not inputs:
             tensors[name] = keras.Input(batch_shape=layer.get_config()["batch_input_shape"], name=name)
             continue
         args = [tensors[source] for source in inputs]
-        out = tensors[name] = args[0] if name in pads else _strided_to_one(layer, name in strided)(args if len(args) > 1 else args[0])
+        out = tensors[name] = args[0] if name in pads else \
+            _strided_to_one(layer, name in strided)(args if len(args) > 1 else args[0], **kwargs)
         if name in blur_after:
             tensors[name] = _blur(keras, out, f"{name}_blur")
     new = keras.Model(tensors[graph[0][0]], tensors[graph[-1][0]], name=model.name)
     for layer in new.layers:
-        if layer.name in {n for n, _ in graph} and layer.weights:
+        if layer.name in {n for n, _, _ in graph} and layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new
+
+
+def _graph(keras, model) -> list[tuple[str, list[str], dict]]:
+    """(layer name, input layer names, call keyword arguments) in order; a shared layer or a nested model is refused:
+    the rewrite reads one call per layer."""
+    graph = []
+    for entry in model.get_config()["layers"]:
+        name, nodes = entry["config"]["name"], entry["inbound_nodes"]
+        if nodes and isinstance(nodes[0][0], str):  # a TF-op layer lists its one call's inputs without the node level
+            nodes = [nodes]
+        if len(nodes) > 1 or isinstance(model.get_layer(name), keras.Model):
+            raise ModelError(f"--antialias cannot rewrite {model.name}: layer {name} is shared or a nested model; "
+                             "use a registry architecture")
+        calls = nodes[0] if nodes else []
+        graph.append((name, [c[0] for c in calls], dict(calls[0][3]) if calls and len(calls[0]) > 3 else {}))
+    return graph
+
+
+def is_fixed(layer) -> bool:
+    """The anti-aliasing blur: never trained (fine-tuning that unfreezes a whole base must freeze it again)."""
+    return layer.name.endswith("_blur")
 
 
 def _strided_to_one(layer, strided: bool):

@@ -21,7 +21,7 @@ from edgecxr.data.preprocess import LUNG_CROP, PreprocessSpec
 from edgecxr.training import import_tf
 from edgecxr.training.augment import Augment, augment_batch, get_preset
 from edgecxr.training.distribute import Backup, distribute, get_strategy, is_chief
-from edgecxr.training.models import build_model, get_entry
+from edgecxr.training.models import build_model, get_entry, is_fixed
 from edgecxr.training.stream import Inputs
 
 
@@ -95,9 +95,16 @@ class TrainConfig:
         get_preset(self.augment, self.intensity, self.acquisition)
         if self.loss not in ("bce", "focal"):
             raise ConfigError(f"unknown loss {self.loss!r}; valid: bce, focal")
-        if self.epochs < (0 if self.weights != "none" else 1) or self.batch_size < 1:
+        keeps_model = self.weights not in ("none", "imagenet")  # a whole model file: --epochs 0 keeps it as it is
+        if self.epochs < (0 if keeps_model else 1) or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be at least 1 (--epochs 0 only with --weights PATH: "
                               "the loaded model as it is, its threshold chosen on validation)")
+        if self.head_epochs == 0 and self.weights == "imagenet":
+            raise ConfigError("--head-epochs 0 keeps the loaded model's head, and ImageNet weights have none; "
+                              "leave --head-epochs at its default")
+        if self.epochs == 0 and (self.folds or self.teacher):
+            raise ConfigError("--epochs 0 trains nothing: --folds would score the loaded model on images it may have "
+                              "trained on, and --teacher would teach nothing; leave them out")
         if self.target_recall is not None and not 0 < self.target_recall <= 1:
             raise ConfigError(f"--target-recall {self.target_recall} must be a recall between 0 and 1, e.g. 0.95")
         if self.mixup < 0:
@@ -122,11 +129,16 @@ class TrainConfig:
             "--val-fraction": (self.val_fraction, 0, 1, False), "--patience": (self.patience, 0, None, True),
             "--folds": (self.folds, 0, None, True), "--head-epochs": (self.head_epochs, 0, None, True),
             "--finetune-layers": (self.finetune_layers, 0, None, True), "--intensity": (self.intensity, 0, None, True),
-            "--mixup": (self.mixup, 0, None, True)}
+            "--mixup": (self.mixup, 0, None, True), "--alpha": (self.alpha, 0, None, False)}
         for flag, (value, low, high, low_ok) in ranges.items():
             if value is None:  # a library caller's "not set" (bn_momentum=None keeps Keras' own)
                 continue
-            if not np.isfinite(value) or value < low or (value == low and not low_ok) or (high is not None and value >= high):
+            try:
+                bad = not np.isfinite(value) or value < low or (value == low and not low_ok) or \
+                    (high is not None and value >= high)
+            except TypeError:  # a string from a library caller
+                bad = True
+            if bad:
                 span = f"{'at least' if low_ok else 'above'} {low}" + (f" and below {high}" if high is not None else "")
                 raise ConfigError(f"{flag} {value} must be a number {span}")
         if self.folds == 1:
@@ -290,8 +302,8 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = 
         for layer in base.layers[: max(0, len(base.layers) - cfg.finetune_layers)]:
             layer.trainable = False
         for layer in base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+            if isinstance(layer, keras.layers.BatchNormalization) or is_fixed(layer):
+                layer.trainable = False  # the anti-aliasing blur stays a blur
         run(cfg.epochs, cfg.lr / 10, last_phase, "phase2")  # phase 2: fine-tune the last layers
     else:
         run(cfg.epochs, cfg.lr, last_phase)
@@ -342,7 +354,7 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
     options = {"alpha": cfg.alpha} if cfg.alpha is not None else {}
     with strategy.scope():
         model, base = build_model(cfg.arch, size=spec.size, weights=cfg.weights, bn_momentum=cfg.bn_momentum,
-                                  antialias=cfg.antialias, **options)
+                                  antialias=cfg.antialias, whole=not (cfg.epochs and cfg.head_epochs), **options)
     if cfg.antialias and cfg.weights != "none":  # the blur changes every activation's statistics after it
         with inputs.skipped.raising(tf, train):
             _recalibrate(keras, model, (x for x, _ in batch_inputs(tf, _xy(inputs.elements(train, "train")), spec, 64)),

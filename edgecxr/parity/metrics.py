@@ -228,7 +228,10 @@ def _between(score, scores) -> float:
     on a probability that rounding in another runtime (float32, a thread count) could move to the other side."""
     lower = np.asarray(scores, np.float64)
     lower = lower[lower < score]
-    return float((score + lower.max()) / 2) if lower.size else float(score)
+    if not lower.size:
+        return float(score)
+    middle = (score + lower.max()) / 2
+    return float(middle) if lower.max() < middle < score else float(score)  # adjacent floats have no middle
 
 
 def _inside(threshold) -> float:
