@@ -35,7 +35,8 @@ class TrainConfig:
 
     arch: str = setting("mobilenet_v2", "Architecture (see `edgecxr models`).", show_default=True)
     data: str = setting("", shared=data_option)
-    epochs: int = setting(15, show_default=True)
+    epochs: int = setting(15, "Training epochs (0 with --weights PATH: the loaded model as it is, its threshold "
+                                  "chosen on validation).", show_default=True)
     size: int | None = setting(None, "Input size in pixels (default: the architecture's).", type=int)
     batch_size: int = setting(32, show_default=True)
     lr: float = setting(1e-3, "Learning rate (Adam).", show_default=True)
@@ -61,7 +62,8 @@ class TrainConfig:
                                      type=click.Path(exists=True))
     folds: int = setting(0, "K-fold patient-grouped cross-validation instead of one model.")
     patience: int = setting(8, "Early-stopping patience (epochs).", show_default=True)
-    head_epochs: int = setting(3, "Frozen-base epochs when weights are pretrained.", show_default=True)
+    head_epochs: int = setting(3, "Frozen-base epochs when weights are pretrained (0: keep the loaded model's head).",
+                               show_default=True)
     finetune_layers: int = setting(30, "Base layers unfrozen in phase 2.", show_default=True)
     bn_momentum: float = setting(0.9, "BatchNorm momentum when training from scratch.", show_default=True)
     mixed_precision: bool = setting(False, "float16 compute on a GPU.", is_flag=True)
