@@ -367,6 +367,8 @@ def render(found: Found, *, roots, mapper: Mapper, gallery: int, title: str, sou
                         f"{_img((Path(tmp) / 'hist.png').read_bytes(), 'training curves')}<figcaption>Loss and scores per "
                         "epoch on the training images and the held-out validation images. A widening gap between the two "
                         "lines means the model is memorising its training images.</figcaption></figure>")
+        elif found.history is not None:  # a header-only history.csv: the run trained no epoch (--epochs 0)
+            notes.append("training curves (the run trained no epoch: train --epochs 0)")
         elif any(s.title.startswith("Validation") for s in found.sections):
             notes.append("training curves (history.csv not found)")
     if found.bench:

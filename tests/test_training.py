@@ -447,6 +447,10 @@ def test_train_antialias_from_weights_reestimates_batchnorm(tmp_path, sample):
                             split_file=str(plain / "split.json")), tmp_path / "aa")  # no training: BatchNorm only
     assert json.loads((out / "config.json").read_text())["antialias"] is True
     assert json.loads((out / "val_metrics.json").read_text())["epochs_run"] == 0
+    from edgecxr.reports.report import build_report
+
+    build_report([out], tmp_path / "report.html")
+    assert "the run trained no epoch" in (tmp_path / "report.html").read_text()
     before, after = load_model(plain / "model.keras"), load_model(out / "model.keras")  # loads without trusting code
     assert sum(layer.name.endswith("_blur") for layer in after.layers) == 5
     # the BatchNorm after the first blur sees blurred activations: its statistics were measured again
