@@ -101,7 +101,7 @@ def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr:
     schedule = tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
                                                     end_step=end, frequency=max(1, min(100, end // 10)))
     try:
-        pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+        pruned = wrap_for_pruning(tfmot, model, schedule)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"--prune: this model cannot be pruned by tensorflow-model-optimization ({str(exc)[:200]})") from None
     if freeze_bn:
@@ -116,6 +116,24 @@ def prune(source, x, labels, sparsity: float, epochs: int, *, seed: int = 0, lr:
                       "label_smoothing": smoothing,
                       "schedule": f"polynomial decay 0 -> {sparsity} over {end} steps",
                       "layers": layer_sparsity(stripped)}
+
+
+def wrap_for_pruning(tfmot, model, schedule):
+    """The model wrapped for magnitude pruning. The fixed anti-aliasing blur (`train --antialias`) stays whole:
+    zeroing its smallest taps would leave no blur."""
+    from edgecxr.training.models import is_fixed
+
+    if not any(is_fixed(layer) for layer in model.layers):
+        return tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+    import tf_keras as keras
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+    def wrap(layer):  # the same layer object (weights kept) unless it is pruned
+        if is_fixed(layer) or not PruneRegistry.supports(layer):
+            return layer
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+
+    return keras.models.clone_model(model, clone_function=wrap)
 
 
 def freeze_batchnorm(model) -> None:

@@ -762,3 +762,20 @@ def test_pruning_fine_tunes_with_the_dense_models_own_recipe(tmp_path):
                    json.dumps({"arch": "x", "label_smoothing": 0.9}), "[1, 2]", json.dumps({"name": "not a run"})):
         (tmp_path / "config.json").write_text(broken)
         assert dense_regularization(model)[2] == "the shipped model's recipe", broken
+
+
+def test_pruning_leaves_the_anti_aliasing_blur_whole():
+    """wrap_for_pruning: an anti-aliased model's blur layers are not wrapped (their taps stay), every other prunable
+    layer is; a plain model goes through tfmot's whole-model wrapper as before."""
+    from edgecxr.export.optimize import _tfmot, wrap_for_pruning
+    from edgecxr.training.models import build_model
+
+    tfmot = _tfmot()
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0)
+    wrapped = wrap_for_pruning(tfmot, build_model("tiny_mobilenet_v2", size=48, antialias=True)[0], schedule)
+    kinds = {layer.name: type(layer).__name__ for layer in wrapped.layers}
+    blurs = [n for n in kinds if n.endswith("_blur")]
+    assert len(blurs) == 5 and all(kinds[n] == "DepthwiseConv2D" for n in blurs)
+    assert kinds["prune_low_magnitude_Conv1"] == "PruneLowMagnitude" and "prune_low_magnitude_prob" in kinds
+    plain = wrap_for_pruning(tfmot, build_model("tiny_mobilenet_v2", size=48)[0], schedule)
+    assert sum(type(layer).__name__ == "PruneLowMagnitude" for layer in plain.layers) > 10
