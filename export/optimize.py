@@ -13,13 +13,13 @@ def _tfmot():
     return require("tensorflow_model_optimization", "export")
 
 
-def _targets(labels: np.ndarray, info, out_dim: int):
-    """Training labels and loss matching the model's own output kind."""
+def _targets(labels: np.ndarray, info, out_dim: int, label_smoothing: float = 0.0):
+    """Training labels and loss matching the model's own output kind (label smoothing: single-output models)."""
     import tf_keras as keras
 
     y = labels.astype(np.float32)
     if out_dim == 1:
-        return y, keras.losses.BinaryCrossentropy(from_logits=info.output == "logits")
+        return y, keras.losses.BinaryCrossentropy(from_logits=info.output == "logits", label_smoothing=label_smoothing)
     y = y if info.positive_index == 1 else 1 - y
     return y.astype(np.int32), keras.losses.SparseCategoricalCrossentropy(from_logits=info.output == "logits")
 
@@ -53,13 +53,10 @@ def _fit(model, source, x, labels, epochs, lr, callbacks=(), seed=0, batch_size=
         y, loss = _soft_targets(source, x)
         weights = np.ones(len(x), np.float32)
     else:
-        y, loss = _targets(labels, source.info, source.out_dim)
+        y, loss = _targets(labels, source.info, source.out_dim, label_smoothing)
         counts = np.bincount(labels, minlength=2)
         cw = {i: float(len(labels) / (2 * max(c, 1))) for i, c in enumerate(counts)}
         weights = np.array([cw[int(v)] for v in labels], np.float32)
-        if label_smoothing and isinstance(loss, keras.losses.BinaryCrossentropy):
-            loss = keras.losses.BinaryCrossentropy(from_logits=source.info.output == "logits",
-                                                   label_smoothing=label_smoothing)
     ds = tf.data.Dataset.from_tensor_slices((x, y, weights)).shuffle(len(x), seed=seed).batch(batch_size)
     if augment is not None and augment.active:
         ds = ds.map(lambda bx, by, bw: (_augmented(tf, bx, augment, source.spec), by, bw),

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import errno
+import json
 import shutil
 import sys
 import tempfile

@@ -218,10 +218,10 @@ def antialias(keras, model):
         out = tensors[name] = args[0] if name in pads else \
             _strided_to_one(layer, name in strided)(args if len(args) > 1 else args[0], **kwargs)
         if name in blur_after:
-            tensors[name] = _blur(keras, out, f"{name}_blur")
+            tensors[name] = _blur(keras, out, name + BLUR_SUFFIX)
     new = keras.Model(tensors[graph[0][0]], tensors[graph[-1][0]], name=model.name)
     for layer in new.layers:
-        if layer.name in {n for n, _, _ in graph} and layer.weights:
+        if layer.name in tensors and not is_fixed(layer) and layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new
 
@@ -242,9 +242,12 @@ def _graph(keras, model) -> list[tuple[str, list[str], dict]]:
     return graph
 
 
+BLUR_SUFFIX = "_blur"  # the anti-aliasing blur layers' names: the activation's name + this
+
+
 def is_fixed(layer) -> bool:
     """The anti-aliasing blur: never trained (fine-tuning that unfreezes a whole base must freeze it again)."""
-    return layer.name.endswith("_blur")
+    return layer.name.endswith(BLUR_SUFFIX)
 
 
 def _strided_to_one(layer, strided: bool):

@@ -109,8 +109,6 @@ class TrainConfig:
                               "trained on, and --teacher would teach nothing; leave them out")
         if self.target_recall is not None and not 0 < self.target_recall <= 1:
             raise ConfigError(f"--target-recall {self.target_recall} must be a recall between 0 and 1, e.g. 0.95")
-        if self.mixup < 0:
-            raise ConfigError(f"--mixup {self.mixup} must be 0 (off) or a positive Beta parameter, e.g. 0.2")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 0.5), e.g. 0.1")
         if self.teacher is not None and not Path(self.teacher).is_file():
@@ -359,18 +357,21 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
                                   antialias=cfg.antialias, whole=not (cfg.epochs and cfg.head_epochs), **options)
     if cfg.antialias and cfg.weights != "none":  # the blur changes every activation's statistics after it
         with inputs.skipped.raising(tf, train):
-            _recalibrate(keras, model, (x for x, _ in batch_inputs(tf, _xy(inputs.elements(train, "train")), spec, 64)),
-                         every=True)
+            _recalibrate(keras, model, _plain_images(tf, inputs, train, spec), every=True)
     with inputs.skipped.raising(tf, train):
         history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup, inputs.skipped)
     with inputs.skipped.raising(tf, val):
         if cfg.swa:
-            plain = batch_inputs(tf, _xy(inputs.elements(train, "train")), spec, 64)
-            _recalibrate(keras, model, (x for x, _ in plain))
+            _recalibrate(keras, model, _plain_images(tf, inputs, train, spec))
         y_val, probs, kept = _validation_probs(tf, model, inputs.elements(val, "validation"), spec, val)
     inputs.skipped.report()
     threshold = metrics.choose_threshold(y_val, probs, target_recall=cfg.target_recall)
     return model, (y_val, probs, kept), threshold, metrics.binary_metrics(y_val, probs, threshold), history
+
+
+def _plain_images(tf, inputs, train, spec):
+    """Batches of the unaugmented training images (model inputs only), for re-measuring BatchNorm statistics."""
+    return (x for x, _ in batch_inputs(tf, _xy(inputs.elements(train, "train")), spec, 64))
 
 
 def _xy(elements):
@@ -387,15 +388,11 @@ def _distilled(tf, elements, soft: np.ndarray, shard: tuple, weight: float):
 def _warn_teacher_trained_on(teacher, val) -> int:
     """Warn when the teacher trained on the student's validation images: the student learns their answers from
     it, so its validation numbers (and the threshold chosen on them) come out optimistic."""
-    own = Path(teacher).parent / "split.json"
-    try:
-        trained = set(D.read_split_file(own).get("train", [])) if own.is_file() else set()
-    except DataError:
-        trained = set()
-    seen = sum(s.rel in trained for s in val)
+    seen = D.seen_in_training(teacher, val, parts=("train",))
     if seen:
         print(f"warning: {seen} of the {len(val)} validation images are training images of the teacher {teacher}: "
-              f"validation numbers will be optimistic; use the teacher's split (--split-file {own})", file=sys.stderr)
+              f"validation numbers will be optimistic; use the teacher's split (--split-file "
+              f"{Path(teacher).parent / 'split.json'})", file=sys.stderr)
     return seen
 
 

@@ -323,14 +323,15 @@ def apply_split(path: Path, samples: list[Sample], *, subset: bool = False):
     return [by_rel[r] for r in data["train"]], [by_rel[r] for r in data["val"]]
 
 
-def seen_in_training(model_path, samples) -> int:
-    """How many of `samples` the model trained or chose its threshold on, by the split.json beside it (0 without one)."""
+def seen_in_training(model_path, samples, parts=("train", "val")) -> int:
+    """How many of `samples` the model trained or chose its threshold on (`parts` of the split.json beside it; 0
+    without one)."""
     own = Path(model_path).parent / "split.json"
     try:
         data = read_split_file(own) if own.is_file() else {}
     except DataError:
         return 0
-    used = set(data.get("train", [])) | set(data.get("val", []))
+    used = {rel for part in parts for rel in data.get(part, [])}
     return sum(s.rel in used for s in samples)
 
 
