@@ -1,4 +1,5 @@
 """Training stage: registry, weights, a real one-epoch run, evaluation, CLI errors."""
+import csv
 import json
 import subprocess
 import sys
@@ -521,3 +522,50 @@ def test_a_teacher_that_trained_on_the_students_validation_images_is_named(tmp_p
     assert "1 of the 3 validation images are training images of the teacher" in capsys.readouterr().err
     (teacher.parent / "split.json").unlink()
     assert _warn_teacher_trained_on(teacher, val) == 0  # no split beside it: nothing to say
+
+
+def test_nudge_moves_and_magnifies_within_its_bounds():
+    from edgecxr.training import import_tf
+    from edgecxr.training.augment import nudge
+
+    tf, _ = import_tf()
+    tf.random.set_seed(0)
+    grid = np.zeros((1, 200, 200, 1), np.float32)
+    grid[0, 99:101, 99:101] = 1  # a bright dot at the centre, and a ramp that the edge fill must repeat
+    images = tf.constant(np.concatenate([grid, np.broadcast_to(np.arange(200, dtype=np.float32)[None, None, :, None],
+                                                               (1, 200, 200, 1))]))
+    np.testing.assert_allclose(nudge(tf, images, shift=0, zoom=0).numpy(), images.numpy(), atol=1e-5)
+    for _ in range(5):
+        moved = nudge(tf, images).numpy()
+        ys, xs = np.nonzero(moved[0, ..., 0] > 0.2)
+        assert abs(ys.mean() - 99.5) <= 3.5 and abs(xs.mean() - 99.5) <= 3.5  # 1.5 % of 200 px, and the zoom's blur
+        slopes = np.diff(moved[1, 100, 10:190, 0])  # magnified by up to 5 %: the ramp flattens by as much
+        assert np.ptp(slopes) < 0.01 and 1 / 1.0501 <= slopes.mean() <= 1.0
+
+
+def test_consistency_training_adds_the_logit_penalty_and_saves_the_plain_model(tmp_path, sample):
+    from edgecxr.training import import_tf
+    from edgecxr.training.evaluate import load_model
+    from edgecxr.training.models import build_model
+    from edgecxr.training.train import TrainConfig, consistent, train
+
+    tf, keras = import_tf()
+    keras.utils.set_random_seed(0)
+    model, _ = build_model("tiny_cnn", size=64)
+    x = np.concatenate(_shift_pair(sample))
+    wrapped = consistent(tf, keras, model, 10.0)
+    np.testing.assert_array_equal(wrapped(x).numpy(), model(x).numpy())
+    assert not wrapped.losses  # the penalty is a training loss only
+    wrapped(x, training=True)
+    assert len(wrapped.losses) == 1 and float(wrapped.losses[0]) > 0
+    with pytest.raises(ConfigError, match="--consistency -1"):
+        TrainConfig(data=str(sample), consistency=-1).validate()
+    common = dict(arch="tiny_cnn", data=str(sample), epochs=1, batch_size=16, augment="none", seed=3)
+    plain = train(TrainConfig(**common), tmp_path / "plain")
+    out = train(TrainConfig(**common, consistency=1000.0, split_file=str(plain / "split.json")), tmp_path / "cons")
+    assert json.loads((out / "config.json").read_text())["consistency"] == 1000.0
+    first_loss = {run: float(next(csv.DictReader((run / "history.csv").open()))["loss"]) for run in (plain, out)}
+    assert first_loss[out] > first_loss[plain]  # the same first weights and batches, plus the penalty
+    saved = load_model(out / "model.keras")
+    assert not saved.name.endswith("_consistent") and saved.output_shape == (None, 1)
+    assert_val_metrics_are_the_saved_models(out, sample)

@@ -19,7 +19,7 @@ from edgecxr.utils.errors import ConfigError, DataError, EdgecxrError, ModelErro
 from edgecxr.formats.modelinfo import ModelInfo, save_info
 from edgecxr.data.preprocess import LUNG_CROP, PreprocessSpec
 from edgecxr.training import import_tf
-from edgecxr.training.augment import Augment, augment_batch, get_preset
+from edgecxr.training.augment import Augment, augment_batch, get_preset, nudge
 from edgecxr.training.distribute import Backup, distribute, get_strategy, is_chief
 from edgecxr.training.models import build_model, get_entry, is_fixed
 from edgecxr.training.stream import Inputs
@@ -55,6 +55,10 @@ class TrainConfig:
         False, "Anti-alias every stride-2 convolution (a fixed blur does the subsampling): decisions move less "
                "when the image shifts by a few pixels. With --weights PATH, BatchNorm statistics are re-estimated "
                "on the training images before fine-tuning.", is_flag=True)
+    consistency: float = setting(  # weight of the squared logit change under a small shift and zoom
+        0.0, "Consistency training: weight of a penalty on how far the logit moves when each training image is "
+             "shifted by up to 1.5 % and zoomed in by up to 5 % (e.g. 1): decisions move less on the input path.",
+        show_default=True)
     lung_crop: bool = setting(False, "Fixed lung-region crop.", secondary=True, show_default=True)
     equalize: bool = setting(False, "Histogram equalization.", secondary=True, show_default=True)
     val_fraction: float = setting(0.1, "Share of train/ held out, grouped by patient.", show_default=True)
@@ -129,7 +133,8 @@ class TrainConfig:
             "--val-fraction": (self.val_fraction, 0, 1, False), "--patience": (self.patience, 0, None, True),
             "--folds": (self.folds, 0, None, True), "--head-epochs": (self.head_epochs, 0, None, True),
             "--finetune-layers": (self.finetune_layers, 0, None, True), "--intensity": (self.intensity, 0, None, True),
-            "--mixup": (self.mixup, 0, None, True), "--alpha": (self.alpha, 0, None, False)}
+            "--mixup": (self.mixup, 0, None, True), "--alpha": (self.alpha, 0, None, False),
+            "--consistency": (self.consistency, 0, None, True)}
         for flag, (value, low, high, low_ok) in ranges.items():
             if value is None:  # a library caller's "not set" (bn_momentum=None keeps Keras' own)
                 continue
@@ -265,9 +270,34 @@ def _weight_averager(keras, epochs: int, last: int):
     return Averager()
 
 
+def consistent(tf, keras, model, weight: float):
+    """`model` for training with consistency: its loss adds `weight` times the mean squared change of the logit
+    between each image and a nudged copy (`augment.nudge`); it predicts what `model` predicts and shares its
+    weights, so training it trains `model`."""
+
+    class Consistent(keras.Model):
+        def __init__(self, inner):
+            super().__init__(name=f"{inner.name}_consistent")
+            self.inner = inner
+
+        def call(self, x, training=False):
+            p = self.inner(x, training=training)
+            if training:
+                q = self.inner(nudge(tf, x), training=True)
+                self.add_loss(weight * tf.reduce_mean(tf.square(_logit(tf, p) - _logit(tf, q))))
+            return p
+
+    return Consistent(model)
+
+
+def _logit(tf, p):
+    p = tf.clip_by_value(tf.cast(p, tf.float32), 1e-6, 1 - 1e-6)
+    return tf.math.log(p) - tf.math.log1p(-p)
+
+
 def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = None, skipped=None):
     """Train on (dataset, steps or None) pairs (class weights travel in the datasets); with `backup`, each
-    phase resumes from its last epoch."""
+    phase resumes from its last epoch. `model` may be the consistency wrapper of the model `base` belongs to."""
     verbose = 1 if sys.stderr.isatty() else 2
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
@@ -294,7 +324,7 @@ def _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup: Backup | None = 
 
     if not cfg.epochs:  # --epochs 0 (with --weights): the loaded model as it is, no head epochs either
         return history
-    if cfg.weights != "none" and base is not model:
+    if cfg.weights != "none" and base is not getattr(model, "inner", model):
         base.trainable = False  # phase 1: train the new head on a frozen pretrained base
         if cfg.head_epochs:  # 0: the weights' own head is kept as it is
             run(cfg.head_epochs, cfg.lr)
@@ -358,8 +388,10 @@ def _train_one(tf, keras, cfg, spec, train, val, strategy, backup: Backup | None
     if cfg.antialias and cfg.weights != "none":  # the blur changes every activation's statistics after it
         with inputs.skipped.raising(tf, train):
             _recalibrate(keras, model, _plain_images(tf, inputs, train, spec), every=True)
+    with strategy.scope():
+        fitted = consistent(tf, keras, model, cfg.consistency) if cfg.consistency else model
     with inputs.skipped.raising(tf, train):
-        history = _fit(tf, keras, model, base, cfg, train_ds, val_ds, backup, inputs.skipped)
+        history = _fit(tf, keras, fitted, base, cfg, train_ds, val_ds, backup, inputs.skipped)
     with inputs.skipped.raising(tf, val):
         if cfg.swa:
             _recalibrate(keras, model, _plain_images(tf, inputs, train, spec))
