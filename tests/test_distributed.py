@@ -126,6 +126,11 @@ def test_backup_of_another_configuration_is_refused(manifest, tmp_path):
     Backup(tmp_path / "b", chief=False).check({"epochs": 3})
     with pytest.raises(ConfigError, match="different training configuration"):
         Backup(tmp_path / "b", chief=True).check({"epochs": 4})
+    # an option edgecxr gained after the backup was made resumes while it keeps its default, and only then
+    Backup(tmp_path / "b", chief=True).check({"epochs": 3, "consistency": 0.0}, defaults={"consistency": 0.0})
+    Backup(tmp_path / "c", chief=True).check({"epochs": 3})
+    with pytest.raises(ConfigError, match="different training configuration"):
+        Backup(tmp_path / "c", chief=True).check({"epochs": 3, "consistency": 1.0}, defaults={"consistency": 0.0})
 
 
 def test_backup_accepts_the_same_folder_named_relative_or_absolute(tmp_path, monkeypatch):

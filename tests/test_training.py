@@ -524,26 +524,34 @@ def test_a_teacher_that_trained_on_the_students_validation_images_is_named(tmp_p
     assert _warn_teacher_trained_on(teacher, val) == 0  # no split beside it: nothing to say
 
 
-def test_nudge_moves_and_magnifies_within_its_bounds():
+def test_nudge_magnifies_about_the_centre_then_moves_within_its_bounds():
     from edgecxr.training import import_tf
     from edgecxr.training.augment import nudge
 
     tf, _ = import_tf()
     tf.random.set_seed(0)
-    grid = np.zeros((1, 200, 200, 1), np.float32)
-    grid[0, 99:101, 99:101] = 1  # a bright dot at the centre, and a ramp that the edge fill must repeat
-    images = tf.constant(np.concatenate([grid, np.broadcast_to(np.arange(200, dtype=np.float32)[None, None, :, None],
-                                                               (1, 200, 200, 1))]))
-    np.testing.assert_allclose(nudge(tf, images, shift=0, zoom=0).numpy(), images.numpy(), atol=1e-5)
-    for _ in range(5):
-        moved = nudge(tf, images).numpy()
-        ys, xs = np.nonzero(moved[0, ..., 0] > 0.2)
-        assert abs(ys.mean() - 99.5) <= 3.5 and abs(xs.mean() - 99.5) <= 3.5  # 1.5 % of 200 px, and the zoom's blur
-        slopes = np.diff(moved[1, 100, 10:190, 0])  # magnified by up to 5 %: the ramp flattens by as much
-        assert np.ptp(slopes) < 0.01 and 1 / 1.0501 <= slopes.mean() <= 1.0
+    n, c = 200, 99.5
+    image = np.zeros((1, n, n, 3), np.float32)
+    image[0, :, :, 0] = np.arange(n)[None, :]  # ramps in x and y tell each draw's magnification and shift
+    image[0, :, :, 1] = np.arange(n)[:, None]
+    image[0, 59:61, 149:151, 2] = 1  # a dot away from the centre, where the magnification moves it
+    np.testing.assert_allclose(nudge(tf, image, shift=0, zoom=0).numpy(), image, atol=1e-4)
+    zooms, shifts = [], []
+    for moved in (nudge(tf, image).numpy()[0] for _ in range(20)):
+        inner = slice(30, 170)  # away from the repeated edges
+        u = [1 / np.diff(moved[100, inner, 0]).mean(), 1 / np.diff(moved[inner, 100, 1]).mean()]
+        t = [u[0] * (c - moved[100, 99:101, 0].mean()), u[1] * (c - moved[99:101, 100, 1].mean())]
+        ys, xs = np.nonzero(moved[..., 2] > 0.1)
+        dot = np.average(xs, weights=moved[ys, xs, 2]), np.average(ys, weights=moved[ys, xs, 2])
+        np.testing.assert_allclose(dot, [c + u[0] * (149.5 - c) + t[0], c + u[1] * (59.5 - c) + t[1]], atol=0.3)
+        zooms += u
+        shifts += t
+    assert 1 - 1e-3 <= min(zooms) and max(zooms) <= 1.06 + 1e-3 and max(zooms) > 1.03  # magnified, up to 6 %
+    assert max(abs(np.array(shifts))) <= 0.02 * n + 0.05 and max(abs(np.array(shifts))) > 0.01 * n  # moved, up to 2 %
 
 
-def test_consistency_training_adds_the_logit_penalty_and_saves_the_plain_model(tmp_path, sample):
+def test_consistency_training_adds_the_logit_penalty_and_saves_the_plain_model(tmp_path, sample, monkeypatch):
+    import edgecxr.training.train as train_module
     from edgecxr.training import import_tf
     from edgecxr.training.evaluate import load_model
     from edgecxr.training.models import build_model
@@ -551,13 +559,22 @@ def test_consistency_training_adds_the_logit_penalty_and_saves_the_plain_model(t
 
     tf, keras = import_tf()
     keras.utils.set_random_seed(0)
-    model, _ = build_model("tiny_cnn", size=64)
+    model, _ = build_model("tiny_cnn", size=64)  # it has dropout, which the penalty must not see
+    assert any(isinstance(la, keras.layers.Dropout) for la in model.layers)
     x = np.concatenate(_shift_pair(sample))
     wrapped = consistent(tf, keras, model, 10.0)
     np.testing.assert_array_equal(wrapped(x).numpy(), model(x).numpy())
     assert not wrapped.losses  # the penalty is a training loss only
+    with tf.GradientTape() as tape:
+        wrapped(x, training=True)
+        penalty = tf.add_n(wrapped.losses)
+    grads = tape.gradient(penalty, model.trainable_weights)
+    assert len(wrapped.losses) == 1 and float(penalty) > 0
+    assert any(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)  # it trains the model
+    monkeypatch.setattr(train_module, "nudge", lambda tf, images: images)
     wrapped(x, training=True)
-    assert len(wrapped.losses) == 1 and float(wrapped.losses[0]) > 0
+    assert float(wrapped.losses[0]) == 0  # the same image: no penalty, whatever dropout draws
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="--consistency -1"):
         TrainConfig(data=str(sample), consistency=-1).validate()
     common = dict(arch="tiny_cnn", data=str(sample), epochs=1, batch_size=16, augment="none", seed=3)

@@ -59,13 +59,19 @@ class Backup:
         self.prefix = ""  # "fold2-" in cross-validation
         self.resumed_at: dict[str, int] = {}  # fit name -> first epoch (1-based) run after a restart
 
-    def check(self, config: dict) -> None:
-        """Refuse a backup left by a different configuration (it would resume someone else's training)."""
+    def check(self, config: dict, defaults: dict | None = None) -> None:
+        """Refuse a backup left by a different configuration (it would resume someone else's training). An option
+        added to edgecxr after the backup was made counts as the same configuration while it keeps its default."""
         saved = self.folder / "config.json"
-        text = json.dumps(config, indent=2, sort_keys=True, default=list) + "\n"
-        if saved.is_file() and saved.read_text() != text:
-            raise ConfigError(f"--backup-dir {self.folder} holds the backup of a different training configuration; "
-                              "delete it, or rerun the command that made it, or choose another --backup-dir")
+        text = _dump(config)
+        if saved.is_file():
+            older = saved.read_text()
+            known = json.loads(older)
+            same = {k: v for k, v in config.items()
+                    if k in known or k not in (defaults or {}) or _dump(v) != _dump(defaults[k])}
+            if older != _dump(same):
+                raise ConfigError(f"--backup-dir {self.folder} holds the backup of a different training configuration; "
+                                  "delete it, or rerun the command that made it, or choose another --backup-dir")
         if self.chief:
             from edgecxr.utils.atomic import write_text_atomic
 
@@ -113,3 +119,7 @@ class Backup:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _dump(value) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=list) + "\n"

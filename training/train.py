@@ -57,7 +57,8 @@ class TrainConfig:
                "on the training images before fine-tuning.", is_flag=True)
     consistency: float = setting(  # weight of the squared logit change under a small shift and zoom
         0.0, "Consistency training: weight of a penalty on how far the logit moves when each training image is "
-             "shifted by up to 1.5 % and zoomed in by up to 5 % (e.g. 1): decisions move less on the input path.",
+             "shifted by up to 2 % and magnified by up to 6 % (e.g. 1): decisions move less on the input path. "
+             "Each step runs the model three times.",
         show_default=True)
     lung_crop: bool = setting(False, "Fixed lung-region crop.", secondary=True, show_default=True)
     equalize: bool = setting(False, "Histogram equalization.", secondary=True, show_default=True)
@@ -273,7 +274,9 @@ def _weight_averager(keras, epochs: int, last: int):
 def consistent(tf, keras, model, weight: float):
     """`model` for training with consistency: its loss adds `weight` times the mean squared change of the logit
     between each image and a nudged copy (`augment.nudge`); it predicts what `model` predicts and shares its
-    weights, so training it trains `model`."""
+    weights, so training it trains `model`. Both images of the penalty run in inference mode (dropout off,
+    BatchNorm's moving statistics), so the penalty measures the image change and not two dropout masks; the
+    gradient reaches both. Each training step runs the model three times."""
 
     class Consistent(keras.Model):
         def __init__(self, inner):
@@ -283,8 +286,8 @@ def consistent(tf, keras, model, weight: float):
         def call(self, x, training=False):
             p = self.inner(x, training=training)
             if training:
-                q = self.inner(nudge(tf, x), training=True)
-                self.add_loss(weight * tf.reduce_mean(tf.square(_logit(tf, p) - _logit(tf, q))))
+                before, after = (_logit(tf, self.inner(v, training=False)) for v in (x, nudge(tf, x)))
+                self.add_loss(weight * tf.reduce_mean(tf.square(before - after)))
             return p
 
     return Consistent(model)
@@ -511,7 +514,7 @@ def train(cfg: TrainConfig, out: Path, *, overwrite: bool = False) -> Path:
     backup = Backup(cfg.backup_dir or out.parent / f"{out.name}.backup", chief) if cfg.backup else None
     try:
         if backup:
-            backup.check(asdict(cfg) | resolved_paths(cfg))
+            backup.check(asdict(cfg) | resolved_paths(cfg), defaults=asdict(TrainConfig()))
         if chief:
             _train_to(tf, keras, strategy, cfg, out, overwrite, backup)
         else:
