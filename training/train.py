@@ -290,7 +290,9 @@ def consistent(tf, keras, model, weight: float):
                 self.add_loss(weight * tf.reduce_mean(tf.square(before - after)))
             return p
 
-    return Consistent(model)
+    wrapper = Consistent(model)
+    wrapper(tf.zeros([1, *model.input_shape[1:]]))  # built before fit: BackupAndRestore restores only a built model
+    return wrapper
 
 
 def _logit(tf, p):
