@@ -131,20 +131,22 @@ def rank(bundles, data, *, tolerances=None, runs: int = 100, warmup: int = 10, t
 def format_choice(result: dict) -> str:
     cpu = result["host"]["cpu"]
     several = len({r.get("model") for r in result["rows"] if r.get("model")}) > 1
+    targets = [r["target"] for r in result["rows"]]
+    copies = len(set(targets)) < len(targets)  # two bundles of one target: the path tells them apart
     lines = [f"on {cpu['model'] or cpu['machine']} ({cpu['int8_path']}), parity against each bundle's float reference:",
              f"{'rank':>4s}  {'target':22s} {'runtime':22s} {'MB':>6s} {'parity':>6s} {'agree':>6s} {'new FN':>6s} "
              f"{'recall':>6s} {'spec':>6s} {'p50 ms':>7s} {'p90 ms':>7s}" + ("  model" if several else "")]
     order = sorted(result["rows"], key=lambda r: (r.get("rank") or 99, r["target"]))
     for r in order:
         if r.get("parity") is None:
-            lines.append(f"{'-':>4s}  {r['target']:22s} skipped: {r['error'][:160]}")
+            lines.append(f"{'-':>4s}  {r['target']:22s} skipped: {r['error'][:160]}" + (f"  {r['bundle']}" if copies else ""))
             continue
         timed = f"{r['p50_ms']:7.2f} {r['p90_ms']:7.2f}" if "p50_ms" in r else f"{'-':>7s} {'-':>7s}"
         new_fn = "-" if r["new_fn"] is None else str(r["new_fn"])
         clinical = " ".join("     -" if r.get(k) is None else f"{r[k]:6.3f}" for k in ("recall", "specificity"))
         lines.append(f"{r.get('rank', '-')!s:>4s}  {r['target']:22s} {r['runtime']:22s} {r['size_mb']:6.2f} "
                      f"{'pass' if r['parity'] else 'FAIL':>6s} {r['agreement']:6.3f} {new_fn:>6s} {clinical} {timed}"
-                     + (f"  {r.get('model')}" if several else "")
+                     + (f"  {r.get('model')}" if several else "") + (f"  {r['bundle']}" if copies else "")
                      + (f"  failed: {', '.join(r['failed'])}" if r.get("failed") else "")
                      + (f"  does not fit: {'; '.join(r['misses'])}" if r.get("misses") else ""))
         lines += [f"      DEVIATION: {d}" for d in r.get("deviations") or []]
@@ -160,10 +162,10 @@ def format_choice(result: dict) -> str:
                      f"keep parity and fit {wanted}: {', '.join(numbers)}, p50 {c['p50_ms']:.2f} ms")
     else:
         fp32 = [r for r in result["rows"] if r.get("p50_ms") and r["target"].endswith("fp32") and r is not c]
-        faster = f", {min(fp32, key=lambda r: r['p50_ms'])['p50_ms'] / c['p50_ms']:.1f}x the fastest fp32 bundle" if fp32 else ""
+        other = " other" if c["target"].endswith("fp32") else ""
+        faster = f", {min(fp32, key=lambda r: r['p50_ms'])['p50_ms'] / c['p50_ms']:.1f}x the fastest{other} fp32 bundle" if fp32 else ""
         passing = sum(1 for r in result["rows"] if r.get("parity"))
-        same_name = sum(1 for r in result["rows"] if r["target"] == c["target"]) > 1
-        where = f" ({c['bundle']})" if same_name else ""
+        where = f" ({c['bundle']})" if targets.count(c["target"]) > 1 else ""
         lines.append(f"ship {c['target']}{where} here: the fastest of "
                      f"{passing} bundle{'s' if passing != 1 else ''} that keep parity on this CPU (p50 {c['p50_ms']:.2f} ms{faster})")
     return "\n".join(lines)

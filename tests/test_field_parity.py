@@ -239,6 +239,22 @@ def test_choose_ranks_a_bundle_named_twice_once(tmp_path):
     assert find_bundles([tmp_path / "bundles", b, tmp_path / "bundles" / ".." / "bundles" / "tflite-int8"]) == [tmp_path / "bundles" / "tflite-int8"]
 
 
+def test_choose_table_tells_two_copies_of_one_target_apart():
+    from edgecxr.devices.choose import format_choice
+
+    def row(path, rank, p50):
+        return {"bundle": path, "target": "tflite-int8", "runtime": "litert 2.3.0", "size_mb": 2.6, "parity": True,
+                "agreement": 1.0, "new_fn": 0, "recall": 0.98, "specificity": 0.83, "p50_ms": p50, "p90_ms": p50,
+                "rank": rank, "model": "mobilenet_v2"}
+
+    rows = [row("site-a/tflite-int8", 1, 1.0), row("site-b/tflite-int8", 2, 1.2)]
+    text = format_choice({"rows": rows, "choice": rows[0], "constraints": None,
+                          "host": {"cpu": {"model": "cpu", "machine": "x86_64", "int8_path": "vnni"}}})
+    table = [line for line in text.splitlines() if line.lstrip().startswith(("1 ", "2 "))]
+    assert "site-a/tflite-int8" in table[0] and "site-b/tflite-int8" in table[1]
+    assert "ship tflite-int8 (site-a/tflite-int8) here" in text
+
+
 def test_choose_across_models_with_a_latency_budget_and_clinical_floors(tiny_model, shipped_int8, sample, tmp_path):
     """Issue 32: bundles of two models (the shipped MobileNetV2 and a tiny CNN): the most accurate one that keeps
     parity and fits names itself; a floor or a budget nothing meets names none (exit 1) and says why."""

@@ -499,13 +499,24 @@ def test_epochs_zero_and_head_epochs_zero_need_a_whole_model(tmp_path, sample, t
     ("bn_momentum", float("nan"), "--bn-momentum"), ("val_fraction", 0.0, "--val-fraction"),
     ("val_fraction", float("inf"), "--val-fraction"), ("patience", -1, "--patience"), ("folds", -2, "--folds"),
     ("folds", 1, "--folds 1"), ("head_epochs", -1, "--head-epochs"), ("intensity", float("nan"), "--intensity"),
-    ("mixup", float("nan"), "--mixup"), ("alpha", 0.0, "--alpha"), ("lr", "fast", "--lr")])
+    ("mixup", float("nan"), "--mixup"), ("alpha", 0.0, "--alpha"), ("lr", "fast", "--lr"),
+    ("consistency", float("nan"), "--consistency")])
 def test_numbers_that_would_train_a_nan_model_are_refused_before_training(sample, field, value, flag):
     from edgecxr.training.train import TrainConfig
 
     with pytest.raises(ConfigError, match=flag):
         TrainConfig(arch="tiny_cnn", data=str(sample), **{field: value}).validate()
     TrainConfig(arch="tiny_cnn", data=str(sample), bn_momentum=0.0, patience=0, head_epochs=0, folds=0).validate()
+
+
+def test_a_validation_fraction_with_a_split_file_is_refused_not_recorded(sample, tmp_path):
+    from edgecxr.training.train import TrainConfig
+
+    split = tmp_path / "split.json"
+    split.write_text("{}")
+    with pytest.raises(ConfigError, match="--val-fraction 0.3 is not used with --split-file"):
+        TrainConfig(arch="tiny_cnn", data=str(sample), split_file=str(split), val_fraction=0.3).validate()
+    TrainConfig(arch="tiny_cnn", data=str(sample), val_fraction=0.3).validate()
 
 
 def test_a_teacher_that_trained_on_the_students_validation_images_is_named(tmp_path, capsys):

@@ -26,6 +26,7 @@ from edgecxr.training.stream import Inputs
 
 
 _DISTILL = 0.5  # the teacher's share of each training target (with --teacher)
+_VAL_FRACTION = 0.1
 _PATH = click.Path(file_okay=False, path_type=Path)
 
 
@@ -62,7 +63,8 @@ class TrainConfig:
         show_default=True)
     lung_crop: bool = setting(False, "Fixed lung-region crop.", secondary=True, show_default=True)
     equalize: bool = setting(False, "Histogram equalization.", secondary=True, show_default=True)
-    val_fraction: float = setting(0.1, "Share of train/ held out, grouped by patient.", show_default=True)
+    val_fraction: float = setting(_VAL_FRACTION, "Share of train/ held out, grouped by patient (not with --split-file).",
+                                  show_default=True)
     split_file: str | None = setting(None, "Reuse the split of an earlier run, or a pooled re-split from `edgecxr split`.",
                                      type=click.Path(exists=True))
     folds: int = setting(0, "K-fold patient-grouped cross-validation instead of one model.")
@@ -122,6 +124,9 @@ class TrainConfig:
             raise ConfigError(f"--distill {self.distill} must be in (0, 1]: the teacher's share of each target")
         if self.folds and self.split_file:
             raise ConfigError("--folds makes its own patient-grouped folds of train/; leave out --split-file")
+        if self.split_file and self.val_fraction != _VAL_FRACTION:  # it would be recorded, and nothing would use it
+            raise ConfigError(f"--val-fraction {self.val_fraction:g} is not used with --split-file, whose validation "
+                              "images are fixed; leave out one of them")
         if not 0 <= self.swa <= self.epochs:
             raise ConfigError(f"--swa {self.swa} must be between 0 and --epochs ({self.epochs})")
         if not D.is_pooled(self.split_file):  # a wrong --data fails in a second, before TensorFlow starts
