@@ -79,7 +79,7 @@ def run_benchmark(model_path, data_root, out_dir, config: BenchConfig | None = N
                   "options": {k: getattr(c, k) for k in RECORDED_OPTIONS}, "tolerances": asdict(c.tolerances)}
         failures = parity_failures(rows)
         result["parity_failures"] = [r["target"] for r in failures]
-        judge_benchmark(result, failures)
+        judge_benchmark(result, failures, missing_extras(rows))
 
         if c.scaling:
             result["scaling"] = _scaling(result, model_path, data_root, root, out_dir, rows, threads=c.threads,

@@ -329,6 +329,7 @@ def test_a_missing_extra_in_the_benchmark_is_exit_2_not_a_failed_parity(tiny_mod
     assert r.exit_code == 2, r.output
     assert "could not run here" in r.output and "pip install 'edgecxr[export]'" in r.output
     assert "int8 parity failed" not in r.output
+    assert json.loads((tmp_path / "b" / "benchmark.json").read_text())["passed"] is None  # not measured, not passed
     assert B.parity_failures([{"int8": True, "passed": False, "missing_extra": True}]) == []
 
 

@@ -93,6 +93,9 @@ def test_evidence_and_benchmark_verdicts():
     failed = evidence_verdict([{"passed": True, "checks": []}, {"passed": False, "checks": [_c(False)]}], [])
     assert failed["passed"] is False and failed["text"] == "FAILED"
     assert judge_benchmark({}, [])["passed"] is True and judge_benchmark({}, [{"target": "t"}])["passed"] is False
+    skipped = {"target": "onnx-int8", "missing_extra": True}  # not measured here: neither a pass nor a parity loss
+    assert judge_benchmark({}, [], [skipped])["passed"] is None
+    assert judge_benchmark({}, [{"target": "t"}], [skipped])["passed"] is False
 
 
 def test_comparison_checks_decide_the_report():

@@ -46,7 +46,8 @@ def judge(report: dict, checks: list | None = None, *, also=(), decided: bool = 
     return report
 
 
-def judge_benchmark(result: dict, failures: list) -> dict:
-    """The benchmark's verdict: passed when no row failed parity (bench.run.parity_failures lists them)."""
-    result["passed"] = not failures
+def judge_benchmark(result: dict, failures: list, missing: list = ()) -> dict:
+    """The benchmark's verdict: False when a row failed parity (bench.run.parity_failures lists them), None when
+    none failed but a row could not run for a missing extra (not measured, the command exits 2), else True."""
+    result["passed"] = False if failures else None if missing else True
     return result
